@@ -1,0 +1,1 @@
+"""Pieces both processes share: the event record and the disk spool."""

@@ -1,0 +1,123 @@
+"""The event record the generator emits and the monitor ingests: one JSON object per stage end or state change."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+STAGES = (
+    "model_load",
+    "warmup",
+    "text_encoding",
+    "image_encoding",
+    "image_latents",
+    "denoising_step",
+    "denoising",
+    "decode_video",
+    "export",
+)
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+KINDS = ("stage", "job")
+PARAM_NAMES = ("resolution", "num_frames", "steps", "guidance_scale", "fps", "seed")
+MAX_TEXT = 2000
+
+
+class EventError(ValueError):
+    """An event that does not follow the schema; the message names the field."""
+
+
+def utc_now_iso() -> str:
+    """Return the current time as RFC 3339 UTC with microseconds."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(value: str) -> datetime:
+    """Parse an RFC 3339 timestamp; naive times are refused since they are ambiguous."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("timestamp has no timezone")
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stage that ended (kind=stage) or a job that changed state (kind=job).
+
+    `started_at` is when the stage (or the state) began, `duration_s` how long the stage took (0 for a state
+    change). `params` are the job's effective parameters; `requested` what the user asked for, where it differs.
+    """
+
+    job_id: str
+    host: str
+    gpu: str
+    kind: str
+    started_at: str
+    duration_s: float = 0.0
+    stage: str | None = None
+    step: int | None = None
+    total_steps: int | None = None
+    status: str | None = None
+    error: str | None = None
+    suggestion: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    requested: dict[str, Any] = field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+    prompt: str | None = None
+    video_path: str | None = None
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise with `event_id` first, as the JSON log line and the wire format."""
+        data = asdict(self)
+        return {"event_id": data.pop("event_id"), **data}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Event:
+        """Validate one event from JSON; raise EventError naming the first bad field."""
+        if not isinstance(data, dict):
+            raise EventError("each event must be a JSON object")
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise EventError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        for name in ("event_id", "job_id", "host", "gpu", "kind", "started_at"):
+            value = data.get(name)
+            if not isinstance(value, str) or not value or len(value) > 200:
+                raise EventError(f"'{name}' must be a non-empty string of at most 200 characters")
+        try:
+            uuid.UUID(data["event_id"])
+        except ValueError:
+            raise EventError(f"'event_id' must be a UUID, got {data['event_id']!r}") from None
+        if data["kind"] not in KINDS:
+            raise EventError(f"'kind' must be one of {', '.join(KINDS)}, got {data['kind']!r}")
+        try:
+            parse_iso(data["started_at"])
+        except ValueError:
+            raise EventError(f"'started_at' must be an RFC 3339 UTC time, got {data['started_at']!r}") from None
+        duration = data.get("duration_s", 0.0)
+        if isinstance(duration, bool) or not isinstance(duration, int | float) or not math.isfinite(duration):
+            raise EventError("'duration_s' must be a finite number")
+        if duration < 0:
+            raise EventError(f"'duration_s' must be >= 0, got {duration}")
+        if data["kind"] == "stage" and data.get("stage") not in STAGES:
+            raise EventError(f"'stage' must be one of {', '.join(STAGES)}, got {data.get('stage')!r}")
+        if data["kind"] == "job" and data.get("status") not in JOB_STATES:
+            raise EventError(f"'status' must be one of {', '.join(JOB_STATES)}, got {data.get('status')!r}")
+        for name in ("step", "total_steps", "peak_memory_bytes"):
+            value = data.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise EventError(f"'{name}' must be a non-negative integer or null")
+        for name in ("status", "error", "suggestion", "prompt", "video_path", "stage"):
+            value = data.get(name)
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
+                raise EventError(f"'{name}' must be a string of at most {MAX_TEXT} characters or null")
+        for name in ("params", "requested"):
+            value = data.get(name, {})
+            if not isinstance(value, dict) or set(value) - set(PARAM_NAMES):
+                raise EventError(f"'{name}' must be an object with keys among {', '.join(PARAM_NAMES)}")
+            for key, item in value.items():
+                if item is not None and (isinstance(item, bool) or not isinstance(item, int | float)):
+                    raise EventError(f"'{name}.{key}' must be a number or null")
+        return cls(**{**data, "duration_s": float(duration)})
