@@ -1,0 +1,273 @@
+"""An append-only, bounded, crash-safe disk spool of JSON records, replayed oldest first.
+
+Both processes use it: the generator spools events while the monitor is down, the monitor spools points while
+its store is down. Records live as JSON lines in numbered segment files (`segment-<n>.jsonl`); a cursor file
+(`cursor.json`) names the first record not yet acknowledged. Every append and every ack is fsync'd before it
+returns, so what `append` accepted survives a crash or a SIGKILL.
+
+Delivery is at least once: a consumer peeks, delivers, then acks. A crash between delivery and ack redelivers
+those records after a restart. Both consumers are idempotent (the monitor's ingest dedupes on `event_id`; a
+store stores a point with the same series and time once), so a redelivery never counts twice.
+
+The bound: when the segment files exceed `max_bytes`, whole segments are dropped, oldest first, and the
+records they held counted in `dropped_total` (logged once per episode: the first drop, then a summary when
+the spool drains). The newest segment is never dropped, so the bound can be exceeded by at most one segment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_SEGMENT_RE = re.compile(r"^segment-(\d{12})\.jsonl$")
+_CURSOR = "cursor.json"
+_MIN_SEGMENT_BYTES = 4096
+
+
+@dataclass
+class _Segment:
+    """One segment file and the byte span of each complete, parseable record in it."""
+
+    seq: int
+    path: Path
+    size_bytes: int = 0
+    starts: array = field(default_factory=lambda: array("q"))
+    ends: array = field(default_factory=lambda: array("q"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a file creation, rename or deletion in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """A FIFO of JSON-serialisable dicts on disk, bounded by `max_bytes`, safe across threads and restarts."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        """Open (or create) the spool in `directory`, rebuilding its state from the files there."""
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_max_bytes = max(_MIN_SEGMENT_BYTES, max_bytes // 8)
+        self.dropped_total = 0
+        self._episode_dropped = 0
+        self._lock = threading.Lock()
+        self._segments: list[_Segment] = []
+        self._head_index = 0  # records of the first segment already acknowledged
+        # The segment this process appends to: never one found on disk, whose last line may be torn.
+        self._writable: _Segment | None = None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._load()
+
+    # ---- public API ---------------------------------------------------------------------------------------
+
+    def append(self, records: Sequence[dict]) -> None:
+        """Append records durably (fsync'd before returning), dropping the oldest ones past the bound."""
+        if not records:
+            return
+        data = "".join(json.dumps(r, separators=(",", ":"), allow_nan=True) + "\n" for r in records).encode()
+        with self._lock:
+            segment = self._writable_segment(len(data))
+            offset = segment.size_bytes
+            # Opened per append (microseconds) so no file handle outlives a call or needs closing.
+            with segment.path.open("ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            for line in data.splitlines(keepends=True):
+                segment.starts.append(offset)
+                offset += len(line)
+                segment.ends.append(offset)
+            segment.size_bytes = offset
+            self._enforce_bound()
+
+    def peek(self, max_records: int) -> list[dict]:
+        """Return up to `max_records` of the oldest unacknowledged records, without removing them."""
+        out: list[dict] = []
+        with self._lock:
+            index = self._head_index
+            for segment in self._segments:
+                if len(out) >= max_records:
+                    break
+                take = min(len(segment.starts) - index, max_records - len(out))
+                if take > 0:
+                    out.extend(self._read(segment, index, take))
+                index = 0
+        return out
+
+    def ack(self, count: int) -> None:
+        """Remove the first `count` records (as returned by `peek`) durably."""
+        if count <= 0:
+            return
+        with self._lock:
+            if count > self._pending_locked():
+                raise ValueError(f"cannot ack {count} records, only {self._pending_locked()} pending")
+            index = self._head_index + count
+            while self._segments and index >= len(self._segments[0].starts):
+                segment = self._segments.pop(0)
+                index -= len(segment.starts)
+                if segment is self._writable:
+                    self._writable = None  # the next append starts a fresh segment
+                # The cursor moves past the segment before the file goes: a crash in between leaves a file the
+                # next load deletes, never a cursor pointing into a deleted file.
+                self._write_cursor(segment.seq + 1, 0)
+                segment.path.unlink(missing_ok=True)
+            self._head_index = index
+            if self._segments:
+                head = self._segments[0]
+                self._write_cursor(head.seq, head.starts[index])
+            if self._pending_locked() == 0:
+                self._end_drop_episode()
+
+    def pending(self) -> int:
+        """Return how many records are waiting to be acknowledged."""
+        with self._lock:
+            return self._pending_locked()
+
+    def size_bytes(self) -> int:
+        """Return the bytes the segment files take on disk (what the bound applies to)."""
+        with self._lock:
+            return sum(s.size_bytes for s in self._segments)
+
+    # ---- internals ----------------------------------------------------------------------------------------
+
+    def _pending_locked(self) -> int:
+        return sum(len(s.starts) for s in self._segments) - self._head_index
+
+    def _load(self) -> None:
+        """Rebuild segments and cursor from disk: skip torn or unparseable lines, delete consumed segments."""
+        cursor_seq, cursor_offset = self._read_cursor()
+        found = sorted(
+            (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _SEGMENT_RE.match(p.name))
+        )
+        for seq, path in found:
+            if seq < cursor_seq:
+                path.unlink(missing_ok=True)
+                continue
+            segment = _Segment(seq, path)
+            self._scan(segment)
+            if not segment.starts:  # empty, or only torn lines: nothing to replay
+                path.unlink(missing_ok=True)
+                continue
+            self._segments.append(segment)
+        self._next_seq = max([cursor_seq, *(s.seq + 1 for s in self._segments)])
+        if self._segments and self._segments[0].seq == cursor_seq:
+            starts = self._segments[0].starts
+            self._head_index = sum(1 for start in starts if start < cursor_offset)
+        if self._pending_locked():
+            log.info(
+                "spool %s: %d records pending from a previous run", self.directory, self._pending_locked()
+            )
+
+    def _scan(self, segment: _Segment) -> None:
+        """Index the complete JSON lines of a segment; a torn last line (no newline) or garbage is skipped."""
+        data = segment.path.read_bytes()
+        segment.size_bytes = len(data)
+        offset = 0
+        skipped = 0
+        for line in data.splitlines(keepends=True):
+            start, offset = offset, offset + len(line)
+            if not line.endswith(b"\n"):
+                skipped += 1  # torn by a crash mid-write: never acknowledged to the caller
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                skipped += 1
+                continue
+            if isinstance(record, dict):
+                segment.starts.append(start)
+                segment.ends.append(offset)
+            else:
+                skipped += 1
+        if skipped:
+            log.warning("spool %s: skipped %d torn or unreadable line(s)", segment.path, skipped)
+
+    def _read(self, segment: _Segment, index: int, count: int) -> list[dict]:
+        """Read `count` indexed records of a segment starting at record `index`."""
+        first, last = segment.starts[index], segment.ends[index + count - 1]
+        with segment.path.open("rb") as f:
+            f.seek(first)
+            blob = f.read(last - first)
+        records = []
+        for i in range(index, index + count):
+            start, end = segment.starts[i] - first, segment.ends[i] - first
+            records.append(json.loads(blob[start:end]))
+        return records
+
+    def _writable_segment(self, incoming_bytes: int) -> _Segment:
+        """Return the segment to append to, starting a new one when there is none or it is full."""
+        current = self._writable
+        if current is not None and (
+            current.size_bytes == 0 or current.size_bytes + incoming_bytes <= self.segment_max_bytes
+        ):
+            return current
+        segment = _Segment(self._next_seq, self.directory / f"segment-{self._next_seq:012d}.jsonl")
+        self._next_seq += 1
+        segment.path.touch()
+        _fsync_dir(self.directory)
+        self._segments.append(segment)
+        self._writable = segment
+        return segment
+
+    def _enforce_bound(self) -> None:
+        """Drop the oldest segments while the files exceed `max_bytes`; the newest one always stays."""
+        while len(self._segments) > 1 and sum(s.size_bytes for s in self._segments) > self.max_bytes:
+            segment = self._segments.pop(0)
+            lost = len(segment.starts) - self._head_index
+            self._head_index = 0
+            self._write_cursor(segment.seq + 1, 0)
+            segment.path.unlink(missing_ok=True)
+            self.dropped_total += lost
+            if self._episode_dropped == 0:
+                log.warning(
+                    "spool %s is full (%d bytes): dropping the oldest records; further drops are summarised "
+                    "when it drains",
+                    self.directory,
+                    self.max_bytes,
+                )
+            self._episode_dropped += lost
+
+    def _end_drop_episode(self) -> None:
+        if self._episode_dropped:
+            log.warning(
+                "spool %s drained; %d records were dropped while it was full",
+                self.directory,
+                self._episode_dropped,
+            )
+            self._episode_dropped = 0
+
+    def _read_cursor(self) -> tuple[int, int]:
+        path = self.directory / _CURSOR
+        try:
+            data = json.loads(path.read_text())
+            return int(data["segment"]), int(data["offset"])
+        except FileNotFoundError:
+            return 0, 0
+        except (ValueError, KeyError, TypeError):
+            log.warning("spool %s: unreadable cursor, replaying from the oldest segment", self.directory)
+            return 0, 0
+
+    def _write_cursor(self, seq: int, offset: int) -> None:
+        """Replace the cursor file atomically and durably (write, fsync, rename, fsync the directory)."""
+        tmp = self.directory / (_CURSOR + ".tmp")
+        with tmp.open("w") as f:
+            f.write(json.dumps({"segment": seq, "offset": offset}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.directory / _CURSOR)
+        _fsync_dir(self.directory)
