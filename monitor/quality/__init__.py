@@ -1,0 +1,1 @@
+"""Clip quality after each job: CLIP prompt consistency, image-to-video consistency, motion, ratings."""

@@ -1,0 +1,53 @@
+"""HTTP API for quality: read a job's scores and rate its clip (1 to 5 stars), under /monitor/api."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from monitor.quality.scorer import QualityScorer
+
+EXTENSION = "quality_scorer"
+
+bp = Blueprint("quality", __name__, url_prefix="/monitor/api")
+
+
+def init_app(app: Flask, scorer: QualityScorer) -> None:
+    """Attach the scorer to the app and register the quality routes."""
+    app.extensions[EXTENSION] = scorer
+    app.register_blueprint(bp)
+
+
+def _scorer() -> QualityScorer:
+    scorer: QualityScorer = current_app.extensions[EXTENSION]
+    return scorer
+
+
+def _error(status: int, message: str) -> ResponseReturnValue:
+    return jsonify({"error": message}), status
+
+
+@bp.get("/jobs/<job_id>/quality")
+def get_quality(job_id: str) -> ResponseReturnValue:
+    """Return the job's quality result (status queued, scoring, scored or unscorable); 404 if unknown."""
+    result = _scorer().result(job_id)
+    if result is None:
+        return _error(404, f"no quality record for job {job_id}")
+    return jsonify(result.to_dict())
+
+
+@bp.post("/jobs/<job_id>/rating")
+def post_rating(job_id: str) -> ResponseReturnValue:
+    """Rate the job's clip with JSON {"stars": n}, n an integer 1-5; return the recomputed result."""
+    body: Any = request.get_json(silent=True)
+    if not isinstance(body, dict) or "stars" not in body:
+        return _error(400, 'send JSON {"stars": n} with n an integer from 1 to 5')
+    try:
+        result = _scorer().rate(job_id, body["stars"])
+    except ValueError as e:
+        return _error(400, str(e))
+    if result is None:
+        return _error(404, f"no quality record for job {job_id}")
+    return jsonify(result.to_dict())

@@ -1,0 +1,217 @@
+"""CLIP text-video consistency: the prompt's and each frame's normalised embeddings, compared by cosine.
+
+The model is transformers' CLIPModel with its tokenizer and CLIPImageProcessor, loaded from a local
+folder (`--clip-model DIR` or `CLIP_MODEL_DIR`); nothing is fetched. The score is reported as torchmetrics
+reports it, 100·max(cos, 0), for the mean over frames and for the worst frame. (A softmax over one prompt is
+always 1.0.)
+
+Device: on a CUDA machine the frames run on the GPU in fp16 only while `gpu_allows()` says so (the generator
+is idle, or free memory covers the model with a margin); otherwise on the CPU in fp32 (fp16 on a CPU is ~20x
+slower). The fp16 copy stays on the GPU between clips while allowed, and is dropped (and the cache emptied)
+the first time it is not, or after an out-of-memory error, after which that clip is scored on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+NO_WEIGHTS_REASON = "no CLIP weights configured"
+CLIP_MODEL_ENV = "CLIP_MODEL_DIR"
+
+
+class ClipLoadError(Exception):
+    """The configured CLIP folder cannot be loaded; the message names the folder and the cause."""
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """L2-normalised embeddings from one pass: the prompt's (or None) and one row per image."""
+
+    text: np.ndarray | None
+    images: np.ndarray
+    device: str
+
+
+@dataclass(frozen=True)
+class TextFrameScore:
+    """Cosine of the prompt with each frame; `score` and `score_min` are 100·max(cos, 0) as torchmetrics."""
+
+    per_frame_cos: tuple[float, ...]
+
+    @property
+    def mean_cos(self) -> float:
+        """Return the mean cosine over frames."""
+        return float(np.mean(self.per_frame_cos))
+
+    @property
+    def min_cos(self) -> float:
+        """Return the worst frame's cosine."""
+        return float(np.min(self.per_frame_cos))
+
+    @property
+    def score(self) -> float:
+        """Return 100·max(mean cos, 0)."""
+        return 100.0 * max(self.mean_cos, 0.0)
+
+    @property
+    def score_min(self) -> float:
+        """Return 100·max(min cos, 0)."""
+        return 100.0 * max(self.min_cos, 0.0)
+
+
+def text_frame_score(text: np.ndarray, frames: np.ndarray) -> TextFrameScore:
+    """Compare the prompt embedding with every frame embedding (rows), both already normalised."""
+    cosines = frames @ text
+    return TextFrameScore(per_frame_cos=tuple(float(c) for c in np.clip(cosines, -1.0, 1.0)))
+
+
+def never() -> bool:
+    """Refuse the GPU (the default policy: CPU only)."""
+    return False
+
+
+def gpu_policy(
+    *,
+    generator_busy: Callable[[], bool],
+    free_memory_bytes: Callable[[], int | None],
+    required_bytes: int,
+) -> Callable[[], bool]:
+    """Build a `gpu_allows()`: yes while the generator is idle or free memory covers `required_bytes`.
+
+    `free_memory_bytes` returning None (no NVML reading) counts as not enough: never risk a generation OOM.
+    """
+
+    def allows() -> bool:
+        if not generator_busy():
+            return True
+        free = free_memory_bytes()
+        return free is not None and free >= required_bytes
+
+    return allows
+
+
+def resolve_model_dir(flag_value: str | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """Return the CLIP folder from the flag, else `CLIP_MODEL_DIR`, else None (no weights configured)."""
+    value = flag_value or environ.get(CLIP_MODEL_ENV) or None
+    return Path(value) if value else None
+
+
+class ClipScorer:
+    """Embed prompts and images with one CLIP model; implements the i2v `ImageEncoder` protocol too."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        image_processor: Any,
+        *,
+        gpu_allows: Callable[[], bool] = never,
+        cuda_available: Callable[[], bool] = torch.cuda.is_available,
+        cuda_device: str = "cuda",
+        batch_size: int = 32,
+    ) -> None:
+        self._model = model.eval().to("cpu", torch.float32)
+        self._tokenizer = tokenizer
+        self._processor = image_processor
+        self._gpu_allows = gpu_allows
+        self._cuda_available = cuda_available
+        self._cuda_device = cuda_device
+        self._batch_size = batch_size
+        self._gpu_model: Any = None
+        self._max_text_tokens = int(model.config.text_config.max_position_embeddings)
+        self.gpu_fallbacks = 0
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, **kwargs: Any) -> ClipScorer:
+        """Load CLIPModel, its tokenizer and CLIPImageProcessor from a local folder (no hub).
+
+        Raises:
+            ClipLoadError: the folder is missing or does not hold a loadable CLIP.
+        """
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        folder = Path(model_dir)
+        if not folder.is_dir():
+            raise ClipLoadError(f"CLIP model folder {folder} does not exist")
+        try:
+            model = CLIPModel.from_pretrained(folder, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            processor = CLIPImageProcessor.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise ClipLoadError(f"cannot load CLIP from {folder}: {e}") from e
+        return cls(model, tokenizer, processor, **kwargs)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Return whether the fp16 GPU copy is held now."""
+        return self._gpu_model is not None
+
+    def release_gpu(self) -> None:
+        """Drop the GPU copy and return its memory to the driver."""
+        if self._gpu_model is None:
+            return
+        self._gpu_model = None
+        gc.collect()
+        torch.cuda.empty_cache()
+
+    def embed(self, images: Sequence[np.ndarray], prompt: str | None = None) -> Embeddings:
+        """Embed the images (RGB uint8 arrays, batched) and the prompt on one device, normalised."""
+        use_gpu = self._cuda_available() and self._gpu_allows()
+        if not use_gpu:
+            self.release_gpu()
+            return self._embed_on(self._model, "cpu", torch.float32, images, prompt)
+        try:
+            if self._gpu_model is None:
+                self._gpu_model = copy.deepcopy(self._model).to(self._cuda_device, torch.float16)
+            return self._embed_on(self._gpu_model, self._cuda_device, torch.float16, images, prompt)
+        except torch.cuda.OutOfMemoryError as e:
+            message = str(e).splitlines()[0]
+        # Outside the except block, so the traceback no longer pins GPU tensors.
+        log.warning("CLIP ran out of GPU memory (%s); releasing it and scoring on the CPU", message)
+        self.gpu_fallbacks += 1
+        self.release_gpu()
+        return self._embed_on(self._model, "cpu", torch.float32, images, prompt)
+
+    def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Return one L2-normalised CLIP image embedding per image (the i2v `ImageEncoder` protocol)."""
+        return self.embed(images).images
+
+    def score(self, prompt: str, frames: Sequence[np.ndarray]) -> TextFrameScore:
+        """Return the prompt-frame cosines of the frames."""
+        embeddings = self.embed(frames, prompt)
+        assert embeddings.text is not None
+        return text_frame_score(embeddings.text, embeddings.images)
+
+    @torch.inference_mode()
+    def _embed_on(
+        self, model: Any, device: str, dtype: torch.dtype, images: Sequence[np.ndarray], prompt: str | None
+    ) -> Embeddings:
+        text = None
+        if prompt is not None:
+            tokens = self._tokenizer(
+                [prompt], padding=True, truncation=True, max_length=self._max_text_tokens, return_tensors="pt"
+            ).to(device)
+            text = _normalised(model.get_text_features(**tokens))[0]
+        rows = []
+        for start in range(0, len(images), self._batch_size):
+            batch = list(images[start : start + self._batch_size])
+            pixels = self._processor(images=batch, return_tensors="pt")["pixel_values"]
+            rows.append(_normalised(model.get_image_features(pixel_values=pixels.to(device, dtype))))
+        return Embeddings(text=text, images=np.concatenate(rows), device=device)
+
+
+def _normalised(features: torch.Tensor) -> np.ndarray:
+    features = features.float()
+    return (features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)).cpu().numpy()
