@@ -1,0 +1,37 @@
+"""`python -m generator`: configure, load the model in the background, and serve with waitress."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from waitress import serve
+
+from generator.app import create_app
+from generator.config import GeneratorConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until interrupted; a bad configuration exits with one line saying what to change."""
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    try:
+        config = GeneratorConfig.from_sources(argv)
+        config.validate()
+    except ValueError as error:
+        print(f"generator: {error}", file=sys.stderr)
+        return 2
+    app = create_app(config)
+    logging.getLogger("generator").info(
+        "serving on http://%s:%d (model %s, monitor %s)", config.host, config.port, config.model, config.monitor_url
+    )
+    try:
+        serve(app, host=config.host, port=config.port, threads=config.threads, ident="i2v-generator")
+    finally:
+        app.extensions["generator"].close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""The generator's HTTP API and page: submit, watch, cancel and fetch jobs; health, readiness and metrics."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file
+from prometheus_client import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import HTTPException
+
+from generator import eta
+from generator.config import GeneratorConfig
+from generator.events import EventSender, job_state_event
+from generator.jobs import Job, JobBook, QueueFull
+from generator.metrics import GeneratorMetrics
+from generator.pipeline import pick_device
+from generator.validation import LIMITS, MAX_PROMPT_CHARS, RESOLUTIONS, ValidationError, parse_image
+from generator.validation import parse_params, parse_prompt
+from generator.worker import Worker
+
+api = Blueprint("generator", __name__)
+
+
+class Runtime:
+    """What the routes share: the job book, the workers, the event sender and the metrics."""
+
+    def __init__(self, config: GeneratorConfig, devices: list[torch.device] | None = None) -> None:
+        self.config = config
+        self.metrics = GeneratorMetrics()
+        self.book = JobBook(config.state_dir, config.queue_size)
+        self.events = EventSender(
+            config.monitor_url, config.state_dir / "event-spool",
+            spool_max_bytes=config.event_spool_bytes, token=config.ingest_token,
+        )
+        device, dtype = pick_device()
+        if devices is None:
+            count = torch.cuda.device_count() if device.type == "cuda" else 0
+            devices = [torch.device("cuda", index) for index in range(count)] or [device]
+        self.workers = [
+            Worker(
+                book=self.book, events=self.events, metrics=self.metrics, model=config.model, device=d,
+                dtype=dtype, outputs=config.outputs, cache_dir=config.state_dir / "cache", host_name=config.host_name,
+            )
+            for d in devices
+        ]
+        for job in self.book.recovered:
+            self.events.emit(job_state_event(job, "failed", config.host_name, self.workers[0].gpu))
+
+    def start(self) -> None:
+        """Start the workers (each loads and warms its model in the background)."""
+        for worker in self.workers:
+            worker.start()
+
+    def close(self) -> None:
+        """Stop the workers, deliver what events can be, and close the job book."""
+        for worker in self.workers:
+            worker.stop()
+        self.events.flush(timeout_s=5)
+        self.events.close()
+        self.book.close()
+
+    def history(self) -> list[Job]:
+        """Return recent succeeded jobs, the basis of every time estimate."""
+        return self.book.list(state="succeeded", limit=20)
+
+
+def runtime() -> Runtime:
+    """Return the app's runtime."""
+    return current_app.extensions["generator"]
+
+
+def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConfig], Runtime] = Runtime) -> Flask:
+    """Build the generator app; its workers start loading the model at once."""
+    config.outputs.mkdir(parents=True, exist_ok=True)
+    app = Flask(__name__)
+    # The image limit plus room for the form's other fields: a larger body is refused with 413 unread.
+    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes + 64 * 1024
+    rt = runtime_factory(config)
+    app.extensions["generator"] = rt
+    app.register_blueprint(api)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    rt.start()
+    return app
+
+
+def _http_error(error: HTTPException) -> tuple[Response, int]:
+    message = error.description or error.name
+    if error.code == 413:
+        limit = runtime().config.max_upload_bytes // 2**20
+        message = f"the upload is too large: the image must be at most {limit} MB"
+    return jsonify(error=message, status=error.code), error.code or 500
+
+
+def _unexpected_error(error: Exception) -> tuple[Response, int]:
+    current_app.logger.exception("unhandled error on %s", request.path)
+    return jsonify(error="internal error; see the generator's log", status=500), 500
+
+
+def _require_admin() -> Response | None:
+    token = runtime().config.admin_token
+    if not token:
+        return None
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    response = jsonify(error="this action needs the admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
+    response.status_code = 401
+    return response
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """Return a job's public status: state, place, progress, ETA, stage times, parameters, result or error."""
+    rt = runtime()
+    history = rt.history()
+    eta_s: float | None = None
+    position = None
+    if job.state == "running":
+        eta_s = eta.remaining_s(job, history)
+    elif job.state == "queued":
+        position = rt.book.position(job.job_id)
+        queued = rt.book.queued_jobs()
+        ahead = queued[: (position or 1) - 1]
+        running = rt.book.list(state="running")
+        wait = eta.queue_wait_s(ahead, running, history, len(rt.workers))
+        own = eta.duration_estimate_s(job.effective, history)
+        eta_s = None if wait is None or own is None else wait + own
+    total = job.total_steps or job.effective.steps
+    return {
+        "job_id": job.job_id,
+        "state": job.state,
+        "status_url": f"/api/jobs/{job.job_id}",
+        "position": position,
+        "progress": {"step": job.step, "total_steps": total, "ratio": round(job.step / total, 4) if total else 0},
+        "eta_s": None if eta_s is None else round(eta_s, 1),
+        "stage_durations_s": {k: round(v, 4) for k, v in job.stage_durations_s.items()},
+        "requested": job.requested.to_dict(),
+        "effective": job.effective.to_dict(),
+        "notes": job.notes,
+        "prompt": job.prompt,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "peak_memory_bytes": job.peak_memory_bytes,
+        "video_url": f"/api/jobs/{job.job_id}/video" if job.state == "succeeded" else None,
+        "error": job.error,
+        "suggestion": job.suggestion,
+    }
+
+
+@api.get("/")
+def index() -> str:
+    """Serve the page to submit a job and watch it."""
+    return render_template(
+        "index.html", resolutions=RESOLUTIONS, limits=LIMITS, max_prompt=MAX_PROMPT_CHARS,
+        monitor_url=runtime().config.monitor_url,
+    )
+
+
+@api.post("/api/jobs")
+def submit_job() -> tuple[Response, int] | Response:
+    """Validate a multipart submission and queue it; 202 with the job, or a 4xx naming the field."""
+    rt = runtime()
+    try:
+        upload = request.files.get("image")
+        image = parse_image(upload.read() if upload else b"", rt.config.max_upload_bytes)
+        prompt = parse_prompt(request.form.get("prompt"))
+        params = parse_params(request.form)
+    except ValidationError as error:
+        rt.metrics.requests.labels("rejected").inc()
+        return jsonify(error.to_dict()), error.status
+    history = rt.history()
+    per_job = eta.duration_estimate_s(params, history) or 60.0
+    retry_after = max(int(per_job * rt.book.pending() / len(rt.workers)), 1)
+    try:
+        job = rt.book.submit(prompt, params, retry_after_s=retry_after)
+    except QueueFull as full:
+        rt.metrics.requests.labels("rejected").inc()
+        response = jsonify(error=str(full), field=None, allowed=rt.config.queue_size)
+        response.headers["Retry-After"] = str(full.retry_after_s)
+        return response, 429
+    job_dir = rt.config.outputs / job.job_id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    image.save(job_dir / "input.png")
+    rt.metrics.queue_pending.set(rt.book.pending())
+    rt.events.emit(job_state_event(job, "queued", rt.config.host_name, rt.workers[0].gpu))
+    response = jsonify(job_view(job))
+    response.headers["Location"] = f"/api/jobs/{job.job_id}"
+    return response, 202
+
+
+@api.get("/api/jobs")
+def list_jobs() -> tuple[Response, int] | Response:
+    """List jobs, newest first (`?state=` filters, `?limit=` up to 500)."""
+    state = request.args.get("state")
+    if state is not None and state not in ("queued", "running", "succeeded", "failed", "cancelled"):
+        return jsonify(error="state must be one of queued, running, succeeded, failed, cancelled"), 400
+    try:
+        limit = int(request.args.get("limit", 100))
+    except ValueError:
+        return jsonify(error="limit must be an integer between 1 and 500"), 400
+    if not 1 <= limit <= 500:
+        return jsonify(error="limit must be an integer between 1 and 500"), 400
+    return jsonify(jobs=[job_view(job) for job in runtime().book.list(state=state, limit=limit)])
+
+
+def _find(job_id: str) -> Job | tuple[Response, int]:
+    job = runtime().book.get(job_id)
+    if job is None:
+        return jsonify(error=f"no job {job_id[:64]!r}: check the job_id returned by POST /api/jobs"), 404
+    return job
+
+
+@api.get("/api/jobs/<job_id>")
+def get_job(job_id: str) -> tuple[Response, int] | Response:
+    """Return one job's status."""
+    job = _find(job_id)
+    return job if isinstance(job, tuple) else jsonify(job_view(job))
+
+
+@api.post("/api/jobs/<job_id>/cancel")
+def cancel_job(job_id: str) -> tuple[Response, int] | Response:
+    """Cancel a queued job at once or a running one at its next denoising step (202 until it stops)."""
+    denied = _require_admin()
+    if denied is not None:
+        return denied
+    rt = runtime()
+    job = _find(job_id)
+    if isinstance(job, tuple):
+        return job
+    if job.state in ("succeeded", "failed", "cancelled"):
+        return jsonify(error=f"job already {job.state}; nothing to cancel", **job_view(job)), 409
+    job = rt.book.cancel(job_id) or job
+    if job.state == "cancelled":
+        rt.metrics.requests.labels("cancelled").inc()
+        rt.metrics.queue_pending.set(rt.book.pending())
+        rt.events.emit(job_state_event(job, "cancelled", rt.config.host_name, rt.workers[0].gpu))
+        return jsonify(job_view(job))
+    return jsonify(job_view(job)), 202
+
+
+@api.get("/api/jobs/<job_id>/video")
+def job_video(job_id: str) -> tuple[Response, int] | Response:
+    """Serve a finished job's H.264 MP4 (range requests supported, so browsers can seek)."""
+    job = _find(job_id)
+    if isinstance(job, tuple):
+        return job
+    if job.state != "succeeded" or not job.video_path or not Path(job.video_path).is_file():
+        return jsonify(error=f"job is {job.state}: the video exists once it has succeeded"), 409
+    return send_file(job.video_path, mimetype="video/mp4", conditional=True, max_age=3600)
+
+
+@api.get("/health")
+def health() -> Response:
+    """Liveness, with the PID the monitor attributes GPU memory to."""
+    rt = runtime()
+    return jsonify(
+        status="ok", pid=os.getpid(), host=rt.config.host_name, model=rt.config.model,
+        workers=[{"gpu": w.gpu, "ready": w.ready.is_set(), "error": w.load_error} for w in rt.workers],
+        queue_pending=rt.book.pending(), events_spooled=rt.events.pending(), time=time.time(),
+    )
+
+
+@api.get("/ready")
+def ready() -> tuple[Response, int]:
+    """200 once every worker's model is loaded and warmed, else 503 with the reason."""
+    workers = runtime().workers
+    if all(worker.ready.is_set() for worker in workers):
+        return jsonify(ready=True), 200
+    errors = [worker.load_error for worker in workers if worker.load_error]
+    return jsonify(ready=False, reason=errors[0] if errors else "model loading and warming up"), 503
+
+
+@api.get("/metrics")
+def metrics() -> Response:
+    """Prometheus exposition of the generator's metrics."""
+    rt = runtime()
+    rt.metrics.queue_pending.set(rt.book.pending())
+    rt.metrics.events_spooled.set(rt.events.pending())
+    return Response(generate_latest(rt.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,93 @@
+"""The generator's configuration: defaults, then environment variables, then command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Everything `python -m generator` needs; built by `from_sources`, checked by `validate`."""
+
+    host: str = "127.0.0.1"
+    port: int = 7860
+    model: str = "tiny"
+    monitor_url: str | None = None
+    outputs: Path = Path("outputs")
+    state_dir: Path = Path("var/generator")
+    queue_size: int = 8
+    max_upload_bytes: int = 20 * MiB
+    admin_token: str | None = None
+    ingest_token: str | None = None
+    host_name: str = socket.gethostname()
+    event_spool_bytes: int = 64 * MiB
+    threads: int = 8
+
+    def validate(self) -> None:
+        """Raise ValueError with one line that says what to change; makes no network call."""
+        if not 0 < self.port < 65536:
+            raise ValueError(f"--port must be 1-65535, got {self.port}")
+        if self.queue_size < 1:
+            raise ValueError(f"GENERATOR_QUEUE_SIZE must be at least 1, got {self.queue_size}")
+        if self.monitor_url and not self.monitor_url.startswith(("http://", "https://")):
+            raise ValueError(f"--monitor-url must start with http:// or https://, got {self.monitor_url!r}")
+        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.admin_token:
+            raise ValueError(
+                f"binding to {self.host} exposes cancel to the network: set ADMIN_TOKEN, or bind to 127.0.0.1"
+            )
+
+    @classmethod
+    def from_sources(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> GeneratorConfig:
+        """Build the configuration from the environment, overridden by flags."""
+        env = os.environ if environ is None else environ
+        config = cls()
+        env_names = {
+            "host": "GENERATOR_BIND",
+            "port": "GENERATOR_PORT",
+            "model": "GENERATOR_MODEL",
+            "monitor_url": "MONITOR_URL",
+            "outputs": "GENERATOR_OUTPUTS",
+            "state_dir": "GENERATOR_STATE_DIR",
+            "queue_size": "GENERATOR_QUEUE_SIZE",
+            "admin_token": "ADMIN_TOKEN",
+            "ingest_token": "INGEST_TOKEN",
+            "host_name": "I2V_HOST_NAME",
+            "threads": "GENERATOR_THREADS",
+        }
+        types = {f.name: f.type for f in fields(cls)}
+        overrides: dict[str, object] = {}
+        for name, variable in env_names.items():
+            if env.get(variable):
+                overrides[name] = _convert(types[name], env[variable], variable)
+        parser = argparse.ArgumentParser(prog="python -m generator", description="The I2VGen-XL generation service.")
+        parser.add_argument("--host", help="address to bind (env GENERATOR_BIND; default 127.0.0.1)")
+        parser.add_argument("--port", type=int, help="port (env GENERATOR_PORT; default 7860)")
+        parser.add_argument("--model", help="tiny | full | a folder of saved weights (env GENERATOR_MODEL)")
+        parser.add_argument("--monitor-url", help="where events go, e.g. http://127.0.0.1:7861 (env MONITOR_URL)")
+        parser.add_argument("--outputs", type=Path, help="folder for clips (env GENERATOR_OUTPUTS)")
+        parser.add_argument("--state-dir", type=Path, help="job database and event spool (env GENERATOR_STATE_DIR)")
+        parser.add_argument("--queue-size", type=int, help="jobs waiting before 429 (env GENERATOR_QUEUE_SIZE)")
+        args = parser.parse_args(argv)
+        overrides.update({k: v for k, v in vars(args).items() if v is not None})
+        return replace(config, **overrides)  # type: ignore[arg-type]
+
+
+def _convert(kind: object, value: str, variable: str) -> object:
+    text = str(kind)
+    try:
+        if "int" in text:
+            return int(value)
+        if "Path" in text:
+            return Path(value)
+    except ValueError:
+        raise ValueError(f"{variable} must be a number, got {value!r}") from None
+    return value

@@ -1,0 +1,164 @@
+"""Emit the generator's events: a JSON log line each, and delivery in batches to the monitor through a spool."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+from common.events import Event
+from common.spool import Spool
+from generator.jobs import FINAL_STATES, Job
+
+log = logging.getLogger("generator.events")
+event_log = logging.getLogger("generator.event")
+
+BATCH_SIZE = 200
+BACKOFF_MAX_S = 30.0
+
+
+def iso(epoch_s: float) -> str:
+    """Format epoch seconds as RFC 3339 UTC."""
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def job_state_event(job: Job, state: str, host: str, gpu: str) -> Event:
+    """Build the event for a job entering `state`: a state's time is when it began; an end state spans the job."""
+    now = time.time()
+    return Event(
+        job_id=job.job_id,
+        host=host,
+        gpu=gpu,
+        kind="job",
+        status=state,
+        started_at=iso(job.started_at if state == "running" and job.started_at else job.created_at),
+        duration_s=(now - job.created_at) if state in FINAL_STATES else 0.0,
+        params=job.effective.to_dict(),
+        requested=job.requested.to_dict() if job.requested != job.effective else {},
+        prompt=job.prompt,
+        error=job.error,
+        suggestion=job.suggestion,
+        video_path=job.video_path,
+        peak_memory_bytes=job.peak_memory_bytes,
+    )
+
+
+class EventSender:
+    """Deliver events to the monitor in order, exactly as emitted, surviving the monitor's absence.
+
+    `emit` never blocks the worker: it logs the event and hands it to a thread that appends it to a disk
+    spool and drains the spool in batches to `POST {monitor_url}/monitor/api/events`. A batch is acked only
+    after the monitor accepted it, so a monitor or generator restart replays it; the monitor's ingest is
+    idempotent on `event_id`, so a replay is stored once. Without a monitor URL events are only logged.
+    """
+
+    def __init__(
+        self,
+        monitor_url: str | None,
+        spool_dir: Path,
+        *,
+        spool_max_bytes: int,
+        token: str | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
+        self._url = f"{monitor_url.rstrip('/')}/monitor/api/events" if monitor_url else None
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._timeout_s = timeout_s
+        self._inbox: queue.SimpleQueue[Event | None] = queue.SimpleQueue()
+        self._spool = Spool(spool_dir, spool_max_bytes) if self._url else None
+        self._session = requests.Session()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.delivered_total = 0
+        self.failures_total = 0
+        self._monitor_down = False
+        self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
+        if self._url:
+            self._thread.start()
+
+    def emit(self, event: Event) -> None:
+        """Log the event as one JSON line and queue it for delivery."""
+        event_log.info(json.dumps(event.to_dict(), separators=(",", ":")))
+        if self._url:
+            self._inbox.put(event)
+            self._wake.set()
+
+    def pending(self) -> int:
+        """Return the events written to the spool and not yet accepted by the monitor."""
+        return self._spool.pending() if self._spool else 0
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every emitted event is delivered; return whether that happened within the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._inbox.empty() and self.pending() == 0:
+                return True
+            self._wake.set()
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        """Stop the sender; undelivered events stay in the spool for the next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        if self._spool:
+            self._spool.close()
+
+    def _drain_inbox(self) -> None:
+        batch = []
+        while not self._inbox.empty():
+            event = self._inbox.get_nowait()
+            if event is not None:
+                batch.append(event.to_dict())
+        if batch and self._spool:
+            self._spool.append(batch)
+
+    def _run(self) -> None:
+        backoff_s = 0.5
+        while not self._stop.is_set():
+            self._drain_inbox()
+            if self._deliver_spooled():
+                backoff_s = 0.5
+                self._wake.wait(timeout=1.0)
+            else:
+                self._wake.wait(timeout=backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            self._wake.clear()
+        self._drain_inbox()
+
+    def _deliver_spooled(self) -> bool:
+        """Send spooled batches until the spool is empty; return False when the monitor did not take one."""
+        assert self._spool is not None and self._url is not None
+        while batch := self._spool.peek(BATCH_SIZE):
+            try:
+                response = self._session.post(
+                    self._url, json={"events": batch}, headers=self._headers, timeout=self._timeout_s
+                )
+            except requests.RequestException as error:
+                return self._failed(f"monitor unreachable: {error.__class__.__name__}")
+            if response.status_code >= 500 or response.status_code in (401, 403, 429):
+                return self._failed(f"monitor answered {response.status_code}")
+            if response.status_code >= 400:
+                # The monitor refused the batch's content: keeping it would block every later event.
+                log.error("monitor refused %d events (%s): dropped", len(batch), response.text[:300])
+            self._spool.ack(len(batch))
+            self.delivered_total += len(batch)
+            if self._monitor_down:
+                log.info("monitor reachable again: spooled events delivered")
+                self._monitor_down = False
+        return True
+
+    def _failed(self, reason: str) -> bool:
+        self.failures_total += 1
+        if not self._monitor_down:
+            log.warning("%s: events are spooled and will be replayed in order", reason)
+            self._monitor_down = True
+        return False

@@ -1,0 +1,134 @@
+"""Check a job submission field by field; each refusal names the field, the value and what is allowed."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+RESOLUTIONS = (256, 512, 768, 1024)
+LIMITS: dict[str, tuple[float, float]] = {
+    "num_frames": (8, 32),
+    "steps": (10, 100),
+    "guidance_scale": (1, 20),
+    "fps": (4, 24),
+    "seed": (0, 2**32 - 1),
+}
+DEFAULTS: dict[str, Any] = {"resolution": 512, "num_frames": 16, "steps": 50, "guidance_scale": 9.0, "fps": 8}
+MAX_PROMPT_CHARS = 500
+IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+# A decoded image larger than this is a decompression bomb: 4096 x 4096 RGB is 48 MB of pixels.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+class ValidationError(ValueError):
+    """A refused submission: `status` is the HTTP code, the rest goes into the JSON answer."""
+
+    def __init__(self, status: int, field: str, message: str, value: Any = None, allowed: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.field, self.value, self.allowed = status, field, value, allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON body of the 4xx answer."""
+        body = {"error": str(self), "field": self.field, "allowed": self.allowed}
+        if self.value is not None:
+            body["value"] = self.value if isinstance(self.value, int | float) else str(self.value)[:100]
+        return body
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """The generation parameters of one job."""
+
+    resolution: int
+    num_frames: int
+    steps: int
+    guidance_scale: float
+    fps: int
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the parameters as a plain dict (event and API format)."""
+        return asdict(self)
+
+
+def parse_params(form: Mapping[str, str]) -> JobParams:
+    """Read and range-check the numeric fields, using DEFAULTS where a field is absent."""
+    values: dict[str, Any] = {}
+    raw_resolution = form.get("resolution") or DEFAULTS["resolution"]
+    resolution = _number("resolution", raw_resolution, integer=True)
+    if resolution not in RESOLUTIONS:
+        raise ValidationError(
+            400, "resolution", f"resolution must be one of {list(RESOLUTIONS)}", raw_resolution, list(RESOLUTIONS)
+        )
+    values["resolution"] = resolution
+    for name, (low, high) in LIMITS.items():
+        raw = form.get(name)
+        if raw in (None, ""):
+            if name == "seed":
+                values[name] = None
+                continue
+            raw = DEFAULTS[name]
+        number = _number(name, raw, integer=name != "guidance_scale")
+        if not low <= number <= high:
+            raise ValidationError(400, name, f"{name} must be between {low:g} and {high:g}", raw, [low, high])
+        values[name] = number
+    return JobParams(**values)
+
+
+def _number(name: str, raw: Any, *, integer: bool) -> Any:
+    kind = "an integer" if integer else "a number"
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        raise ValidationError(400, name, f"{name} must be {kind}", raw) from None
+    if not math.isfinite(number) or (integer and number != int(number)):
+        raise ValidationError(400, name, f"{name} must be {kind}", raw)
+    return int(number) if integer else number
+
+
+def parse_prompt(raw: str | None) -> str:
+    """Return the prompt, refusing an empty one, an overlong one or one with control characters."""
+    prompt = (raw or "").strip()
+    if not prompt:
+        raise ValidationError(400, "prompt", "prompt must not be empty", allowed=[1, MAX_PROMPT_CHARS])
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ValidationError(
+            400, "prompt", f"prompt must be at most {MAX_PROMPT_CHARS} characters", len(prompt), [1, MAX_PROMPT_CHARS]
+        )
+    if any(ord(ch) < 32 and ch not in "\t\n" for ch in prompt):
+        raise ValidationError(400, "prompt", "prompt must not contain control characters")
+    return prompt
+
+
+def parse_image(data: bytes, max_bytes: int) -> Image.Image:
+    """Decode an uploaded PNG, JPEG or WebP fully and return it as RGB; refuse anything else."""
+    allowed = sorted(IMAGE_FORMATS.values())
+    if not data:
+        raise ValidationError(400, "image", "image is required (a PNG, JPEG or WebP file)", allowed=allowed)
+    if len(data) > max_bytes:
+        raise ValidationError(413, "image", f"image must be at most {max_bytes // 2**20} MB", len(data), max_bytes)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in IMAGE_FORMATS:
+                raise ValidationError(415, "image", "image must be PNG, JPEG or WebP", image.format, allowed)
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ValidationError(
+                    413, "image", "image has too many pixels (decompression bomb?)", image.width * image.height,
+                    MAX_IMAGE_PIXELS,
+                )
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValidationError(413, "image", "image has too many pixels (decompression bomb)", allowed=allowed) from None
+    except UnidentifiedImageError:
+        raise ValidationError(415, "image", "image is not a PNG, JPEG or WebP file", allowed=allowed) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValidationError(400, "image", f"image does not decode: {error}", allowed=allowed) from None
+    return image.convert("RGB")

@@ -1,0 +1,243 @@
+"""Run queued jobs through the pipeline on one device: stage events, cancellation, OOM recovery, export."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from common.events import Event
+from generator.admission import admit, table_estimate
+from generator.events import EventSender, iso, job_state_event
+from generator.jobs import Job, JobBook
+from generator.metrics import GeneratorMetrics
+from generator.pipeline import load_pipeline, parameter_counts
+from generator.stages import JobCancelled, StageTimer, StageTiming
+from generator.validation import JobParams
+from generator.video import write_mp4
+
+log = logging.getLogger(__name__)
+
+OOM_SUGGESTION = "the GPU ran out of memory: lower the resolution (e.g. 512) or the number of frames (e.g. 16)"
+WARMUP = JobParams(resolution=256, num_frames=8, steps=1, guidance_scale=9.0, fps=8, seed=0)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Tell whether an error is a CUDA allocation failure (cuBLAS/cuDNN ones arrive as plain RuntimeErrors)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
+
+
+class Worker:
+    """One thread owning one device's pipeline: loads and warms it, then takes jobs from the book."""
+
+    def __init__(
+        self,
+        *,
+        book: JobBook,
+        events: EventSender,
+        metrics: GeneratorMetrics,
+        model: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        outputs: Path,
+        cache_dir: Path,
+        host_name: str,
+        estimate: Callable[[JobParams], int] = table_estimate,
+    ) -> None:
+        self.book, self.events, self.metrics = book, events, metrics
+        self.model, self.device, self.dtype = model, device, dtype
+        self.outputs, self.cache_dir, self.host_name = outputs, cache_dir, host_name
+        self.estimate = estimate
+        self.gpu = str(device.index or 0) if device.type == "cuda" else "cpu"
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.pipe: Any = None
+        self.timer: StageTimer | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"worker-{self.gpu}", daemon=True)
+
+    def start(self) -> None:
+        """Start loading the model and then serving jobs."""
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the current job."""
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _run(self) -> None:
+        try:
+            self._load_and_warm()
+        except Exception as error:  # noqa: BLE001 - a model that cannot load is reported by /ready, not a crash
+            self.load_error = f"{error.__class__.__name__}: {error}"
+            log.exception("model %r failed to load; /ready stays false", self.model)
+            return
+        while not self._stop.is_set():
+            job = self.book.take(timeout_s=0.5)
+            self.metrics.queue_pending.set(self.book.pending())
+            if job is not None:
+                self.run_job(job)
+
+    def _load_and_warm(self) -> None:
+        started = time.time()
+        self.pipe = load_pipeline(self.model, self.device, self.dtype, self.cache_dir)
+        self._synchronize()
+        self._stage_event("startup", StageTiming("model_load", started, time.time() - started), WARMUP)
+        log.info("model %s loaded on %s: %s parameters", self.model, self.device, parameter_counts(self.pipe))
+        self.timer = StageTimer(self.pipe, self._synchronize)
+        started = time.time()
+        self._call_pipeline(WARMUP, Image.new("RGB", (256, 256), (128, 128, 128)), "warm-up", lambda _: None)
+        self._stage_event("startup", StageTiming("warmup", started, time.time() - started), WARMUP)
+        self.metrics.ready.set(1)
+        self.ready.set()
+
+    def _call_pipeline(
+        self, params: JobParams, image: Image.Image, prompt: str, listener: Callable[[StageTiming], None],
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Any:
+        assert self.timer is not None
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        output = self.timer.run(
+            listener,
+            cancelled,
+            prompt=prompt,
+            image=image,
+            height=params.resolution,
+            width=params.resolution,
+            num_frames=params.num_frames,
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            target_fps=params.fps,
+            generator=generator,
+            output_type="np",
+        )
+        return output.frames[0]
+
+    def _memory(self) -> Callable[[], tuple[int, int]] | None:
+        if self.device.type != "cuda":
+            return None
+        return lambda: torch.cuda.mem_get_info(self.device)
+
+    def run_job(self, job: Job) -> None:
+        """Run one job to its end state; every failure mode ends in a reported state, never a dead worker."""
+        self.metrics.jobs_running.inc()
+        self.job_event(job, "running")
+        try:
+            self._run_admitted(job)
+        finally:
+            self.metrics.jobs_running.dec()
+
+    def _run_admitted(self, job: Job) -> None:
+        resident = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
+        verdict = admit(job.requested, self._memory(), self.estimate, resident)
+        if verdict.params is None:
+            self._finish(job, "failed", error=verdict.notes[-1],
+                         suggestion="lower the resolution or the number of frames, or wait for memory to free up")
+            return
+        if verdict.params != job.effective or verdict.notes:
+            self.book.update(job, effective=verdict.params, notes=list(verdict.notes))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        outcome: tuple[str, str | None, str | None] = ("succeeded", None, None)
+        frames = None
+        try:
+            image = Image.open(self.outputs / job.job_id / "input.png").convert("RGB")
+            frames = self._call_pipeline(
+                job.effective, image, job.prompt, lambda timing: self._on_stage(job, timing),
+                lambda: job.cancel_requested or self._stop.is_set(),
+            )
+        except JobCancelled:
+            outcome = ("cancelled", "cancelled while running", None)
+        except Exception as error:  # noqa: BLE001 - any pipeline failure ends the job, not the worker
+            if is_out_of_memory(error):
+                outcome = ("failed", f"CUDA out of memory: {str(error)[:500]}", OOM_SUGGESTION)
+            else:
+                log.exception("job %s failed", job.job_id)
+                outcome = ("failed", f"{error.__class__.__name__}: {str(error)[:500]}", "see the generator's log")
+        # Released here, after the except block: a live traceback would keep the failed run's tensors alive.
+        if outcome[0] != "succeeded":
+            frames = None
+            self._release_memory()
+            self._finish(job, outcome[0], error=outcome[1], suggestion=outcome[2])
+            return
+        started = time.time()
+        path = write_mp4(frames, self.outputs / job.job_id / "video.mp4", job.effective.fps)
+        self._on_stage(job, StageTiming("export", started, time.time() - started))
+        self._finish(job, "succeeded", video_path=str(path.resolve()))
+
+    def _release_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _peak_memory(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+    def _on_stage(self, job: Job, timing: StageTiming) -> None:
+        durations = dict(job.stage_durations_s)
+        if timing.stage == "denoising_step":
+            durations["denoising_step_mean"] = (
+                (durations.get("denoising_step_mean", 0.0) * (timing.step - 1) + timing.duration_s) / timing.step
+            )
+            self.book.update(job, step=timing.step, total_steps=timing.total_steps or 0, stage_durations_s=durations)
+        else:
+            durations[timing.stage] = timing.duration_s
+            self.book.update(job, stage_durations_s=durations)
+        self.metrics.stage_duration.labels(timing.stage).observe(timing.duration_s)
+        self._stage_event(job.job_id, timing, job.effective, job)
+
+    def _stage_event(self, job_id: str, timing: StageTiming, params: JobParams, job: Job | None = None) -> None:
+        self.events.emit(
+            Event(
+                job_id=job_id,
+                host=self.host_name,
+                gpu=self.gpu,
+                kind="stage",
+                stage=timing.stage,
+                started_at=iso(timing.started_at),
+                duration_s=timing.duration_s,
+                step=timing.step,
+                total_steps=timing.total_steps,
+                params=params.to_dict(),
+                peak_memory_bytes=self._peak_memory() if timing.stage in ("denoising", "decode_video") else None,
+            )
+        )
+
+    def job_event(self, job: Job, state: str) -> None:
+        """Emit a job state change from this worker's device."""
+        self.events.emit(job_state_event(job, state, self.host_name, self.gpu))
+
+    def _finish(self, job: Job, state: str, *, error: str | None = None, suggestion: str | None = None,
+                video_path: str | None = None) -> None:
+        self.book.update(
+            job, state=state, finished_at=time.time(), error=error, suggestion=suggestion, video_path=video_path,
+            peak_memory_bytes=self._peak_memory(),
+        )
+        if job.peak_memory_bytes is not None:
+            self.metrics.peak_memory.set(job.peak_memory_bytes)
+        if state == "succeeded":
+            self.metrics.consecutive_ooms.set(0)
+        elif error and error.startswith("CUDA out of memory"):
+            self.metrics.consecutive_ooms.inc()
+        self.metrics.requests.labels(state).inc()
+        self.metrics.request_duration.observe(job.finished_at - job.created_at)
+        self.job_event(job, state)
+        log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
