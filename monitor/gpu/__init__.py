@@ -1,0 +1,1 @@
+"""GPU sampling: NVML is read in `monitor.gpu.nvml` and nowhere else."""
