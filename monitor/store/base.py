@@ -1,17 +1,38 @@
-"""The store interface every backend implements, and the point record it stores."""
+"""The store interface every backend implements, the records it stores and returns, and the shared rules.
+
+The rules both backends apply (so that both pass one contract suite, and so that what SQLite accepts today
+InfluxDB 1.x, 2.x and 3.x accept tomorrow):
+
+- Tags with an empty or null value are left out (InfluxDB cannot store an empty tag value).
+- Fields with a null or non-finite value are left out; a point left with no field is skipped.
+- Names (measurement, tag keys, field keys) and tag values are strings without a newline or carriage return;
+  a backslash may appear in them only before a character other than a backslash, comma, equals sign or space,
+  and never last (InfluxDB 1.x keeps backslashes literally there, 2.x and 3.x unescape `\\\\`: only these are
+  read back the same by all). `time` is not a tag or field key, and no key is both a tag and a field (3.x).
+- Integers fit in 64 bits; booleans stay booleans; a field keeps its type (InfluxDB refuses a float into an
+  integer field: `monitor.schema.conform` fixes types before points reach the writer).
+- Query filter names (tag keys, field keys, field names) are identifiers: letters, digits, underscores.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 FieldValue = float | int | str | bool | None
+FilterValue = str | int | float | bool
+
+_INT64 = (-(2**63), 2**63 - 1)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_BAD_BACKSLASH = re.compile(r"\\([\\ ,=]|$)")
 
 
 @dataclass(frozen=True)
 class Point:
-    """One measurement at one time: low-cardinality `tags` (host, gpu, stage...) and `fields` (values, job_id)."""
+    """One measurement at one time: low-cardinality `tags` (host, gpu, stage), `fields` (values, job_id)."""
 
     measurement: str
     tags: Mapping[str, str]
@@ -19,15 +40,66 @@ class Point:
     time_ns: int
 
 
+@dataclass(frozen=True)
+class WindowRow:
+    """One time bucket of one tag set: the mean and max of each numeric field (None where it had no value).
+
+    Without bucketing (`bucket_s=None`) each row is one point and `mean` and `max` both hold its values.
+    """
+
+    tags: Mapping[str, str]
+    time_ns: int
+    mean: Mapping[str, float | None]
+    max: Mapping[str, float | int | None]
+
+
 class StoreUnavailable(Exception):
     """The store cannot be reached or refused the request for a reason that may pass (retry later)."""
+
+
+class StoreRejected(ValueError):
+    """The store refused the request itself (a bad point or query): sending it again fails again."""
 
 
 class Store(Protocol):
     """Write points and read them back by window; the backend-specific parts live in each implementation."""
 
     def write(self, points: Sequence[Point]) -> None:
-        """Store the points; writing the same point twice stores it once. Raise StoreUnavailable to retry."""
+        """Store the points; writing the same point twice stores it once.
+
+        Raises:
+            StoreUnavailable: the store is down or overloaded; retry later.
+            StoreRejected: a point breaks the rules above or the store's schema; retrying cannot help.
+        """
+        ...
+
+    def query_window(
+        self,
+        measurement: str,
+        fields: Sequence[str],
+        start_ns: int,
+        end_ns: int,
+        tags: Mapping[str, str] | None = None,
+        bucket_s: int | None = None,
+    ) -> list[WindowRow]:
+        """Return the numeric `fields` in [start_ns, end_ns) per tag set, bucketed server-side when asked.
+
+        Buckets start at multiples of `bucket_s` since the epoch; empty buckets are left out. Boolean and
+        string fields are skipped. Rows are sorted by tag set, then time.
+        """
+        ...
+
+    def query_points(
+        self,
+        measurement: str,
+        start_ns: int,
+        end_ns: int,
+        tags: Mapping[str, str] | None = None,
+        fields: Mapping[str, FilterValue] | None = None,
+        limit: int | None = None,
+        descending: bool = False,
+    ) -> list[Point]:
+        """Return raw points in [start_ns, end_ns) matching tag and field equality filters, by time."""
         ...
 
     def ping(self) -> bool:
@@ -37,3 +109,55 @@ class Store(Protocol):
     def close(self) -> None:
         """Release connections."""
         ...
+
+
+def check_name(name: object, what: str) -> str:
+    """Return `name` if it is a portable measurement, tag or field name; raise StoreRejected otherwise."""
+    if not isinstance(name, str) or not name:
+        raise StoreRejected(f"{what} must be a non-empty string, got {name!r}")
+    if "\n" in name or "\r" in name:
+        raise StoreRejected(f"{what} {name!r} contains a line break")
+    if _BAD_BACKSLASH.search(name):
+        raise StoreRejected(f"{what} {name!r} has a backslash last or before a backslash, comma, = or space")
+    return name
+
+
+def clean_point(point: Point) -> Point | None:
+    """Apply the shared rules: drop empty tags and null fields, check names; None when no field is left."""
+    check_name(point.measurement, "measurement")
+    if isinstance(point.time_ns, bool) or not isinstance(point.time_ns, int):
+        raise StoreRejected(f"time_ns must be an integer, got {point.time_ns!r}")
+    tags: dict[str, str] = {}
+    for key, value in point.tags.items():
+        check_name(key, "tag key")
+        if value is None or value == "":
+            continue
+        tags[key] = check_name(value, f"tag {key!r} value")
+    fields: dict[str, FieldValue] = {}
+    for key, value in point.fields.items():
+        check_name(key, "field key")
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+            raise StoreRejected(f"field {key!r} = {value} does not fit in 64 bits")
+        if not isinstance(value, bool | int | float | str):
+            raise StoreRejected(f"field {key!r} has unsupported type {type(value).__name__}")
+        fields[key] = value
+    for key in ("time", *(k for k in tags if k in fields)):
+        if key in tags or key in fields:
+            raise StoreRejected(f"{key!r} cannot be a key here (reserved, or both a tag and a field)")
+    if not fields:
+        return None
+    return Point(point.measurement, tags, fields, point.time_ns)
+
+
+def check_identifier(name: str, what: str) -> str:
+    """Return `name` if it is a plain identifier usable as a query filter or field name; raise ValueError."""
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(f"{what} must be letters, digits and underscores, got {name!r}")
+    return name
+
+
+def sort_rows(rows: list[WindowRow]) -> list[WindowRow]:
+    """Order rows by tag set, then time: the order both backends return."""
+    return sorted(rows, key=lambda r: (sorted(r.tags.items()), r.time_ns))

@@ -1,0 +1,147 @@
+"""Real servers the tests start on free loopback ports: influxd (Debian's influxdb 1.6.7)."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+
+START_DEADLINE_S = 30.0
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition: Callable[[], bool], deadline_s: float, what: str, interval_s: float = 0.05) -> None:
+    """Poll `condition` until it holds, or fail naming `what` once `deadline_s` has passed."""
+    end = time.monotonic() + deadline_s
+    while True:
+        if condition():
+            return
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {deadline_s:.0f} s waiting for {what}")
+        # Polling a condition with a deadline, not sleeping for a guess: the wait ends as soon as it holds.
+        time.sleep(interval_s)
+
+
+class InfluxServer:
+    """One influxd with its own directory and loopback ports (HTTP and the RPC port that defaults to 8088)."""
+
+    def __init__(self, root: Path) -> None:
+        """Prepare a config under `root`; `start()` runs it."""
+        binary = shutil.which("influxd")
+        if binary is None:
+            raise RuntimeError(
+                "influxd is missing: run scripts/install-system-deps.sh (Debian package influxdb)"
+            )
+        self.binary = binary
+        self.root = root
+        self.http_port = free_port()
+        self.rpc_port = free_port()
+        self.config = root / "influxdb.conf"
+        self.log_path = root / "influxd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{root}/meta"
+[data]
+  dir = "{root}/data"
+  wal-dir = "{root}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{self.http_port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[subscriber]
+  enabled = false
+[logging]
+  level = "warn"
+"""
+        )
+
+    @property
+    def url(self) -> str:
+        """Return the HTTP base URL."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def store_url(self, database: str) -> str:
+        """Return the monitor's store URL for `database` on this server."""
+        return f"influxdb://127.0.0.1:{self.http_port}/{database}"
+
+    def ping(self) -> bool:
+        """Return whether /ping answers 204."""
+        try:
+            return requests.get(f"{self.url}/ping", timeout=1).status_code == 204
+        except requests.RequestException:
+            return False
+
+    def start(self) -> None:
+        """Run influxd and wait (with a deadline) until /ping answers."""
+        log = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                [self.binary, "run", "-config", str(self.config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        try:
+            wait_for(
+                lambda: self.ping() or self.process.poll() is not None, START_DEADLINE_S, "influxd /ping"
+            )
+        except TimeoutError:
+            self.stop()
+            raise
+        if self.process.poll() is not None:
+            raise RuntimeError(f"influxd exited with {self.process.returncode}: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL influxd (a crash: nothing flushed) and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Terminate influxd politely, then by force."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def query(self, q: str, database: str | None = None) -> dict:
+        """Run InfluxQL directly (test-side checks that bypass the code under test)."""
+        params = {"q": q, "epoch": "ns"}
+        if database:
+            params["db"] = database
+        response = requests.post(f"{self.url}/query", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """Return the end of influxd's log, for failure messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
