@@ -1,0 +1,113 @@
+"""The alert record: one per rule and label set and activation, with one serialisation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.alerts.rules import Rule
+
+PENDING = "pending"
+FIRING = "firing"
+RESOLVED = "resolved"
+
+Labels = tuple[tuple[str, str], ...]
+_PLACEHOLDER = re.compile(r"\{\{\s*\$?(?:labels\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def label_set(**labels: str) -> Labels:
+    """Build the hashable label set the engine keys values by, e.g. label_set(host="h1", gpu="0")."""
+    return tuple(sorted((key, str(value)) for key, value in labels.items()))
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Format a Unix time as RFC 3339 UTC with milliseconds (None stays None)."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """Render a value for people: ratios as percent, seconds and degrees with their unit."""
+    if value is None:
+        return "n/a"
+    if unit == "ratio":
+        return f"{value * 100:.1f}%"
+    if unit == "seconds":
+        return f"{value:.1f} s"
+    if unit == "celsius":
+        return f"{value:.1f} °C"
+    if unit == "count" or float(value).is_integer():
+        return f"{value:.0f}"
+    return f"{value:.3g}"
+
+
+def render(template: str, rule: Rule, labels: dict[str, str], value: float | None) -> str:
+    """Fill {{value}}, {{threshold}}, {{clear}} and {{label}} placeholders (also Prometheus' {{ $value }})."""
+    names = {
+        "value": format_value(value, rule.unit),
+        "threshold": format_value(rule.threshold, rule.unit),
+        "clear": format_value(rule.clear, rule.unit),
+        **labels,
+    }
+    return _PLACEHOLDER.sub(lambda match: names.get(match.group(1), match.group(0)), template)
+
+
+@dataclass
+class Alert:
+    """One alert: a rule's condition on one label set, from pending to resolved. Times are Unix seconds."""
+
+    id: str
+    rule_key: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    state: str
+    value: float | None
+    active_at: float
+    last_seen_at: float
+    action: str = "none"
+    fired_at: float | None = None
+    resolved_at: float | None = None
+    acked_by: str | None = None
+    acked_at: float | None = None
+    note: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Return the alert name (the `alertname` label)."""
+        return self.labels["alertname"]
+
+    @property
+    def severity(self) -> str:
+        """Return the tier (the `severity` label)."""
+        return self.labels["severity"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise for the state file (Unix times, exact)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Alert:
+        """Rebuild from the state file."""
+        return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+    def to_public(self) -> dict[str, Any]:
+        """Serialise for the API and webhooks: RFC 3339 times, the state spelled out."""
+        return {
+            "id": self.id,
+            "alertname": self.name,
+            "severity": self.severity,
+            "state": self.state,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "value": self.value,
+            "action": self.action,
+            "active_at": iso(self.active_at),
+            "fired_at": iso(self.fired_at),
+            "resolved_at": iso(self.resolved_at),
+            "acked_by": self.acked_by,
+            "acked_at": iso(self.acked_at),
+            "note": self.note,
+        }
