@@ -7,6 +7,10 @@ VBench-I2V computes it on DINO features; here it runs on whatever `ImageEncoder`
 vision tower already loaded for the CLIP score, or the generator's own I2VGen-XL image encoder (a CLIP
 ViT-H/14) where real weights exist. Values are comparable within one encoder, not across encoders or with
 VBench's numbers.
+
+The max term rewards a clip that matches the input in any one frame, so a clip that starts on the input and
+then drifts away loses only through its consecutive terms; `mean_input_cos` (the mean over frames of the
+cosine to the input) is reported beside it because it shows such a drift directly.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class I2VScore:
 
     score: float
     max_input_cos: float
+    mean_input_cos: float
     mean_consecutive_cos: float
     min_consecutive_cos: float
 
@@ -55,6 +60,7 @@ def i2v_subject(input_features: np.ndarray, frame_features: np.ndarray) -> I2VSc
     return I2VScore(
         score=MAX_WEIGHT * max_input + MEAN_WEIGHT * mean_consec + MIN_WEIGHT * min_consec,
         max_input_cos=max_input,
+        mean_input_cos=float(to_input.mean()),
         mean_consecutive_cos=mean_consec,
         min_consecutive_cos=min_consec,
     )

@@ -25,7 +25,7 @@ from monitor.quality import motion
 from monitor.quality.clip_score import NO_WEIGHTS_REASON, ClipScorer, text_frame_score
 from monitor.quality.combined import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, ClipCalibration, combine
 from monitor.quality.frames import UnreadableClip, read_clip, read_image
-from monitor.quality.i2v import ImageEncoder, i2v_subject, score_with
+from monitor.quality.i2v import I2VScore, ImageEncoder, i2v_subject, score_with
 from monitor.store.base import FieldValue, Point
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class QualityResult:
     clip_part: float | None = None
     clip_reason: str | None = None
     i2v_subject: float | None = None
+    i2v_input_mean_cos: float | None = None
     i2v_reason: str | None = None
     smoothness: float | None = None
     jerk: float | None = None
@@ -313,9 +314,9 @@ class QualityScorer:
                 )
                 self._calibration.observe(scored.mean_cos)
             if clip_input:
-                result = replace(result, i2v_subject=i2v_subject(embeddings.images[-1], frame_rows).score)
+                result = _with_i2v(result, i2v_subject(embeddings.images[-1], frame_rows))
         if input_image is not None and self._image_encoder is not None:
-            result = replace(result, i2v_subject=score_with(self._image_encoder, input_image, frames).score)
+            result = _with_i2v(result, score_with(self._image_encoder, input_image, frames))
         elif input_image is not None and self._clip is None:
             i2v_reason = f"no image encoder: {NO_WEIGHTS_REASON}"
         return replace(result, clip_reason=clip_reason, i2v_reason=i2v_reason)
@@ -407,6 +408,10 @@ class QualityScorer:
                     self._on_low_quality(result)
                 except Exception:  # boundary: a failing listener must not stop scoring
                     log.exception("low-quality listener failed for job %s", result.job_id)
+
+
+def _with_i2v(result: QualityResult, scored: I2VScore) -> QualityResult:
+    return replace(result, i2v_subject=scored.score, i2v_input_mean_cos=scored.mean_input_cos)
 
 
 def _input_image(path: str | Path | None) -> tuple[np.ndarray | None, str | None]:

@@ -28,11 +28,12 @@ def window_clip(offsets_x: Sequence[int], side: int = 256, scale: int = 1, seed:
     the same motion (as a fraction of the frame) at every output size.
     """
     base = 256 * scale
-    span = int(max(offsets_x) - min(offsets_x)) * scale
-    canvas = texture(base + span + 64 * scale, seed)
+    if min(offsets_x) < 0 or max(offsets_x) > 256:
+        raise ValueError("offsets must lie in 0..256")
+    canvas = texture(2 * base + 64 * scale, seed)  # one canvas per seed and scale, whatever the offsets
     frames = []
     for x in offsets_x:
-        left = int((x - min(offsets_x)) * scale) + 32 * scale
+        left = int(x * scale) + 32 * scale
         crop = canvas[32 * scale : 32 * scale + base, left : left + base]
         frames.append(cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA) if side != base else crop)
     return frames
@@ -46,7 +47,7 @@ def smooth_pan(side: int = 256, scale: int = 1) -> list[np.ndarray]:
 def jittery_pan(seed: int = 1) -> list[np.ndarray]:
     """Return the steady pan with random jitter of up to ±4 px added to each frame."""
     rng = np.random.default_rng(seed)
-    return window_clip([PAN_PX_AT_256 * t + int(rng.integers(-4, 5)) for t in range(FRAMES)])
+    return window_clip([4 + PAN_PX_AT_256 * t + int(rng.integers(-4, 5)) for t in range(FRAMES)])
 
 
 def shake(amplitude: int = PAN_PX_AT_256) -> list[np.ndarray]:
@@ -68,11 +69,18 @@ def frozen() -> list[np.ndarray]:
     return window_clip([0] * FRAMES)
 
 
+def keeping(seed: int = 0) -> list[np.ndarray]:
+    """Return a slow 1 px-per-frame pan that keeps the input image (`window_clip([0])[0]`) in view."""
+    return window_clip(list(range(FRAMES)), seed=seed)
+
+
 def drifting(seed: int = 0) -> list[np.ndarray]:
-    """Return frames that cross-fade from the first frame into an unrelated scene."""
+    """Return frames that start on the input image and morph away from it, new content every frame."""
     start = window_clip([0], seed=seed)[0].astype(np.float32)
-    other = window_clip([0], seed=seed + 100)[0].astype(np.float32)
-    return [((1 - a) * start + a * other).astype(np.uint8) for a in np.linspace(0.0, 1.0, FRAMES)]
+    weights = np.linspace(0.0, 0.9, FRAMES)
+    return [
+        ((1 - a) * start + a * texture(256, seed + 100 + t)).astype(np.uint8) for t, a in enumerate(weights)
+    ]
 
 
 def write_mp4(frames: Sequence[np.ndarray], path: Path, fps: int = 8) -> Path:

@@ -1,0 +1,1 @@
+"""Tests of the quality scorer (monitor/quality)."""

@@ -1,0 +1,99 @@
+"""The CLIP score through a tiny random CLIP saved to disk and loaded by the real loading code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+from monitor.quality.clip_score import (
+    NO_WEIGHTS_REASON,
+    ClipLoadError,
+    ClipScorer,
+    gpu_policy,
+    resolve_model_dir,
+)
+from monitor.quality.frames import read_clip
+
+PROMPT = "a cat and a dog"
+
+
+@pytest.fixture(scope="module")
+def scorer(clip_dir: Path) -> ClipScorer:
+    """Load the tiny CLIP through the production path."""
+    return ClipScorer.from_dir(clip_dir)
+
+
+def _independent_cosines(clip_dir: Path, prompt: str, frames: list[np.ndarray]) -> np.ndarray:
+    """Compute the prompt-frame cosines straight from transformers, without the scorer."""
+    model = CLIPModel.from_pretrained(clip_dir).eval()
+    tokens = AutoTokenizer.from_pretrained(clip_dir)([prompt], return_tensors="pt")
+    pixels = CLIPImageProcessor.from_pretrained(clip_dir)(images=frames, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(model.get_text_features(**tokens), dim=-1)
+        images = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels), dim=-1)
+    return (images @ text.T).squeeze(1).numpy()
+
+
+def test_score_is_the_cosine_of_text_and_frame_features(
+    scorer: ClipScorer, clip_dir: Path, clips: dict[str, Path]
+) -> None:
+    frames = read_clip(clips["smooth"], clip_frames=6).sampled_frames
+    scored = scorer.score(PROMPT, frames)
+    expected = _independent_cosines(clip_dir, PROMPT, frames)
+    np.testing.assert_allclose(scored.per_frame_cos, expected, atol=1e-5)
+    assert all(-1.0 <= c <= 1.0 for c in scored.per_frame_cos)
+    assert scored.mean_cos == pytest.approx(float(expected.mean()), abs=1e-5)
+    assert scored.min_cos == pytest.approx(float(expected.min()), abs=1e-5)
+    assert scored.score == pytest.approx(100 * max(float(expected.mean()), 0.0), abs=1e-3)
+    assert scored.score_min == pytest.approx(100 * max(float(expected.min()), 0.0), abs=1e-3)
+
+
+def test_batches_give_the_same_embeddings_as_one_pass(clip_dir: Path, clips: dict[str, Path]) -> None:
+    frames = read_clip(clips["smooth"], clip_frames=5).sampled_frames
+    whole = ClipScorer.from_dir(clip_dir).encode_images(frames)
+    batched = ClipScorer.from_dir(clip_dir, batch_size=2).encode_images(frames)
+    np.testing.assert_allclose(whole, batched, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_gpu_refused_by_policy_or_absent_means_cpu(clip_dir: Path, clips: dict[str, Path]) -> None:
+    frames = read_clip(clips["smooth"], clip_frames=2).sampled_frames
+    asked: list[bool] = []
+
+    def refuse() -> bool:
+        asked.append(True)
+        return False
+
+    on_cuda_box = ClipScorer.from_dir(clip_dir, gpu_allows=refuse, cuda_available=lambda: True)
+    assert on_cuda_box.embed(frames, PROMPT).device == "cpu"
+    assert asked == [True]
+    assert not on_cuda_box.on_gpu
+    no_cuda = ClipScorer.from_dir(clip_dir, gpu_allows=lambda: True, cuda_available=lambda: False)
+    assert no_cuda.embed(frames).device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("busy", "free", "allowed"),
+    [(False, None, True), (True, 8 << 30, True), (True, 1 << 30, False), (True, None, False)],
+    ids=["idle", "busy-enough-memory", "busy-short-of-memory", "busy-no-reading"],
+)
+def test_gpu_policy_allows_an_idle_generator_or_enough_free_memory(
+    busy: bool, free: int | None, allowed: bool
+) -> None:
+    policy = gpu_policy(generator_busy=lambda: busy, free_memory_bytes=lambda: free, required_bytes=2 << 30)
+    assert policy() is allowed
+
+
+def test_no_weights_configured_resolves_to_none_and_a_missing_folder_fails_clearly(tmp_path: Path) -> None:
+    assert resolve_model_dir(None, {}) is None
+    assert resolve_model_dir(None, {"CLIP_MODEL_DIR": str(tmp_path)}) == tmp_path
+    assert resolve_model_dir("/flag", {"CLIP_MODEL_DIR": str(tmp_path)}) == Path("/flag")
+    assert NO_WEIGHTS_REASON == "no CLIP weights configured"
+    with pytest.raises(ClipLoadError, match="does not exist"):
+        ClipScorer.from_dir(tmp_path / "absent")
+    with pytest.raises(ClipLoadError, match="cannot load CLIP"):
+        ClipScorer.from_dir(tmp_path)
