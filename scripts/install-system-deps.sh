@@ -14,6 +14,7 @@ promtool prometheus
 alertmanager prometheus-alertmanager
 amtool prometheus-alertmanager
 chromium chromium
+prometheus-alertmanager prometheus-alertmanager
 "
 
 missing=""
