@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hmac
 import os
+import shutil
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -179,21 +181,34 @@ def submit_job() -> tuple[Response, int] | Response:
     history = rt.history()
     per_job = eta.duration_estimate_s(params, history) or 60.0
     retry_after = max(int(per_job * rt.book.pending() / len(rt.workers)), 1)
-    try:
-        job = rt.book.submit(prompt, params, retry_after_s=retry_after)
-    except QueueFull as full:
-        rt.metrics.requests.labels("rejected").inc()
-        response = jsonify(error=str(full), field=None, allowed=rt.config.queue_size)
-        response.headers["Retry-After"] = str(full.retry_after_s)
-        return response, 429
-    job_dir = rt.config.outputs / job.job_id
+    if rt.book.is_full():
+        return _queue_full(QueueFull(retry_after))
+    # The input is on disk before the job is queued: a worker may take it the moment it is.
+    job_id = uuid.uuid4().hex
+    job_dir = rt.config.outputs / job_id
     job_dir.mkdir(parents=True, exist_ok=True)
-    image.save(job_dir / "input.png")
+    image.save(job_dir / "input.partial.png", format="PNG")
+    (job_dir / "input.partial.png").replace(job_dir / "input.png")
+    try:
+        job = rt.book.submit(
+            job_id, prompt, params, retry_after_s=retry_after,
+            on_queued=lambda job: rt.events.emit(job_state_event(job, "queued", rt.config.host_name, rt.workers[0].gpu)),
+        )
+    except QueueFull as full:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return _queue_full(full)
     rt.metrics.queue_pending.set(rt.book.pending())
-    rt.events.emit(job_state_event(job, "queued", rt.config.host_name, rt.workers[0].gpu))
     response = jsonify(job_view(job))
     response.headers["Location"] = f"/api/jobs/{job.job_id}"
     return response, 202
+
+
+def _queue_full(full: QueueFull) -> tuple[Response, int]:
+    rt = runtime()
+    rt.metrics.requests.labels("rejected").inc()
+    response = jsonify(error=str(full), field=None, allowed=rt.config.queue_size)
+    response.headers["Retry-After"] = str(full.retry_after_s)
+    return response, 429
 
 
 @api.get("/api/jobs")
@@ -236,7 +251,7 @@ def cancel_job(job_id: str) -> tuple[Response, int] | Response:
     if isinstance(job, tuple):
         return job
     if job.state in ("succeeded", "failed", "cancelled"):
-        return jsonify(error=f"job already {job.state}; nothing to cancel", **job_view(job)), 409
+        return jsonify({**job_view(job), "error": f"job already {job.state}; nothing to cancel"}), 409
     job = rt.book.cancel(job_id) or job
     if job.state == "cancelled":
         rt.metrics.requests.labels("cancelled").inc()

@@ -6,8 +6,8 @@ import json
 import sqlite3
 import threading
 import time
-import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,15 +96,27 @@ class JobBook:
             (job.job_id, job.created_at, job.to_row()),
         )
 
-    def submit(self, prompt: str, params: JobParams, retry_after_s: int) -> Job:
-        """Queue a new job, or raise QueueFull."""
+    def is_full(self) -> bool:
+        """Tell whether a new job would be refused."""
+        with self._lock:
+            return len(self._queue) >= self._queue_size
+
+    def submit(
+        self, job_id: str, prompt: str, params: JobParams, retry_after_s: int,
+        on_queued: Callable[[Job], None] = lambda job: None,
+    ) -> Job:
+        """Queue a new job (its input must already be on disk), or raise QueueFull.
+
+        `on_queued` runs before any worker can take the job, so its "queued" event precedes "running".
+        """
         with self._lock:
             if len(self._queue) >= self._queue_size:
                 raise QueueFull(retry_after_s)
-            job = Job(job_id=uuid.uuid4().hex, prompt=prompt, requested=params, effective=params)
+            job = Job(job_id=job_id, prompt=prompt, requested=params, effective=params)
             self._jobs[job.job_id] = job
             self._queue.append(job.job_id)
             self._persist(job)
+            on_queued(job)
             self._lock.notify_all()
             return job
 

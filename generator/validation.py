@@ -125,6 +125,8 @@ def parse_image(data: bytes, max_bytes: int) -> Image.Image:
                     MAX_IMAGE_PIXELS,
                 )
             image.load()
+    except ValidationError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ValidationError(413, "image", "image has too many pixels (decompression bomb)", allowed=allowed) from None
     except UnidentifiedImageError:
