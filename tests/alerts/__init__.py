@@ -1,0 +1,1 @@
+"""Tests for monitor/alerts and alerts/."""
