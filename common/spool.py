@@ -143,6 +143,9 @@ class Spool:
         with self._lock:
             return sum(s.size_bytes for s in self._segments)
 
+    def close(self) -> None:
+        """Release the spool (it holds no open file between calls); the files stay for the next process."""
+
     # ---- internals ----------------------------------------------------------------------------------------
 
     def _pending_locked(self) -> int:
