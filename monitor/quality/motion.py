@@ -29,6 +29,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -56,17 +57,20 @@ class MotionScore:
 
 def farneback(previous: np.ndarray, following: np.ndarray) -> np.ndarray:
     """Return the dense flow (h, w, 2) in px from one grey frame to the next."""
-    return cv2.calcOpticalFlowFarneback(
-        previous,
-        following,
-        None,
-        pyr_scale=0.5,
-        levels=3,
-        winsize=15,
-        iterations=3,
-        poly_n=5,
-        poly_sigma=1.2,
-        flags=0,
+    flow: Any = None  # OpenCV allocates it; the stubs do not admit None
+    return np.asarray(
+        cv2.calcOpticalFlowFarneback(
+            previous,
+            following,
+            flow,
+            pyr_scale=0.5,
+            levels=3,
+            winsize=15,
+            iterations=3,
+            poly_n=5,
+            poly_sigma=1.2,
+            flags=0,
+        )
     )
 
 

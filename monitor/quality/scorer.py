@@ -299,9 +299,11 @@ class QualityScorer:
         if self._clip is not None and not prompt:
             clip_reason = "no prompt"
         i2v_reason = image_reason
-        clip_input = input_image is not None and self._image_encoder is None
-        if self._clip is not None and (prompt or clip_input):
-            embeddings = self._clip.embed([*frames, input_image] if clip_input else frames, prompt or None)
+        # Without an injected encoder the input image rides in CLIP's batch with the frames.
+        clip_input = input_image if self._image_encoder is None else None
+        if self._clip is not None and (prompt or clip_input is not None):
+            extra = [] if clip_input is None else [clip_input]
+            embeddings = self._clip.embed([*frames, *extra], prompt or None)
             frame_rows = embeddings.images[: len(frames)]
             if embeddings.text is not None:
                 scored = text_frame_score(embeddings.text, frame_rows)
@@ -313,7 +315,7 @@ class QualityScorer:
                     clip_part=self._calibration.part(scored.mean_cos),
                 )
                 self._calibration.observe(scored.mean_cos)
-            if clip_input:
+            if clip_input is not None:
                 result = _with_i2v(result, i2v_subject(embeddings.images[-1], frame_rows))
         if input_image is not None and self._image_encoder is not None:
             result = _with_i2v(result, score_with(self._image_encoder, input_image, frames))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -92,18 +91,3 @@ def input_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("input") / "input.png"
     Image.fromarray(synthetic.window_clip([0])[0]).save(path)
     return path
-
-
-def job_folder(root: Path, job_id: str, clip: Path, image: Path | None) -> Path:
-    """Lay out a job as the generator does: <outputs>/<job_id>/video.mp4 and input.png."""
-    folder = root / job_id
-    folder.mkdir(parents=True)
-    (folder / "video.mp4").write_bytes(clip.read_bytes())
-    if image is not None:
-        (folder / "input.png").write_bytes(image.read_bytes())
-    return folder / "video.mp4"
-
-
-def rgb(seed: int, size: int = 48) -> np.ndarray:
-    """Return a random RGB image."""
-    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)

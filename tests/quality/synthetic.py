@@ -94,3 +94,13 @@ def write_mp4(frames: Sequence[np.ndarray], path: Path, fps: int = 8) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def job_folder(root: Path, job_id: str, clip: Path, image: Path | None) -> Path:
+    """Lay out a job as the generator does, <outputs>/<job_id>/video.mp4 and input.png; return the video."""
+    folder = root / job_id
+    folder.mkdir(parents=True)
+    (folder / "video.mp4").write_bytes(clip.read_bytes())
+    if image is not None:
+        (folder / "input.png").write_bytes(image.read_bytes())
+    return folder / "video.mp4"
