@@ -168,6 +168,11 @@ class _Device:
     processes_tried_at: float | None = None
 
 
+def real_nvml() -> ModuleType:
+    """Import the real NVML bindings (`pynvml` from nvidia-ml-py); raise ImportError when not installed."""
+    return importlib.import_module("pynvml")
+
+
 def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
@@ -275,7 +280,7 @@ class NvmlReader:
             nvml = self._nvml_arg
         else:
             try:
-                nvml = importlib.import_module("pynvml")
+                nvml = real_nvml()
             except ImportError:
                 self._unavailable("the NVML bindings (nvidia-ml-py) are not installed")
                 return
