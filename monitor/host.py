@@ -41,7 +41,9 @@ class HostReader:
         self, outputs_dir: str | os.PathLike[str] | None = None, *, psutil_module: ModuleType | Any = None
     ):
         if psutil_module is None:
-            import psutil as psutil_module  # here, so the GPU probe can run where psutil is missing
+            import psutil  # here, so the GPU probe can run where psutil is missing
+
+            psutil_module = psutil
         self._psutil = psutil_module
         self.outputs_dir = None if outputs_dir is None else Path(outputs_dir)
         self._process: Any = None

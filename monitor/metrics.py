@@ -63,7 +63,7 @@ class MonitorCollector:
             any mapping with its keys); a key that is missing or None leaves its metric out.
     """
 
-    def __init__(self, sampler: SamplerView, writer_health: Callable[[], Mapping[str, Any]] | None = None):
+    def __init__(self, sampler: SamplerView, writer_health: Callable[[], Any] | None = None):
         self._sampler = sampler
         self._writer_health = writer_health
         self._writer_failing = False
@@ -262,9 +262,7 @@ _STORE_METRICS: tuple[tuple[str, str, str, type[GaugeMetricFamily] | type[Counte
 )
 
 
-def make_registry(
-    sampler: SamplerView, writer_health: Callable[[], Mapping[str, Any]] | None = None
-) -> CollectorRegistry:
+def make_registry(sampler: SamplerView, writer_health: Callable[[], Any] | None = None) -> CollectorRegistry:
     """Build the monitor's registry: one collector over the sampler and, if given, the store writer."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MonitorCollector(sampler, writer_health))
@@ -275,7 +273,7 @@ def metrics_view(registry: CollectorRegistry) -> Callable[[], Any]:
     """Return a Flask view that serves `registry` in the format the scraper asks for (text or OpenMetrics)."""
 
     def metrics() -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept"))
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return Response(encoder(registry), content_type=content_type)
 
     return metrics

@@ -7,6 +7,7 @@ logged once while it recurs, and the next tick goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -264,7 +265,7 @@ class Sampler:
             lost_hook, snapshot_hook = self._on_gpu_lost, self._on_snapshot
             for gpu in snapshot.gpus:
                 if gpu.just_lost and lost_hook is not None:
-                    self._guarded("on_gpu_lost", lambda gpu=gpu: lost_hook(gpu))
+                    self._guarded("on_gpu_lost", functools.partial(lost_hook, gpu))
             if snapshot_hook is not None:
                 self._guarded("on_snapshot", lambda: snapshot_hook(snapshot))
             duration, cpu = self._clock() - started, self._thread_time() - cpu_started

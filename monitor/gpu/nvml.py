@@ -460,9 +460,10 @@ class NvmlReader:
             self._said = {key for key in self._said if key[:2] != ("lost", device.index)}
 
     def _read_device(self, device: _Device, now: float) -> GpuSnapshot:
-        base = {"index": device.index, "uuid": device.uuid, "name": device.name}
         if device.lost_reason:
-            return GpuSnapshot(**base, up=False, lost_reason=device.lost_reason)
+            return GpuSnapshot(
+                device.index, device.uuid, device.name, up=False, lost_reason=device.lost_reason
+            )
         nvml = self._nvml
         try:
             util = self._ask(device, "nvmlDeviceGetUtilizationRates")
@@ -495,9 +496,18 @@ class NvmlReader:
                 device.uuid,
                 err,
             )
-            return GpuSnapshot(**base, up=False, just_lost=True, lost_reason=device.lost_reason)
+            return GpuSnapshot(
+                device.index,
+                device.uuid,
+                device.name,
+                up=False,
+                just_lost=True,
+                lost_reason=device.lost_reason,
+            )
         return GpuSnapshot(
-            **base,
+            device.index,
+            device.uuid,
+            device.name,
             up=True,
             utilization_ratio=None if util is None else util.gpu / 100.0,
             memory_used_bytes=None if memory is None else int(memory.used),

@@ -62,7 +62,7 @@ def test_cpu_and_memory_are_read_without_blocking() -> None:
     assert 0.0 <= snapshot.cpu_ratio <= 1.0
     assert snapshot.memory_total_bytes == psutil.virtual_memory().total
     assert snapshot.memory_used_bytes is not None
-    assert 0 < snapshot.memory_used_bytes <= snapshot.memory_total_bytes
+    assert 0 < snapshot.memory_used_bytes <= psutil.virtual_memory().total
 
 
 def test_free_disk_is_read_for_the_outputs_folder_even_before_it_exists(tmp_path: Path) -> None:

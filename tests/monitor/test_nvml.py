@@ -74,7 +74,7 @@ class FakeNvml:
         if name in system:
             return _materialise(system[name])
         if name == "nvmlDeviceGetHandleByIndex":
-            index, key, rest = args[0], name, ()
+            index, key = args[0], name
         else:
             handle, *rest = args
             index, key = handle.index, ":".join([name, ",".join(map(str, rest))]) if rest else name
