@@ -15,7 +15,6 @@ PER_EXTRA_FRAME_BYTES = int(0.15 * GiB)
 # Use at most this share of the card, as the design's sources advise.
 USABLE_SHARE = 0.8
 DEGRADE_RESOLUTION = {1024: 768, 768: 512, 512: 256}
-DEGRADE_FRAMES = {32: 24, 24: 16, 16: 8}
 
 
 def table_estimate(params: JobParams) -> int:
@@ -42,7 +41,7 @@ def admit(
     """Admit, degrade or refuse a job against (free, total) device memory; no memory reader means a CPU.
 
     `resident_bytes` is what this process already holds (the model's weights), which the estimate includes.
-    Degradation lowers the resolution first (1024 → 768 → 512 → 256), then the frames (32 → 24 → 16 → 8).
+    Degradation alternates, resolution first: 1024p/32 → 768p/32 → 768p/24 → 512p/24 → 512p/16 → 256p/16 → 256p/8.
     """
     if memory is None:
         return Admission(params, (), None)
@@ -68,11 +67,16 @@ def admit(
         current = smaller
 
 
+def _frames_rank(num_frames: int) -> int:
+    return 0 if num_frames <= 8 else 1 if num_frames <= 16 else 2 if num_frames <= 24 else 3
+
+
 def _degrade(params: JobParams) -> JobParams | None:
-    if params.resolution in DEGRADE_RESOLUTION:
+    """Step down whichever of resolution and frames is higher on its ladder, resolution first on a tie."""
+    resolution_rank = sorted(PEAK_16_FRAMES_BYTES).index(params.resolution)
+    if resolution_rank == 0 and params.num_frames <= 8:
+        return None
+    if resolution_rank >= _frames_rank(params.num_frames):
         return replace(params, resolution=DEGRADE_RESOLUTION[params.resolution])
-    if params.num_frames in DEGRADE_FRAMES:
-        return replace(params, num_frames=DEGRADE_FRAMES[params.num_frames])
-    if params.num_frames > 8:
-        return replace(params, num_frames=8)
-    return None
+    frames = params.num_frames
+    return replace(params, num_frames=24 if frames > 24 else 16 if frames > 16 else 8)

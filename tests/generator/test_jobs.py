@@ -1,0 +1,39 @@
+"""Job state survives a restart: a job that was running fails, queued jobs queue again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from generator.admission import GiB, admit
+from generator.jobs import JobBook
+from generator.validation import JobParams
+
+PARAMS = JobParams(resolution=256, num_frames=8, steps=10, guidance_scale=9.0, fps=8)
+
+
+def test_a_restart_fails_the_running_job_and_requeues_the_rest(tmp_path: Path) -> None:
+    book = JobBook(tmp_path, queue_size=4)
+    first = book.submit("a", "one", PARAMS, retry_after_s=1)
+    second = book.submit("b", "two", PARAMS, retry_after_s=1)
+    assert book.take(timeout_s=1) is first
+    book.close()
+
+    reopened = JobBook(tmp_path, queue_size=4)
+
+    assert reopened.get(first.job_id).state == "failed"
+    assert "restarted" in reopened.get(first.job_id).error
+    assert [job.job_id for job in reopened.recovered] == [first.job_id]
+    assert reopened.take(timeout_s=1).job_id == second.job_id
+
+
+def test_admission_alternates_resolution_and_frames_and_refuses_what_never_fits() -> None:
+    big = JobParams(resolution=1024, num_frames=32, steps=50, guidance_scale=9.0, fps=8)
+
+    assert admit(big, None).params == big
+    roomy = admit(big, lambda: (80 * GiB, 80 * GiB))
+    assert roomy.params == big and roomy.notes == ()
+    tight = admit(big, lambda: (14 * GiB, 24 * GiB))
+    assert (tight.params.resolution, tight.params.num_frames) == (512, 24)
+    assert "degraded 1024p/32 frames to 768p/32 frames" in tight.notes[0]
+    assert "degraded 768p/32 frames to 768p/24 frames" in tight.notes[1]
+    assert admit(big, lambda: (1 * GiB, 8 * GiB)).params is None
