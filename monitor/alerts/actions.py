@@ -197,9 +197,7 @@ class RestartGeneratorAction:
         if not self.argv:
             self._done_alerts.add(alert.id)
             return [
-                ActionOutcome(
-                    result="failure", detail="no restart command configured (GENERATOR_RESTART_CMD)", **base
-                )
+                ActionOutcome(result="failure", detail="no restart command configured (GENERATOR_RESTART_CMD)", **base)
             ]
         while self._restarts and now - self._restarts[0] > self._window_s:
             self._restarts.popleft()
@@ -228,11 +226,7 @@ class RestartGeneratorAction:
             return [ActionOutcome(result="failure", detail=f"restart command failed to run: {exc}", **base)]
         if completed.returncode != 0:
             tail = (completed.stderr or completed.stdout or "").strip()[-300:]
-            return [
-                ActionOutcome(
-                    result="failure", detail=f"restart exited {completed.returncode}: {tail}", **base
-                )
-            ]
+            return [ActionOutcome(result="failure", detail=f"restart exited {completed.returncode}: {tail}", **base)]
         self._done_alerts.add(alert.id)
         return [ActionOutcome(result="success", detail=f"ran {shlex.join(self.argv)}", **base)]
 
@@ -331,8 +325,6 @@ class ActionRunner:
             if self._on_event:
                 try:
                     self._on_event(outcome.to_event())
-                except (
-                    Exception
-                ):  # an event sink failure must not stop remediation; the log line above has it
+                except Exception:  # an event sink failure must not stop remediation; the log line above has it
                     log.exception("could not emit the action event")
         return outcomes

@@ -139,9 +139,7 @@ class AlertEngine:
 
     @staticmethod
     def _annotate(alert: Alert, rule: Rule) -> None:
-        alert.annotations = {
-            k: render(v, rule, alert.labels, alert.value) for k, v in rule.annotations.items()
-        }
+        alert.annotations = {k: render(v, rule, alert.labels, alert.value) for k, v in rule.annotations.items()}
 
     def _resolve(self, alert: Alert, now: float, note: str | None) -> Alert:
         alert.state = RESOLVED
@@ -230,8 +228,7 @@ class AlertEngine:
                 sorted(
                     (k, v)
                     for k, v in alert.labels.items()
-                    if k not in ("alertname", "severity")
-                    and k not in self._rules_by_key[alert.rule_key].labels
+                    if k not in ("alertname", "severity") and k not in self._rules_by_key[alert.rule_key].labels
                 )
             )
             alert.last_seen_at = now

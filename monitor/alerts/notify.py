@@ -95,9 +95,7 @@ class WebhookNotifier:
     kind = "webhook"
     resend_s: float | None = None
 
-    def __init__(
-        self, target: str, *, session: requests.Session | None = None, timeout_s: float = 5.0
-    ) -> None:
+    def __init__(self, target: str, *, session: requests.Session | None = None, timeout_s: float = 5.0) -> None:
         """Configure one webhook URL."""
         self.target = target
         self._session = session or requests.Session()
@@ -249,9 +247,7 @@ class NotifierWorker:
             except NotifyError as exc:
                 self.failures += 1
                 self.consecutive_failures += 1
-                delay = min(
-                    self._backoff_initial_s * 2 ** (self.consecutive_failures - 1), self._backoff_max_s
-                )
+                delay = min(self._backoff_initial_s * 2 ** (self.consecutive_failures - 1), self._backoff_max_s)
                 self.retry_at = now + delay
                 self._metrics.notifications.labels(self.notifier.kind, "failure").inc()
                 if self.consecutive_failures == 1 or self.last_error != str(exc):

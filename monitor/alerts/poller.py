@@ -46,9 +46,7 @@ def quantile_from_buckets(q: float, buckets: dict[float, float]) -> float | None
                 return previous_bound  # as Prometheus: the highest finite bound
             if count == previous_count:
                 return bound
-            return previous_bound + (bound - previous_bound) * (rank - previous_count) / (
-                count - previous_count
-            )
+            return previous_bound + (bound - previous_bound) * (rank - previous_count) / (count - previous_count)
         previous_bound, previous_count = bound, count
     return previous_bound
 
@@ -107,9 +105,7 @@ class GeneratorPoller:
                     values["queue_pending"] = (values["queue_pending"] or 0.0) + sample.value
                 elif sample.name == "i2v_requests_total":
                     status = sample.labels.get("status", "")
-                    scrape.requests_by_status[status] = (
-                        scrape.requests_by_status.get(status, 0.0) + sample.value
-                    )
+                    scrape.requests_by_status[status] = scrape.requests_by_status.get(status, 0.0) + sample.value
                 elif sample.name == "i2v_request_duration_seconds_bucket":
                     bound = float(sample.labels["le"])
                     scrape.buckets[bound] = scrape.buckets.get(bound, 0.0) + sample.value
@@ -127,9 +123,7 @@ class GeneratorPoller:
     def _remember(self, scrape: _Scrape) -> None:
         if self._scrapes:
             last = self._scrapes[-1]
-            went_down = any(
-                scrape.requests_by_status.get(k, 0.0) < v for k, v in last.requests_by_status.items()
-            )
+            went_down = any(scrape.requests_by_status.get(k, 0.0) < v for k, v in last.requests_by_status.items())
             if went_down or sum(scrape.buckets.values()) < sum(last.buckets.values()):
                 self._scrapes.clear()
         self._scrapes.append(scrape)

@@ -34,7 +34,7 @@ def format_value(value: float | None, unit: str) -> str:
     if value is None:
         return "n/a"
     if unit == "ratio":
-        return f"{value * 100:.1f}%"
+        return f"{value * 100:.1f}".removesuffix(".0") + "%"
     if unit == "seconds":
         return f"{value:.1f} s"
     if unit == "celsius":

@@ -169,17 +169,13 @@ def parse_rules(text: str, source: str = "<rules>") -> list[Rule]:
         raise RuleFileError(source, exc.line, exc.reason) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        raise RuleFileError(
-            source, mark.line + 1 if mark else None, f"not valid YAML: {exc.problem}"
-        ) from None
+        raise RuleFileError(source, mark.line + 1 if mark else None, f"not valid YAML: {exc.problem}") from None
     if not isinstance(document, _MarkedDict):
         raise RuleFileError(source, 1, "the file must be a mapping with a 'rules' list")
     unknown = set(document) - {"rules"}
     if unknown:
         key = sorted(unknown, key=str)[0]
-        raise RuleFileError(
-            source, document.key_lines[key], f"unknown top-level key {key!r} (expected 'rules')"
-        )
+        raise RuleFileError(source, document.key_lines[key], f"unknown top-level key {key!r} (expected 'rules')")
     entries = document.get("rules")
     if not isinstance(entries, list) or not entries:
         raise RuleFileError(source, document.key_lines.get("rules", 1), "'rules' must be a non-empty list")
@@ -191,8 +187,7 @@ def parse_rules(text: str, source: str = "<rules>") -> list[Rule]:
             raise RuleFileError(
                 source,
                 rule.line,
-                f"rule {rule.alert!r} with severity {rule.severity!r} is already defined "
-                f"on line {seen[rule.key]}",
+                f"rule {rule.alert!r} with severity {rule.severity!r} is already defined on line {seen[rule.key]}",
             )
         seen[rule.key] = rule.line
         rules.append(rule)
@@ -244,9 +239,7 @@ def _parse_rule(entry: Any, source: str, list_line: int) -> Rule:
     for label in labels:
         if label in RESERVED_LABELS or not _LABEL.match(label):
             raise fail("labels", f"label {label!r} is reserved or not a valid label name")
-    annotations = _string_map(
-        entry["annotations"], lambda reason: fail("annotations", f"'annotations' {reason}")
-    )
+    annotations = _string_map(entry["annotations"], lambda reason: fail("annotations", f"'annotations' {reason}"))
     for key in ("summary", "description"):
         if not annotations.get(key):
             raise fail("annotations", f"'annotations' needs a non-empty {key!r}")

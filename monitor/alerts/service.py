@@ -91,9 +91,7 @@ class AlertService:
         )
         self.metrics = AlertMetrics(registry)
         notifiers = build_notifiers(settings, session) if notifiers is None else notifiers
-        self.workers = [
-            NotifierWorker(n, self.engine.notifiable, self.metrics, clock=clock) for n in notifiers
-        ]
+        self.workers = [NotifierWorker(n, self.engine.notifiable, self.metrics, clock=clock) for n in notifiers]
         self.restart = RestartGeneratorAction(
             settings.restart_command,
             run_command=run_command,
@@ -153,9 +151,7 @@ class AlertService:
         if low is None:
             return
         self._low_quality_streak = self._low_quality_streak + 1 if low else 0
-        self.engine.evaluate(
-            {label_set(host=self.host): {"low_quality_streak": float(self._low_quality_streak)}}
-        )
+        self.engine.evaluate({label_set(host=self.host): {"low_quality_streak": float(self._low_quality_streak)}})
 
     def host_values(self) -> dict[str, float | None]:
         """Return this tick's host values: generator, sampler age, Watchdog, restarts, quality, fed ones."""
@@ -172,11 +168,15 @@ class AlertService:
         """Poll the generator and evaluate the host rules once; return the alerts that changed."""
         return self.engine.evaluate({label_set(host=self.host): self.host_values()})
 
-    def start(self) -> None:
-        """Start the notifier workers, the action runner and the tick thread (every `interval_s`)."""
+    def start_workers(self) -> None:
+        """Start the notifier workers and the action runner (not the tick thread: tests call tick())."""
         for worker in self.workers:
             worker.start()
         self.runner.start()
+
+    def start(self) -> None:
+        """Start the notifier workers, the action runner and the tick thread (every `interval_s`)."""
+        self.start_workers()
         self._thread = threading.Thread(target=self._loop, name="alerts-tick", daemon=True)
         self._thread.start()
 

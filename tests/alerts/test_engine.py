@@ -12,7 +12,6 @@ from monitor.alerts.engine import AlertEngine
 from monitor.alerts.record import FIRING, PENDING, RESOLVED, label_set
 from monitor.alerts.rules import Rule, parse_rules
 from monitor.alerts.service import snapshot_values
-
 from tests.alerts.conftest import FakeClock
 
 GPU0 = label_set(host="h1", gpu="0")
@@ -39,15 +38,14 @@ def test_fires_only_after_for_holds(clock: FakeClock, default_rules: list[Rule])
         assert feed(engine, clock, 0.88) == []
     assert states(engine) == {"warning": PENDING}
     (fired,) = feed(engine, clock, 0.88)
-    assert fired.state == FIRING and fired.severity == "warning"
+    assert fired.state == FIRING
+    assert fired.severity == "warning"
     assert fired.labels == {"alertname": "GpuMemoryHigh", "severity": "warning", "host": "h1", "gpu": "0"}
-    assert fired.annotations["description"].startswith("GPU 0 on h1 uses 88.0% of its memory")
+    assert fired.annotations["description"].startswith("GPU 0 on h1 uses 88% of its memory")
     assert fired.fired_at - fired.active_at == pytest.approx(30.0)
 
 
-def test_a_dip_below_the_clear_threshold_while_pending_starts_over(
-    clock: FakeClock, default_rules: list[Rule]
-) -> None:
+def test_a_dip_below_the_clear_threshold_while_pending_starts_over(clock: FakeClock, default_rules: list[Rule]) -> None:
     engine = AlertEngine(memory_rules(default_rules), clock=clock)
     feed(engine, clock, 0.9)
     feed(engine, clock, 0.5, step_s=20)
@@ -79,12 +77,14 @@ def test_resolves_once_past_the_clear_threshold(clock: FakeClock, default_rules:
     assert states(engine) == {"warning": FIRING}
     assert feed(engine, clock, 0.81) == []
     (warning_resolved,) = feed(engine, clock, 0.80)
-    assert warning_resolved.state == RESOLVED and warning_resolved.resolved_at == clock.now
+    assert warning_resolved.state == RESOLVED
+    assert warning_resolved.resolved_at == clock.now
     assert engine.active() == []
     assert [alert.severity for alert in engine.history()] == ["warning", "severe"]
     # A new crossing is a new alert (a new id), pending again.
     (again,) = feed(engine, clock, 0.86)
-    assert again.state == PENDING and again.id != warning_resolved.id
+    assert again.state == PENDING
+    assert again.id != warning_resolved.id
 
 
 def test_one_alert_per_rule_and_label_set(clock: FakeClock, default_rules: list[Rule]) -> None:
@@ -107,7 +107,8 @@ def test_a_missing_value_holds_and_a_stale_alert_resolves(clock: FakeClock, defa
     assert states(engine) == {"warning": FIRING}
     clock.advance(31)
     (resolved,) = engine.evaluate({GPU1: {"gpu_memory_ratio": 0.1}})
-    assert resolved.state == RESOLVED and "no value" in (resolved.note or "")
+    assert resolved.state == RESOLVED
+    assert "no value" in (resolved.note or "")
 
 
 def test_state_survives_a_restart(tmp_path: Path, clock: FakeClock, default_rules: list[Rule]) -> None:
@@ -126,7 +127,8 @@ def test_state_survives_a_restart(tmp_path: Path, clock: FakeClock, default_rule
     assert (alert.id, alert.state, alert.fired_at, alert.acked_by) == (fired.id, FIRING, fired.fired_at, "alice")
     assert feed(restored, clock, 0.9) == []  # same alert, not a new one and no new notification
     (resolved,) = feed(restored, clock, 0.5)
-    assert resolved.id == fired.id and resolved.state == RESOLVED
+    assert resolved.id == fired.id
+    assert resolved.state == RESOLVED
 
 
 def test_a_corrupt_state_file_is_set_aside(tmp_path: Path, clock: FakeClock, default_rules: list[Rule]) -> None:
@@ -146,7 +148,8 @@ def test_for_zero_fires_at_once_and_ge_threshold_clears_on_reset(clock: FakeCloc
     host = label_set(host="h1")
     assert engine.evaluate({host: {"consecutive_ooms": 2}}) == []
     (fired,) = engine.evaluate({host: {"consecutive_ooms": 3}})
-    assert fired.state == FIRING and fired.annotations["description"] == "d 3"
+    assert fired.state == FIRING
+    assert fired.annotations["description"] == "d 3"
     assert engine.evaluate({host: {"consecutive_ooms": 4}}) == []
     (resolved,) = engine.evaluate({host: {"consecutive_ooms": 0}})
     assert resolved.state == RESOLVED

@@ -28,7 +28,8 @@ def test_default_rules_carry_the_seed_tiers(default_rules: list[Rule]) -> None:
     by_key = {rule.key: rule for rule in default_rules}
     warning, severe = by_key["GpuMemoryHigh/warning"], by_key["GpuMemoryHigh/severe"]
     assert (warning.op, warning.threshold, severe.threshold) == (">", 0.85, 0.95)
-    assert warning.clear < warning.threshold and severe.clear < severe.threshold
+    assert warning.clear < warning.threshold
+    assert severe.clear < severe.threshold
     assert severe.action == "cancel_job"
     temperature = by_key["GpuTemperatureHigh/severe"]
     assert (temperature.threshold, temperature.action) == (85, "cancel_job")
@@ -36,25 +37,37 @@ def test_default_rules_carry_the_seed_tiers(default_rules: list[Rule]) -> None:
     assert (oom.expr, oom.op, oom.threshold, oom.action) == ("consecutive_ooms", ">=", 3, "restart_generator")
     names = {rule.alert for rule in default_rules}
     assert {
-        "GpuLost", "SamplerStalled", "StoreUnreachable", "SpoolGrowing", "GeneratorErrorRateHigh",
-        "GeneratorSlowRequests", "GeneratorQueueBacklog", "LowQualityStreak", "GeneratorUnreachable", "Watchdog",
+        "GpuLost",
+        "SamplerStalled",
+        "StoreUnreachable",
+        "SpoolGrowing",
+        "GeneratorErrorRateHigh",
+        "GeneratorSlowRequests",
+        "GeneratorQueueBacklog",
+        "LowQualityStreak",
+        "GeneratorUnreachable",
+        "Watchdog",
     } <= names
     assert by_key["GeneratorErrorRateHigh/warning"].threshold == 0.05
     assert by_key["GeneratorSlowRequests/warning"].threshold == 90
     assert by_key["GeneratorQueueBacklog/warning"].threshold == 5
     for rule in default_rules:
-        assert rule.annotations["summary"] and rule.annotations["description"]
+        assert rule.annotations["summary"]
+        assert rule.annotations["description"]
 
 
 def test_a_good_file_parses() -> None:
     (rule,) = parse_rules(GOOD)
-    assert rule.for_s == 30 and rule.clear == 0.80 and rule.action == "none" and rule.line == 2
+    assert rule.for_s == 30
+    assert rule.clear == 0.80
+    assert rule.action == "none"
+    assert rule.line == 2
 
 
 @pytest.mark.parametrize(
     ("old", "new", "line", "reason"),
     [
-        ("    op: \">\"\n", "    op: \"=>\"\n", 5, "'op' must be one of"),
+        ('    op: ">"\n', '    op: "=>"\n', 5, "'op' must be one of"),
         ("    threshold: 0.85\n", "    threshold: high\n", 6, "'threshold' must be a finite number"),
         ("    clear: 0.80\n", "    clear: 0.90\n", 7, "'clear' (0.9) must not be above 'threshold'"),
         ("    for: 30s\n", "    for: 30 seconds\n", 8, "not a duration"),
@@ -68,7 +81,7 @@ def test_a_good_file_parses() -> None:
         ('      summary: "memory high"\n', "", 9, "needs a non-empty 'summary'"),
         ('      runbook_url: "docs/runbooks.md#gpumemoryhigh"\n', "", 9, "needs 'runbook_url' or 'runbook'"),
         ("    threshold: 0.85\n", "", 2, "missing required key 'threshold'"),
-        ("    op: \">\"\n", "    op: [\n", 7, "not valid YAML"),
+        ('    op: ">"\n', "    op: [\n", 7, "not valid YAML"),
     ],
 )
 def test_a_bad_rule_is_refused_with_its_line_and_reason(old: str, new: str, line: int, reason: str) -> None:

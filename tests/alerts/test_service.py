@@ -1,0 +1,227 @@
+"""The wired service against a fake generator: scraping, cancel on severe, one restart for an OOM streak."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client import CollectorRegistry
+
+from monitor.alerts.poller import GeneratorPoller, quantile_from_buckets
+from monitor.alerts.record import FIRING
+from monitor.alerts.service import AlertService
+from monitor.alerts.settings import AlertSettings
+from tests.alerts.conftest import FakeClock, FakeGenerator, wait_for
+
+
+class Recorder:
+    """Stands in for subprocess.run: records each restart's argv."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+def make_service(
+    tmp_path: Path, clock: FakeClock, generator: FakeGenerator, registry: CollectorRegistry, **kwargs: Any
+) -> AlertService:
+    settings = AlertSettings(
+        state_path=tmp_path / "alerts.json",
+        generator_url=generator.url,
+        admin_token=generator.token,
+        log_notifications=False,
+        restart_command="supervisorctl restart i2v-generator",
+    )
+    return AlertService(settings, host="h1", registry=registry, clock=clock, **kwargs)
+
+
+def test_the_poller_reads_the_generator_metrics_like_promql(clock: FakeClock, fake_generator: FakeGenerator) -> None:
+    poller = GeneratorPoller(fake_generator.url, clock=clock)
+    fake_generator.queue.set(7)
+    fake_generator.ooms.set(2)
+    first = poller.poll()
+    assert first == {
+        "generator_up": 1.0,
+        "consecutive_ooms": 2.0,
+        "queue_pending": 7.0,
+        "error_ratio_5m": None,
+        "request_p95_s": None,
+    }
+    for _ in range(9):
+        fake_generator.requests.labels("succeeded").inc()
+        fake_generator.duration.observe(20)
+    fake_generator.requests.labels("failed").inc()
+    fake_generator.requests.labels("cancelled").inc()
+    fake_generator.duration.observe(100)
+    clock.advance(60)
+    values = poller.poll()
+    assert values["error_ratio_5m"] == pytest.approx(1 / 11)
+    assert values["request_p95_s"] == pytest.approx(90 + 30 * (9.5 - 9) / 1)  # rank 9.5 of 10: in (90, 120]
+    clock.advance(400)  # the window moves on: no requests in the last 5 minutes
+    poller.poll()
+    clock.advance(60)
+    assert poller.poll()["error_ratio_5m"] == 0.0
+    fake_generator.healthy = False
+    assert poller.poll()["generator_up"] == 0.0
+
+
+def test_a_dead_generator_reads_as_down_with_unknown_values(clock: FakeClock) -> None:
+    values = GeneratorPoller("http://127.0.0.1:9", clock=clock, timeout_s=0.5).poll()
+    assert values["generator_up"] == 0.0
+    assert values["consecutive_ooms"] is None
+
+
+@pytest.mark.parametrize(
+    ("buckets", "expected"),
+    [
+        ({1.0: 0, 2.0: 10, math.inf: 10}, 1.95),
+        ({1.0: 10, math.inf: 10}, 0.95),
+        ({1.0: 0, math.inf: 10}, 1.0),  # past the last finite bound: that bound, as PromQL says
+        ({1.0: 0, math.inf: 0}, None),
+    ],
+)
+def test_histogram_quantile(buckets: dict[float, float], expected: float | None) -> None:
+    assert quantile_from_buckets(0.95, buckets) == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_severe_memory_cancels_the_running_job_once(
+    tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator, registry: CollectorRegistry
+) -> None:
+    fake_generator.jobs = {"j1": {"job_id": "j1", "state": "running", "gpu": "0"}}
+    events: list[dict[str, Any]] = []
+    service = make_service(tmp_path, clock, fake_generator, registry, on_event=events.append)
+    service.start_workers()
+    try:
+        snapshot = SimpleNamespace(
+            gpus=[SimpleNamespace(index=0, up=True, memory_used_bytes=78, memory_total_bytes=80, temperature_c=70)]
+        )
+        service.on_snapshot(snapshot)
+        clock.advance(10)
+        service.on_snapshot(snapshot)
+        wait_for(lambda: fake_generator.jobs["j1"]["state"] == "cancelled", 5, "the job to be cancelled")
+        for _ in range(5):  # still firing: asked again, nothing more to cancel
+            clock.advance(2)
+            service.on_snapshot(snapshot)
+        wait_for(lambda: not service.runner._queue, 5, "the action queue to drain")
+        assert fake_generator.cancel_calls == ["j1"]
+        (event,) = events
+        assert (event["action"], event["result"], event["job_id"]) == ("cancel_job", "success", "j1")
+        assert event["labels"]["severity"] == "severe"
+        sample = registry.get_sample_value
+        assert sample("i2v_remediation_actions_total", {"action": "cancel_job", "result": "success"}) == 1
+        assert sample("i2v_alerts", {"state": "firing", "severity": "severe"}) == 1
+    finally:
+        service.stop()
+
+
+def test_three_ooms_restart_the_generator_once_and_a_fourth_does_not(
+    tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator, registry: CollectorRegistry
+) -> None:
+    run = Recorder()
+    service = make_service(tmp_path, clock, fake_generator, registry, run_command=run)
+    service.start_workers()
+    try:
+        for count in (1, 2):
+            fake_generator.ooms.set(count)
+            clock.advance(2)
+            service.tick()
+        assert run.calls == []
+        fake_generator.ooms.set(3)
+        clock.advance(2)
+        (fired,) = [a for a in service.tick() if a.name == "GeneratorOomStreak"]
+        assert fired.state == FIRING
+        assert fired.severity == "fatal"
+        wait_for(lambda: run.calls, 5, "the restart command")
+        assert run.calls == [["supervisorctl", "restart", "i2v-generator"]]
+        fake_generator.ooms.set(4)  # a fourth OOM while the streak still fires: no second restart
+        clock.advance(2)
+        service.tick()
+        # The restarted generator fails again at once (3 more OOMs within the 10 s back-off): no restart yet.
+        fake_generator.ooms.set(0)
+        clock.advance(2)
+        service.tick()
+        fake_generator.ooms.set(3)
+        clock.advance(2)
+        service.tick()
+        wait_for(lambda: not service.runner._queue, 5, "the action queue to drain")
+        assert len(run.calls) == 1
+        # Once the back-off has passed and the streak still fires, the next restart comes.
+        clock.advance(10)
+        service.tick()
+        wait_for(lambda: len(run.calls) == 2, 5, "the restart after the back-off")
+        assert (
+            registry.get_sample_value(
+                "i2v_remediation_actions_total", {"action": "restart_generator", "result": "success"}
+            )
+            == 2
+        )
+    finally:
+        service.stop()
+
+
+def test_the_api_lists_and_acknowledges_alerts(
+    tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator, registry: CollectorRegistry
+) -> None:
+    from flask import Flask
+
+    from monitor.alerts.api import init_app
+
+    service = make_service(tmp_path, clock, fake_generator, registry)
+    app = Flask(__name__)
+    init_app(app, service)
+    client = app.test_client()
+    service.tick()
+    body = client.get("/monitor/api/alerts").get_json()
+    (watchdog,) = [a for a in body["active"] if a["alertname"] == "Watchdog"]
+    assert watchdog["state"] == "firing"
+    assert body["history"] == []
+    assert body["rules"] == 15
+    assert body["actions"]["restart_generator"]["gave_up"] is False
+
+    assert client.post(f"/monitor/api/alerts/{watchdog['id']}/ack", json={"by": "bob"}).status_code == 401
+    auth = {"Authorization": f"Bearer {fake_generator.token}"}
+    acked = client.post(f"/monitor/api/alerts/{watchdog['id']}/ack", json={"by": "bob"}, headers=auth)
+    assert acked.status_code == 200
+    assert acked.get_json()["acked_by"] == "bob"
+    assert client.post("/monitor/api/alerts/nope/ack", headers=auth).status_code == 404
+
+
+def test_a_bad_rule_file_fails_at_start(tmp_path: Path, registry: CollectorRegistry) -> None:
+    from monitor.alerts.rules import RuleFileError
+
+    bad = tmp_path / "rules.yml"
+    bad.write_text("rules:\n  - alert: X\n    severity: loud\n")
+    with pytest.raises(RuleFileError, match=r"rules.yml:2: rule 'X': missing required key 'expr'"):
+        AlertService(AlertSettings(rules_path=bad, state_path=None), host="h1", registry=registry)
+    with pytest.raises(ValueError, match="not an http"):
+        AlertSettings(alertmanager_urls=("am:9093",)).validate()
+    assert AlertSettings.from_env({"ALERTMANAGER_URLS": "http://a:9093, http://b:9093"}).alertmanager_urls == (
+        "http://a:9093",
+        "http://b:9093",
+    )
+
+
+def test_sampler_stall_and_watchdog_come_from_the_tick(
+    tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator, registry: CollectorRegistry
+) -> None:
+    service = make_service(tmp_path, clock, fake_generator, registry)
+    clock.advance(31)  # no snapshot since start
+    names = {a.name for a in service.tick() if a.state == FIRING}
+    assert {"Watchdog", "SamplerStalled"} <= names
+    service.on_snapshot(SimpleNamespace(gpus=[]))
+    clock.advance(2)
+    assert [a.name for a in service.tick()] == ["SamplerStalled"]  # resolved
+    assert requests.get(fake_generator.url + "/health", timeout=2).ok
