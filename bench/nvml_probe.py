@@ -95,9 +95,7 @@ class Instrumented:
             except error_types as err:
                 self.durations_ns.setdefault(name, []).append(time.perf_counter_ns() - started)
                 code = getattr(err, "value", 13)  # a library mismatch reads as "function not found"
-                self._keep(
-                    name, args, {"nvml_error": code, "error": type(err).__name__.removeprefix("NVMLError_")}
-                )
+                self._keep(name, args, {"nvml_error": code, "error": type(err).__name__.removeprefix("NVMLError_")})
                 raise
             self.durations_ns.setdefault(name, []).append(time.perf_counter_ns() - started)
             if name == "nvmlDeviceGetHandleByIndex":
@@ -128,9 +126,7 @@ class Instrumented:
             "format": FORMAT,
             "source": source,
             "system": {"nvmlInit": None, **self.system},
-            "devices": [
-                {"ticks": [self.devices.get(i, {})]} for i in range(max(self.devices, default=-1) + 1)
-            ],
+            "devices": [{"ticks": [self.devices.get(i, {})]} for i in range(max(self.devices, default=-1) + 1)],
         }
 
 
@@ -140,9 +136,7 @@ def record(nvml: Any, path: Path) -> dict[str, Any]:
     reader = NvmlReader(instrumented, processes_interval_s=0, energy_interval_s=0)
     reader.read()
     reader.shutdown()
-    source = (
-        f"nvml_probe.py --record on {socket.gethostname()}, driver {reader.driver_version}, {time.ctime()}"
-    )
+    source = f"nvml_probe.py --record on {socket.gethostname()}, driver {reader.driver_version}, {time.ctime()}"
     recording = instrumented.recording(source)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(recording, indent=2) + "\n")
@@ -184,18 +178,19 @@ def gpu_json(gpu: GpuSnapshot, load_pid: int | None) -> dict[str, Any]:
 
 LOAD_CODE = r"""
 import sys, time, torch
-size, seconds = int(sys.argv[1]), float(sys.argv[2])
-a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+size, seconds, device = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
 b = torch.randn_like(a)
 for _ in range(5):
     a @ b
-torch.cuda.synchronize()
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+sync()
 print("ready", flush=True)
 count, stop_at = 0, time.monotonic() + seconds
 while time.monotonic() < stop_at:
     for _ in range(10):
         c = a @ b
-    torch.cuda.synchronize()
+    sync()
     count += 10
     print(f"{time.monotonic():.6f} {count}", flush=True)
 """
@@ -204,9 +199,9 @@ while time.monotonic() < stop_at:
 class Load:
     """A child process running a bf16 matmul loop on GPU 0, reporting (monotonic time, matmuls done)."""
 
-    def __init__(self, size: int, seconds: float) -> None:
+    def __init__(self, size: int, seconds: float, device: str = "cuda") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LOAD_CODE, str(size), str(seconds)],
+            [sys.executable, "-c", LOAD_CODE, str(size), str(seconds), device],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0")},
@@ -251,13 +246,11 @@ def run_phase(sampler: Sampler | None, interval_s: float | None, seconds: float)
         sampler.tick()
         ticks += 1
         deadline += interval_s
-        time.sleep(max(0.0, deadline - time.monotonic()))
+        time.sleep(max(0.0, min(deadline, end) - time.monotonic()))
     return start, time.monotonic(), ticks
 
 
-def compare_throughput(
-    load: Load, sampler: Sampler, reader: NvmlReader, seconds: float, rounds: int
-) -> dict[str, Any]:
+def compare_throughput(load: Load, sampler: Sampler, reader: NvmlReader, seconds: float, rounds: int) -> dict[str, Any]:
     """Interleave unsampled phases with sampled ones and report each sampled phase's throughput ratio."""
     defaults = (reader.processes_interval_s, reader.energy_interval_s)
     modes: list[tuple[str, float, tuple[float, float]]] = [
@@ -300,19 +293,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run the probe; print (or write) its JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ticks", type=int, default=200, help="ticks to time (default 200)")
-    parser.add_argument(
-        "--interval", type=float, default=0.05, help="seconds between timed ticks (default 0.05)"
-    )
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between timed ticks (default 0.05)")
     parser.add_argument("--processes-interval", type=float, default=5.0, help="process-list cadence, s")
     parser.add_argument("--energy-interval", type=float, default=10.0, help="energy-counter cadence, s")
     parser.add_argument("--load", action="store_true", help="run a CUDA matmul child and compare throughput")
     parser.add_argument("--load-size", type=int, default=8192, help="matrix size of the load (default 8192)")
-    parser.add_argument(
-        "--phase-seconds", type=float, default=8.0, help="length of each load phase (default 8)"
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="rounds of the throughput comparison (default 1)"
-    )
+    parser.add_argument("--phase-seconds", type=float, default=8.0, help="length of each load phase (default 8)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the throughput comparison (default 1)")
+    parser.add_argument("--load-device", default="cuda", help="torch device of the load (cpu: a dry run)")
     parser.add_argument("--record", type=Path, help="also save one tick's raw NVML answers here (test data)")
     parser.add_argument("--out", type=Path, help="write the JSON here instead of stdout")
     args = parser.parse_args(argv)
@@ -330,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     result.update(available=reader.available, reason=reader.reason, driver_version=reader.driver_version)
     load: Load | None = None
     if args.load and reader.available:
-        load = Load(args.load_size, seconds=3600)
+        load = Load(args.load_size, seconds=3600, device=args.load_device)
         if not load.ready.wait(300) or load.proc.poll() is not None:
             result["load_error"] = f"the load child did not start (exit code {load.proc.poll()})"
             load = None
@@ -374,9 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "sampler_health": sampler.health(),
     }
     result["calls"] = {name: percentiles_us(d) for name, d in sorted(instrumented.durations_ns.items())}
-    result["nvml_errors"] = {
-        f"{call}/{error}": n for (call, error), n in sorted(reader.error_counts().items())
-    }
+    result["nvml_errors"] = {f"{call}/{error}": n for (call, error), n in sorted(reader.error_counts().items())}
     if snapshot is not None:
         result["snapshot"] = {
             "gpus": [gpu_json(g, load_pid) for g in snapshot.gpus],

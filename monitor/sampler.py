@@ -144,9 +144,7 @@ def host_point(host: HostSnapshot, *, host_name: str, time_ns: int) -> Point:
 def snapshot_points(snapshot: Snapshot) -> list[Point]:
     """Turn one tick's snapshot into its store points: one per GPU, one for the host."""
     points = [
-        gpu_point(
-            g, host_name=snapshot.host_name, generator_pid=snapshot.generator_pid, time_ns=snapshot.time_ns
-        )
+        gpu_point(g, host_name=snapshot.host_name, generator_pid=snapshot.generator_pid, time_ns=snapshot.time_ns)
         for g in snapshot.gpus
     ]
     if snapshot.host is not None:
@@ -248,17 +246,18 @@ class Sampler:
         with self._tick_lock:
             started, cpu_started = self._clock(), self._thread_time()
             time_ns = self._wall_clock()
-            gpus_ok, gpus = self._guarded("gpu", self._gpus.read)
+            gpus_ok, read = self._guarded("gpu", lambda: (self._gpus.read(), self._gpus.available, self._gpus.reason))
+            gpus, nvml_available, nvml_reason = read if gpus_ok else ((), False, "the GPU reader failed")
             _, pid = self._guarded("generator_pid", self._generator_pid)
             _, host = self._guarded("host", lambda: self._host.read(pid))
             snapshot = Snapshot(
                 time_ns=time_ns,
                 host_name=self.host_name,
-                gpus=gpus or (),
+                gpus=gpus,
                 host=host,
                 generator_pid=pid,
-                nvml_available=self._gpus.available,
-                nvml_reason=self._gpus.reason,
+                nvml_available=nvml_available,
+                nvml_reason=nvml_reason,
             )
             self._latest = snapshot
             written, _ = self._guarded("write", lambda: self._write(snapshot_points(snapshot)))
@@ -310,9 +309,7 @@ class Sampler:
             self._overruns_total += 1
             first = self._overruns_total == 1
         if first:
-            log.warning(
-                "a sampler tick overran its %.3g s interval; the next was skipped (counted)", self.interval_s
-            )
+            log.warning("a sampler tick overran its %.3g s interval; the next was skipped (counted)", self.interval_s)
 
     def shutdown(self) -> None:
         """Stop ticking (waiting for a tick in flight) and release NVML."""
@@ -439,9 +436,7 @@ class GeneratorPidProvider:
         except (OSError, ValueError, KeyError, TypeError) as err:
             message = f"{type(err).__name__}: {err}"
             if message != self._last_error:
-                log.info(
-                    "generator PID unknown (%s from %s); retrying every %g s", message, self.url, self.retry_s
-                )
+                log.info("generator PID unknown (%s from %s); retrying every %g s", message, self.url, self.retry_s)
             self._last_error = message
             with self._lock:
                 self._next_refresh = self._clock() + self.retry_s

@@ -321,3 +321,24 @@ def test_the_probe_records_answers_in_the_format_the_fake_replays(tmp_path: Path
 
     replayed = NvmlReader(FakeNvml(json.loads(path.read_text()))).read()
     assert replayed == original
+
+
+def test_the_probe_runs_end_to_end_on_recorded_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = _load_probe()
+    monkeypatch.setattr(probe, "real_nvml", lambda: FakeNvml(load("h100")))
+    out, recorded = tmp_path / "probe.json", tmp_path / "answers.json"
+
+    assert (
+        probe.main(["--ticks", "3", "--interval", "0.001", "--out", str(out), "--record", str(recorded)]) == 0
+    )
+
+    result = json.loads(out.read_text())
+    assert result["available"] is True
+    assert result["tick"]["wall"]["count"] == 3
+    assert result["calls"]["nvmlDeviceGetMemoryInfo"]["count"] == 3
+    assert result["snapshot"]["gpus"][0]["memory_used_bytes"] == 14637367296
+    assert {p["pid"] for p in result["snapshot"]["gpus"][0]["processes"]} == {777, 4242}
+    assert result["snapshot"]["points"][0]["measurement"] == "gpu_sample"
+    assert json.loads(recorded.read_text())["devices"][0]["ticks"][0]["nvmlDeviceGetTemperature:0"] == 52
