@@ -14,7 +14,9 @@ from generator.config import GeneratorConfig
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted; a bad configuration exits with one line saying what to change."""
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         config = GeneratorConfig.from_sources(argv)

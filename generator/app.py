@@ -23,8 +23,15 @@ from generator.events import EventSender, job_state_event
 from generator.jobs import Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
-from generator.validation import LIMITS, MAX_PROMPT_CHARS, RESOLUTIONS, ValidationError, parse_image
-from generator.validation import parse_params, parse_prompt
+from generator.validation import (
+    LIMITS,
+    MAX_PROMPT_CHARS,
+    RESOLUTIONS,
+    ValidationError,
+    parse_image,
+    parse_params,
+    parse_prompt,
+)
 from generator.worker import Worker
 
 api = Blueprint("generator", __name__)
@@ -38,8 +45,10 @@ class Runtime:
         self.metrics = GeneratorMetrics()
         self.book = JobBook(config.state_dir, config.queue_size)
         self.events = EventSender(
-            config.monitor_url, config.state_dir / "event-spool",
-            spool_max_bytes=config.event_spool_bytes, token=config.ingest_token,
+            config.monitor_url,
+            config.state_dir / "event-spool",
+            spool_max_bytes=config.event_spool_bytes,
+            token=config.ingest_token,
         )
         device, dtype = pick_device()
         if devices is None:
@@ -47,8 +56,15 @@ class Runtime:
             devices = [torch.device("cuda", index) for index in range(count)] or [device]
         self.workers = [
             Worker(
-                book=self.book, events=self.events, metrics=self.metrics, model=config.model, device=d,
-                dtype=dtype, outputs=config.outputs, cache_dir=config.state_dir / "cache", host_name=config.host_name,
+                book=self.book,
+                events=self.events,
+                metrics=self.metrics,
+                model=config.model,
+                device=d,
+                dtype=dtype,
+                outputs=config.outputs,
+                cache_dir=config.state_dir / "cache",
+                host_name=config.host_name,
             )
             for d in devices
         ]
@@ -161,7 +177,10 @@ def job_view(job: Job) -> dict[str, Any]:
 def index() -> str:
     """Serve the page to submit a job and watch it."""
     return render_template(
-        "index.html", resolutions=RESOLUTIONS, limits=LIMITS, max_prompt=MAX_PROMPT_CHARS,
+        "index.html",
+        resolutions=RESOLUTIONS,
+        limits=LIMITS,
+        max_prompt=MAX_PROMPT_CHARS,
         monitor_url=runtime().config.monitor_url,
     )
 
@@ -191,8 +210,13 @@ def submit_job() -> tuple[Response, int] | Response:
     (job_dir / "input.partial.png").replace(job_dir / "input.png")
     try:
         job = rt.book.submit(
-            job_id, prompt, params, retry_after_s=retry_after,
-            on_queued=lambda job: rt.events.emit(job_state_event(job, "queued", rt.config.host_name, rt.workers[0].gpu)),
+            job_id,
+            prompt,
+            params,
+            retry_after_s=retry_after,
+            on_queued=lambda queued: rt.events.emit(
+                job_state_event(queued, "queued", rt.config.host_name, rt.workers[0].gpu)
+            ),
         )
     except QueueFull as full:
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -277,9 +301,14 @@ def health() -> Response:
     """Liveness, with the PID the monitor attributes GPU memory to."""
     rt = runtime()
     return jsonify(
-        status="ok", pid=os.getpid(), host=rt.config.host_name, model=rt.config.model,
+        status="ok",
+        pid=os.getpid(),
+        host=rt.config.host_name,
+        model=rt.config.model,
         workers=[{"gpu": w.gpu, "ready": w.ready.is_set(), "error": w.load_error} for w in rt.workers],
-        queue_pending=rt.book.pending(), events_spooled=rt.events.pending(), time=time.time(),
+        queue_pending=rt.book.pending(),
+        events_spooled=rt.events.pending(),
+        time=time.time(),
     )
 
 

@@ -136,7 +136,8 @@ class EventSender:
 
     def _deliver_spooled(self) -> bool:
         """Send spooled batches until the spool is empty; return False when the monitor did not take one."""
-        assert self._spool is not None and self._url is not None
+        assert self._spool is not None
+        assert self._url is not None
         while batch := self._spool.peek(BATCH_SIZE):
             try:
                 response = self._session.post(

@@ -102,7 +102,11 @@ class JobBook:
             return len(self._queue) >= self._queue_size
 
     def submit(
-        self, job_id: str, prompt: str, params: JobParams, retry_after_s: int,
+        self,
+        job_id: str,
+        prompt: str,
+        params: JobParams,
+        retry_after_s: int,
         on_queued: Callable[[Job], None] = lambda job: None,
     ) -> Job:
         """Queue a new job (its input must already be on disk), or raise QueueFull.

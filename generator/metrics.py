@@ -18,12 +18,17 @@ class GeneratorMetrics:
         # (rejected: invalid input, full queue, does not fit): the error rate is failed / all in PromQL.
         self.requests = Counter("i2v_requests", "Generation requests by outcome.", ["status"], registry=r)
         self.request_duration = Histogram(
-            "i2v_request_duration_seconds", "Time from submission to a job's end.", buckets=JOB_SECONDS_BUCKETS,
+            "i2v_request_duration_seconds",
+            "Time from submission to a job's end.",
+            buckets=JOB_SECONDS_BUCKETS,
             registry=r,
         )
         self.stage_duration = Histogram(
-            "i2v_stage_duration_seconds", "Time each pipeline stage took.", ["stage"],
-            buckets=STAGE_SECONDS_BUCKETS, registry=r,
+            "i2v_stage_duration_seconds",
+            "Time each pipeline stage took.",
+            ["stage"],
+            buckets=STAGE_SECONDS_BUCKETS,
+            registry=r,
         )
         self.queue_pending = Gauge("i2v_queue_pending", "Jobs waiting for a worker.", registry=r)
         self.jobs_running = Gauge("i2v_jobs_running", "Jobs being generated now.", registry=r)
@@ -34,6 +39,4 @@ class GeneratorMetrics:
         self.peak_memory = Gauge(
             "i2v_job_peak_memory_bytes", "Peak GPU memory torch allocated during the last job.", registry=r
         )
-        self.events_spooled = Gauge(
-            "i2v_events_spooled", "Events waiting in the spool for the monitor.", registry=r
-        )
+        self.events_spooled = Gauge("i2v_events_spooled", "Events waiting in the spool for the monitor.", registry=r)

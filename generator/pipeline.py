@@ -16,8 +16,13 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
-from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig
-from transformers import CLIPVisionModelWithProjection
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 
 from generator.tokenizer import build_clip_tokenizer
 
@@ -151,9 +156,7 @@ def random_pipeline(shapes: Shapes, device: torch.device, dtype: torch.dtype, ca
             )
         )
     size = shapes.vision_image_size
-    feature_extractor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    )
+    feature_extractor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     pipe = I2VGenXLPipeline(
         vae=vae,
         text_encoder=text_encoder,

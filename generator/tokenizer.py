@@ -31,7 +31,8 @@ def write_clip_vocab(directory: Path) -> tuple[Path, Path]:
     vocab_file, merges_file = directory / "vocab.json", directory / "merges.txt"
     if vocab_file.exists() and merges_file.exists():
         return vocab_file, merges_file
-    lines = gzip.open(_merges_path(), "rt", encoding="utf-8").read().split("\n")[1 : _MERGE_COUNT + 1]
+    with gzip.open(_merges_path(), "rt", encoding="utf-8") as merges_text:
+        lines = merges_text.read().split("\n")[1 : _MERGE_COUNT + 1]
     merges = [tuple(line.split()) for line in lines]
     byte_tokens = list(bytes_to_unicode().values())
     tokens = byte_tokens + [token + "</w>" for token in byte_tokens] + ["".join(merge) for merge in merges]

@@ -106,6 +106,20 @@ def parse_prompt(raw: str | None) -> str:
     return prompt
 
 
+def _open_image(data: bytes, allowed: list[str]) -> Image.Image:
+    """Read the header only; PIL's bomb check runs here, on the declared size, before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValidationError(413, "image", "image has too many pixels (decompression bomb)", allowed=allowed) from None
+    except UnidentifiedImageError:
+        raise ValidationError(415, "image", "image is not a PNG, JPEG or WebP file", allowed=allowed) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValidationError(400, "image", f"image does not decode: {error}", allowed=allowed) from None
+
+
 def parse_image(data: bytes, max_bytes: int) -> Image.Image:
     """Decode an uploaded PNG, JPEG or WebP fully and return it as RGB; refuse anything else."""
     allowed = sorted(IMAGE_FORMATS.values())
@@ -113,24 +127,14 @@ def parse_image(data: bytes, max_bytes: int) -> Image.Image:
         raise ValidationError(400, "image", "image is required (a PNG, JPEG or WebP file)", allowed=allowed)
     if len(data) > max_bytes:
         raise ValidationError(413, "image", f"image must be at most {max_bytes // 2**20} MB", len(data), max_bytes)
+    image = _open_image(data, allowed)
+    if image.format not in IMAGE_FORMATS:
+        raise ValidationError(415, "image", "image must be PNG, JPEG or WebP", image.format, allowed)
+    pixels = image.width * image.height
+    if pixels > MAX_IMAGE_PIXELS:
+        raise ValidationError(413, "image", "image has too many pixels (decompression bomb?)", pixels, MAX_IMAGE_PIXELS)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in IMAGE_FORMATS:
-                raise ValidationError(415, "image", "image must be PNG, JPEG or WebP", image.format, allowed)
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ValidationError(
-                    413, "image", "image has too many pixels (decompression bomb?)", image.width * image.height,
-                    MAX_IMAGE_PIXELS,
-                )
-            image.load()
-    except ValidationError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValidationError(413, "image", "image has too many pixels (decompression bomb)", allowed=allowed) from None
-    except UnidentifiedImageError:
-        raise ValidationError(415, "image", "image is not a PNG, JPEG or WebP file", allowed=allowed) from None
+        image.load()
     except (OSError, SyntaxError, ValueError) as error:
         raise ValidationError(400, "image", f"image does not decode: {error}", allowed=allowed) from None
     return image.convert("RGB")

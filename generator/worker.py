@@ -82,7 +82,7 @@ class Worker:
     def _run(self) -> None:
         try:
             self._load_and_warm()
-        except Exception as error:  # noqa: BLE001 - a model that cannot load is reported by /ready, not a crash
+        except Exception as error:
             self.load_error = f"{error.__class__.__name__}: {error}"
             log.exception("model %r failed to load; /ready stays false", self.model)
             return
@@ -106,7 +106,11 @@ class Worker:
         self.ready.set()
 
     def _call_pipeline(
-        self, params: JobParams, image: Image.Image, prompt: str, listener: Callable[[StageTiming], None],
+        self,
+        params: JobParams,
+        image: Image.Image,
+        prompt: str,
+        listener: Callable[[StageTiming], None],
         cancelled: Callable[[], bool] = lambda: False,
     ) -> Any:
         assert self.timer is not None
@@ -147,8 +151,12 @@ class Worker:
         resident = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
         verdict = admit(job.requested, self._memory(), self.estimate, resident)
         if verdict.params is None:
-            self._finish(job, "failed", error=verdict.notes[-1],
-                         suggestion="lower the resolution or the number of frames, or wait for memory to free up")
+            self._finish(
+                job,
+                "failed",
+                error=verdict.notes[-1],
+                suggestion="lower the resolution or the number of frames, or wait for memory to free up",
+            )
             return
         if verdict.params != job.effective or verdict.notes:
             self.book.update(job, effective=verdict.params, notes=list(verdict.notes))
@@ -159,12 +167,15 @@ class Worker:
         try:
             image = Image.open(self.outputs / job.job_id / "input.png").convert("RGB")
             frames = self._call_pipeline(
-                job.effective, image, job.prompt, lambda timing: self._on_stage(job, timing),
+                job.effective,
+                image,
+                job.prompt,
+                lambda timing: self._on_stage(job, timing),
                 lambda: job.cancel_requested or self._stop.is_set(),
             )
         except JobCancelled:
             outcome = ("cancelled", "cancelled while running", None)
-        except Exception as error:  # noqa: BLE001 - any pipeline failure ends the job, not the worker
+        except Exception as error:
             if is_out_of_memory(error):
                 outcome = ("failed", f"CUDA out of memory: {str(error)[:500]}", OOM_SUGGESTION)
             else:
@@ -195,8 +206,8 @@ class Worker:
         durations = dict(job.stage_durations_s)
         if timing.stage == "denoising_step":
             durations["denoising_step_mean"] = (
-                (durations.get("denoising_step_mean", 0.0) * (timing.step - 1) + timing.duration_s) / timing.step
-            )
+                durations.get("denoising_step_mean", 0.0) * (timing.step - 1) + timing.duration_s
+            ) / timing.step
             self.book.update(job, step=timing.step, total_steps=timing.total_steps or 0, stage_durations_s=durations)
         else:
             durations[timing.stage] = timing.duration_s
@@ -225,10 +236,22 @@ class Worker:
         """Emit a job state change from this worker's device."""
         self.events.emit(job_state_event(job, state, self.host_name, self.gpu))
 
-    def _finish(self, job: Job, state: str, *, error: str | None = None, suggestion: str | None = None,
-                video_path: str | None = None) -> None:
+    def _finish(
+        self,
+        job: Job,
+        state: str,
+        *,
+        error: str | None = None,
+        suggestion: str | None = None,
+        video_path: str | None = None,
+    ) -> None:
         self.book.update(
-            job, state=state, finished_at=time.time(), error=error, suggestion=suggestion, video_path=video_path,
+            job,
+            state=state,
+            finished_at=time.time(),
+            error=error,
+            suggestion=suggestion,
+            video_path=video_path,
             peak_memory_bytes=self._peak_memory(),
         )
         if job.peak_memory_bytes is not None:

@@ -20,8 +20,13 @@ from generator.config import GeneratorConfig
 from tests.servers import free_port, wait_for
 
 # The smallest job the API accepts: 256x256, 8 frames, 10 steps (about 10 s on two cores).
-SMALL_JOB = {"prompt": "a red fox running through snow", "resolution": "256", "num_frames": "8", "steps": "10",
-             "fps": "8"}
+SMALL_JOB = {
+    "prompt": "a red fox running through snow",
+    "resolution": "256",
+    "num_frames": "8",
+    "steps": "10",
+    "fps": "8",
+}
 
 
 def png_bytes(size: tuple[int, int] = (320, 240), color: tuple[int, int, int] = (200, 120, 40)) -> bytes:

@@ -42,7 +42,12 @@ def test_a_job_makes_an_h264_clip_with_the_requested_frames_and_fps(generator: G
     path = tmp_path / "clip.mp4"
     path.write_bytes(video.content)
     assert probe_mp4(path) == {
-        "codec": "h264", "frames": 8, "fps": 12.0, "width": 256, "height": 256, "pix_fmt": "yuv420p"
+        "codec": "h264",
+        "frames": 8,
+        "fps": 12.0,
+        "width": 256,
+        "height": 256,
+        "pix_fmt": "yuv420p",
     }
     partial = requests.get(generator.url + job["video_url"], headers={"Range": "bytes=0-99"}, timeout=10)
     assert partial.status_code == 206
@@ -110,8 +115,9 @@ def test_cancel_needs_the_admin_token_when_one_is_set(generator: GeneratorServer
     job_id = generator.submit().json()["job_id"]
     try:
         denied = requests.post(f"{generator.url}/api/jobs/{job_id}/cancel", timeout=5)
-        wrong = requests.post(f"{generator.url}/api/jobs/{job_id}/cancel", headers={"Authorization": "Bearer x"},
-                              timeout=5)
+        wrong = requests.post(
+            f"{generator.url}/api/jobs/{job_id}/cancel", headers={"Authorization": "Bearer x"}, timeout=5
+        )
         assert (denied.status_code, wrong.status_code) == (401, 401)
         assert "admin token" in denied.json()["error"]
     finally:
@@ -194,7 +200,11 @@ def test_health_names_the_pid_and_metrics_follow_prometheus_names(generator: Gen
 
     assert health["status"] == "ok"
     assert isinstance(health["pid"], int)
-    for name in ("i2v_requests_total", "i2v_request_duration_seconds_bucket", "i2v_stage_duration_seconds_bucket",
-                 "i2v_queue_pending"):
+    for name in (
+        "i2v_requests_total",
+        "i2v_request_duration_seconds_bucket",
+        "i2v_stage_duration_seconds_bucket",
+        "i2v_queue_pending",
+    ):
         assert name in text, name
     assert 'i2v_requests_total{status="rejected"}' in text

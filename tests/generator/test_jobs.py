@@ -31,7 +31,8 @@ def test_admission_alternates_resolution_and_frames_and_refuses_what_never_fits(
 
     assert admit(big, None).params == big
     roomy = admit(big, lambda: (80 * GiB, 80 * GiB))
-    assert roomy.params == big and roomy.notes == ()
+    assert roomy.params == big
+    assert roomy.notes == ()
     tight = admit(big, lambda: (14 * GiB, 24 * GiB))
     assert (tight.params.resolution, tight.params.num_frames) == (512, 24)
     assert "degraded 1024p/32 frames to 768p/32 frames" in tight.notes[0]

@@ -1,0 +1,43 @@
+# The two commands a new user needs: `make run` and `make test`. `make help` lists the rest.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps run run-generator run-monitor test lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-nodeps.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the pinned Python packages
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --silent
+	touch node_modules/.installed
+
+system-deps: ## Install the Debian packages the tests start (influxdb, prometheus, alertmanager, chromium)
+	sh scripts/install-system-deps.sh
+
+run: install node_modules/.installed ## Run the generator (:7860) and the monitor (:7861), wired together
+	bash scripts/run.sh
+
+test: system-deps install node_modules/.installed ## Install what the tests need, then run them all
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff over the packages
+	$(PY) -m ruff check generator monitor common tests bench
+
+bench: install ## Run the benchmarks; results go to bench/results/
+	$(PY) -m bench.run
+
+clean: ## Remove the venv, node_modules and local state
+	rm -rf $(VENV) node_modules var outputs
