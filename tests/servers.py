@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +42,7 @@ class InfluxServer:
         """Prepare a config under `root`; `start()` runs it."""
         binary = shutil.which("influxd")
         if binary is None:
-            raise RuntimeError(
-                "influxd is missing: run scripts/install-system-deps.sh (Debian package influxdb)"
-            )
+            raise RuntimeError("influxd is missing: run scripts/install-system-deps.sh (Debian package influxdb)")
         self.binary = binary
         self.root = root
         self.http_port = free_port()
@@ -105,9 +104,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         finally:
             log.close()
         try:
-            wait_for(
-                lambda: self.ping() or self.process.poll() is not None, START_DEADLINE_S, "influxd /ping"
-            )
+            wait_for(lambda: self.ping() or self.process.poll() is not None, START_DEADLINE_S, "influxd /ping")
         except TimeoutError:
             self.stop()
             raise
@@ -145,3 +142,35 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             return self.log_path.read_text(errors="replace")[-chars:]
         except FileNotFoundError:
             return ""
+
+
+class AppServer:
+    """A WSGI app served by waitress in a thread on a free loopback port (the production server)."""
+
+    def __init__(self, app: object) -> None:
+        """Bind the port now; `start()` serves."""
+        import waitress  # only the app tests need it
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # A short loop timeout so stop() returns at once rather than after the default 1 s select.
+        self._server = waitress.create_server(
+            app, host="127.0.0.1", port=self.port, threads=4, asyncore_loop_timeout=0.05
+        )
+        self._thread = threading.Thread(target=self._server.run, name="test-app-server", daemon=True)
+
+    def start(self) -> AppServer:
+        """Serve in the background and return self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close the listener and every open connection, then wait for the thread."""
+        from waitress import wasyncore
+
+        # Keep-alive connections stay in waitress' socket map and keep its loop running, so every socket is
+        # closed, and from the loop's own thread (through its trigger), never under its select().
+        socket_map = self._server._map
+        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
+        self._thread.join(timeout=10)
+        self._server.task_dispatcher.shutdown()

@@ -1,0 +1,167 @@
+"""The monitor's configuration: defaults, then environment variables, then command-line flags.
+
+Setting (flag; environment; default):
+- host: --host; MONITOR_BIND; 127.0.0.1
+- port: --port; MONITOR_PORT; 7861
+- store_url: --store; MONITOR_STORE, else INFLUX_URL; sqlite:///<data_dir>/monitor.db
+- generator_url: --generator-url; GENERATOR_URL; http://127.0.0.1:7860
+- sample_interval_s: --sample-interval; MONITOR_SAMPLE_INTERVAL; 2.0
+- data_dir: --data-dir; MONITOR_DATA_DIR; var/monitor
+- spool_dir: --spool-dir; MONITOR_SPOOL_DIR; <data_dir>/spool
+- spool_max_bytes: MONITOR_SPOOL_MAX_BYTES; 256 MiB
+- ingest_token: INGEST_TOKEN; none (ingest is open, which validate() allows only on loopback)
+- host_name: --host-name; MONITOR_HOST_NAME, else I2V_HOST_NAME; this machine's hostname
+- outputs_dir: --outputs; GENERATOR_OUTPUTS; outputs
+- store_wait_s: --store-wait; MONITOR_STORE_WAIT; 30 seconds to wait for the store at start
+
+`INFLUX_URL` may be given as `http://host:8086/db` (InfluxDB's own form); it is read as `influxdb://...`.
+Secrets (the ingest token, store passwords) come from the environment only, never flags (flags show in `ps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+MiB = 1024 * 1024
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message is one line that says what to change."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Everything `python -m monitor` needs; built by `from_sources`, checked by `validate`."""
+
+    host: str = "127.0.0.1"
+    port: int = 7861
+    store_url: str = "sqlite:///var/monitor/monitor.db"
+    generator_url: str | None = "http://127.0.0.1:7860"
+    sample_interval_s: float = 2.0
+    data_dir: Path = Path("var/monitor")
+    spool_dir: Path = Path("var/monitor/spool")
+    spool_max_bytes: int = 256 * MiB
+    ingest_token: str | None = None
+    host_name: str = socket.gethostname()
+    outputs_dir: Path = Path("outputs")
+    store_wait_s: float = 30.0
+
+    def validate(self) -> MonitorConfig:
+        """Return self, or raise ConfigError naming the setting and what to change; no network calls."""
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"--port must be 1-65535, got {self.port}")
+        if not 0.05 <= self.sample_interval_s <= 3600:
+            raise ConfigError(f"--sample-interval must be 0.05-3600 seconds, got {self.sample_interval_s}")
+        scheme = self.store_url.split("://", 1)[0] if "://" in self.store_url else ""
+        if scheme == "sqlite":
+            if len(self.store_url) <= len("sqlite:///"):
+                raise ConfigError(
+                    f"--store sqlite URL needs a path: sqlite:///var/monitor.db, got {self.store_url!r}"
+                )
+        elif scheme in ("influxdb", "influxdbs"):
+            parts = urlsplit(self.store_url)
+            try:
+                parts.port  # noqa: B018  (parsing it is the check)
+            except ValueError:
+                raise ConfigError(f"--store has a bad port: {self.store_url!r}") from None
+            if not parts.hostname or not parts.path.strip("/"):
+                raise ConfigError(
+                    f"--store must look like influxdb://[user:pass@]host:8086/db, got {self.store_url!r}"
+                )
+        else:
+            raise ConfigError(
+                f"--store must be sqlite:///path or influxdb://host:port/db, got {self.store_url!r}"
+            )
+        if self.generator_url and not self.generator_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--generator-url must start with http:// or https://, got {self.generator_url!r}"
+            )
+        if self.spool_max_bytes < MiB:
+            raise ConfigError(f"MONITOR_SPOOL_MAX_BYTES must be at least {MiB}, got {self.spool_max_bytes}")
+        if not self.host_name or "\n" in self.host_name or self.host_name.endswith("\\"):
+            raise ConfigError(f"--host-name must be a plain name, got {self.host_name!r}")
+        if self.store_wait_s < 0:
+            raise ConfigError(f"--store-wait must be >= 0 seconds, got {self.store_wait_s}")
+        if self.host not in LOOPBACK and not self.ingest_token:
+            raise ConfigError(
+                f"binding to {self.host} opens ingest to the network: set INGEST_TOKEN, or bind to 127.0.0.1"
+            )
+        return self
+
+    @classmethod
+    def from_sources(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> MonitorConfig:
+        """Build from defaults, then the environment, then flags; ConfigError for an unreadable value."""
+        env = os.environ if environ is None else environ
+        args = _parser().parse_args(argv)
+        values: dict[str, object] = {}
+
+        def pick(name: str, flag: object, *variables: str, convert: type = str) -> None:
+            raw = flag if flag is not None else next((env[v] for v in variables if env.get(v)), None)
+            if raw is None:
+                return
+            try:
+                values[name] = convert(raw)
+            except ValueError:
+                source = "flag" if flag is not None else variables[0]
+                raise ConfigError(f"{source} for {name} must be a {convert.__name__}, got {raw!r}") from None
+
+        pick("host", args.host, "MONITOR_BIND")
+        pick("port", args.port, "MONITOR_PORT", convert=int)
+        pick("generator_url", args.generator_url, "GENERATOR_URL")
+        pick("sample_interval_s", args.sample_interval, "MONITOR_SAMPLE_INTERVAL", convert=float)
+        pick("data_dir", args.data_dir, "MONITOR_DATA_DIR", convert=Path)
+        pick("spool_dir", args.spool_dir, "MONITOR_SPOOL_DIR", convert=Path)
+        pick("spool_max_bytes", None, "MONITOR_SPOOL_MAX_BYTES", convert=int)
+        pick("ingest_token", None, "INGEST_TOKEN")
+        pick("host_name", args.host_name, "MONITOR_HOST_NAME", "I2V_HOST_NAME")
+        pick("outputs_dir", args.outputs, "GENERATOR_OUTPUTS", convert=Path)
+        pick("store_wait_s", args.store_wait, "MONITOR_STORE_WAIT", convert=float)
+        if args.store is not None or env.get("MONITOR_STORE"):
+            values["store_url"] = args.store if args.store is not None else env["MONITOR_STORE"]
+        elif env.get("INFLUX_URL"):
+            values["store_url"] = influx_url(env["INFLUX_URL"])
+        data_dir = Path(values.get("data_dir", cls.data_dir))  # type: ignore[arg-type]
+        values.setdefault("store_url", f"sqlite:///{data_dir / 'monitor.db'}")
+        values.setdefault("spool_dir", data_dir / "spool")
+        return replace(cls(), **values)  # type: ignore[arg-type]
+
+
+def influx_url(url: str) -> str:
+    """Read INFLUX_URL as a store URL: `http(s)://host:port/db` becomes `influxdb(s)://host:port/db`."""
+    if url.startswith("http://"):
+        return "influxdb://" + url.removeprefix("http://")
+    if url.startswith("https://"):
+        return "influxdbs://" + url.removeprefix("https://")
+    return url
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m monitor",
+        description="The monitoring sidecar: samples the GPUs and host, ingests the generator's events, "
+        "serves the API. Every flag also has an environment variable (see monitor/config.py).",
+    )
+    parser.add_argument("--host", help="address to bind (env MONITOR_BIND; default 127.0.0.1)")
+    parser.add_argument("--port", type=str, help="port (env MONITOR_PORT; default 7861)")
+    parser.add_argument(
+        "--store",
+        help="sqlite:///path or influxdb://[user:pass@]host:port/db (env MONITOR_STORE or INFLUX_URL; "
+        "default sqlite:///var/monitor/monitor.db)",
+    )
+    parser.add_argument("--generator-url", help="the generator's base URL (env GENERATOR_URL)")
+    parser.add_argument("--sample-interval", type=str, help="seconds between samples (default 2)")
+    parser.add_argument("--data-dir", help="folder for the SQLite store and the spool (default var/monitor)")
+    parser.add_argument("--spool-dir", help="folder of the store's disk spool (default <data-dir>/spool)")
+    parser.add_argument("--host-name", help="the host tag of every point (default: this machine's name)")
+    parser.add_argument("--outputs", help="the generator's outputs folder (env GENERATOR_OUTPUTS)")
+    parser.add_argument("--store-wait", type=str, help="seconds to wait for the store at start (default 30)")
+    return parser

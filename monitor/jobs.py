@@ -1,0 +1,87 @@
+"""Rebuild jobs from their stored events: latest status, parameters, times, and the per-stage breakdown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from common.events import parse_iso
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def _order(event: dict[str, Any]) -> tuple[str, str]:
+    return (event["started_at"], event["ended_at"])
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((parse_iso(end) - parse_iso(start)).total_seconds(), 6)
+
+
+def stage_breakdown(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Sum each stage's durations; denoising also gets its step count and mean step time."""
+    stages: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event["kind"] != "stage" or not event.get("stage"):
+            continue
+        entry = stages.setdefault(event["stage"], {"duration_s": 0.0, "count": 0})
+        entry["duration_s"] = round(entry["duration_s"] + event["duration_s"], 6)
+        entry["count"] += 1
+    steps = stages.pop("denoising_step", None)
+    if steps is not None:
+        denoising = stages.setdefault("denoising", {"duration_s": steps["duration_s"], "count": 1})
+        denoising["steps"] = steps["count"]
+        denoising["mean_step_s"] = round(steps["duration_s"] / steps["count"], 6)
+    return stages
+
+
+def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Summarise one job from its events (any order): the jobs list's row."""
+    ordered = sorted(events, key=_order)
+    states = [e for e in ordered if e["kind"] == "job" and e.get("status")]
+    first_state = {e["status"]: e["started_at"] for e in reversed(states)}
+    last = ordered[-1]
+    submitted, started = first_state.get("queued"), first_state.get("running")
+    finished = next((e["started_at"] for e in reversed(states) if e["status"] in TERMINAL), None)
+
+    def latest(name: str) -> Any:
+        return next((e[name] for e in reversed(ordered) if e.get(name)), None)
+
+    peaks = [e["peak_memory_bytes"] for e in ordered if e.get("peak_memory_bytes") is not None]
+    return {
+        "id": job_id,
+        "host": last["host"],
+        "gpu": last["gpu"],
+        "status": states[-1]["status"] if states else None,
+        "params": latest("params") or {},
+        "requested": latest("requested") or {},
+        "prompt": latest("prompt"),
+        "video_path": latest("video_path"),
+        "error": latest("error"),
+        "suggestion": latest("suggestion"),
+        "peak_memory_bytes": max(peaks) if peaks else None,
+        "submitted_at": submitted,
+        "started_at": started,
+        "finished_at": finished,
+        "queued_s": _seconds_between(submitted, started),
+        "run_s": _seconds_between(started, finished),
+        "total_s": _seconds_between(submitted or started, finished),
+        "stages": stage_breakdown(ordered),
+        "last_event_at": max(e["ended_at"] for e in ordered),
+    }
+
+
+def detail(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return the job's summary plus every event in order."""
+    return {**summarize(job_id, events), "events": sorted(events, key=_order)}
+
+
+def group_by_job(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Group event dicts by job id."""
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        if event.get("job_id"):
+            jobs.setdefault(event["job_id"], []).append(event)
+    return jobs
