@@ -22,6 +22,7 @@ import requests
 
 from monitor.alerts.metrics import AlertMetrics
 from monitor.alerts.record import Alert, iso
+from monitor.store.base import Point
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,27 @@ class ActionOutcome:
     at: float = 0.0
 
     def to_event(self) -> dict[str, Any]:
-        """Serialise as the event the monitor stores (kind "action", RFC 3339 time)."""
+        """Serialise as JSON (kind "action", RFC 3339 time) for the API and logs."""
         return {"kind": "action", **asdict(self), "at": iso(self.at)}
+
+    def to_point(self, host: str) -> Point:
+        """Return the store point: low-cardinality tags, the alert and job as fields."""
+        return Point(
+            measurement="remediation_action",
+            tags={
+                "host": host,
+                "action": self.action,
+                "result": self.result,
+                "severity": self.labels.get("severity", ""),
+            },
+            fields={
+                "alertname": self.alertname,
+                "alert_id": self.alert_id,
+                "job_id": self.job_id or "",
+                "detail": self.detail,
+            },
+            time_ns=int(self.at * 1e9),
+        )
 
 
 class Action(Protocol):
@@ -81,7 +101,7 @@ class CancelJobAction:
 
     def run(self, alert: Alert, now: float) -> list[ActionOutcome]:
         """Find running jobs (GET /api/jobs?state=running) and POST /api/jobs/<id>/cancel for each new one."""
-        base = {
+        base: dict[str, Any] = {
             "action": self.name,
             "alert_id": alert.id,
             "alertname": alert.name,
@@ -177,7 +197,7 @@ class RestartGeneratorAction:
 
     def run(self, alert: Alert, now: float) -> list[ActionOutcome]:
         """Restart once for this firing activation, if the back-off and the cap allow it now."""
-        base = {
+        base: dict[str, Any] = {
             "action": self.name,
             "alert_id": alert.id,
             "alertname": alert.name,
@@ -255,7 +275,7 @@ class ActionRunner:
         metrics: AlertMetrics,
         *,
         is_firing: Callable[[str], bool],
-        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[ActionOutcome], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`is_firing(alert_id)` is checked right before acting, so a resolve in between cancels the act."""
@@ -324,7 +344,7 @@ class ActionRunner:
             )
             if self._on_event:
                 try:
-                    self._on_event(outcome.to_event())
+                    self._on_event(outcome)
                 except Exception:  # an event sink failure must not stop remediation; the log line above has it
                     log.exception("could not emit the action event")
         return outcomes

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
 class AlertMetrics:
     """Counters for deliveries and remediation, and a gauge of alerts by state and severity."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        """Create the metrics on `registry` (tests pass a fresh CollectorRegistry)."""
+    def __init__(self, registry: CollectorRegistry) -> None:
+        """Create the metrics on `registry` (the service's own; tests pass a fresh one)."""
         self.notifications = Counter(
             "i2v_alert_notifications",
             "Alert deliveries by notifier and result (success, failure).",

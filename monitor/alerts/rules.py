@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not pinned
 
 SEVERITIES = ("warning", "severe", "fatal")
 OPS = (">", ">=", "<", "<=")

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import requests
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
-from monitor.alerts.actions import ActionRunner, CancelJobAction, RestartGeneratorAction
+from monitor.alerts.actions import ActionOutcome, ActionRunner, CancelJobAction, RestartGeneratorAction
 from monitor.alerts.engine import AlertEngine
 from monitor.alerts.metrics import AlertMetrics
 from monitor.alerts.notify import Notifier, NotifierWorker, build_notifier
@@ -71,14 +71,21 @@ class AlertService:
         settings: AlertSettings,
         *,
         host: str,
-        registry: CollectorRegistry = REGISTRY,
+        registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         session: requests.Session | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[ActionOutcome], None] | None = None,
+        writer_health: Callable[[], Any] | None = None,
         run_command: Callable[..., Any] = subprocess.run,
         notifiers: list[Notifier] | None = None,
     ) -> None:
-        """Load the rules (RuleFileError on a bad file: fail fast at start-up) and restore saved state."""
+        """Load the rules (RuleFileError on a bad file: fail fast at start-up) and restore saved state.
+
+        `registry`: where the alerting's metrics go; by default a registry of its own (`self.registry`), which
+        the monitor's /metrics registry can include with `registry.register(service.registry)`.
+        `writer_health`: the store writer's `health()`, read each tick for store_up and spool_records.
+        `on_event`: called with each remediation outcome (`.to_point(host)` stores it, `.to_event()` is JSON).
+        """
         self.settings = settings
         self.host = host
         self._clock = clock
@@ -89,7 +96,9 @@ class AlertService:
             stale_after_s=settings.stale_after_s,
             resolved_retention_s=settings.resolved_resend_s,
         )
-        self.metrics = AlertMetrics(registry)
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.metrics = AlertMetrics(self.registry)
+        self._writer_health = writer_health
         notifiers = build_notifiers(settings, session) if notifiers is None else notifiers
         self.workers = [NotifierWorker(n, self.engine.notifiable, self.metrics, clock=clock) for n in notifiers]
         self.restart = RestartGeneratorAction(
@@ -109,12 +118,17 @@ class AlertService:
             on_event=on_event,
             clock=clock,
         )
-        self.poller = GeneratorPoller(
-            settings.generator_url,
-            session=session,
-            timeout_s=settings.scrape_timeout_s,
-            error_statuses=settings.error_statuses,
-            clock=clock,
+        # No generator URL: a monitor watching only GPUs; the generator rules then never get values.
+        self.poller = (
+            None
+            if not settings.generator_url
+            else GeneratorPoller(
+                settings.generator_url,
+                session=session,
+                timeout_s=settings.scrape_timeout_s,
+                error_statuses=settings.error_statuses,
+                clock=clock,
+            )
         )
         self.engine.add_listener(self._after_evaluation)
         self._fed: dict[str, float | None] = {}
@@ -157,7 +171,12 @@ class AlertService:
         """Return this tick's host values: generator, sampler age, Watchdog, restarts, quality, fed ones."""
         now = self._clock()
         values = dict(self._fed)
-        values.update(self.poller.poll())
+        if self._writer_health is not None:
+            health = self._writer_health()
+            values["store_up"] = 1.0 if health.store_reachable else 0.0
+            values["spool_records"] = float(health.spool_pending_points)
+        if self.poller is not None:
+            values.update(self.poller.poll())
         values["monitor_up"] = 1.0
         values["sampler_age_s"] = now - (self._last_snapshot_at or self._started_at)
         values["restarts_exhausted"] = 1.0 if self.restart.gave_up else 0.0

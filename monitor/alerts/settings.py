@@ -20,7 +20,10 @@ def _urls(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class AlertSettings:
-    """Where the rules and state live, where notifications go, and how actions reach the generator."""
+    """Where the rules and state live, where notifications go, and how actions reach the generator.
+
+    An empty `generator_url` turns the generator poller off (its rules then get no values).
+    """
 
     rules_path: Path = DEFAULT_RULES
     state_path: Path | None = Path("data/alerts-state.json")
@@ -70,7 +73,7 @@ class AlertSettings:
     def validate(self) -> None:
         """Raise ValueError (RuleFileError for the rules) with one clear line; no network calls."""
         load_rules(self.rules_path)
-        for url in (*self.alertmanager_urls, *self.webhook_urls, self.generator_url):
+        for url in (*self.alertmanager_urls, *self.webhook_urls, *([self.generator_url] if self.generator_url else [])):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"alerting: {url!r} is not an http(s) URL")
         if self.restart_command is not None and not shlex.split(self.restart_command):

@@ -9,7 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from monitor.alerts.actions import ActionRunner, CancelJobAction, RestartGeneratorAction
+from monitor.alerts.actions import ActionOutcome, ActionRunner, CancelJobAction, RestartGeneratorAction
 from monitor.alerts.engine import AlertEngine
 from monitor.alerts.metrics import AlertMetrics
 from monitor.alerts.record import FIRING, Alert, label_set
@@ -124,7 +124,7 @@ def test_the_runner_never_acts_on_a_resolved_alert_and_counts_outcomes(
     fake_generator.jobs = {"j1": {"job_id": "j1", "state": "running"}}
     registry = CollectorRegistry()
     engine = AlertEngine([r for r in default_rules if r.alert == "GpuMemoryHigh"], clock=clock)
-    events: list[dict[str, Any]] = []
+    events: list[ActionOutcome] = []
     runner = ActionRunner(
         {"cancel_job": CancelJobAction(fake_generator.url, "s3cret")},
         AlertMetrics(registry),
@@ -149,6 +149,9 @@ def test_the_runner_never_acts_on_a_resolved_alert_and_counts_outcomes(
     (severe,) = [a for a in engine.active() if a.severity == "severe"]
     assert [o.result for o in runner.run_one(severe)] == ["success"]
     assert fake_generator.cancel_calls == ["j1"]
-    assert [e["job_id"] for e in events] == ["j1"]
+    assert [e.job_id for e in events] == ["j1"]
+    point = events[0].to_point("h1")
+    assert point.tags == {"host": "h1", "action": "cancel_job", "result": "success", "severity": "severe"}
+    assert point.fields["job_id"] == "j1"
     sample = registry.get_sample_value
     assert sample("i2v_remediation_actions_total", {"action": "cancel_job", "result": "success"}) == 1

@@ -12,6 +12,7 @@ import pytest
 import requests
 from prometheus_client import CollectorRegistry
 
+from monitor.alerts.actions import ActionOutcome
 from monitor.alerts.poller import GeneratorPoller, quantile_from_buckets
 from monitor.alerts.record import FIRING
 from monitor.alerts.service import AlertService
@@ -101,7 +102,7 @@ def test_severe_memory_cancels_the_running_job_once(
     tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator, registry: CollectorRegistry
 ) -> None:
     fake_generator.jobs = {"j1": {"job_id": "j1", "state": "running", "gpu": "0"}}
-    events: list[dict[str, Any]] = []
+    events: list[ActionOutcome] = []
     service = make_service(tmp_path, clock, fake_generator, registry, on_event=events.append)
     service.start_workers()
     try:
@@ -118,8 +119,8 @@ def test_severe_memory_cancels_the_running_job_once(
         wait_for(lambda: not service.runner._queue, 5, "the action queue to drain")
         assert fake_generator.cancel_calls == ["j1"]
         (event,) = events
-        assert (event["action"], event["result"], event["job_id"]) == ("cancel_job", "success", "j1")
-        assert event["labels"]["severity"] == "severe"
+        assert (event.action, event.result, event.job_id) == ("cancel_job", "success", "j1")
+        assert event.labels["severity"] == "severe"
         sample = registry.get_sample_value
         assert sample("i2v_remediation_actions_total", {"action": "cancel_job", "result": "success"}) == 1
         assert sample("i2v_alerts", {"state": "firing", "severity": "severe"}) == 1
@@ -225,3 +226,21 @@ def test_sampler_stall_and_watchdog_come_from_the_tick(
     clock.advance(2)
     assert [a.name for a in service.tick()] == ["SamplerStalled"]  # resolved
     assert requests.get(fake_generator.url + "/health", timeout=2).ok
+
+
+def test_store_health_feeds_the_store_rules_and_metrics_join_the_monitor_registry(
+    tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator
+) -> None:
+    from prometheus_client import generate_latest
+
+    health = SimpleNamespace(store_reachable=False, spool_pending_points=20_000)
+    settings = AlertSettings(state_path=None, generator_url=fake_generator.url, log_notifications=False)
+    service = AlertService(settings, host="h1", clock=clock, writer_health=lambda: health)
+    service.tick()
+    clock.advance(121)
+    names = {a.name for a in service.tick() if a.state == FIRING}
+    assert {"StoreUnreachable", "SpoolGrowing"} <= names
+    monitor_registry = CollectorRegistry(auto_describe=False)  # as monitor.metrics.make_registry builds it
+    monitor_registry.register(service.registry)
+    text = generate_latest(monitor_registry).decode()
+    assert 'i2v_alerts{severity="warning",state="firing"}' in text
