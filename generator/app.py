@@ -65,6 +65,7 @@ class Runtime:
                 outputs=config.outputs,
                 cache_dir=config.state_dir / "cache",
                 host_name=config.host_name,
+                memory_fraction=config.gpu_memory_fraction,
             )
             for d in devices
         ]

@@ -29,6 +29,7 @@ class GeneratorConfig:
     host_name: str = socket.gethostname()
     event_spool_bytes: int = 64 * MiB
     threads: int = 8
+    gpu_memory_fraction: float | None = None
 
     def validate(self) -> None:
         """Raise ValueError with one line that says what to change; makes no network call."""
@@ -36,6 +37,8 @@ class GeneratorConfig:
             raise ValueError(f"--port must be 1-65535, got {self.port}")
         if self.queue_size < 1:
             raise ValueError(f"GENERATOR_QUEUE_SIZE must be at least 1, got {self.queue_size}")
+        if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
+            raise ValueError(f"GENERATOR_GPU_MEMORY_FRACTION must be in (0, 1], got {self.gpu_memory_fraction}")
         if self.monitor_url and not self.monitor_url.startswith(("http://", "https://")):
             raise ValueError(f"--monitor-url must start with http:// or https://, got {self.monitor_url!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.admin_token:
@@ -62,6 +65,7 @@ class GeneratorConfig:
             "ingest_token": "INGEST_TOKEN",
             "host_name": "I2V_HOST_NAME",
             "threads": "GENERATOR_THREADS",
+            "gpu_memory_fraction": "GENERATOR_GPU_MEMORY_FRACTION",
         }
         types = {f.name: f.type for f in fields(cls)}
         overrides: dict[str, object] = {}
@@ -84,6 +88,8 @@ class GeneratorConfig:
 def _convert(kind: object, value: str, variable: str) -> object:
     text = str(kind)
     try:
+        if "float" in text:
+            return float(value)
         if "int" in text:
             return int(value)
         if "Path" in text:

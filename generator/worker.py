@@ -53,11 +53,13 @@ class Worker:
         cache_dir: Path,
         host_name: str,
         estimate: Callable[[JobParams], int] = table_estimate,
+        memory_fraction: float | None = None,
     ) -> None:
         self.book, self.events, self.metrics = book, events, metrics
         self.model, self.device, self.dtype = model, device, dtype
         self.outputs, self.cache_dir, self.host_name = outputs, cache_dir, host_name
         self.estimate = estimate
+        self.memory_fraction = memory_fraction
         self.gpu = str(device.index or 0) if device.type == "cuda" else "cpu"
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -93,6 +95,9 @@ class Worker:
                 self.run_job(job)
 
     def _load_and_warm(self) -> None:
+        if self.device.type == "cuda" and self.memory_fraction is not None:
+            # The operator's share of a shared card: torch's allocator raises OutOfMemoryError beyond it.
+            torch.cuda.set_per_process_memory_fraction(self.memory_fraction, self.device)
         started = time.time()
         self.pipe = load_pipeline(self.model, self.device, self.dtype, self.cache_dir)
         self._synchronize()
@@ -136,7 +141,14 @@ class Worker:
     def _memory(self) -> Callable[[], tuple[int, int]] | None:
         if self.device.type != "cuda":
             return None
-        return lambda: torch.cuda.mem_get_info(self.device)
+        fraction = self.memory_fraction or 1.0
+
+        def free_and_total() -> tuple[int, int]:
+            free, total = torch.cuda.mem_get_info(self.device)
+            cap = int(total * fraction)
+            return min(free, cap - torch.cuda.memory_reserved(self.device)), cap
+
+        return free_and_total
 
     def run_job(self, job: Job) -> None:
         """Run one job to its end state; every failure mode ends in a reported state, never a dead worker."""
