@@ -30,9 +30,9 @@ from waitress.server import create_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from generator.app import create_app  # noqa: E402
-from generator.config import GeneratorConfig  # noqa: E402
-from monitor.gpu.nvml import NvmlReader  # noqa: E402
+from generator.app import create_app
+from generator.config import GeneratorConfig
+from monitor.gpu.nvml import NvmlReader
 
 
 class NvmlPeak:
