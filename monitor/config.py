@@ -111,8 +111,8 @@ class MonitorConfig:
             try:
                 values[name] = convert(raw)
             except ValueError:
-                source = "flag" if flag is not None else variables[0]
-                raise ConfigError(f"{source} for {name} must be a {convert.__name__}, got {raw!r}") from None
+                source = f"--{name.removesuffix('_s').replace('_', '-')}" if flag is not None else variables[0]
+                raise ConfigError(f"{source} must be a number, got {raw!r}") from None
 
         pick("host", args.host, "MONITOR_BIND")
         pick("port", args.port, "MONITOR_PORT", convert=int)

@@ -1,0 +1,77 @@
+"""The monitor's configuration and `python -m monitor`'s start-up: defaults, env, flags, one-line failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.config import ConfigError, MonitorConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_need_no_configuration() -> None:
+    config = MonitorConfig.from_sources([], {}).validate()
+    assert (config.host, config.port, config.sample_interval_s) == ("127.0.0.1", 7861, 2.0)
+    assert config.store_url == "sqlite:///var/monitor/monitor.db"
+    assert config.spool_dir == Path("var/monitor/spool")
+    assert config.generator_url == "http://127.0.0.1:7860"
+
+
+def test_flags_override_the_environment_which_overrides_defaults() -> None:
+    env = {"MONITOR_PORT": "9000", "MONITOR_SAMPLE_INTERVAL": "0.5", "MONITOR_DATA_DIR": "/tmp/m", "INGEST_TOKEN": "t"}
+    config = MonitorConfig.from_sources(["--port", "9100", "--host-name", "gpu-7"], env).validate()
+    assert config.port == 9100
+    assert config.sample_interval_s == 0.5
+    assert config.host_name == "gpu-7"
+    assert config.ingest_token == "t"
+    assert config.store_url == "sqlite:////tmp/m/monitor.db"
+    assert config.spool_dir == Path("/tmp/m/spool")
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"INFLUX_URL": "http://influx:8086/i2v"}, "influxdb://influx:8086/i2v"),
+        ({"INFLUX_URL": "https://u:p@cloud:443/i2v"}, "influxdbs://u:p@cloud:443/i2v"),
+        ({"INFLUX_URL": "http://x:8086/a", "MONITOR_STORE": "sqlite:///b.db"}, "sqlite:///b.db"),
+    ],
+)
+def test_influx_url_is_read_as_an_influxdb_store(env: dict, expected: str) -> None:
+    assert MonitorConfig.from_sources([], env).validate().store_url == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--port", "0"], {}, "--port must be 1-65535"),
+        (["--port", "http"], {}, "--port must be a number"),
+        ([], {"MONITOR_SAMPLE_INTERVAL": "fast"}, "MONITOR_SAMPLE_INTERVAL must be a number"),
+        (["--store", "mysql://x/y"], {}, "--store must be"),
+        (["--store", "influxdb://host:8086/"], {}, "influxdb://"),
+        (["--sample-interval", "0"], {}, "--sample-interval"),
+        (["--generator-url", "localhost:7860"], {}, "--generator-url must start with http"),
+        (["--host", "0.0.0.0"], {}, "INGEST_TOKEN"),
+    ],
+)
+def test_bad_settings_fail_with_one_line_that_says_what_to_change(argv: list, env: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle) as caught:
+        MonitorConfig.from_sources(argv, env).validate()
+    assert "\n" not in str(caught.value)
+
+
+def test_python_m_monitor_fails_fast_on_a_bad_store_url() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "--store", "postgres://db/x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("monitor: --store must be")
