@@ -6,9 +6,11 @@ reports it, 100·max(cos, 0), for the mean over frames and for the worst frame. 
 always 1.0.)
 
 Device: on a CUDA machine the frames run on the GPU in fp16 only while `gpu_allows()` says so (the generator
-is idle, or free memory covers the model with a margin); otherwise on the CPU in fp32 (fp16 on a CPU is ~20x
-slower). The fp16 copy stays on the GPU between clips while allowed, and is dropped (and the cache emptied)
-the first time it is not, or after an out-of-memory error, after which that clip is scored on the CPU.
+is idle, or free memory covers the model with a margin); otherwise on the CPU, in bf16 where the CPU computes
+it natively (AVX512-BF16 or AMX: about twice as fast as fp32 there, cosines within 1e-3 of fp32's) and in fp32
+elsewhere (fp16 on a CPU is ~20x slower). The fp16 copy stays on the GPU between clips while allowed, and is
+dropped (and the cache emptied) the first time it is not, or after an out-of-memory error, after which that clip
+is scored on the CPU.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ def text_frame_score(text: np.ndarray, frames: np.ndarray) -> TextFrameScore:
     return TextFrameScore(per_frame_cos=tuple(float(c) for c in np.clip(cosines, -1.0, 1.0)))
 
 
+def native_bf16_cpu() -> bool:
+    """Return whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch reports it."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def never() -> bool:
     """Refuse the GPU (the default policy: CPU only)."""
     return False
@@ -121,8 +129,10 @@ class ClipScorer:
         cuda_available: Callable[[], bool] = torch.cuda.is_available,
         cuda_device: str = "cuda",
         batch_size: int = 32,
+        cpu_dtype: torch.dtype | None = None,
     ) -> None:
-        self._model = model.eval().to("cpu", torch.float32)
+        self.cpu_dtype = cpu_dtype or (torch.bfloat16 if native_bf16_cpu() else torch.float32)
+        self._model = model.eval().to("cpu", self.cpu_dtype)
         self._tokenizer = tokenizer
         self._processor = image_processor
         self._gpu_allows = gpu_allows
@@ -132,6 +142,7 @@ class ClipScorer:
         self._gpu_model: Any = None
         self._max_text_tokens = int(model.config.text_config.max_position_embeddings)
         self.gpu_fallbacks = 0
+        self.last_device: str | None = None
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, **kwargs: Any) -> ClipScorer:
@@ -154,6 +165,11 @@ class ClipScorer:
         return cls(model, tokenizer, processor, **kwargs)
 
     @property
+    def parameter_count(self) -> int:
+        """Return the model's parameter count."""
+        return sum(p.numel() for p in self._model.parameters())
+
+    @property
     def on_gpu(self) -> bool:
         """Return whether the fp16 GPU copy is held now."""
         return self._gpu_model is not None
@@ -171,7 +187,7 @@ class ClipScorer:
         use_gpu = self._cuda_available() and self._gpu_allows()
         if not use_gpu:
             self.release_gpu()
-            return self._embed_on(self._model, "cpu", torch.float32, images, prompt)
+            return self._embed_on(self._model, "cpu", self.cpu_dtype, images, prompt)
         try:
             if self._gpu_model is None:
                 self._gpu_model = copy.deepcopy(self._model).to(self._cuda_device, torch.float16)
@@ -182,7 +198,7 @@ class ClipScorer:
         log.warning("CLIP ran out of GPU memory (%s); releasing it and scoring on the CPU", message)
         self.gpu_fallbacks += 1
         self.release_gpu()
-        return self._embed_on(self._model, "cpu", torch.float32, images, prompt)
+        return self._embed_on(self._model, "cpu", self.cpu_dtype, images, prompt)
 
     def encode_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Return one L2-normalised CLIP image embedding per image (the i2v `ImageEncoder` protocol)."""
@@ -209,6 +225,7 @@ class ClipScorer:
             batch = list(images[start : start + self._batch_size])
             pixels = self._processor(images=batch, return_tensors="pt")["pixel_values"]
             rows.append(_normalised(model.get_image_features(pixel_values=pixels.to(device, dtype))))
+        self.last_device = device
         return Embeddings(text=text, images=np.concatenate(rows), device=device)
 
 

@@ -82,9 +82,7 @@ def _lagrangian_change(flow: np.ndarray, following: np.ndarray, grid: tuple[np.n
     inside = (map_x >= 0) & (map_x <= width - 1) & (map_y >= 0) & (map_y <= height - 1)
     if not inside.any():
         return 0.0
-    moved = cv2.remap(
-        following, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    moved = cv2.remap(following, map_x, map_y, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return float(np.linalg.norm(moved - flow, axis=-1)[inside].mean())
 
 

@@ -165,9 +165,7 @@ class QualityScorer:
             registry=registry,
         )
         self._low = Counter("i2v_quality_low", "Clips flagged low quality.", registry=registry)
-        self._write_errors = Counter(
-            "i2v_quality_write_errors", "Quality points the store refused.", registry=registry
-        )
+        self._write_errors = Counter("i2v_quality_write_errors", "Quality points the store refused.", registry=registry)
         Gauge("i2v_quality_queue_pending", "Clips waiting to be scored.", registry=registry).set_function(
             lambda: len(self._queue)
         )
@@ -352,9 +350,7 @@ class QualityScorer:
                 if current is not None:
                     self._keep(replace(current, status=SCORING))
             try:
-                result = self.score_job(
-                    job.job_id, job.video_path, job.image_path, job.prompt, job.gpu, rating
-                )
+                result = self.score_job(job.job_id, job.video_path, job.image_path, job.prompt, job.gpu, rating)
             except Exception as e:  # loop boundary: the clip is marked unscorable, the loop goes on
                 log.exception("scoring job %s failed; marked unscorable", job.job_id)
                 result = QualityResult(

@@ -78,9 +78,7 @@ def drifting(seed: int = 0) -> list[np.ndarray]:
     """Return frames that start on the input image and morph away from it, new content every frame."""
     start = window_clip([0], seed=seed)[0].astype(np.float32)
     weights = np.linspace(0.0, 0.9, FRAMES)
-    return [
-        ((1 - a) * start + a * texture(256, seed + 100 + t)).astype(np.uint8) for t, a in enumerate(weights)
-    ]
+    return [((1 - a) * start + a * texture(256, seed + 100 + t)).astype(np.uint8) for t, a in enumerate(weights)]
 
 
 def write_mp4(frames: Sequence[np.ndarray], path: Path, fps: int = 8) -> Path:

@@ -23,8 +23,8 @@ PROMPT = "a cat and a dog"
 
 @pytest.fixture(scope="module")
 def scorer(clip_dir: Path) -> ClipScorer:
-    """Load the tiny CLIP through the production path."""
-    return ClipScorer.from_dir(clip_dir)
+    """Load the tiny CLIP through the production path, in fp32 to compare with transformers exactly."""
+    return ClipScorer.from_dir(clip_dir, cpu_dtype=torch.float32)
 
 
 def _independent_cosines(clip_dir: Path, prompt: str, frames: list[np.ndarray]) -> np.ndarray:
@@ -52,10 +52,21 @@ def test_score_is_the_cosine_of_text_and_frame_features(
     assert scored.score_min == pytest.approx(100 * max(float(expected.min()), 0.0), abs=1e-3)
 
 
+def test_bf16_on_the_cpu_stays_within_a_thousandth_of_fp32(
+    scorer: ClipScorer, clip_dir: Path, clips: dict[str, Path]
+) -> None:
+    frames = read_clip(clips["smooth"], clip_frames=4).sampled_frames
+    bf16 = ClipScorer.from_dir(clip_dir, cpu_dtype=torch.bfloat16)
+    assert bf16.cpu_dtype == torch.bfloat16
+    np.testing.assert_allclose(
+        bf16.score(PROMPT, frames).per_frame_cos, scorer.score(PROMPT, frames).per_frame_cos, atol=5e-3
+    )
+
+
 def test_batches_give_the_same_embeddings_as_one_pass(clip_dir: Path, clips: dict[str, Path]) -> None:
     frames = read_clip(clips["smooth"], clip_frames=5).sampled_frames
-    whole = ClipScorer.from_dir(clip_dir).encode_images(frames)
-    batched = ClipScorer.from_dir(clip_dir, batch_size=2).encode_images(frames)
+    whole = ClipScorer.from_dir(clip_dir, cpu_dtype=torch.float32).encode_images(frames)
+    batched = ClipScorer.from_dir(clip_dir, cpu_dtype=torch.float32, batch_size=2).encode_images(frames)
     np.testing.assert_allclose(whole, batched, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, atol=1e-5)
 
@@ -81,9 +92,7 @@ def test_a_gpu_refused_by_policy_or_absent_means_cpu(clip_dir: Path, clips: dict
     [(False, None, True), (True, 8 << 30, True), (True, 1 << 30, False), (True, None, False)],
     ids=["idle", "busy-enough-memory", "busy-short-of-memory", "busy-no-reading"],
 )
-def test_gpu_policy_allows_an_idle_generator_or_enough_free_memory(
-    busy: bool, free: int | None, allowed: bool
-) -> None:
+def test_gpu_policy_allows_an_idle_generator_or_enough_free_memory(busy: bool, free: int | None, allowed: bool) -> None:
     policy = gpu_policy(generator_busy=lambda: busy, free_memory_bytes=lambda: free, required_bytes=2 << 30)
     assert policy() is allowed
 

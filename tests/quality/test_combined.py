@@ -59,9 +59,7 @@ def test_threshold_and_weights_are_configurable() -> None:
     assert weighted.parts_used == ("clip", "i2v")
 
 
-@pytest.mark.parametrize(
-    ("cosine", "part"), [(0.15, 0.0), (0.20, 0.0), (0.275, 0.5), (0.35, 1.0), (0.4, 1.0)]
-)
+@pytest.mark.parametrize(("cosine", "part"), [(0.15, 0.0), (0.20, 0.0), (0.275, 0.5), (0.35, 1.0), (0.4, 1.0)])
 def test_fixed_band_maps_cosine_020_to_0_and_035_to_1(cosine: float, part: float) -> None:
     assert ClipCalibration().part(cosine) == pytest.approx(part)
 

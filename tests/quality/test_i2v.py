@@ -21,9 +21,7 @@ class PixelEncoder:
         """Return one normalised row per image."""
         rows = []
         for image in images:
-            small = cv2.resize(
-                cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (16, 16), interpolation=cv2.INTER_AREA
-            )
+            small = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (16, 16), interpolation=cv2.INTER_AREA)
             row = small.astype(np.float64).ravel()
             row -= row.mean()
             rows.append(row / np.linalg.norm(row))
@@ -62,9 +60,7 @@ def test_a_clip_drifting_from_the_input_scores_lower_than_one_keeping_it(
     assert drifting.score < keeping.score - 0.1
 
 
-def test_clip_vision_tower_serves_as_the_encoder(
-    clip_dir: Path, clips: dict[str, Path], input_png: Path
-) -> None:
+def test_clip_vision_tower_serves_as_the_encoder(clip_dir: Path, clips: dict[str, Path], input_png: Path) -> None:
     clip = ClipScorer.from_dir(clip_dir)
     image, frames = read_image(input_png), read_clip(clips["keeping"], clip_frames=4).sampled_frames
     scored = score_with(clip, image, frames)

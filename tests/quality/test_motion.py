@@ -17,9 +17,7 @@ def scores(clips: dict[str, Path]) -> dict[str, motion.MotionScore]:
 
 
 @pytest.mark.parametrize("worse", ["jittery", "shaking", "flickering"])
-def test_smooth_pan_scores_higher_than_a_degraded_one(
-    scores: dict[str, motion.MotionScore], worse: str
-) -> None:
+def test_smooth_pan_scores_higher_than_a_degraded_one(scores: dict[str, motion.MotionScore], worse: str) -> None:
     assert scores["smooth"].smoothness > scores[worse].smoothness + 0.3
 
 

@@ -80,9 +80,7 @@ def _done(scorer: QualityScorer, job_id: str) -> QualityResult:
     return result
 
 
-def test_queue_is_bounded_and_refusals_are_counted(
-    make: Make, registry: CollectorRegistry, clips: Clips
-) -> None:
+def test_queue_is_bounded_and_refusals_are_counted(make: Make, registry: CollectorRegistry, clips: Clips) -> None:
     scorer = make(max_queue=2)  # not started: nothing leaves the queue
     assert scorer.submit("a", clips["smooth"])
     assert scorer.submit("b", clips["smooth"])
@@ -187,9 +185,7 @@ def test_a_failing_encoder_marks_the_clip_unscorable_not_the_worker_dead(
     assert scorer.result("fine").status == "scored"  # type: ignore[union-attr]
 
 
-def test_rating_recomputes_the_combined_score_and_writes_it(
-    make: Make, written: Recorder, clips: Clips
-) -> None:
+def test_rating_recomputes_the_combined_score_and_writes_it(make: Make, written: Recorder, clips: Clips) -> None:
     scorer = make()
     scorer.start()
     scorer.submit("job-3", clips["smooth"])
@@ -227,9 +223,7 @@ def test_rating_an_unknown_job_gives_none_and_an_early_rating_is_kept(make: Make
     assert result.parts_used == "smoothness,rating"
 
 
-def test_low_quality_emits_one_event_when_the_score_falls_below_the_threshold(
-    make: Make, clips: Clips
-) -> None:
+def test_low_quality_emits_one_event_when_the_score_falls_below_the_threshold(make: Make, clips: Clips) -> None:
     events: list[QualityResult] = []
     scorer = make(on_low_quality=events.append, threshold=0.6)
     scorer.start()
