@@ -69,6 +69,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the monitor until SIGINT or SIGTERM; return the exit status (2: bad configuration or store)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
     try:
         config = MonitorConfig.from_sources(argv).validate()
         store = open_store(config.store_url)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import requests
 
+from common.events import Event, utc_now_iso
 from monitor.config import ConfigError, MonitorConfig
+from monitor.schema import HOST_SAMPLE, JOB_EVENT
+from monitor.store.sqlite import SqliteStore
+from tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,3 +82,40 @@ def test_python_m_monitor_fails_fast_on_a_bad_store_url() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert result.stderr.startswith("monitor: --store must be")
+
+
+def test_python_m_monitor_serves_ingests_and_flushes_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "--port", str(port), "--data-dir", str(tmp_path), "--outputs", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "GENERATOR_URL": f"http://127.0.0.1:{free_port()}"},
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/monitor/api"
+
+        def answers() -> bool:
+            try:
+                return requests.get(f"{url}/status", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return process.poll() is not None  # exited: the assertion below says why
+
+        wait_for(answers, 60, "python -m monitor to serve /status")
+        assert process.poll() is None
+        event = Event(job_id="j", host="h", gpu="0", kind="job", status="queued", started_at=utc_now_iso())
+        answer = requests.post(f"{url}/events", json=[event.to_dict()], timeout=10)
+        assert answer.json() == {"accepted": 1, "duplicates": 0}
+        wait_for(lambda: requests.get(f"{url}/status", timeout=5).json()["sampler"]["ticks_total"] >= 1, 30, "a tick")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    store = SqliteStore(tmp_path / "monitor.db")  # flushed on SIGTERM: the event and a host sample are there
+    try:
+        assert [p.fields["job_id"] for p in store.query_points(JOB_EVENT, 0, 2**62)] == ["j"]
+        assert store.query_points(HOST_SAMPLE, 0, 2**62)
+    finally:
+        store.close()
