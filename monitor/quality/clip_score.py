@@ -22,12 +22,15 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
+# torch is imported where a model runs, so a monitor without CLIP weights never loads it (~190 MB, 1.3 s).
 
 NO_WEIGHTS_REASON = "no CLIP weights configured"
 CLIP_MODEL_ENV = "CLIP_MODEL_DIR"
@@ -81,6 +84,8 @@ def text_frame_score(text: np.ndarray, frames: np.ndarray) -> TextFrameScore:
 
 def native_bf16_cpu() -> bool:
     """Return whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch reports it."""
+    import torch
+
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
@@ -126,17 +131,19 @@ class ClipScorer:
         image_processor: Any,
         *,
         gpu_allows: Callable[[], bool] = never,
-        cuda_available: Callable[[], bool] = torch.cuda.is_available,
+        cuda_available: Callable[[], bool] | None = None,
         cuda_device: str = "cuda",
         batch_size: int = 32,
         cpu_dtype: torch.dtype | None = None,
     ) -> None:
+        import torch
+
         self.cpu_dtype = cpu_dtype or (torch.bfloat16 if native_bf16_cpu() else torch.float32)
         self._model = model.eval().to("cpu", self.cpu_dtype)
         self._tokenizer = tokenizer
         self._processor = image_processor
         self._gpu_allows = gpu_allows
-        self._cuda_available = cuda_available
+        self._cuda_available = cuda_available or torch.cuda.is_available
         self._cuda_device = cuda_device
         self._batch_size = batch_size
         self._gpu_model: Any = None
@@ -178,12 +185,16 @@ class ClipScorer:
         """Drop the GPU copy and return its memory to the driver."""
         if self._gpu_model is None:
             return
+        import torch
+
         self._gpu_model = None
         gc.collect()
         torch.cuda.empty_cache()
 
     def embed(self, images: Sequence[np.ndarray], prompt: str | None = None) -> Embeddings:
         """Embed the images (RGB uint8 arrays, batched) and the prompt on one device, normalised."""
+        import torch
+
         use_gpu = self._cuda_available() and self._gpu_allows()
         if not use_gpu:
             self.release_gpu()
@@ -210,21 +221,23 @@ class ClipScorer:
         assert embeddings.text is not None
         return text_frame_score(embeddings.text, embeddings.images)
 
-    @torch.inference_mode()
     def _embed_on(
         self, model: Any, device: str, dtype: torch.dtype, images: Sequence[np.ndarray], prompt: str | None
     ) -> Embeddings:
+        import torch
+
         text = None
-        if prompt is not None:
-            tokens = self._tokenizer(
-                [prompt], padding=True, truncation=True, max_length=self._max_text_tokens, return_tensors="pt"
-            ).to(device)
-            text = _normalised(model.get_text_features(**tokens))[0]
-        rows = []
-        for start in range(0, len(images), self._batch_size):
-            batch = list(images[start : start + self._batch_size])
-            pixels = self._processor(images=batch, return_tensors="pt")["pixel_values"]
-            rows.append(_normalised(model.get_image_features(pixel_values=pixels.to(device, dtype))))
+        with torch.inference_mode():
+            if prompt is not None:
+                tokens = self._tokenizer(
+                    [prompt], padding=True, truncation=True, max_length=self._max_text_tokens, return_tensors="pt"
+                ).to(device)
+                text = _normalised(model.get_text_features(**tokens))[0]
+            rows = []
+            for start in range(0, len(images), self._batch_size):
+                batch = list(images[start : start + self._batch_size])
+                pixels = self._processor(images=batch, return_tensors="pt")["pixel_values"]
+                rows.append(_normalised(model.get_image_features(pixel_values=pixels.to(device, dtype))))
         self.last_device = device
         return Embeddings(text=text, images=np.concatenate(rows), device=device)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -274,3 +277,12 @@ def test_succeeded_job_event_is_scored_with_the_input_image_beside_the_video(
     assert result.clip_score is not None
     assert result.i2v_subject is not None
     assert result.i2v_reason is None
+
+
+def test_a_monitor_without_clip_weights_never_loads_torch() -> None:
+    code = "import sys, monitor.quality.scorer, monitor.quality.api; sys.exit('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    assert (
+        subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).returncode
+        == 0
+    )
