@@ -115,6 +115,22 @@ def gpu_policy(
     return allows
 
 
+def free_memory_reader(latest: Callable[[], Any], gpu_index: int = 0) -> Callable[[], int | None]:
+    """Build a `free_memory_bytes()` from the sampler's last snapshot (`.gpus[i].memory_total/used_bytes`).
+
+    It reads the snapshot the sampler already took, never NVML itself; None when there is no reading.
+    """
+
+    def free() -> int | None:
+        snapshot = latest()
+        gpu = next((g for g in getattr(snapshot, "gpus", ()) if g.index == gpu_index), None)
+        if gpu is None or gpu.memory_total_bytes is None or gpu.memory_used_bytes is None:
+            return None
+        return int(gpu.memory_total_bytes - gpu.memory_used_bytes)
+
+    return free
+
+
 def resolve_model_dir(flag_value: str | None, environ: Mapping[str, str] = os.environ) -> Path | None:
     """Return the CLIP folder from the flag, else `CLIP_MODEL_DIR`, else None (no weights configured)."""
     value = flag_value or environ.get(CLIP_MODEL_ENV) or None
@@ -142,7 +158,7 @@ class ClipScorer:
         self._model = model.eval().to("cpu", self.cpu_dtype)
         self._tokenizer = tokenizer
         self._processor = image_processor
-        self._gpu_allows = gpu_allows
+        self.gpu_allows = gpu_allows
         self._cuda_available = cuda_available or torch.cuda.is_available
         self._cuda_device = cuda_device
         self._batch_size = batch_size
@@ -177,6 +193,11 @@ class ClipScorer:
         return sum(p.numel() for p in self._model.parameters())
 
     @property
+    def gpu_memory_estimate_bytes(self) -> int:
+        """Return the GPU memory scoring needs: the fp16 weights plus 1 GiB for activations and the allocator."""
+        return 2 * self.parameter_count + (1 << 30)
+
+    @property
     def on_gpu(self) -> bool:
         """Return whether the fp16 GPU copy is held now."""
         return self._gpu_model is not None
@@ -195,7 +216,7 @@ class ClipScorer:
         """Embed the images (RGB uint8 arrays, batched) and the prompt on one device, normalised."""
         import torch
 
-        use_gpu = self._cuda_available() and self._gpu_allows()
+        use_gpu = self._cuda_available() and self.gpu_allows()
         if not use_gpu:
             self.release_gpu()
             return self._embed_on(self._model, "cpu", self.cpu_dtype, images, prompt)

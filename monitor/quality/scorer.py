@@ -35,6 +35,8 @@ INPUT_IMAGE_NAME = "input.png"
 QUEUED, SCORING, SCORED, UNSCORABLE = "queued", "scoring", "scored", "unscorable"
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0)
+TERMINAL_STATES = ("succeeded", "failed", "cancelled")
+MAX_RUNNING = 64
 STORED_FIELDS = (
     "job_id",
     "clip_score",
@@ -55,6 +57,13 @@ STORED_FIELDS = (
     "clip_reason",
     "i2v_reason",
 )
+
+#: Declared types of the stored fields, for the store's schema (monitor.schema.FIELD_TYPES[MEASUREMENT]).
+FIELD_TYPES: Mapping[str, str] = {
+    **{name: "float" for name in STORED_FIELDS},
+    **{name: "str" for name in ("job_id", "parts_used", "unscorable_reason", "clip_reason", "i2v_reason")},
+    **{"static": "bool", "low_quality": "bool", "rating": "int"},
+}
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,7 @@ class QualityScorer:
         self._thread: threading.Thread | None = None
         self._results: OrderedDict[str, QualityResult] = OrderedDict()
         self._write_failing = False
+        self._running: set[str] = set()
         self.rejected = 0
         registry = registry if registry is not None else CollectorRegistry()
         self._score_hist = Histogram(
@@ -224,6 +234,23 @@ class QualityScorer:
             return False
         image = Path(event.video_path).with_name(INPUT_IMAGE_NAME)
         return self.submit(event.job_id, event.video_path, image, event.prompt, event.gpu)
+
+    def listen(self, events: Sequence[Event]) -> None:
+        """Take a batch of ingested events: follow which jobs run, and queue each succeeded job's clip."""
+        for event in events:
+            if event.kind != "job" or event.status is None:
+                continue
+            with self._cond:
+                if event.status == "running" and len(self._running) < MAX_RUNNING:
+                    self._running.add(event.job_id)
+                elif event.status in TERMINAL_STATES:
+                    self._running.discard(event.job_id)
+            self.submit_event(event)
+
+    def generator_busy(self) -> bool:
+        """Return whether a job is running, as the events say (a lost terminal event errs towards busy)."""
+        with self._cond:
+            return bool(self._running)
 
     # Reading and rating
     def result(self, job_id: str) -> QualityResult | None:

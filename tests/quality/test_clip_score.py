@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from monitor.quality.clip_score import (
     NO_WEIGHTS_REASON,
     ClipLoadError,
     ClipScorer,
+    free_memory_reader,
     gpu_policy,
     resolve_model_dir,
 )
@@ -106,3 +108,17 @@ def test_no_weights_configured_resolves_to_none_and_a_missing_folder_fails_clear
         ClipScorer.from_dir(tmp_path / "absent")
     with pytest.raises(ClipLoadError, match="cannot load CLIP"):
         ClipScorer.from_dir(tmp_path)
+
+
+def test_free_memory_is_read_from_the_samplers_last_snapshot() -> None:
+    gpu = SimpleNamespace(index=0, memory_total_bytes=80 << 30, memory_used_bytes=30 << 30)
+    snapshots: list[object] = [None, SimpleNamespace(gpus=(gpu,))]
+    free = free_memory_reader(lambda: snapshots[0])
+    assert free() is None
+    snapshots.pop(0)
+    assert free() == 50 << 30
+    assert free_memory_reader(lambda: snapshots[0], gpu_index=1)() is None
+
+
+def test_gpu_memory_estimate_covers_fp16_weights_and_a_margin(scorer: ClipScorer) -> None:
+    assert scorer.gpu_memory_estimate_bytes == 2 * scorer.parameter_count + (1 << 30)

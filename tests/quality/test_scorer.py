@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from common.events import Event, utc_now_iso
 from monitor.quality.clip_score import ClipScorer
 from monitor.quality.frames import read_clip
-from monitor.quality.scorer import MEASUREMENT, STORED_FIELDS, QualityResult, QualityScorer
+from monitor.quality.scorer import FIELD_TYPES, MEASUREMENT, STORED_FIELDS, QualityResult, QualityScorer
 from monitor.store.base import Point
 
 from . import synthetic
@@ -286,3 +287,32 @@ def test_a_monitor_without_clip_weights_never_loads_torch() -> None:
         subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).returncode
         == 0
     )
+
+
+def test_listening_to_events_follows_running_jobs_and_queues_finished_clips(make: Make, clips: Clips) -> None:
+    scorer = make()
+
+    def job(job_id: str, status: str, **kwargs: object) -> Event:
+        fields: dict[str, Any] = {"host": "h", "gpu": "0", "kind": "job", "started_at": utc_now_iso()}
+        return Event(job_id=job_id, status=status, **fields, **kwargs)
+
+    scorer.listen([job("a", "queued"), job("a", "running"), job("b", "running")])
+    assert scorer.generator_busy()
+    scorer.listen([job("a", "succeeded", video_path=str(clips["smooth"]), prompt=PROMPT), job("b", "failed")])
+    assert not scorer.generator_busy()
+    assert scorer.result("a") is not None
+    assert scorer.result("b") is None
+
+
+def test_stored_fields_have_their_declared_types(make: Make, written: Recorder, clips: Clips) -> None:
+    scorer = make()
+    scorer.start()
+    scorer.submit("typed", clips["smooth"])
+    _done(scorer, "typed")
+    scorer.rate("typed", 3)
+    assert set(FIELD_TYPES) == set(STORED_FIELDS)
+    python_types = {"float": float, "int": int, "bool": bool, "str": str}
+    for point in written.for_job("typed"):
+        for name, value in point.fields.items():
+            if value is not None:
+                assert type(value) is python_types[FIELD_TYPES[name]], name
