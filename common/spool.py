@@ -154,9 +154,7 @@ class Spool:
     def _load(self) -> None:
         """Rebuild segments and cursor from disk: skip torn or unparseable lines, delete consumed segments."""
         cursor_seq, cursor_offset = self._read_cursor()
-        found = sorted(
-            (int(m.group(1)), p) for p in self.directory.iterdir() if (m := _SEGMENT_RE.match(p.name))
-        )
+        found = sorted((int(m.group(1)), p) for p in self.directory.iterdir() if (m := _SEGMENT_RE.match(p.name)))
         for seq, path in found:
             if seq < cursor_seq:
                 path.unlink(missing_ok=True)
@@ -172,9 +170,7 @@ class Spool:
             starts = self._segments[0].starts
             self._head_index = sum(1 for start in starts if start < cursor_offset)
         if self._pending_locked():
-            log.info(
-                "spool %s: %d records pending from a previous run", self.directory, self._pending_locked()
-            )
+            log.info("spool %s: %d records pending from a previous run", self.directory, self._pending_locked())
 
     def _scan(self, segment: _Segment) -> None:
         """Index the complete JSON lines of a segment; a torn last line (no newline) or garbage is skipped."""

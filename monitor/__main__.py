@@ -94,9 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"cannot listen on {config.host}:{config.port} ({e.strerror}): pick another --port")
     signal.signal(signal.SIGTERM, _stop)
     sampler.start()
-    log.info(
-        "monitor on http://%s:%d, store %s", config.host, config.port, get_context(app).redacted_store_url
-    )
+    log.info("monitor on http://%s:%d, store %s", config.host, config.port, get_context(app).redacted_store_url)
     try:
         server.run()
     except (KeyboardInterrupt, SystemExit):

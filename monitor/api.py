@@ -111,9 +111,7 @@ def series() -> ResponseReturnValue:
     fields = [f for f in request.args.get("fields", "").split(",") if f] or list(known)
     unknown = [f for f in fields if f not in known]
     if unknown:
-        raise BadRequest(
-            f"unknown field(s) {', '.join(unknown)} for {measurement}; known: {', '.join(known)}"
-        )
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)} for {measurement}; known: {', '.join(known)}")
     window_s = parse_window(request.args.get("window"), "1h")
     bucket_s = max(1, math.ceil(window_s / MAX_BUCKETS))
     end_ns = ctx.clock_ns()

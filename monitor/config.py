@@ -62,9 +62,7 @@ class MonitorConfig:
         scheme = self.store_url.split("://", 1)[0] if "://" in self.store_url else ""
         if scheme == "sqlite":
             if len(self.store_url) <= len("sqlite:///"):
-                raise ConfigError(
-                    f"--store sqlite URL needs a path: sqlite:///var/monitor.db, got {self.store_url!r}"
-                )
+                raise ConfigError(f"--store sqlite URL needs a path: sqlite:///var/monitor.db, got {self.store_url!r}")
         elif scheme in ("influxdb", "influxdbs"):
             parts = urlsplit(self.store_url)
             try:
@@ -72,17 +70,11 @@ class MonitorConfig:
             except ValueError:
                 raise ConfigError(f"--store has a bad port: {self.store_url!r}") from None
             if not parts.hostname or not parts.path.strip("/"):
-                raise ConfigError(
-                    f"--store must look like influxdb://[user:pass@]host:8086/db, got {self.store_url!r}"
-                )
+                raise ConfigError(f"--store must look like influxdb://[user:pass@]host:8086/db, got {self.store_url!r}")
         else:
-            raise ConfigError(
-                f"--store must be sqlite:///path or influxdb://host:port/db, got {self.store_url!r}"
-            )
+            raise ConfigError(f"--store must be sqlite:///path or influxdb://host:port/db, got {self.store_url!r}")
         if self.generator_url and not self.generator_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"--generator-url must start with http:// or https://, got {self.generator_url!r}"
-            )
+            raise ConfigError(f"--generator-url must start with http:// or https://, got {self.generator_url!r}")
         if self.spool_max_bytes < MiB:
             raise ConfigError(f"MONITOR_SPOOL_MAX_BYTES must be at least {MiB}, got {self.spool_max_bytes}")
         if not self.host_name or "\n" in self.host_name or self.host_name.endswith("\\"):
@@ -96,9 +88,7 @@ class MonitorConfig:
         return self
 
     @classmethod
-    def from_sources(
-        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
-    ) -> MonitorConfig:
+    def from_sources(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> MonitorConfig:
         """Build from defaults, then the environment, then flags; ConfigError for an unreadable value."""
         env = os.environ if environ is None else environ
         args = _parser().parse_args(argv)

@@ -93,9 +93,7 @@ def ingest_events() -> ResponseReturnValue:
     """Validate a batch of events, store the new ones through the writer, count the duplicates."""
     ctx = _context()
     if not _authorised(ctx.config.ingest_token):
-        response = jsonify(
-            error="send 'Authorization: Bearer <INGEST_TOKEN>' with the monitor's ingest token"
-        )
+        response = jsonify(error="send 'Authorization: Bearer <INGEST_TOKEN>' with the monitor's ingest token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="monitor"'
         return response, 401
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:

@@ -178,9 +178,7 @@ class Writer:
             store_errors_total=self._errors_total,
             points_written_total=self._written_total,
             points_rejected_total=self._rejected_total,
-            points_dropped_total=self.spool.dropped_total
-            + self._unreadable_total
-            + self._overflow_lost_total,
+            points_dropped_total=self.spool.dropped_total + self._unreadable_total + self._overflow_lost_total,
             buffer_points=buffered,
             spool_pending_points=self.spool.pending(),
             spool_bytes=self.spool.size_bytes(),
@@ -205,9 +203,7 @@ class Writer:
             try:
                 self._cycle()
             except Exception:  # the loop boundary: the thread must outlive any surprise
-                log.exception(
-                    "store writer cycle failed; undelivered points stay buffered or spooled for the next"
-                )
+                log.exception("store writer cycle failed; undelivered points stay buffered or spooled for the next")
             with self._cond:
                 self._cycles_done += 1
                 self._cond.notify_all()
@@ -220,16 +216,14 @@ class Writer:
             if self._reachable is False and self._clock() < self._retry_at:
                 self._spool_buffer()
                 return
+            batch: list[Point] = []
             try:
                 self._replay_spool()
                 while batch := self._take(self.batch_size):
-                    try:
-                        self._send(batch)
-                    except StoreUnavailable:
-                        self._to_spool(batch)
-                        raise
+                    self._send(batch)
             except StoreUnavailable as e:
-                self._mark_down(e)
+                self._mark_down(e)  # first, so that whoever sees the points spooled sees the store down
+                self._to_spool(batch)  # the batch in flight (empty when the spool replay failed)
                 self._spool_buffer()
 
     def _replay_spool(self) -> None:

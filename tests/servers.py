@@ -170,7 +170,8 @@ class AppServer:
 
         # Keep-alive connections stay in waitress' socket map and keep its loop running, so every socket is
         # closed, and from the loop's own thread (through its trigger), never under its select().
+        # The worker threads go first, so none of them pulls the trigger after it is closed.
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         socket_map = self._server._map
         self._server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
         self._thread.join(timeout=10)
-        self._server.task_dispatcher.shutdown()

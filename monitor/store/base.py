@@ -134,15 +134,16 @@ def clean_point(point: Point) -> Point | None:
             continue
         tags[key] = check_name(value, f"tag {key!r} value")
     fields: dict[str, FieldValue] = {}
-    for key, value in point.fields.items():
+    for key, field_value in point.fields.items():
         check_name(key, "field key")
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        if field_value is None or (isinstance(field_value, float) and not math.isfinite(field_value)):
             continue
-        if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
-            raise StoreRejected(f"field {key!r} = {value} does not fit in 64 bits")
-        if not isinstance(value, bool | int | float | str):
-            raise StoreRejected(f"field {key!r} has unsupported type {type(value).__name__}")
-        fields[key] = value
+        if isinstance(field_value, int) and not isinstance(field_value, bool):
+            if not _INT64[0] <= field_value <= _INT64[1]:
+                raise StoreRejected(f"field {key!r} = {field_value} does not fit in 64 bits")
+        elif not isinstance(field_value, bool | float | str):
+            raise StoreRejected(f"field {key!r} has unsupported type {type(field_value).__name__}")
+        fields[key] = field_value
     for key in ("time", *(k for k in tags if k in fields)):
         if key in tags or key in fields:
             raise StoreRejected(f"{key!r} cannot be a key here (reserved, or both a tag and a field)")

@@ -167,9 +167,7 @@ class InfluxStore:
         if response.status_code == 404 and "database not found" in response.text:
             self._database_ready = False
             self._ensure_database()
-            response = self._request(
-                "POST", "/write", params={"db": self.database, "precision": "ns"}, data=body
-            )
+            response = self._request("POST", "/write", params={"db": self.database, "precision": "ns"}, data=body)
         self._raise_for_status(response, "write")
 
     def _ensure_database(self) -> None:
@@ -215,8 +213,7 @@ class InfluxStore:
         if bucket_s <= 0:
             raise ValueError(f"bucket_s must be positive, got {bucket_s}")
         select = ", ".join(
-            f"mean({quote_ident(f)}) AS mean{i}, max({quote_ident(f)}) AS max{i}"
-            for i, f in enumerate(numeric)
+            f"mean({quote_ident(f)}) AS mean{i}, max({quote_ident(f)}) AS max{i}" for i, f in enumerate(numeric)
         )
         q = f"SELECT {select} {source} GROUP BY time({int(bucket_s)}s), * fill(none)"
         for series_tags, values in self._series(q):
@@ -326,9 +323,7 @@ class InfluxStore:
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         params = {**kwargs.pop("params", {}), **self._params}
         try:
-            return self._session.request(
-                method, self.base_url + path, params=params, timeout=self.timeout_s, **kwargs
-            )
+            return self._session.request(method, self.base_url + path, params=params, timeout=self.timeout_s, **kwargs)
         except requests.RequestException as e:
             raise StoreUnavailable(f"InfluxDB at {self.base_url} unreachable: {type(e).__name__}") from e
 

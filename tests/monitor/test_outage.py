@@ -28,9 +28,7 @@ def own_influxd(tmp_path: Path) -> Iterator[InfluxServer]:
     server.stop()
 
 
-def test_every_point_survives_an_influxd_crash_exactly_once(
-    own_influxd: InfluxServer, tmp_path: Path
-) -> None:
+def test_every_point_survives_an_influxd_crash_exactly_once(own_influxd: InfluxServer, tmp_path: Path) -> None:
     store = InfluxStore.from_url(own_influxd.store_url("outage"), timeout_s=(0.5, 2.0))
     writer = Writer(
         store,

@@ -53,9 +53,7 @@ def test_points_reach_the_store_in_batches(sqlite: SqliteStore, tmp_path: Path) 
     assert health.last_write_at is not None
 
 
-def test_a_full_buffer_overflows_to_the_spool_and_flush_delivers_it(
-    sqlite: SqliteStore, tmp_path: Path
-) -> None:
+def test_a_full_buffer_overflows_to_the_spool_and_flush_delivers_it(sqlite: SqliteStore, tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", 1 << 20)
     writer = Writer(sqlite, spool, buffer_max_points=10)  # not started: nothing drains the buffer
     writer.write(points(25))
@@ -107,9 +105,7 @@ def test_close_keeps_undelivered_points_and_a_restart_replays_them_in_order(
 
 def test_conform_keeps_field_types_stable(sqlite: SqliteStore, tmp_path: Path) -> None:
     writer = Writer(sqlite, Spool(tmp_path / "spool", 1 << 20), conform=conform)
-    sample = Point(
-        GPU_SAMPLE, {"host": "h", "gpu": "0"}, {"power_w": 300, "memory_used_bytes": 5.0, "up": 1}, T0
-    )
+    sample = Point(GPU_SAMPLE, {"host": "h", "gpu": "0"}, {"power_w": 300, "memory_used_bytes": 5.0, "up": 1}, T0)
     writer.write([sample])
     assert writer.flush() is True
     fields = sqlite.query_points(GPU_SAMPLE, 0, 2**62)[0].fields

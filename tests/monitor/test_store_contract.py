@@ -95,9 +95,7 @@ def test_none_and_non_finite_fields_and_empty_tags_are_left_out(store: Store) ->
 
 
 def test_a_point_with_no_field_left_is_skipped(store: Store) -> None:
-    store.write(
-        [Point("empty", {"host": "h"}, {"a": None}, T0), Point("empty", {"host": "h"}, {"a": 1}, T0 + S)]
-    )
+    store.write([Point("empty", {"host": "h"}, {"a": None}, T0), Point("empty", {"host": "h"}, {"a": 1}, T0 + S)])
     assert [p.time_ns for p in all_points(store, "empty")] == [T0 + S]
 
 
@@ -129,9 +127,7 @@ def test_same_time_different_tags_are_different_points(store: Store) -> None:
         (Point("m", {}, {"v": 2**64}, T0), "64 bits"),
     ],
 )
-def test_points_no_influxdb_version_reads_back_the_same_are_rejected(
-    store: Store, point: Point, reason: str
-) -> None:
+def test_points_no_influxdb_version_reads_back_the_same_are_rejected(store: Store, point: Point, reason: str) -> None:
     with pytest.raises(StoreRejected, match=reason):
         store.write([point])
 
