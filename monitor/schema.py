@@ -27,8 +27,9 @@ GPU_SAMPLE = "gpu_sample"
 HOST_SAMPLE = "host_sample"
 JOB_EVENT = "job_event"
 
-#: Declared field types per measurement: "float", "int", "bool" or "str".
-FIELD_TYPES: Mapping[str, Mapping[str, str]] = {
+#: Declared field types per measurement: "float", "int", "bool" or "str". Other parts add theirs with
+#: `declare_fields` (e.g. the quality scorer's `quality` measurement) so `conform` keeps their types too.
+FIELD_TYPES: dict[str, Mapping[str, str]] = {
     GPU_SAMPLE: {
         "utilization_ratio": "float",
         "memory_used_bytes": "int",
@@ -75,6 +76,15 @@ NUMERIC_FIELDS: Mapping[str, tuple[str, ...]] = {
 }
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_KINDS = ("float", "int", "bool", "str")
+
+
+def declare_fields(measurement: str, types: Mapping[str, str]) -> None:
+    """Declare another measurement's field types, so `conform` casts its points (ValueError on a bad type)."""
+    bad = {name: kind for name, kind in types.items() if kind not in _KINDS}
+    if bad:
+        raise ValueError(f"field types must be one of {', '.join(_KINDS)}, got {bad}")
+    FIELD_TYPES[measurement] = dict(types)
 
 
 def _cast(value: FieldValue, kind: str) -> FieldValue:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from common.spool import Spool
-from monitor.schema import GPU_SAMPLE, conform
+from monitor.schema import GPU_SAMPLE, conform, declare_fields
 from monitor.store import Point
 from monitor.store.influx import InfluxStore
 from monitor.store.sqlite import SqliteStore
@@ -111,3 +111,12 @@ def test_conform_keeps_field_types_stable(sqlite: SqliteStore, tmp_path: Path) -
     fields = sqlite.query_points(GPU_SAMPLE, 0, 2**62)[0].fields
     assert fields == {"power_w": 300.0, "memory_used_bytes": 5, "up": True}
     assert isinstance(fields["power_w"], float)
+
+
+def test_other_parts_declare_their_field_types_for_conform() -> None:
+    declare_fields("test_declared", {"score": "float", "rating": "int"})
+    point = conform(Point("test_declared", {"host": "h"}, {"score": 1, "rating": 4.0, "other": "x"}, T0))
+    assert point.fields == {"score": 1.0, "rating": 4, "other": "x"}
+    assert isinstance(point.fields["score"], float)
+    with pytest.raises(ValueError, match="one of"):
+        declare_fields("test_declared", {"score": "double"})
