@@ -127,6 +127,7 @@ class QualityScorer:
         max_results: int = 1000,
         registry: CollectorRegistry | None = None,
         on_low_quality: Callable[[QualityResult], None] | None = None,
+        outputs_dir: str | Path | None = None,
         image_encoder: ImageEncoder | None = None,
         weights: Mapping[str, float] = DEFAULT_WEIGHTS,
         threshold: float = DEFAULT_THRESHOLD,
@@ -140,6 +141,7 @@ class QualityScorer:
         self._max_queue = max_queue
         self._max_results = max_results
         self._on_low_quality = on_low_quality
+        self._outputs_dir = None if outputs_dir is None else Path(outputs_dir)
         self._image_encoder = image_encoder
         self._weights = weights
         self._threshold = threshold
@@ -229,11 +231,18 @@ class QualityScorer:
         return True
 
     def submit_event(self, event: Event) -> bool:
-        """Queue the clip of a succeeded `job` event (input image beside the video); else return False."""
+        """Queue the clip of a succeeded `job` event (input image beside the video); else return False.
+
+        A relative `video_path` the monitor cannot see from its own directory is looked up as the generator
+        lays clips out, `<outputs_dir>/<job_id>/video.mp4`, when `outputs_dir` is set.
+        """
         if event.kind != "job" or event.status != "succeeded" or not event.video_path:
             return False
-        image = Path(event.video_path).with_name(INPUT_IMAGE_NAME)
-        return self.submit(event.job_id, event.video_path, image, event.prompt, event.gpu)
+        video = Path(event.video_path)
+        if not video.is_absolute() and not video.exists() and self._outputs_dir is not None:
+            video = self._outputs_dir / event.job_id / video.name
+        image = video.with_name(INPUT_IMAGE_NAME)
+        return self.submit(event.job_id, video, image, event.prompt, event.gpu)
 
     def listen(self, events: Sequence[Event]) -> None:
         """Take a batch of ingested events: follow which jobs run, and queue each succeeded job's clip."""
