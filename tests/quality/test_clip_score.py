@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,3 +123,40 @@ def test_free_memory_is_read_from_the_samplers_last_snapshot() -> None:
 
 def test_gpu_memory_estimate_covers_fp16_weights_and_a_margin(scorer: ClipScorer) -> None:
     assert scorer.gpu_memory_estimate_bytes == 2 * scorer.parameter_count + (1 << 30)
+
+
+class _OomOnGpu(ClipScorer):
+    """The tiny CLIP whose 'GPU' (the CPU standing in, in fp16) always runs out of memory."""
+
+    def _embed_on(self, model: Any, device: str, dtype: torch.dtype, images: Any, prompt: str | None) -> Any:
+        if dtype == torch.float16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super()._embed_on(model, device, dtype, images, prompt)
+
+
+def _gpu_standin(cls: type[ClipScorer], clip_dir: Path, allows: list[bool]) -> ClipScorer:
+    """Load the tiny CLIP with the CPU standing in for CUDA, so the GPU branch runs on this machine."""
+    return cls.from_dir(
+        clip_dir, gpu_allows=lambda: allows[-1], cuda_available=lambda: True, cuda_device="cpu",
+        cpu_dtype=torch.float32,
+    )  # fmt: skip
+
+
+def test_gpu_copy_is_kept_while_allowed_and_dropped_when_not(clip_dir: Path, clips: dict[str, Path]) -> None:
+    frames = read_clip(clips["smooth"], clip_frames=2).sampled_frames
+    allows = [True]
+    clip = _gpu_standin(ClipScorer, clip_dir, allows)
+    clip.embed(frames, PROMPT)
+    assert clip.on_gpu
+    allows.append(False)
+    clip.embed(frames, PROMPT)
+    assert not clip.on_gpu
+
+
+def test_out_of_memory_on_the_gpu_falls_back_to_the_cpu(clip_dir: Path, clips: dict[str, Path]) -> None:
+    frames = read_clip(clips["smooth"], clip_frames=2).sampled_frames
+    clip = _gpu_standin(_OomOnGpu, clip_dir, [True])
+    embeddings = clip.embed(frames, PROMPT)
+    assert embeddings.images.shape[0] == 2
+    assert clip.gpu_fallbacks == 1
+    assert not clip.on_gpu
