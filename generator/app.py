@@ -155,6 +155,7 @@ def job_view(job: Job) -> dict[str, Any]:
     return {
         "job_id": job.job_id,
         "state": job.state,
+        "gpu": job.gpu,
         "status_url": f"/api/jobs/{job.job_id}",
         "position": position,
         "progress": {"step": job.step, "total_steps": total, "ratio": round(job.step / total, 4) if total else 0},

@@ -135,21 +135,33 @@ class EventSender:
         self._drain_inbox()
 
     def _deliver_spooled(self) -> bool:
-        """Send spooled batches until the spool is empty; return False when the monitor did not take one."""
+        """Send spooled batches until the spool is empty; return False when the monitor did not take one.
+
+        The monitor validates a whole batch before storing any of it, and a 400 names the first bad event's
+        index: the events before it are sent again on their own, the bad one alone is dropped (logged), and
+        delivery goes on, so one malformed event never costs its neighbours.
+        """
         assert self._spool is not None
-        assert self._url is not None
-        while batch := self._spool.peek(BATCH_SIZE):
+        size = BATCH_SIZE
+        while batch := self._spool.peek(size):
             try:
                 response = self._session.post(
-                    self._url, json={"events": batch}, headers=self._headers, timeout=self._timeout_s
+                    self._url or "", json={"events": batch}, headers=self._headers, timeout=self._timeout_s
                 )
             except requests.RequestException as error:
                 return self._failed(f"monitor unreachable: {error.__class__.__name__}")
-            if response.status_code >= 500 or response.status_code in (401, 403, 429):
+            if response.status_code >= 500 or response.status_code in (401, 403, 413, 429):
                 return self._failed(f"monitor answered {response.status_code}")
+            size = BATCH_SIZE
             if response.status_code >= 400:
-                # The monitor refused the batch's content: keeping it would block every later event.
-                log.error("monitor refused %d events (%s): dropped", len(batch), response.text[:300])
+                index = _refused_index(response, len(batch))
+                if index > 0:
+                    size = index
+                    continue
+                dropped = 1 if index == 0 else len(batch)
+                log.error("monitor refused %d event(s) (%s): dropped", dropped, response.text[:300])
+                self._spool.ack(dropped)
+                continue
             self._spool.ack(len(batch))
             self.delivered_total += len(batch)
             if self._monitor_down:
@@ -163,3 +175,12 @@ class EventSender:
             log.warning("%s: events are spooled and will be replayed in order", reason)
             self._monitor_down = True
         return False
+
+
+def _refused_index(response: requests.Response, batch_size: int) -> int:
+    """Return the index of the event the monitor refused, or -1 when the answer names none (drop the batch)."""
+    try:
+        index = int(response.json()["index"])
+    except (ValueError, KeyError, TypeError):
+        return -1
+    return index if 0 <= index < batch_size else -1

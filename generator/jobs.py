@@ -47,6 +47,7 @@ class Job:
     video_path: str | None = None
     peak_memory_bytes: int | None = None
     cancel_requested: bool = False
+    gpu: str | None = None
 
     def to_row(self) -> str:
         """Serialise for the job database."""

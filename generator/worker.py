@@ -153,6 +153,7 @@ class Worker:
     def run_job(self, job: Job) -> None:
         """Run one job to its end state; every failure mode ends in a reported state, never a dead worker."""
         self.metrics.jobs_running.inc()
+        self.book.update(job, gpu=self.gpu)
         self.job_event(job, "running")
         try:
             self._run_admitted(job)

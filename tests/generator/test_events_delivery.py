@@ -10,13 +10,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from common.events import Event
+from common.events import Event, EventError
+from generator.events import EventSender
 from tests.generator.conftest import GeneratorServer, serve_generator
 from tests.servers import free_port, wait_for
 
 
 class EventReceiver:
-    """A minimal monitor stand-in: accepts event batches on /monitor/api/events and keeps them."""
+    """A minimal monitor stand-in: validates event batches on /monitor/api/events as the monitor does, keeps them."""
 
     def __init__(self, port: int) -> None:
         self.batches: list[list[dict]] = []
@@ -25,11 +26,20 @@ class EventReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                for index, event in enumerate(body["events"]):
+                    try:
+                        Event.from_dict(event)
+                    except EventError as error:
+                        self.answer(400, {"error": str(error), "index": index})
+                        return
                 receiver.batches.append(body["events"])
-                self.send_response(200)
+                self.answer(200, {"accepted": len(body["events"])})
+
+            def answer(self, status: int, body: dict) -> None:
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
-                self.wfile.write(b'{"accepted": true}')
+                self.wfile.write(json.dumps(body).encode())
 
             def log_message(self, *args: object) -> None:
                 return None
@@ -97,3 +107,23 @@ def test_events_spooled_while_the_monitor_is_away_arrive_once_each_in_order(tmp_
     assert stages == ["text_encoding", "image_encoding", "image_latents", "denoising", "decode_video", "export"]
     for event in emitted.events:
         Event.from_dict(event)
+
+
+def test_a_refused_event_is_dropped_alone_and_its_neighbours_are_delivered(tmp_path) -> None:
+    port = free_port()
+    receiver = EventReceiver(port)
+    sender = EventSender(f"http://127.0.0.1:{port}", tmp_path / "spool", spool_max_bytes=2**20)
+    events = [
+        Event(job_id="j", host="h", gpu="0", kind="stage", stage="export", started_at="2026-11-23T10:00:00Z")
+        for _ in range(5)
+    ]
+    bad = Event(job_id="j", host="h", gpu="0", kind="stage", stage="no-such-stage", started_at="2026-11-23T10:00:00Z")
+    try:
+        for event in (*events[:2], bad, *events[2:]):
+            sender.emit(event)
+        assert sender.flush(timeout_s=30)
+    finally:
+        sender.close()
+        receiver.close()
+
+    assert receiver.event_ids() == [event.event_id for event in events]
