@@ -115,7 +115,21 @@ class _Job:
 
 
 class QualityScorer:
-    """Queue finished clips, score them on one worker thread, keep and write the results."""
+    """Queue finished clips, score them on one worker thread, keep and write the results.
+
+    Args:
+        clip: the CLIP scorer, or None when no weights are configured (CLIP and i2v parts then say why).
+        write: where `quality` points go (the monitor's batching writer, `Writer.write`).
+        host_name: the `host` tag.
+        max_queue: clips waiting at most; `submit` refuses (and counts) beyond it.
+        max_results: jobs whose results are kept in memory, oldest dropped first.
+        registry: the Prometheus registry the metrics join (a private one when None).
+        on_low_quality: called once when a job's combined score falls below `threshold` (the alert event).
+        image_encoder: the i2v encoder when not CLIP's vision tower (e.g. the generator's I2VGen-XL encoder).
+        weights, threshold, calibration: the combined score's settings (combined.py).
+        outputs_dir: where the generator writes `<job_id>/video.mp4`, to find clips named by relative paths.
+        clock, now_ns: monotonic seconds for durations and wall-clock ns for point times.
+    """
 
     def __init__(
         self,
