@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -98,13 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="CLIP's CPU threads (default: the scorer's, half the cores)")
     parser.add_argument("--cpu-dtype", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -116,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         folder = args.clip_model or save_random_clip(args.model, work / "clip")
         cpu_dtype = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16}[args.cpu_dtype]
-        clip = ClipScorer.from_dir(folder, gpu_allows=lambda: args.device == "cuda", cpu_dtype=cpu_dtype)
+        clip = ClipScorer.from_dir(
+            folder, gpu_allows=lambda: args.device == "cuda", cpu_dtype=cpu_dtype, cpu_threads=args.threads
+        )
         setup_s = time.perf_counter() - started
         scorer = QualityScorer(clip=clip, write=lambda points: None, host_name="bench")
 
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             "frames": args.frames,
             "size": args.size,
             "repeats": args.repeats,
-            "torch_threads": torch.get_num_threads(),
+            "cpu_threads": clip.cpu_threads,
+            "cpu_count": os.cpu_count(),
             "cpu_dtype": str(clip.cpu_dtype).removeprefix("torch."),
             "setup_s": round(setup_s, 2),
             "decode_s": _median_s(lambda: read_clip(video), args.repeats),

@@ -160,3 +160,21 @@ def test_out_of_memory_on_the_gpu_falls_back_to_the_cpu(clip_dir: Path, clips: d
     assert embeddings.images.shape[0] == 2
     assert clip.gpu_fallbacks == 1
     assert not clip.on_gpu
+
+
+def test_cpu_passes_use_the_scorers_threads_and_restore_the_process_setting(
+    clip_dir: Path, clips: dict[str, Path]
+) -> None:
+    seen: list[int] = []
+
+    class Recording(ClipScorer):
+        def _embed_batches(self, *args: Any) -> Any:
+            seen.append(torch.get_num_threads())
+            return super()._embed_batches(*args)
+
+    before = torch.get_num_threads()
+    clip = Recording.from_dir(clip_dir, cpu_threads=1)
+    clip.embed(read_clip(clips["smooth"], clip_frames=1).sampled_frames)
+    assert seen == [1]
+    assert torch.get_num_threads() == before
+    assert ClipScorer.from_dir(clip_dir).cpu_threads >= 1
