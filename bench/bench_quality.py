@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="CLIP's CPU threads (default: the scorer's, half the cores)")
+    parser.add_argument("--flow-workers", type=int, help="optical-flow threads (default: the scorer's, half the cores)")
     parser.add_argument("--cpu-dtype", choices=("auto", "fp32", "bf16"), default="auto")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             folder, gpu_allows=lambda: args.device == "cuda", cpu_dtype=cpu_dtype, cpu_threads=args.threads
         )
         setup_s = time.perf_counter() - started
-        scorer = QualityScorer(clip=clip, write=lambda points: None, host_name="bench")
+        scorer = QualityScorer(clip=clip, write=lambda points: None, host_name="bench", flow_workers=args.flow_workers)
 
         decoded = read_clip(video)
         sampled: list[np.ndarray] = [*decoded.sampled_frames, np.asarray(Image.open(image).convert("RGB"))]
@@ -132,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             "size": args.size,
             "repeats": args.repeats,
             "cpu_threads": clip.cpu_threads,
+            "flow_workers": scorer.flow_workers,
             "cpu_count": os.cpu_count(),
             "cpu_dtype": str(clip.cpu_dtype).removeprefix("torch."),
             "setup_s": round(setup_s, 2),
             "decode_s": _median_s(lambda: read_clip(video), args.repeats),
-            "flow_s": _median_s(lambda: motion.analyse(decoded.flow_frames), args.repeats),
+            "flow_s": _median_s(lambda: motion.analyse(decoded.flow_frames, workers=scorer.flow_workers), args.repeats),
             "clip_s": _median_s(lambda: clip.embed(sampled, PROMPT), args.repeats),
             "total_s": _median_s(lambda: scorer.score_job("bench", video, image, PROMPT), args.repeats),
             "clip_device": clip.last_device,

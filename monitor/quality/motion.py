@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +107,11 @@ def temporal_flickering(mean_abs_diff: float) -> float:
     return (255.0 - mean_abs_diff) / 255.0
 
 
-def analyse(frames: Sequence[np.ndarray]) -> MotionScore:
+def analyse(frames: Sequence[np.ndarray], *, workers: int = 1) -> MotionScore:
     """Score the motion of RGB uint8 frames already at the analysis size (all the same shape).
+
+    `workers` > 1 computes the frame pairs' flows on that many threads (OpenCV releases the GIL): about 13 ms
+    a pair on one core, so a 16-frame clip's 0.2 s shrinks where cores are free.
 
     Raises:
         ValueError: fewer than two frames.
@@ -120,7 +124,12 @@ def analyse(frames: Sequence[np.ndarray]) -> MotionScore:
     threshold_px = MOVE_THRESHOLD_PX_AT_256 * min(height, width) / 256.0
     grid = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
 
-    flows = [farneback(a, b) for a, b in itertools.pairwise(grey)]
+    pairs = list(itertools.pairwise(grey))
+    if workers > 1:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flow") as pool:
+            flows = list(pool.map(lambda pair: farneback(*pair), pairs))
+    else:
+        flows = [farneback(a, b) for a, b in pairs]
     magnitudes = [np.linalg.norm(flow, axis=-1) for flow in flows]
     mean_flow_px = float(np.mean([m.mean() for m in magnitudes]))
     changes = [_lagrangian_change(f, g, grid) for f, g in itertools.pairwise(flows)]

@@ -9,6 +9,7 @@ combined score.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -128,6 +129,7 @@ class QualityScorer:
         image_encoder: the i2v encoder when not CLIP's vision tower (e.g. the generator's I2VGen-XL encoder).
         weights, threshold, calibration: the combined score's settings (combined.py).
         outputs_dir: where the generator writes `<job_id>/video.mp4`, to find clips named by relative paths.
+        flow_workers: threads for optical flow (default half the cores, as CLIP takes: a sidecar's share).
         clock, now_ns: monotonic seconds for durations and wall-clock ns for point times.
     """
 
@@ -142,6 +144,7 @@ class QualityScorer:
         registry: CollectorRegistry | None = None,
         on_low_quality: Callable[[QualityResult], None] | None = None,
         outputs_dir: str | Path | None = None,
+        flow_workers: int | None = None,
         image_encoder: ImageEncoder | None = None,
         weights: Mapping[str, float] = DEFAULT_WEIGHTS,
         threshold: float = DEFAULT_THRESHOLD,
@@ -156,6 +159,7 @@ class QualityScorer:
         self._max_results = max_results
         self._on_low_quality = on_low_quality
         self._outputs_dir = None if outputs_dir is None else Path(outputs_dir)
+        self.flow_workers = flow_workers or max(1, (os.cpu_count() or 2) // 2)
         self._image_encoder = image_encoder
         self._weights = weights
         self._threshold = threshold
@@ -321,7 +325,7 @@ class QualityScorer:
         except UnreadableClip as e:
             result = replace(base, status=UNSCORABLE, unscorable_reason=str(e))
             return replace(self._with_combined(result), scoring_duration_s=self._clock() - started)
-        moved = motion.analyse(clip.flow_frames)
+        moved = motion.analyse(clip.flow_frames, workers=self.flow_workers)
         result = replace(
             base,
             smoothness=moved.smoothness,

@@ -70,3 +70,8 @@ def test_brightness_jitter_is_the_mean_second_difference(brightness: list[float]
 def test_analyse_refuses_a_single_frame(clips: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="two frames"):
         motion.analyse(read_clip(clips["smooth"]).flow_frames[:1])
+
+
+def test_flow_on_several_threads_gives_the_same_score(clips: dict[str, Path]) -> None:
+    frames = read_clip(clips["jittery"]).flow_frames
+    assert motion.analyse(frames, workers=3) == motion.analyse(frames)
