@@ -47,7 +47,13 @@ def wait_until(url: str, deadline_s: float) -> None:
 def run_job(steps: int, resolution: int = 512, frames: int = 16) -> dict[str, Any]:
     buffer = io.BytesIO()
     Image.new("RGB", (640, 480), (90, 140, 200)).save(buffer, format="PNG")
-    data = {"prompt": "a lighthouse in a storm", "resolution": resolution, "num_frames": frames, "steps": steps, "fps": 8}
+    data = {
+        "prompt": "a lighthouse in a storm",
+        "resolution": resolution,
+        "num_frames": frames,
+        "steps": steps,
+        "fps": 8,
+    }
     job_id = requests.post(f"{GEN}/api/jobs", data=data, files={"image": ("in.png", buffer.getvalue())}, timeout=30)
     job_id.raise_for_status()
     job_id = job_id.json()["job_id"]
@@ -60,8 +66,19 @@ def run_job(steps: int, resolution: int = 512, frames: int = 16) -> dict[str, An
 
 def start_monitor(interval_s: float, data_dir: Path) -> subprocess.Popen[bytes]:
     data_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "monitor", "--port", str(MONITOR_PORT), "--generator-url", GEN,
-               "--sample-interval", str(interval_s), "--data-dir", str(data_dir)]
+    command = [
+        sys.executable,
+        "-m",
+        "monitor",
+        "--port",
+        str(MONITOR_PORT),
+        "--generator-url",
+        GEN,
+        "--sample-interval",
+        str(interval_s),
+        "--data-dir",
+        str(data_dir),
+    ]
     with open(data_dir / "log", "ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     wait_until(f"{MON}/monitor/api/status", 60)
@@ -71,10 +88,12 @@ def start_monitor(interval_s: float, data_dir: Path) -> subprocess.Popen[bytes]:
 def observe(job: dict[str, Any], interval_s: float) -> dict[str, Any]:
     """Read back what the monitor stored and serves while it watched `job`."""
     status = requests.get(f"{MON}/monitor/api/status", timeout=10).json()
-    series = requests.get(f"{MON}/monitor/api/series", params={"measurement": "gpu_sample", "window": "5m"},
-                          timeout=10).json()
-    host = requests.get(f"{MON}/monitor/api/series", params={"measurement": "host_sample", "window": "5m"},
-                        timeout=10).json()
+    series = requests.get(
+        f"{MON}/monitor/api/series", params={"measurement": "gpu_sample", "window": "5m"}, timeout=10
+    ).json()
+    host = requests.get(
+        f"{MON}/monitor/api/series", params={"measurement": "host_sample", "window": "5m"}, timeout=10
+    ).json()
     detail = requests.get(f"{MON}/monitor/api/jobs/{job['job_id']}", timeout=10)
     metrics = requests.get(f"{MON}/metrics", timeout=10).text
     sampler = status.get("sampler") or {}
@@ -89,8 +108,11 @@ def observe(job: dict[str, Any], interval_s: float) -> dict[str, Any]:
         "host_series_points": sum(len(s.get("points", [])) for s in host.get("series", [])),
         "job_detail_status": detail.status_code,
         "job_detail": detail.json() if detail.ok else detail.text[:500],
-        "metrics_gpu_lines": [line for line in metrics.splitlines()
-                              if line.startswith(("i2v_gpu_", "i2v_generator_rss", "i2v_sampler_tick"))][:40],
+        "metrics_gpu_lines": [
+            line
+            for line in metrics.splitlines()
+            if line.startswith(("i2v_gpu_", "i2v_generator_rss", "i2v_sampler_tick"))
+        ][:40],
     }
 
 
@@ -108,24 +130,44 @@ def main() -> None:
     env = {**os.environ, "GENERATOR_STATE_DIR": str(tmp / "gstate")}
     with open(tmp / "generator.log", "wb") as log:
         generator = subprocess.Popen(
-            [sys.executable, "-m", "generator", "--model", args.model, "--port", str(GENERATOR_PORT),
-             "--monitor-url", MON, "--outputs", str(tmp / "outputs")],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "generator",
+                "--model",
+                args.model,
+                "--port",
+                str(GENERATOR_PORT),
+                "--monitor-url",
+                MON,
+                "--outputs",
+                str(tmp / "outputs"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     results: dict[str, Any] = {"phases": []}
     try:
         wait_until(f"{GEN}/ready", 600)
         results["generator_pid"] = requests.get(f"{GEN}/health", timeout=5).json()["pid"]
-        run_job(args.steps, args.resolution, args.frames)  # the first job pays one-off CUDA and cuDNN set-up: not part of any phase
+        run_job(
+            args.steps, args.resolution, args.frames
+        )  # the first job pays one-off CUDA and cuDNN set-up: not part of any phase
         orders = [(None, 2.0, 0.5), (0.5, None, 2.0), (2.0, 0.5, None)]
         for round_index in range(args.rounds):
             for interval in orders[round_index % len(orders)]:
                 monitor = start_monitor(interval, tmp / f"mon-{round_index}-{interval}") if interval else None
                 try:
                     job = run_job(args.steps, args.resolution, args.frames)
-                    phase = {"round": round_index, "interval_s": interval, "state": job["state"],
-                             "generation_s": job["finished_at"] - job["started_at"],
-                             "denoising_s": job["stage_durations_s"].get("denoising")}
+                    phase = {
+                        "round": round_index,
+                        "interval_s": interval,
+                        "state": job["state"],
+                        "generation_s": job["finished_at"] - job["started_at"],
+                        "denoising_s": job["stage_durations_s"].get("denoising"),
+                    }
                     if monitor and round_index == args.rounds - 1:
                         time.sleep(2 * interval + 1)  # one more sample and the events flushed
                         phase["observed"] = observe(job, interval)
