@@ -13,6 +13,14 @@ Setting (flag; environment; default):
 - host_name: --host-name; MONITOR_HOST_NAME, else I2V_HOST_NAME; this machine's hostname
 - outputs_dir: --outputs; GENERATOR_OUTPUTS; outputs
 - store_wait_s: --store-wait; MONITOR_STORE_WAIT; 30 seconds to wait for the store at start
+- clip_model: --clip-model; CLIP_MODEL_DIR; none (CLIP and image-to-video scores are null, saying why)
+- quality_threshold: --quality-threshold; MONITOR_QUALITY_THRESHOLD; 0.6 (combined score below it: low quality)
+- alert_rules: --alert-rules; I2V_ALERT_RULES; the shipped alerts/rules.yml
+- alert_state_path: I2V_ALERT_STATE (empty: not kept); <data_dir>/alerts-state.json
+- alertmanager_urls: ALERTMANAGER_URLS (comma-separated); none
+- alert_webhook_urls: ALERT_WEBHOOK_URLS (comma-separated; webhook URLs often embed a secret); none
+- restart_command: --restart-command; GENERATOR_RESTART_CMD; none (the fatal OOM-streak alert then only pages)
+- admin_token: ADMIN_TOKEN; none (the generator's cancel token; also guards acknowledging alerts)
 
 `INFLUX_URL` may be given as `http://host:8086/db` (InfluxDB's own form); it is read as `influxdb://...`.
 Secrets (the ingest token, store passwords) come from the environment only, never flags (flags show in `ps`).
@@ -22,9 +30,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,6 +61,14 @@ class MonitorConfig:
     host_name: str = socket.gethostname()
     outputs_dir: Path = Path("outputs")
     store_wait_s: float = 30.0
+    clip_model: Path | None = None
+    quality_threshold: float = 0.6
+    alert_rules: Path | None = None
+    alert_state_path: Path | None = Path("var/monitor/alerts-state.json")
+    alertmanager_urls: tuple[str, ...] = ()
+    alert_webhook_urls: tuple[str, ...] = field(default=(), repr=False)  # may embed a secret
+    restart_command: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
 
     def validate(self) -> MonitorConfig:
         """Return self, or raise ConfigError naming the setting and what to change; no network calls."""
@@ -81,6 +98,22 @@ class MonitorConfig:
             raise ConfigError(f"--host-name must be a plain name, got {self.host_name!r}")
         if self.store_wait_s < 0:
             raise ConfigError(f"--store-wait must be >= 0 seconds, got {self.store_wait_s}")
+        if not 0 <= self.quality_threshold <= 1:
+            raise ConfigError(f"--quality-threshold must be 0-1, got {self.quality_threshold}")
+        for source, urls in (
+            ("ALERTMANAGER_URLS", self.alertmanager_urls),
+            ("ALERT_WEBHOOK_URLS", self.alert_webhook_urls),
+        ):
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise ConfigError(f"{source} takes http(s) URLs separated by commas, got {url.split('?')[0]!r}")
+        if self.restart_command is not None:
+            try:
+                argv = shlex.split(self.restart_command)
+            except ValueError as e:
+                raise ConfigError(f"--restart-command cannot be split into arguments: {e}") from None
+            if not argv:
+                raise ConfigError("--restart-command is empty: give the command that restarts the generator")
         if self.host not in LOOPBACK and not self.ingest_token:
             raise ConfigError(
                 f"binding to {self.host} opens ingest to the network: set INGEST_TOKEN, or bind to 127.0.0.1"
@@ -94,7 +127,7 @@ class MonitorConfig:
         args = _parser().parse_args(argv)
         values: dict[str, object] = {}
 
-        def pick(name: str, flag: object, *variables: str, convert: type = str) -> None:
+        def pick(name: str, flag: str | None, *variables: str, convert: Callable[[str], object] = str) -> None:
             raw = flag if flag is not None else next((env[v] for v in variables if env.get(v)), None)
             if raw is None:
                 return
@@ -115,6 +148,15 @@ class MonitorConfig:
         pick("host_name", args.host_name, "MONITOR_HOST_NAME", "I2V_HOST_NAME")
         pick("outputs_dir", args.outputs, "GENERATOR_OUTPUTS", convert=Path)
         pick("store_wait_s", args.store_wait, "MONITOR_STORE_WAIT", convert=float)
+        pick("clip_model", args.clip_model, "CLIP_MODEL_DIR", convert=Path)
+        pick("quality_threshold", args.quality_threshold, "MONITOR_QUALITY_THRESHOLD", convert=float)
+        pick("alert_rules", args.alert_rules, "I2V_ALERT_RULES", convert=Path)
+        pick("alertmanager_urls", None, "ALERTMANAGER_URLS", convert=url_list)
+        pick("alert_webhook_urls", None, "ALERT_WEBHOOK_URLS", convert=url_list)
+        pick("restart_command", args.restart_command, "GENERATOR_RESTART_CMD")
+        pick("admin_token", None, "ADMIN_TOKEN")
+        if "I2V_ALERT_STATE" in env:
+            values["alert_state_path"] = Path(env["I2V_ALERT_STATE"]) if env["I2V_ALERT_STATE"] else None
         if args.store is not None or env.get("MONITOR_STORE"):
             values["store_url"] = args.store if args.store is not None else env["MONITOR_STORE"]
         elif env.get("INFLUX_URL"):
@@ -122,7 +164,13 @@ class MonitorConfig:
         data_dir = Path(values.get("data_dir", cls.data_dir))  # type: ignore[arg-type]
         values.setdefault("store_url", f"sqlite:///{data_dir / 'monitor.db'}")
         values.setdefault("spool_dir", data_dir / "spool")
+        values.setdefault("alert_state_path", data_dir / "alerts-state.json")
         return replace(cls(), **values)  # type: ignore[arg-type]
+
+
+def url_list(text: str) -> tuple[str, ...]:
+    """Split a comma-separated list of URLs, dropping blanks."""
+    return tuple(url.strip() for url in text.split(",") if url.strip())
 
 
 def influx_url(url: str) -> str:
@@ -154,4 +202,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host-name", help="the host tag of every point (default: this machine's name)")
     parser.add_argument("--outputs", help="the generator's outputs folder (env GENERATOR_OUTPUTS)")
     parser.add_argument("--store-wait", type=str, help="seconds to wait for the store at start (default 30)")
+    parser.add_argument("--clip-model", help="folder of a CLIP model for quality scores (env CLIP_MODEL_DIR)")
+    parser.add_argument(
+        "--quality-threshold", type=str, help="combined quality below this is flagged low (default 0.6)"
+    )
+    parser.add_argument("--alert-rules", help="alert rule file (env I2V_ALERT_RULES; default alerts/rules.yml)")
+    parser.add_argument(
+        "--restart-command",
+        help="command that restarts the generator on the fatal OOM-streak alert, run without a shell "
+        "(env GENERATOR_RESTART_CMD; default none)",
+    )
     return parser
