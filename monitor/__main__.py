@@ -1,17 +1,26 @@
-"""`python -m monitor`: read the configuration, open the store, start writer and sampler, serve the API."""
+"""`python -m monitor`: read the configuration, open the store, build and start the parts, serve the API.
+
+The parts and their order: the writer (store + spool), the alert service (rules, notifiers, actions), the
+sampler (whose every snapshot the alerts evaluate), the quality scorer (whose every result the alerts' low-
+quality streak hears), then the app that serves them all. `build_monitor` wires them from one configuration;
+`Monitor.start()`/`stop()` run them in that order and stop them in reverse, the writer flushed last.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import waitress
+from flask import Flask
 
 from common.spool import Spool
 from monitor import schema
@@ -21,7 +30,9 @@ from monitor.store import Store, StoreUnavailable, open_store
 from monitor.writer import Writer
 
 if TYPE_CHECKING:
-    from monitor.sampler import Sampler
+    from monitor.alerts import AlertService
+    from monitor.quality.scorer import QualityResult, QualityScorer
+    from monitor.sampler import GpuReader, Sampler, Snapshot
 
 log = logging.getLogger("monitor")
 
@@ -37,8 +48,17 @@ def wait_for_store(store: Store, deadline_s: float) -> bool:
     return True
 
 
-def build_sampler(config: MonitorConfig, writer: Writer) -> Sampler:
-    """Build the GPU and host sampler that writes through `writer` (see monitor/sampler.py)."""
+def build_sampler(
+    config: MonitorConfig,
+    writer: Writer,
+    *,
+    on_snapshot: Callable[[Snapshot], None] | None = None,
+    gpus: GpuReader | None = None,
+) -> Sampler:
+    """Build the GPU and host sampler that writes through `writer` (see monitor/sampler.py).
+
+    `on_snapshot` hears every tick (the alert engine); `gpus` replaces NVML (tests, on machines without a GPU).
+    """
     from monitor.host import HostReader
     from monitor.sampler import GeneratorPidProvider, Sampler
 
@@ -46,9 +66,109 @@ def build_sampler(config: MonitorConfig, writer: Writer) -> Sampler:
         interval_s=config.sample_interval_s,
         host_name=config.host_name,
         write=writer.write,
+        gpus=gpus,
         host=HostReader(config.outputs_dir),
         generator_pid=GeneratorPidProvider(config.generator_url),
+        on_snapshot=on_snapshot,
     )
+
+
+def build_alerts(
+    config: MonitorConfig, writer: Writer, run_command: Callable[..., Any] = subprocess.run
+) -> AlertService:
+    """Build the alert service; remediation outcomes are stored as points.
+
+    Raises:
+        ValueError: a bad setting, or a bad rule file (RuleFileError, naming the line).
+    """
+    from monitor.alerts import AlertService, AlertSettings
+
+    settings = AlertSettings.from_config(config)
+    settings.validate()
+    return AlertService(
+        settings,
+        host=config.host_name,
+        writer_health=writer.health,
+        on_event=lambda outcome: writer.write([outcome.to_point(config.host_name)]),
+        run_command=run_command,
+    )
+
+
+def build_quality(
+    config: MonitorConfig,
+    writer: Writer,
+    sampler: Sampler,
+    on_result: Callable[[QualityResult], None] | None = None,
+) -> QualityScorer:
+    """Build the clip scorer; with CLIP weights, CLIP takes the GPU only while the generator is idle or it fits.
+
+    Raises:
+        ClipLoadError: the configured CLIP folder cannot be loaded.
+    """
+    from monitor.quality import scorer as quality
+    from monitor.quality.clip_score import ClipScorer, free_memory_reader, gpu_policy
+
+    schema.declare_fields(quality.MEASUREMENT, quality.FIELD_TYPES)
+    clip = ClipScorer.from_dir(config.clip_model) if config.clip_model is not None else None
+    scorer = quality.QualityScorer(
+        clip=clip,
+        write=writer.write,
+        host_name=config.host_name,
+        outputs_dir=config.outputs_dir,
+        threshold=config.quality_threshold,
+        on_result=on_result,
+    )
+    if clip is not None:
+        clip.gpu_allows = gpu_policy(
+            generator_busy=scorer.generator_busy,
+            free_memory_bytes=free_memory_reader(lambda: sampler.latest),
+            required_bytes=clip.gpu_memory_estimate_bytes,
+        )
+    return scorer
+
+
+@dataclass
+class Monitor:
+    """The monitor's running parts, built by `build_monitor`; the app serves them."""
+
+    app: Flask
+    sampler: Sampler
+    alerts: AlertService
+    quality: QualityScorer
+
+    def start(self) -> None:
+        """Start the scorer, the alerting and then the sampler (whose first tick the alerts evaluate)."""
+        self.quality.start()
+        self.alerts.start()
+        self.sampler.start()
+
+    def stop(self) -> None:
+        """Stop in reverse: no more samples, alerts, scores; then flush the writer and close the store."""
+        self.sampler.shutdown()
+        self.alerts.stop()
+        self.quality.stop()
+        get_context(self.app).close()
+
+
+def build_monitor(
+    config: MonitorConfig,
+    store: Store,
+    writer: Writer,
+    *,
+    gpus: GpuReader | None = None,
+    run_command: Callable[..., Any] = subprocess.run,
+) -> Monitor:
+    """Wire every part from one configuration around a started writer (nothing else is started yet).
+
+    Raises:
+        ValueError: a bad alert setting or rule file.
+        ClipLoadError: the configured CLIP folder cannot be loaded.
+    """
+    alerts = build_alerts(config, writer, run_command)
+    sampler = build_sampler(config, writer, on_snapshot=alerts.on_snapshot, gpus=gpus)
+    quality = build_quality(config, writer, sampler, on_result=alerts.record_quality)
+    app = create_app(config, store=store, writer=writer, sampler=sampler, quality=quality, alerts=alerts)
+    return Monitor(app, sampler, alerts, quality)
 
 
 def get_redacted(config: MonitorConfig) -> str:
@@ -83,26 +203,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"the store at {get_redacted(config)} did not answer within {config.store_wait_s:.0f} s: "
             "start it, fix --store, or raise --store-wait"
         )
+    from monitor.quality.clip_score import ClipLoadError
+
     writer = Writer(store, Spool(config.spool_dir, config.spool_max_bytes), conform=schema.conform)
     writer.start()
-    sampler = build_sampler(config, writer)
-    app = create_app(config, store=store, writer=writer, sampler=sampler)
     try:
-        server = waitress.create_server(app, host=config.host, port=config.port, threads=8)
+        monitor = build_monitor(config, store, writer)
+    except (ValueError, ClipLoadError) as e:
+        writer.close()
+        store.close()
+        return _fail(str(e))
+    try:
+        server = waitress.create_server(monitor.app, host=config.host, port=config.port, threads=8)
     except OSError as e:
-        get_context(app).close()
+        monitor.sampler.shutdown()  # never started; releases NVML
+        get_context(monitor.app).close()
         return _fail(f"cannot listen on {config.host}:{config.port} ({e.strerror}): pick another --port")
     signal.signal(signal.SIGTERM, _stop)
-    sampler.start()
-    log.info("monitor on http://%s:%d, store %s", config.host, config.port, get_context(app).redacted_store_url)
+    monitor.start()
+    log.info("monitor on http://%s:%d, store %s", config.host, config.port, get_context(monitor.app).redacted_store_url)
     try:
         server.run()
     except (KeyboardInterrupt, SystemExit):
         log.info("stopping")
     finally:
-        sampler.shutdown()
         server.close()
-        get_context(app).close()
+        monitor.stop()
     return 0
 
 

@@ -2,12 +2,14 @@
 
     app = create_app(config)                       # opens the store named by config, starts the writer
     app = create_app(config, store=s, writer=w, sampler=sampler)   # parts built by the caller
+    app = create_app(config, ..., quality=scorer, alerts=alert_service)  # their routes, events and metrics
     ...
     get_context(app).close()                       # flush the writer (the rest stays spooled); close store
 
-The factory owns the writer it is given or makes (`close()` flushes and stops it) but not the sampler: whoever
-built the sampler starts and shuts it down (`python -m monitor` does). Other parts subscribe to ingested
-events with `get_context(app).event_listeners.append(callback)`; a callback gets each batch of new events.
+The factory owns the writer it is given or makes (`close()` flushes and stops it) but not the sampler, the
+quality scorer or the alert service: whoever built them starts them and stops them before `close()`
+(`python -m monitor` does, in monitor/__main__.py). Other parts subscribe to ingested events with
+`get_context(app).event_listeners.append(callback)`; a callback gets each batch of new events.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, jsonify
@@ -31,6 +33,10 @@ from monitor.config import MonitorConfig
 from monitor.ingest import EventListener, RecentIds
 from monitor.store import Store, open_store
 from monitor.writer import Writer
+
+if TYPE_CHECKING:  # imported where used: a monitor built without them never loads them
+    from monitor.alerts import AlertService
+    from monitor.quality.scorer import QualityScorer
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +122,14 @@ def create_app(
     writer: Writer | None = None,
     sampler: SamplerHealth | None = None,
     clock_ns: Callable[[], int] = time.time_ns,
+    quality: QualityScorer | None = None,
+    alerts: AlertService | None = None,
 ) -> Flask:
-    """Build the monitor's Flask app: ingest and read API under /monitor/api, /metrics with a sampler."""
+    """Build the monitor's Flask app: ingest and read API under /monitor/api, /metrics with a sampler.
+
+    With `quality`, its routes are served and it hears every ingested event; with `alerts`, so are the alerts
+    routes. Their metrics join /metrics.
+    """
     config.validate()
     if store is None:
         store = open_store(config.store_url)
@@ -129,10 +141,22 @@ def create_app(
     app.extensions[EXTENSION] = MonitorContext(config, store, writer, sampler, clock_ns)
     ingest.init_app(app)
     api.init_app(app)
+    if quality is not None:
+        from monitor.quality import api as quality_api
+
+        quality_api.init_app(app, quality)
+        get_context(app).event_listeners.append(quality.listen)
+    if alerts is not None:
+        from monitor.alerts.api import init_app as init_alerts
+
+        init_alerts(app, alerts)
     if sampler is not None and hasattr(sampler, "latest"):
         from monitor.metrics import make_registry, metrics_view  # needs the real sampler's snapshots
 
         registry = make_registry(sampler, writer_health=writer.health)  # type: ignore[arg-type]
+        for part in (quality, alerts):
+            if part is not None:
+                registry.register(part.registry)
         app.add_url_rule("/metrics", "metrics", metrics_view(registry))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -1,21 +1,18 @@
-"""The alerting's settings: defaults, then environment; validated without network calls."""
+"""The alerting's settings, taken from the monitor's configuration; validated without network calls."""
 
 from __future__ import annotations
 
-import os
 import shlex
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.alerts.rules import RuleFileError, load_rules
 
+if TYPE_CHECKING:
+    from monitor.config import MonitorConfig
+
 DEFAULT_RULES = Path(__file__).resolve().parents[2] / "alerts" / "rules.yml"
-
-
-def _urls(text: str) -> tuple[str, ...]:
-    return tuple(url.strip() for url in text.split(",") if url.strip())
 
 
 @dataclass(frozen=True)
@@ -26,7 +23,7 @@ class AlertSettings:
     """
 
     rules_path: Path = DEFAULT_RULES
-    state_path: Path | None = Path("data/alerts-state.json")
+    state_path: Path | None = None
     alertmanager_urls: tuple[str, ...] = ()
     webhook_urls: tuple[str, ...] = ()
     log_notifications: bool = True
@@ -47,28 +44,23 @@ class AlertSettings:
     external_url: str = ""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> AlertSettings:
-        """Read I2V_ALERT_* variables (and the shared ADMIN_TOKEN, GENERATOR_URL, GENERATOR_RESTART_CMD)."""
-        settings = cls()
-        env = environ.get
-        changes: dict[str, Any] = {}
-        if env("I2V_ALERT_RULES"):
-            changes["rules_path"] = Path(environ["I2V_ALERT_RULES"])
-        if "I2V_ALERT_STATE" in environ:
-            changes["state_path"] = Path(environ["I2V_ALERT_STATE"]) if environ["I2V_ALERT_STATE"] else None
-        if env("ALERTMANAGER_URLS"):
-            changes["alertmanager_urls"] = _urls(environ["ALERTMANAGER_URLS"])
-        if env("ALERT_WEBHOOK_URLS"):
-            changes["webhook_urls"] = _urls(environ["ALERT_WEBHOOK_URLS"])
-        if env("GENERATOR_URL"):
-            changes["generator_url"] = environ["GENERATOR_URL"]
-        if env("ADMIN_TOKEN"):
-            changes["admin_token"] = environ["ADMIN_TOKEN"]
-        if env("GENERATOR_RESTART_CMD"):
-            changes["restart_command"] = environ["GENERATOR_RESTART_CMD"]
-        if env("I2V_ALERT_RESEND_S"):
-            changes["resend_s"] = float(environ["I2V_ALERT_RESEND_S"])
-        return replace(settings, **{**changes, **overrides})
+    def from_config(cls, config: MonitorConfig, **overrides: Any) -> AlertSettings:
+        """Take the user-facing settings from the monitor's one configuration (monitor/config.py).
+
+        The state file defaults to `<data_dir>/alerts-state.json`; the tick follows the sampling interval.
+        """
+        changes: dict[str, Any] = {
+            "state_path": config.alert_state_path,
+            "alertmanager_urls": config.alertmanager_urls,
+            "webhook_urls": config.alert_webhook_urls,
+            "generator_url": config.generator_url or "",
+            "admin_token": config.admin_token,
+            "restart_command": config.restart_command,
+            "interval_s": config.sample_interval_s,
+        }
+        if config.alert_rules is not None:
+            changes["rules_path"] = config.alert_rules
+        return replace(cls(), **{**changes, **overrides})
 
     def validate(self) -> None:
         """Raise ValueError (RuleFileError for the rules) with one clear line; no network calls."""

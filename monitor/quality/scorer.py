@@ -124,8 +124,11 @@ class QualityScorer:
         host_name: the `host` tag.
         max_queue: clips waiting at most; `submit` refuses (and counts) beyond it.
         max_results: jobs whose results are kept in memory, oldest dropped first.
-        registry: the Prometheus registry the metrics join (a private one when None).
+        registry: the Prometheus registry the metrics join (when None, a private one: `self.registry`, which
+            the monitor's /metrics registry includes).
         on_low_quality: called once when a job's combined score falls below `threshold` (the alert event).
+        on_result: called with every clip's result once it is scored or found unscorable (not on a rating):
+            the alert engine's low-quality streak needs the good clips too, to end the streak.
         image_encoder: the i2v encoder when not CLIP's vision tower (e.g. the generator's I2VGen-XL encoder).
         weights, threshold, calibration: the combined score's settings (combined.py).
         outputs_dir: where the generator writes `<job_id>/video.mp4`, to find clips named by relative paths.
@@ -143,6 +146,7 @@ class QualityScorer:
         max_results: int = 1000,
         registry: CollectorRegistry | None = None,
         on_low_quality: Callable[[QualityResult], None] | None = None,
+        on_result: Callable[[QualityResult], None] | None = None,
         outputs_dir: str | Path | None = None,
         flow_workers: int | None = None,
         image_encoder: ImageEncoder | None = None,
@@ -158,6 +162,7 @@ class QualityScorer:
         self._max_queue = max_queue
         self._max_results = max_results
         self._on_low_quality = on_low_quality
+        self._on_result = on_result
         self._outputs_dir = None if outputs_dir is None else Path(outputs_dir)
         self.flow_workers = flow_workers or max(1, (os.cpu_count() or 2) // 2)
         self._image_encoder = image_encoder
@@ -176,6 +181,7 @@ class QualityScorer:
         self._running: set[str] = set()
         self.rejected = 0
         registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry
         self._score_hist = Histogram(
             "i2v_quality_score",
             "Combined quality score of each scored clip (0 to 1).",
@@ -455,11 +461,18 @@ class QualityScorer:
             self._write_failing = True
         if became_low:
             self._low.inc()
-            if self._on_low_quality is not None:
-                try:
-                    self._on_low_quality(result)
-                except Exception:  # boundary: a failing listener must not stop scoring
-                    log.exception("low-quality listener failed for job %s", result.job_id)
+            self._tell(self._on_low_quality, result, "low-quality")
+        if scored:
+            self._tell(self._on_result, result, "result")
+
+    @staticmethod
+    def _tell(listener: Callable[[QualityResult], None] | None, result: QualityResult, what: str) -> None:
+        if listener is None:
+            return
+        try:
+            listener(result)
+        except Exception:  # boundary: a failing listener must not stop scoring
+            log.exception("%s listener failed for job %s", what, result.job_id)
 
 
 def _with_i2v(result: QualityResult, scored: I2VScore) -> QualityResult:

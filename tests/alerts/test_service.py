@@ -209,10 +209,26 @@ def test_a_bad_rule_file_fails_at_start(tmp_path: Path, registry: CollectorRegis
         AlertService(AlertSettings(rules_path=bad, state_path=None), host="h1", registry=registry)
     with pytest.raises(ValueError, match="not an http"):
         AlertSettings(alertmanager_urls=("am:9093",)).validate()
-    assert AlertSettings.from_env({"ALERTMANAGER_URLS": "http://a:9093, http://b:9093"}).alertmanager_urls == (
-        "http://a:9093",
-        "http://b:9093",
-    )
+
+
+def test_settings_come_from_the_monitor_config(tmp_path: Path) -> None:
+    from monitor.config import MonitorConfig
+
+    env = {
+        "ALERTMANAGER_URLS": "http://a:9093, http://b:9093",
+        "ALERT_WEBHOOK_URLS": "http://hook/x",
+        "ADMIN_TOKEN": "t0k",
+        "GENERATOR_RESTART_CMD": "supervisorctl restart i2v-generator",
+    }
+    config = MonitorConfig.from_sources(["--data-dir", str(tmp_path), "--sample-interval", "0.5"], env).validate()
+    settings = AlertSettings.from_config(config)
+    settings.validate()
+    assert settings.alertmanager_urls == ("http://a:9093", "http://b:9093")
+    assert settings.webhook_urls == ("http://hook/x",)
+    assert (settings.admin_token, settings.restart_command) == ("t0k", "supervisorctl restart i2v-generator")
+    assert settings.state_path == tmp_path / "alerts-state.json"  # beside the monitor's data, not the cwd
+    assert settings.interval_s == 0.5
+    assert settings.generator_url == config.generator_url
 
 
 def test_sampler_stall_and_watchdog_come_from_the_tick(

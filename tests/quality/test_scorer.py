@@ -243,6 +243,19 @@ def test_low_quality_emits_one_event_when_the_score_falls_below_the_threshold(ma
     assert [e.job_id for e in events] == ["frozen", "smooth"]
 
 
+def test_every_scored_clip_reaches_on_result_and_a_rating_does_not(make: Make, clips: Clips, tmp_path: Path) -> None:
+    results: list[QualityResult] = []
+    scorer = make(on_result=results.append, threshold=0.6)
+    scorer.start()
+    scorer.submit("frozen", clips["frozen"])
+    scorer.submit("smooth", clips["smooth"])
+    scorer.submit("missing", tmp_path / "nope.mp4")
+    _done(scorer, "missing")
+    assert [(r.job_id, r.low_quality) for r in results] == [("frozen", True), ("smooth", False), ("missing", None)]
+    scorer.rate("smooth", 1)
+    assert len(results) == 3
+
+
 def test_a_store_outage_keeps_results_readable(
     make: Make, written: Recorder, registry: CollectorRegistry, clips: Clips
 ) -> None:
