@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install the real servers the tests start on loopback ports (Debian packages), only where missing.
+# Install the real servers the tests start on loopback ports (Debian packages), only where missing, and Debian's
+# docker-compose, whose `config` validates docker-compose.yml with no Docker engine.
 #
 # Idempotent: a package is installed only when its binary is absent, so a second run does nothing.
 # Runs apt-get only as root on Debian; elsewhere it prints what is missing and exits 0, so `make` goes on and the
@@ -15,6 +16,7 @@ alertmanager prometheus-alertmanager
 amtool prometheus-alertmanager
 chromium chromium
 prometheus-alertmanager prometheus-alertmanager
+docker-compose docker-compose
 "
 
 missing=""
