@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from common.events import Event
 from common.spool import Spool
-from monitor import api, ingest, schema
+from monitor import api, dashboard, ingest, schema
 from monitor.config import MonitorConfig
 from monitor.ingest import EventListener, RecentIds
 from monitor.store import Store, open_store
@@ -141,6 +141,7 @@ def create_app(
     app.extensions[EXTENSION] = MonitorContext(config, store, writer, sampler, clock_ns)
     ingest.init_app(app)
     api.init_app(app)
+    dashboard.init_app(app)
     if quality is not None:
         from monitor.quality import api as quality_api
 

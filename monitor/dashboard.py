@@ -1,0 +1,231 @@
+"""The live monitor tab at /monitor/: the page, its script and Chart.js, and the three reads only it needs.
+
+- `GET /monitor/`: the dashboard (monitor/templates/dashboard.html, monitor/static/dashboard.js).
+- `GET /monitor/vendor/<file>`: Chart.js from node_modules (installed by `npm install` from package.json;
+  `make run` and `make test` do it). No CDN: the page loads nothing from outside the monitor.
+- `GET /monitor/api/targets?window=24h`: the hosts and GPUs that sent samples in the window (the selectors).
+- `GET /monitor/api/quality?window=1h&host=&gpu=`: each scored job's latest quality scores, oldest first.
+- `GET /monitor/api/queue?window=1h&host=`: the generator's queue length (its `i2v_queue_pending`) and running
+  jobs over the window, rebuilt from the stored job events.
+
+Why the queue comes from the job events rather than from the generator's gauge: the events are already in the
+store for every host (several hosts write to one InfluxDB), so a 5 min, 1 h or 24 h history is there with no
+new poller and no new measurement; it survives generator and monitor restarts; and it agrees with the jobs table
+by construction. The gauge is only the value now. The cost: while the monitor is unreachable the generator
+spools its events, and the queue chart fills in when they are replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import Blueprint, Flask, abort, current_app, jsonify, render_template, request, send_from_directory
+from flask.typing import ResponseReturnValue
+
+from common.events import parse_iso
+from monitor.api import BadRequest, parse_window
+from monitor.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, iso_from_us, point_to_event
+
+if TYPE_CHECKING:
+    from monitor.app import MonitorContext
+
+NODE_MODULES = Path(__file__).resolve().parents[1] / "node_modules"
+VENDOR_FILES = {"chart.umd.min.js": "chart.js/dist/chart.umd.min.js"}
+QUALITY = "quality"  # monitor.quality.scorer.MEASUREMENT, named here so the page needs no torch import
+QUALITY_SCORES = ("combined", "clip_score", "i2v_subject", "smoothness", "temporal_flickering", "dynamic_degree")
+QUALITY_FLAGS = ("low_quality", "static", "rating")
+MAX_QUALITY_POINTS = 20_000
+MAX_QUEUE_EVENTS = 100_000
+QUEUE_LOOKBACK_S = 6 * 3600  # a job queued this long before the window still counts as waiting in it
+LEAVES_QUEUE = ("running", "succeeded", "failed", "cancelled")
+S_NS = 1_000_000_000
+EXTENSION = "dashboard"
+
+bp = Blueprint(
+    "dashboard",
+    __name__,
+    url_prefix="/monitor",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+
+
+def init_app(app: Flask, node_modules: Path = NODE_MODULES) -> None:
+    """Register the dashboard; `node_modules` is where `npm install` put Chart.js."""
+    app.extensions[EXTENSION] = {"node_modules": Path(node_modules)}
+    app.register_blueprint(bp)
+
+
+def _context() -> MonitorContext:
+    from monitor.app import get_context  # the app module imports this one
+
+    return get_context(current_app)
+
+
+@bp.errorhandler(BadRequest)
+def _bad_request(error: BadRequest) -> ResponseReturnValue:
+    return jsonify(error=str(error)), 400
+
+
+@bp.get("/")
+def page() -> str:
+    """Serve the dashboard page."""
+    config = _context().config
+    return render_template(
+        "dashboard.html",
+        page_config={
+            "api": "/monitor/api",
+            "host_name": config.host_name,
+            "generator_url": config.generator_url,
+            "sample_interval_s": config.sample_interval_s,
+        },
+    )
+
+
+@bp.get("/vendor/<name>")
+def vendor(name: str) -> ResponseReturnValue:
+    """Serve a front-end package file from node_modules (only the listed ones)."""
+    relative = VENDOR_FILES.get(name)
+    if relative is None:
+        abort(404)
+    root: Path = current_app.extensions[EXTENSION]["node_modules"]
+    if not (root / relative).is_file():
+        message = f"{name} is not installed: run `npm install` in the repository root (make run does it)"
+        return jsonify(error=message), 404
+    return send_from_directory(root, relative, mimetype="text/javascript", max_age=3600)
+
+
+def _tags(*names: str) -> dict[str, str]:
+    tags = {}
+    for name in names:
+        value = request.args.get(name, "")
+        if len(value) > 200 or "\n" in value:
+            raise BadRequest(f"{name} must be a name of at most 200 characters")
+        if value:
+            tags[name] = value
+    return tags
+
+
+def _window_ns(default: str) -> tuple[int, int, int]:
+    ctx = _context()
+    window_s = parse_window(request.args.get("window"), default)
+    end_ns = ctx.clock_ns()
+    return window_s, end_ns - window_s * S_NS, end_ns
+
+
+@bp.get("/api/targets")
+def targets() -> ResponseReturnValue:
+    """Return the hosts and, per host, the GPUs that sent samples in the window (default 24h)."""
+    ctx = _context()
+    window_s, start_ns, end_ns = _window_ns("24h")
+    hosts: set[str] = set()
+    gpus: dict[str, set[str]] = {}
+    for measurement, field in ((HOST_SAMPLE, "cpu_ratio"), (GPU_SAMPLE, "utilization_ratio")):
+        rows = ctx.store.query_window(measurement, [field], start_ns, end_ns, bucket_s=window_s)
+        for row in rows:
+            host = row.tags.get("host")
+            if not host:
+                continue
+            hosts.add(host)
+            if measurement == GPU_SAMPLE and row.tags.get("gpu"):
+                gpus.setdefault(host, set()).add(row.tags["gpu"])
+    hosts.add(ctx.config.host_name)
+    return jsonify(
+        window_s=window_s,
+        this_host=ctx.config.host_name,
+        hosts=sorted(hosts),
+        gpus={host: sorted(ids, key=_gpu_order) for host, ids in sorted(gpus.items())},
+    )
+
+
+def _gpu_order(gpu: str) -> tuple[int, str]:
+    return (int(gpu), "") if gpu.isdigit() else (1 << 30, gpu)
+
+
+@bp.get("/api/quality")
+def quality() -> ResponseReturnValue:
+    """Return each job's latest quality scores in the window (a rating rescores a job), oldest first."""
+    ctx = _context()
+    window_s, start_ns, end_ns = _window_ns("1h")
+    tags = _tags("host", "gpu")
+    points = ctx.store.query_points(QUALITY, start_ns, end_ns, tags=tags, limit=MAX_QUALITY_POINTS)
+    latest: dict[str, dict[str, Any]] = {}
+    for point in points:
+        fields = point.fields
+        job_id = fields.get("job_id")
+        if not isinstance(job_id, str) or all(fields.get(n) is None for n in QUALITY_SCORES):
+            continue  # a queued or unscorable record: no score to draw
+        latest.pop(job_id, None)  # re-inserted last: the dict stays in time order
+        latest[job_id] = {
+            "job_id": job_id,
+            "host": point.tags.get("host"),
+            "gpu": point.tags.get("gpu"),
+            "time": iso_from_us(point.time_ns // 1000),
+            "t_ms": point.time_ns // 1_000_000,
+            **{name: fields.get(name) for name in (*QUALITY_SCORES, *QUALITY_FLAGS)},
+        }
+    scores = sorted(latest.values(), key=lambda s: s["t_ms"])
+    return jsonify(window_s=window_s, count=len(scores), scores=scores)
+
+
+def queue_steps(events: Iterable[dict[str, Any]], start_ms: int, end_ms: int) -> list[dict[str, int]]:
+    """Rebuild queue length and running jobs over [start_ms, end_ms] from job state events, as a step series.
+
+    A job waits from its `queued` event to its first `running` or final event, and runs from `running` to its
+    final event. Each change gives one point `{t_ms, pending, running}`; the first point is at `start_ms`.
+    """
+    first: dict[str, dict[str, int]] = {}
+    for event in events:
+        status, job_id = event.get("status"), event.get("job_id")
+        if event.get("kind") != "job" or not status or not job_id:
+            continue
+        at_ms = _ms(event["started_at"])
+        seen = first.setdefault(job_id, {})
+        if status not in seen or at_ms < seen[status]:
+            seen[status] = at_ms
+    changes: list[tuple[int, int, int]] = []  # (t_ms, d_pending, d_running)
+    for seen in first.values():
+        left = min((seen[s] for s in LEAVES_QUEUE if s in seen), default=None)
+        done = min((seen[s] for s in ("succeeded", "failed", "cancelled") if s in seen), default=None)
+        if "queued" in seen:
+            changes.append((seen["queued"], 1, 0))
+            if left is not None:
+                changes.append((max(left, seen["queued"]), -1, 0))
+        if "running" in seen:
+            changes.append((seen["running"], 0, 1))
+            if done is not None:
+                changes.append((max(done, seen["running"]), 0, -1))
+    changes.sort()
+    pending = running = 0
+    steps = [{"t_ms": start_ms, "pending": 0, "running": 0}]
+    for at_ms, d_pending, d_running in changes:
+        if at_ms > end_ms:
+            break
+        pending, running = pending + d_pending, running + d_running
+        point = {"t_ms": max(at_ms, start_ms), "pending": pending, "running": running}
+        if steps[-1]["t_ms"] == point["t_ms"]:
+            steps[-1] = point
+        else:
+            steps.append(point)
+    steps.append({"t_ms": end_ms, "pending": pending, "running": running})
+    return steps
+
+
+def _ms(text: str) -> int:
+    return int(parse_iso(text).timestamp() * 1000)
+
+
+@bp.get("/api/queue")
+def queue() -> ResponseReturnValue:
+    """Return the queue length (pending) and running jobs over the window, one point per change."""
+    ctx = _context()
+    window_s, start_ns, end_ns = _window_ns("1h")
+    tags = {**_tags("host"), "kind": "job"}
+    points = ctx.store.query_points(
+        JOB_EVENT, start_ns - QUEUE_LOOKBACK_S * S_NS, end_ns, tags=tags, limit=MAX_QUEUE_EVENTS
+    )
+    steps = queue_steps((point_to_event(p) for p in points), start_ns // 1_000_000, end_ns // 1_000_000)
+    return jsonify(window_s=window_s, source="job_event", points=steps)

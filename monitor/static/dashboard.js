@@ -1,0 +1,452 @@
+// The monitor tab: polls the monitor's API once per sampling period (the interval comes from /status) and
+// redraws. Chart.js is the UMD build the monitor serves from node_modules (window.Chart). When the monitor or
+// its store stops answering, a banner says since when and the charts are greyed out, never silently frozen.
+
+const config = JSON.parse(document.getElementById("page-config").textContent);
+const API = config.api;
+const $ = (id) => document.getElementById(id);
+
+const STAGES = ["model_load", "warmup", "text_encoding", "image_encoding", "image_latents", "denoising", "decode_video", "export"];
+const STAGE_COLOURS = {
+  model_load: "#8c959f", warmup: "#afb8c1", text_encoding: "#0969da", image_encoding: "#54aeff",
+  image_latents: "#8250df", denoising: "#bf3989", decode_video: "#1a7f37", export: "#bc4c00",
+};
+const SERIES_COLOURS = ["#0969da", "#bf3989", "#1a7f37", "#bc4c00", "#8250df", "#9a6700", "#0e7490", "#57606a"];
+const GPU_FIELDS = ["utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w"];
+const SLOW_EVERY_MS = 5000; // jobs, queue, quality: at once after an ingest, else at least this often
+const TARGETS_EVERY_MS = 30000;
+const REPORTS = ["jobs.csv", "gpu.csv"];
+const CHART_MISSING = "Chart.js is not installed on the monitor: run `npm install` in the repository root (make run does it). Tables and alerts still update.";
+
+const state = {
+  host: config.host_name,
+  gpu: "",
+  window: "1h",
+  intervalMs: Math.max(250, (config.sample_interval_s || 2) * 1000),
+  lastGood: null, // Date of the last refresh where the monitor and its store answered
+  failingSince: null,
+  ingestSeen: null,
+  slowAt: 0,
+  targetsAt: 0,
+  reportsAt: 0,
+  timer: null,
+  status: null,
+};
+const charts = {};
+
+// ---- helpers ---------------------------------------------------------------------------------------------
+
+async function getJSON(path, params = {}) {
+  const query = new URLSearchParams(Object.entries(params).filter(([, v]) => v !== "" && v !== null && v !== undefined));
+  const url = `${API}/${path}${query.toString() ? `?${query}` : ""}`;
+  try {
+    const response = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
+    let body = null;
+    try { body = await response.json(); } catch { body = null; }
+    return { ok: response.ok, status: response.status, body, error: body && body.error };
+  } catch (error) {
+    return { ok: false, status: 0, body: null, error: String(error) };
+  }
+}
+
+function pad(n) { return String(n).padStart(2, "0"); }
+function clock(value, seconds = true) {
+  if (value === null || value === undefined) return "never";
+  const d = value instanceof Date ? value : new Date(value);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}${seconds ? `:${pad(d.getSeconds())}` : ""}`;
+}
+function axisTime(ms) { return clock(ms, state.window !== "24h"); }
+function dateTime(value) {
+  if (!value) return "";
+  const d = new Date(value);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${clock(d)}`;
+}
+function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${n.toFixed(i > 1 ? 1 : 0)} ${units[i]}`;
+}
+function seconds(s) { return s === null || s === undefined ? "—" : `${s < 10 ? s.toFixed(1) : Math.round(s)} s`; }
+function windowMs() { return { "5m": 300e3, "1h": 3600e3, "24h": 86400e3 }[state.window]; }
+function el(tag, props = {}, children = []) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === "text") node.textContent = v; else if (k === "class") node.className = v; else node.setAttribute(k, v);
+  }
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// ---- charts ----------------------------------------------------------------------------------------------
+
+function timeChart(id, yTitle, { min, max, stepped } = {}) {
+  if (!window.Chart) return null;
+  return new window.Chart($(id), {
+    type: "line",
+    data: { datasets: [] },
+    options: {
+      animation: false,
+      responsive: true,
+      maintainAspectRatio: false,
+      parsing: false,
+      normalized: true,
+      spanGaps: false,
+      interaction: { mode: "nearest", axis: "x", intersect: false },
+      elements: { point: { radius: 0, hitRadius: 6 }, line: { borderWidth: 2, stepped: stepped || false } },
+      scales: {
+        x: { type: "linear", ticks: { callback: (v) => axisTime(v), maxTicksLimit: 6, maxRotation: 0 } },
+        y: { min, max, beginAtZero: true, title: { display: true, text: yTitle } },
+      },
+      plugins: {
+        legend: { labels: { boxWidth: 12, boxHeight: 2 } },
+        tooltip: { callbacks: { title: (items) => (items.length ? clock(items[0].parsed.x) : "") } },
+      },
+    },
+  });
+}
+
+function setupCharts() {
+  charts.queue = timeChart("chart-queue", "jobs", { stepped: true });
+  charts.host = timeChart("chart-host", "% used", { min: 0, max: 100 });
+  charts.util = timeChart("chart-util", "% busy", { min: 0, max: 100 });
+  charts.mem = timeChart("chart-mem", "% of card (peak)", { min: 0, max: 100 });
+  charts.temp = timeChart("chart-temp", "°C");
+  charts.power = timeChart("chart-power", "W");
+  charts.quality = timeChart("chart-quality", "score (0-1)", { min: 0, max: 1 });
+  if (charts.quality) charts.quality.options.elements.point.radius = 4;
+  if (window.Chart) {
+    charts.stages = new window.Chart($("chart-stages"), {
+      type: "bar",
+      data: { labels: [], datasets: [] },
+      options: {
+        animation: false,
+        responsive: true,
+        maintainAspectRatio: false,
+        indexAxis: "y",
+        scales: { x: { stacked: true, title: { display: true, text: "seconds" } }, y: { stacked: true } },
+        plugins: { legend: { labels: { boxWidth: 12 } } },
+      },
+    });
+  }
+}
+
+function line(label, data, colour, extra = {}) {
+  return { label, data, borderColor: colour, backgroundColor: colour, ...extra };
+}
+function threshold(label, value, colour, from, to) {
+  return line(label, [{ x: from, y: value }, { x: to, y: value }], colour, { borderDash: [6, 4], borderWidth: 1.5, pointRadius: 0 });
+}
+function draw(chart, datasets, from, to) {
+  if (!chart) return;
+  chart.data.datasets = datasets;
+  chart.options.scales.x.min = from;
+  chart.options.scales.x.max = to;
+  chart.update("none");
+}
+
+// ---- panels ----------------------------------------------------------------------------------------------
+
+function points(series, value) {
+  return series.points.map((p) => ({ x: p.t_ms, y: value(p) })).filter((p) => p.y !== null && Number.isFinite(p.y));
+}
+const ratio = (num, den) => (p) => (p.mean[num] != null && p.mean[den] ? (100 * p.mean[num]) / p.mean[den] : null);
+const peakRatio = (num, den) => (p) => (p.max[num] != null && p.mean[den] ? (100 * p.max[num]) / p.mean[den] : null);
+const scaled = (name, factor = 1) => (p) => (p.mean[name] != null ? p.mean[name] * factor : null);
+
+function drawHost(body) {
+  const to = Date.parse(body.end);
+  const from = Date.parse(body.start);
+  const datasets = [];
+  body.series.forEach((s, i) => {
+    const suffix = body.series.length > 1 ? ` (${s.tags.host})` : "";
+    datasets.push(line(`CPU${suffix}`, points(s, scaled("cpu_ratio", 100)), SERIES_COLOURS[(2 * i) % 8]));
+    datasets.push(line(`Memory${suffix}`, points(s, ratio("memory_used_bytes", "memory_total_bytes")), SERIES_COLOURS[(2 * i + 1) % 8]));
+  });
+  draw(charts.host, datasets, from, to);
+}
+
+function drawGpus(body) {
+  const to = Date.parse(body.end);
+  const from = Date.parse(body.start);
+  const label = (s) => `GPU ${s.tags.gpu}`;
+  const each = (value) => body.series.map((s, i) => line(label(s), points(s, value), SERIES_COLOURS[i % 8]));
+  draw(charts.util, each(scaled("utilization_ratio", 100)), from, to);
+  draw(charts.mem, [
+    ...each(peakRatio("memory_used_bytes", "memory_total_bytes")),
+    threshold("85% warning", 85, "#9a6700", from, to),
+    threshold("95% severe", 95, "#b00020", from, to),
+  ], from, to);
+  draw(charts.temp, each(scaled("temperature_c")), from, to);
+  draw(charts.power, each(scaled("power_w")), from, to);
+  let message = "";
+  if (!body.series.length) {
+    const status = state.status;
+    const sampler = status && status.sampler;
+    if (state.host === config.host_name && sampler && sampler.nvml_available === false) {
+      message = `No GPU on ${state.host}: ${sampler.nvml_reason || "NVML is not available"}. Host and job panels still update.`;
+    } else if (state.gpu) {
+      message = `No samples from GPU ${state.gpu} on ${state.host} in this window.`;
+    } else {
+      message = `No GPU samples from ${state.host} in this window.`;
+    }
+  }
+  for (const overlay of document.querySelectorAll(".card.gpu .nogpu")) {
+    overlay.textContent = message;
+    overlay.hidden = !message;
+  }
+}
+
+function drawQueue(body) {
+  const to = Date.now();
+  const from = to - windowMs();
+  const pending = body.points.map((p) => ({ x: p.t_ms, y: p.pending }));
+  const running = body.points.map((p) => ({ x: p.t_ms, y: p.running }));
+  draw(charts.queue, [line("Queued", pending, "#bc4c00"), line("Running", running, "#0969da")], from, to);
+}
+
+function drawQuality(body) {
+  const to = Date.now();
+  const from = to - windowMs();
+  const pick = (name) => body.scores.filter((s) => s[name] != null).map((s) => ({ x: s.t_ms, y: s[name], job: s.job_id }));
+  const lowColours = body.scores.filter((s) => s.combined != null).map((s) => (s.low_quality ? "#b00020" : "#0969da"));
+  draw(charts.quality, [
+    line("Combined", pick("combined"), "#0969da", { pointBackgroundColor: lowColours, pointBorderColor: lowColours }),
+    line("Smoothness", pick("smoothness"), "#1a7f37", { borderDash: [2, 2] }),
+    line("Image consistency", pick("i2v_subject"), "#8250df", { borderDash: [2, 2] }),
+    threshold("Low-quality line", 0.6, "#b00020", from, to),
+  ], from, to);
+  const empty = document.querySelector("#chart-quality + .empty");
+  if (empty) empty.hidden = body.scores.length > 0;
+}
+
+function drawJobs(body) {
+  const jobs = body.jobs;
+  const shown = jobs.slice(0, 12).reverse();
+  if (charts.stages) {
+    const present = STAGES.filter((stage) => shown.some((j) => j.stages && j.stages[stage]));
+    charts.stages.data.labels = shown.map((j) => `${j.id.slice(0, 8)} ${j.status || ""}`);
+    charts.stages.data.datasets = present.map((stage) => ({
+      label: stage.replace("_", " "),
+      data: shown.map((j) => (j.stages[stage] ? j.stages[stage].duration_s : 0)),
+      backgroundColor: STAGE_COLOURS[stage],
+    }));
+    charts.stages.update("none");
+  }
+  const tbody = $("jobs").tBodies[0];
+  tbody.replaceChildren();
+  if (!jobs.length) {
+    tbody.append(el("tr", {}, [el("td", { colspan: "7", class: "muted", text: "No jobs in the last 24 h." })]));
+    return;
+  }
+  for (const job of jobs) {
+    const p = job.params || {};
+    const params = p.resolution ? `${p.resolution}p · ${p.num_frames} frames · ${p.steps} steps` : "—";
+    const cells = [
+      el("td", { text: dateTime(job.finished_at || job.last_event_at) }),
+      el("td", {}, [el("code", { title: job.id, text: job.id.slice(0, 8) })]),
+      el("td", { class: `status-${job.status}`, text: job.status || "—", title: job.error ? `${job.error}${job.suggestion ? ` — ${job.suggestion}` : ""}` : "" }),
+      el("td", { text: params }),
+      el("td", { text: seconds(job.run_s) }),
+      el("td", { text: bytes(job.peak_memory_bytes) }),
+      el("td", { text: job.gpu || "—" }),
+    ];
+    tbody.append(el("tr", {}, cells));
+  }
+}
+
+function drawAlerts(result) {
+  const list = $("alerts");
+  const status = $("alerts-status");
+  list.replaceChildren();
+  if (result.status === 404) {
+    status.textContent = "Alerts are not available: this monitor does not serve GET /monitor/api/alerts (alerting is not enabled).";
+    return;
+  }
+  if (!result.ok) {
+    status.textContent = `Alerts could not be read (${result.status ? `HTTP ${result.status}` : "no answer"}${result.error ? `: ${result.error}` : ""}).`;
+    return;
+  }
+  const active = (result.body.active || []).filter((a) => !state.host || !a.labels.host || a.labels.host === state.host);
+  status.textContent = active.length ? `${active.length} active` : "No active alerts.";
+  for (const alert of active) {
+    const where = [alert.labels.host, alert.labels.gpu !== undefined ? `GPU ${alert.labels.gpu}` : null].filter(Boolean).join(" · ");
+    const since = alert.state === "firing" ? `firing since ${clock(alert.fired_at)}` : `pending since ${clock(alert.active_at)}`;
+    const item = el("li", { class: `alert ${alert.severity} ${alert.state}`, "data-alert": alert.alertname }, [
+      el("span", { class: "tier", text: alert.severity }),
+      el("strong", { text: alert.alertname }),
+      el("div", { text: (alert.annotations && (alert.annotations.summary || alert.annotations.description)) || "" }),
+      el("div", { class: "meta", text: [where, since, alert.acked_by ? `acknowledged by ${alert.acked_by}` : ""].filter(Boolean).join(" · ") }),
+    ]);
+    list.append(item);
+  }
+}
+
+const REC_LABELS = { resolution: "Resolution", num_frames: "Frames", steps: "Steps", guidance_scale: "Guidance", fps: "FPS" };
+function drawRecommendation(result) {
+  const box = $("recommendation");
+  box.replaceChildren();
+  if (!result.ok || !result.body || typeof result.body !== "object") {
+    const why = result.status === 404 || result.status === 0 ? "" : ` (${result.error || `HTTP ${result.status}`})`;
+    box.append(el("p", { class: "muted", text: `unavailable${why}` }));
+    return;
+  }
+  const rec = result.body.recommendation && typeof result.body.recommendation === "object" ? result.body.recommendation : result.body;
+  const dl = el("dl");
+  for (const [key, label] of Object.entries(REC_LABELS)) {
+    if (rec[key] === undefined || rec[key] === null) continue;
+    const value = key === "resolution" ? `${rec[key]}x${rec[key]}` : String(rec[key]);
+    dl.append(el("dt", { text: label }), el("dd", { text: value }));
+  }
+  box.append(dl);
+  const why = rec.reason || rec.message || result.body.reason || result.body.message;
+  if (why) box.append(el("p", { class: "muted", text: String(why) }));
+}
+
+async function refreshReports() {
+  for (const name of REPORTS) {
+    const link = document.querySelector(`[data-report="${name}"]`);
+    const query = new URLSearchParams({ window: state.window, ...(state.host ? { host: state.host } : {}) });
+    link.href = `${API}/reports/${name}?${query}`;
+  }
+  if (Date.now() - state.reportsAt < TARGETS_EVERY_MS) return;
+  state.reportsAt = Date.now();
+  let available = false;
+  try {
+    const response = await fetch(`${API}/reports/jobs.csv?window=5m`, { method: "HEAD", cache: "no-store" });
+    available = response.ok;
+  } catch { available = false; }
+  for (const name of REPORTS) {
+    const link = document.querySelector(`[data-report="${name}"]`);
+    link.setAttribute("aria-disabled", String(!available));
+    if (!available) link.removeAttribute("href");
+  }
+  $("reports-status").hidden = available;
+  $("reports-status").textContent = available ? "" : "CSV reports are not available on this monitor yet.";
+}
+
+async function refreshTargets(force) {
+  if (!force && Date.now() - state.targetsAt < TARGETS_EVERY_MS) return;
+  const result = await getJSON("targets", { window: "24h" });
+  if (!result.ok) return;
+  state.targetsAt = Date.now();
+  const hostSelect = $("host");
+  const hosts = result.body.hosts;
+  if (!hosts.includes(state.host)) state.host = result.body.this_host;
+  hostSelect.replaceChildren(...hosts.map((h) => el("option", { value: h, text: h === result.body.this_host ? `${h} (this monitor)` : h })));
+  hostSelect.value = state.host;
+  const gpus = result.body.gpus[state.host] || [];
+  if (state.gpu && !gpus.includes(state.gpu)) state.gpu = "";
+  $("gpu").replaceChildren(el("option", { value: "", text: gpus.length ? "All GPUs" : "All GPUs (none seen)" }), ...gpus.map((g) => el("option", { value: g, text: `GPU ${g}` })));
+  $("gpu").value = state.gpu;
+}
+
+// ---- the loop ---------------------------------------------------------------------------------------------
+
+function showBanner(text, level = "error") {
+  const banner = $("banner");
+  banner.textContent = text;
+  banner.className = level === "warn" ? "banner warn" : "banner";
+  banner.hidden = !text;
+  $("panels").classList.toggle("stale", Boolean(text) && level !== "warn");
+}
+
+async function refresh(force = false) {
+  const status = await getJSON("status");
+  if (!status.ok) {
+    state.failingSince = state.failingSince || new Date();
+    const what = status.status ? `answers HTTP ${status.status}${status.error ? ` (${status.error})` : ""}` : "is not answering";
+    showBanner(`The monitor ${what} since ${clock(state.failingSince)}. The charts show data up to ${clock(state.lastGood)}, the last good update; they resume by themselves.`);
+    $("updated").textContent = `Last good update ${clock(state.lastGood)}`;
+    return;
+  }
+  state.status = status.body;
+  const interval = status.body.sampler && status.body.sampler.interval_s;
+  if (interval) state.intervalMs = Math.max(250, interval * 1000);
+  const ingest = status.body.ingest ? status.body.ingest.events_accepted_total : null;
+  const slow = force || ingest !== state.ingestSeen || Date.now() - state.slowAt >= SLOW_EVERY_MS;
+
+  await refreshTargets(force);
+  const gpuFilter = { window: state.window, host: state.host, gpu: state.gpu };
+  const requests = [
+    getJSON("series", { measurement: "gpu_sample", fields: GPU_FIELDS.join(","), ...gpuFilter }),
+    getJSON("series", { measurement: "host_sample", fields: "cpu_ratio,memory_used_bytes,memory_total_bytes", window: state.window, host: state.host }),
+    getJSON("alerts"),
+  ];
+  if (slow) {
+    requests.push(
+      getJSON("jobs", { window: "24h", host: state.host, limit: 20 }),
+      getJSON("queue", { window: state.window, host: state.host }),
+      getJSON("quality", gpuFilter),
+      getJSON("recommendation", { gpu: state.gpu, host: state.host }),
+    );
+  }
+  const [gpu, host, alerts, jobs, queue, quality, recommendation] = await Promise.all(requests);
+  const storeFailures = [gpu, host, jobs, queue, quality].filter((r) => r && r.status === 503);
+  if (gpu.ok) drawGpus(gpu.body);
+  if (host.ok) drawHost(host.body);
+  drawAlerts(alerts);
+  if (slow) {
+    if (jobs.ok) drawJobs(jobs.body);
+    if (queue.ok) drawQueue(queue.body);
+    if (quality.ok) drawQuality(quality.body);
+    drawRecommendation(recommendation);
+    if ([jobs, queue, quality].every((r) => r.ok)) {
+      state.slowAt = Date.now();
+      state.ingestSeen = ingest;
+    }
+    refreshReports();
+  }
+
+  const body = status.body;
+  if (body.store_reachable === false || storeFailures.length) {
+    state.failingSince = state.failingSince || new Date();
+    const lastWrite = body.last_write_at ? clock(body.last_write_at) : clock(state.lastGood);
+    const spooled = body.spool_pending ? ` ${body.spool_pending} points are spooled and will be replayed.` : "";
+    showBanner(`The store (${body.store_url}) is unreachable since ${clock(state.failingSince)}: the charts show data up to ${lastWrite}.${spooled}`);
+    $("updated").textContent = `Last good update ${clock(state.lastGood)}`;
+    return;
+  }
+  state.failingSince = null;
+  state.lastGood = new Date();
+  const sampleAgeMs = body.last_sample_time ? Date.now() - body.last_sample_time * 1000 : null;
+  if (sampleAgeMs !== null && sampleAgeMs > 3 * state.intervalMs + 2000) {
+    showBanner(`No new sample since ${clock(body.last_sample_time * 1000)}: the sampler is stalled or stopped.`, "warn");
+  } else if (!window.Chart) {
+    showBanner(CHART_MISSING, "warn");
+  } else if (body.sampler === null) {
+    showBanner("This monitor runs without a sampler: only stored data and job events are shown.", "warn");
+  } else {
+    showBanner("");
+  }
+  $("updated").textContent = `Updated ${clock(state.lastGood)} · every ${state.intervalMs / 1000} s`;
+}
+
+async function tick(force = false) {
+  clearTimeout(state.timer);
+  const started = performance.now();
+  try {
+    await refresh(force);
+  } catch (error) {
+    showBanner(`The dashboard failed to draw: ${error}. Retrying.`);
+    console.error(error);
+  } finally {
+    const elapsed = performance.now() - started;
+    state.timer = setTimeout(() => tick(false), Math.max(100, state.intervalMs - elapsed));
+  }
+}
+
+function onControls(event) {
+  if (event.target.id === "host") { state.host = event.target.value; state.gpu = ""; state.targetsAt = 0; }
+  if (event.target.id === "gpu") state.gpu = event.target.value;
+  if (event.target.id === "window") state.window = event.target.value;
+  tick(true);
+}
+
+$("host").append(el("option", { value: state.host, text: state.host }));
+$("controls").addEventListener("change", onControls);
+$("controls").addEventListener("submit", (event) => event.preventDefault());
+setupCharts();
+if (!window.Chart) showBanner(CHART_MISSING, "warn");
+tick(true);
