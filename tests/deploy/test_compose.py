@@ -167,6 +167,9 @@ def test_the_monitor_container_runs_python_m_monitor_with_a_config_it_accepts(
     assert config.store_url.endswith("@influxdb:8086/i2v")
     assert config.host_name == "gpu-host-1"
     assert config.data_dir == Path("/data/monitor")
+    assert config.alert_state_path == Path("/data/monitor/alerts-state.json")  # on the monitor's volume
+    assert config.alertmanager_urls == ("http://alertmanager:9093",)
+    assert config.admin_token == environ["ADMIN_TOKEN"]
     assert f":{config.port}/monitor/api/status" in " ".join(service["healthcheck"]["test"])
     with pytest.raises(ConfigError, match="INGEST_TOKEN"):
         MonitorConfig.from_sources(command[3:], environ={**environ, "INGEST_TOKEN": ""}).validate()
