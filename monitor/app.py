@@ -28,7 +28,7 @@ from werkzeug.exceptions import HTTPException
 
 from common.events import Event
 from common.spool import Spool
-from monitor import api, dashboard, ingest, schema
+from monitor import advice_api, api, dashboard, ingest, schema
 from monitor.config import MonitorConfig
 from monitor.ingest import EventListener, RecentIds
 from monitor.store import Store, open_store
@@ -142,6 +142,7 @@ def create_app(
     ingest.init_app(app)
     api.init_app(app)
     dashboard.init_app(app)
+    advice_api.init_app(app)  # predict, recommendation, summary, CSV reports; summarises each finished job
     if quality is not None:
         from monitor.quality import api as quality_api
 

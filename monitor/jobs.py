@@ -11,7 +11,8 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 def _order(event: dict[str, Any]) -> tuple[str, str]:
-    return (event["started_at"], event["ended_at"])
+    # By end: an end state's event starts at submission, so ordering by start would put it before "running".
+    return (event["ended_at"], event["started_at"])
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
@@ -44,7 +45,8 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     first_state = {e["status"]: e["started_at"] for e in reversed(states)}
     last = ordered[-1]
     submitted, started = first_state.get("queued"), first_state.get("running")
-    finished = next((e["started_at"] for e in reversed(states) if e["status"] in TERMINAL), None)
+    # An end state's event spans the whole job (it starts at submission): the job finished when it ended.
+    finished = next((e["ended_at"] for e in reversed(states) if e["status"] in TERMINAL), None)
 
     def latest(name: str) -> Any:
         return next((e[name] for e in reversed(ordered) if e.get(name)), None)

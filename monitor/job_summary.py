@@ -1,0 +1,195 @@
+"""One `job_summary` point per finished job, written as the job ends: what reports, predictions and stats read.
+
+A job's events are many (about 60 for 50 denoising steps); a report of 100,000 jobs cannot rebuild each job
+from them. So the monitor keeps the events of each job still running (in memory, bounded), and when the job's
+end state arrives it summarises them with `monitor.jobs.summarize` (the same reading as `GET /jobs`) and
+writes one point:
+
+- `job_summary` {host, gpu, status}: time = the end event's point time (so a replayed end event rewrites the
+  same point); fields: `job_id`, `submitted_at_us`/`started_at_us` (epoch µs), `queued_s`, `run_s`
+  (running → end: the generation time), `total_s`, the effective parameters (`resolution`, `num_frames`,
+  `steps`, `guidance_scale`, `fps`, `seed`) and the requested ones (`requested_*`, equal when nothing was
+  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, `peak_memory_bytes`,
+  `prompt`, `error`, `suggestion`, `video_path`, and `complete` (false when some of the job's events were
+  not seen, e.g. it began before this monitor started and the store could not supply them).
+
+When the end event arrives for a job whose first events this process never saw (the monitor restarted in
+between), its events are read back from the store (one small query over the job's own time span).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from common.events import PARAM_NAMES, Event, parse_iso
+from monitor import jobs, schema
+from monitor.schema import JOB_EVENT, event_time_ns, event_to_point, point_to_event
+from monitor.store.base import FieldValue, Point, Store, StoreRejected, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+JOB_SUMMARY = "job_summary"
+STAGES = ("text_encoding", "image_encoding", "image_latents", "denoising", "decode_video", "export")
+TERMINAL = jobs.TERMINAL
+NOT_JOBS = ("model_load", "warmup")  # the worker's start-up stages, under the job id "startup"
+
+FIELD_TYPES: dict[str, str] = {
+    "job_id": "str",
+    "submitted_at_us": "int",
+    "started_at_us": "int",
+    "queued_s": "float",
+    "run_s": "float",
+    "total_s": "float",
+    **{name: "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
+    **{f"requested_{name}": "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
+    **{f"{stage}_s": "float" for stage in STAGES},
+    "denoising_steps": "int",
+    "mean_step_s": "float",
+    "peak_memory_bytes": "int",
+    "prompt": "str",
+    "error": "str",
+    "suggestion": "str",
+    "video_path": "str",
+    "complete": "bool",
+}
+
+
+schema.declare_fields(JOB_SUMMARY, FIELD_TYPES)  # so the writer's `conform` keeps each field's type
+
+
+def _us(iso: str | None) -> int | None:
+    return None if iso is None else schema._to_us(parse_iso(iso))
+
+
+def summary_point(job_id: str, events: Sequence[dict[str, Any]], end: dict[str, Any], end_ns: int) -> Point:
+    """Summarise a finished job's events (dicts as `point_to_event` makes them) as its `job_summary` point."""
+    summary = jobs.summarize(job_id, events)
+    params = summary["params"]
+    requested = summary["requested"] or params
+    stages = summary["stages"]
+    denoising = stages.get("denoising", {})
+    fields: dict[str, FieldValue] = {
+        "job_id": job_id,
+        "submitted_at_us": _us(summary["submitted_at"]),
+        "started_at_us": _us(summary["started_at"]),
+        "queued_s": summary["queued_s"],
+        "run_s": summary["run_s"],
+        "total_s": summary["total_s"],
+        **{name: params.get(name) for name in PARAM_NAMES},
+        **{f"requested_{name}": requested.get(name) for name in PARAM_NAMES},
+        **{f"{stage}_s": stages[stage]["duration_s"] if stage in stages else None for stage in STAGES},
+        "denoising_steps": denoising.get("steps"),
+        "mean_step_s": denoising.get("mean_step_s"),
+        "peak_memory_bytes": summary["peak_memory_bytes"],
+        "prompt": summary["prompt"],
+        "error": summary["error"],
+        "suggestion": summary["suggestion"],
+        "video_path": summary["video_path"],
+        "complete": any(e["kind"] == "job" and e.get("status") == "queued" for e in events),
+    }
+    tags = {"host": end["host"], "gpu": end["gpu"], "status": end["status"]}
+    return schema.conform(Point(JOB_SUMMARY, tags, fields, end_ns))
+
+
+class JobSummarizer:
+    """Hear ingested events (an ingest listener); write one `job_summary` point when each job ends.
+
+    Args:
+        write: where points go (the monitor's `Writer.write`).
+        store: read back a job's earlier events when this process did not see them; None: never.
+        on_summary: called with each written point (the predictor refits on new jobs).
+        max_open_jobs: jobs followed at once; the longest-silent one is summarised as it stands beyond it.
+        stale_after_s: a job silent this long is summarised as it stands (its generator died unheard).
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[Point]], None],
+        store: Store | None = None,
+        *,
+        on_summary: Callable[[Point], None] | None = None,
+        max_open_jobs: int = 1000,
+        stale_after_s: float = 6 * 3600,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._write, self._store, self._on_summary = write, store, on_summary
+        self._max_open, self._stale_after_s, self._clock = max_open_jobs, stale_after_s, clock
+        self._open: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def open_jobs(self) -> int:
+        """Return how many jobs are being followed."""
+        with self._lock:
+            return len(self._open)
+
+    def listen(self, events: Sequence[Event]) -> None:
+        """Follow each event's job; summarise and write the jobs that ended in this batch."""
+        ended: list[tuple[str, list[Event], Event]] = []
+        now = self._clock()
+        with self._lock:
+            for event in events:
+                if event.stage in NOT_JOBS or event.job_id in self._done:
+                    continue
+                _, held = self._open.pop(event.job_id, (now, []))
+                held.append(event)
+                if event.kind == "job" and event.status in TERMINAL:
+                    ended.append((event.job_id, held, event))
+                    self._remember_done(event.job_id)
+                else:
+                    self._open[event.job_id] = (now, held)
+            stale = self._evict(now)
+        points = [self._summarise(job_id, held, end) for job_id, held, end in ended]
+        points += [self._summarise(job_id, held, None) for job_id, held in stale]
+        if points:
+            self._write(points)
+            for point in points:
+                if self._on_summary is not None:
+                    self._on_summary(point)
+
+    def _remember_done(self, job_id: str) -> None:
+        self._done[job_id] = None
+        while len(self._done) > 10 * self._max_open:
+            self._done.popitem(last=False)
+
+    def _evict(self, now: float) -> list[tuple[str, list[Event]]]:
+        stale = []
+        while self._open:
+            job_id, (seen, held) = next(iter(self._open.items()))
+            if len(self._open) <= self._max_open and now - seen < self._stale_after_s:
+                break
+            del self._open[job_id]
+            self._remember_done(job_id)
+            stale.append((job_id, held))
+        return stale
+
+    def _summarise(self, job_id: str, held: list[Event], end: Event | None) -> Point:
+        """Build the job's point from its events, reading back from the store those this process missed."""
+        dicts = {e.event_id: point_to_event(event_to_point(e)) for e in held}
+        complete = any(e.kind == "job" and e.status == "queued" for e in held)
+        if not complete and end is not None and self._store is not None:
+            dicts = {**self._read_back(job_id, end), **dicts}
+        events = list(dicts.values())
+        if end is None:  # never ended: summarised as it stands, as of its last event
+            last = max(events, key=lambda e: e["ended_at"])
+            end_ns = _us(last["ended_at"]) * 1000  # type: ignore[operator]
+            return summary_point(job_id, events, {**last, "status": "unfinished"}, end_ns)
+        return summary_point(job_id, events, point_to_event(event_to_point(end)), event_time_ns(end))
+
+    def _read_back(self, job_id: str, end: Event) -> dict[str, dict[str, Any]]:
+        start_ns = _us(end.started_at) * 1000 - 60 * 1_000_000_000  # type: ignore[operator]
+        end_ns = event_time_ns(end) + 1
+        try:
+            points = self._store.query_points(JOB_EVENT, start_ns, end_ns, fields={"job_id": job_id})  # type: ignore[union-attr]
+        except (StoreUnavailable, StoreRejected) as e:
+            log.warning(
+                "job %s: its earlier events could not be read back (%s); summarised from what was heard", job_id, e
+            )
+            return {}
+        return {p.fields["event_id"]: point_to_event(p) for p in points if p.fields.get("event_id")}  # type: ignore[misc]

@@ -1,0 +1,423 @@
+"""CSV reports, per job and per GPU time bucket: over HTTP and from the command line.
+
+- `GET /monitor/api/reports/jobs.csv?since=24h&until=&host=`: one row per job that ended in [since, until)
+  (its `job_summary` point, see monitor/job_summary.py), oldest first, with its quality scores and rating
+  when they were recorded within `QUALITY_LAG_S` of its end.
+- `GET /monitor/api/reports/gpu.csv?since=24h&until=&bucket=1m&host=`: per bucket, host and GPU, the mean
+  and max of utilisation, memory used, temperature and power (buckets start at multiples of `bucket`).
+- `python -m monitor report jobs|gpu --since 24h [--until T] [--host H] [--bucket 1m] [-o report.csv]`.
+
+`since` and `until` are a duration before now (`90s`, `15m`, `24h`, `7d`), `now`, or an RFC 3339 time with
+its zone (`2024-05-01T00:00:00Z`). The format: RFC 4180 (comma, CRLF line ends, double quotes around a cell
+with a comma, quote or line break, quotes doubled), UTF-8, one header row, RFC 3339 UTC timestamps with
+microseconds. A text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`,
+so a spreadsheet shows it instead of running it as a formula (OWASP's CSV injection advice); numbers are
+left as numbers. Rows are streamed: the store is read in pages (monitor/pages.py), whatever the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TextIO
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from common.events import PARAM_NAMES, parse_iso
+from monitor.devices import ModelNames
+from monitor.job_summary import JOB_SUMMARY, STAGES
+from monitor.pages import PAGE_SIZE, iter_points
+from monitor.schema import GPU_SAMPLE
+from monitor.store.base import Point, Store, StoreRejected, StoreUnavailable
+
+S = 1_000_000_000
+QUALITY = "quality"  # monitor.quality.scorer.MEASUREMENT, named here so reports never load the scorer
+QUALITY_LAG_S = 3600
+MAX_SPAN_S = 366 * 86_400
+ROWS_PER_CHUNK = 1000
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+QUALITY_COLUMNS = (
+    "clip_score",
+    "i2v_subject",
+    "smoothness",
+    "temporal_flickering",
+    "dynamic_degree",
+    "static",
+    "combined",
+    "low_quality",
+    "rating",
+)
+JOB_COLUMNS = (
+    "job_id",
+    "host",
+    "gpu",
+    "gpu_model",
+    "status",
+    "submitted_at",
+    "started_at",
+    "finished_at",
+    "queued_s",
+    "run_s",
+    "total_s",
+    *(f"requested_{name}" for name in PARAM_NAMES),
+    *PARAM_NAMES,
+    *(f"{stage}_s" for stage in STAGES),
+    "denoising_steps",
+    "mean_step_s",
+    "peak_memory_bytes",
+    *QUALITY_COLUMNS,
+    "prompt",
+    "error",
+    "suggestion",
+    "video_path",
+)
+_JOB_NUMBERS = tuple(
+    c for c in JOB_COLUMNS[8:] if c not in ("prompt", "error", "suggestion", "video_path", *QUALITY_COLUMNS)
+)
+GPU_FIELDS = ("utilization_ratio", "memory_used_bytes", "temperature_c", "power_w")
+GPU_COLUMNS = (
+    "bucket_start",
+    "host",
+    "gpu",
+    "gpu_model",
+    *(f"{name}_{agg}" for name in GPU_FIELDS for agg in ("mean", "max")),
+    "memory_total_bytes_max",
+)
+
+bp = Blueprint("reports", __name__, url_prefix="/monitor/api/reports")
+
+
+class ReportError(ValueError):
+    """A report parameter that cannot be served; the message says what to send instead."""
+
+
+# ---- cells ------------------------------------------------------------------------------------------------
+
+
+def text_cell(value: object) -> str:
+    """Format a text cell, defusing a leading formula character with `'` (OWASP)."""
+    if value is None:
+        return ""
+    text = str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def number_cell(value: object) -> str:
+    """Format a number as itself (shortest round-trip form for floats), a boolean as true/false, None as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return text_cell(value)  # a value of another type in a numeric column is text, defused like any text
+
+
+@lru_cache(maxsize=4096)
+def _second(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
+
+
+def time_cell(us: object) -> str:
+    """Format epoch microseconds as RFC 3339 UTC with microseconds (empty when unknown)."""
+    if not isinstance(us, int) or isinstance(us, bool):
+        return ""
+    seconds, micro = divmod(us, 1_000_000)
+    return f"{_second(seconds)}.{micro:06d}Z"
+
+
+def csv_chunks(header: Sequence[str], rows: Iterator[list[str]], rows_per_chunk: int = ROWS_PER_CHUNK) -> Iterator[str]:
+    """Yield RFC 4180 text: the header row, then the rows, a chunk of `rows_per_chunk` rows at a time."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    for count, row in enumerate(rows, 1):
+        writer.writerow(row)
+        if count % rows_per_chunk == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+# ---- jobs -------------------------------------------------------------------------------------------------
+
+
+class QualityJoin:
+    """Join each job with its latest quality point, reading quality points once, in step with the jobs.
+
+    Quality is scored after a job ends, so for a job that ended at t the quality points up to t + lag are read
+    ahead (later points win: a rating comes after the scores); points older than the jobs being read are
+    forgotten, so what is held covers one lag's worth of jobs whatever the report's length.
+    """
+
+    def __init__(self, points: Iterator[Point], lag_ns: int) -> None:
+        """Read from `points` (oldest first)."""
+        self._points, self._lag_ns = points, lag_ns
+        self._next = next(self._points, None)
+        self._latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._taken = 0
+
+    def take(self, job_id: str, ended_ns: int) -> dict[str, Any]:
+        """Return the quality fields of the job that ended at `ended_ns` ({} when none were recorded)."""
+        horizon = ended_ns + self._lag_ns
+        while self._next is not None and self._next.time_ns < horizon:
+            owner = self._next.fields.get("job_id")
+            if isinstance(owner, str):
+                self._latest[owner] = (self._next.time_ns, dict(self._next.fields))
+            self._next = next(self._points, None)
+        self._taken += 1
+        if self._taken % 1000 == 0:  # forget what no later job can own (allowing for clock skew)
+            oldest = ended_ns - self._lag_ns
+            self._latest = {k: v for k, v in self._latest.items() if v[0] >= oldest}
+        found = self._latest.pop(job_id, None)
+        return {} if found is None else found[1]
+
+
+def job_row(point: Point, gpu_model: str, quality: dict[str, Any]) -> list[str]:
+    """Format one `job_summary` point and its quality as a jobs.csv row (JOB_COLUMNS order)."""
+    f = point.fields
+    tags = point.tags
+    return [
+        text_cell(f.get("job_id")),
+        text_cell(tags.get("host")),
+        text_cell(tags.get("gpu")),
+        text_cell(gpu_model),
+        text_cell(tags.get("status")),
+        time_cell(f.get("submitted_at_us")),
+        time_cell(f.get("started_at_us")),
+        time_cell(point.time_ns // 1000),
+        *(number_cell(f.get(name)) for name in _JOB_NUMBERS),
+        *(number_cell(quality.get(name)) for name in QUALITY_COLUMNS),
+        text_cell(f.get("prompt")),
+        text_cell(f.get("error")),
+        text_cell(f.get("suggestion")),
+        text_cell(f.get("video_path")),
+    ]
+
+
+def job_rows(
+    store: Store, start_ns: int, end_ns: int, host: str | None = None, *, page_size: int = PAGE_SIZE
+) -> Iterator[list[str]]:
+    """Yield a row per job that ended in [start_ns, end_ns), oldest first, reading the store in pages."""
+    tags = {"host": host} if host else None
+    names = ModelNames(store, end_ns)
+    lag_ns = QUALITY_LAG_S * S
+    quality = QualityJoin(iter_points(store, QUALITY, start_ns, end_ns + lag_ns, page_size=page_size), lag_ns)
+    for point in iter_points(store, JOB_SUMMARY, start_ns, end_ns, tags=tags, page_size=page_size):
+        job_id = point.fields.get("job_id")
+        scores = quality.take(job_id, point.time_ns) if isinstance(job_id, str) else {}
+        yield job_row(point, names.name(point.tags.get("host", ""), point.tags.get("gpu", "")), scores)
+
+
+# ---- GPU buckets ------------------------------------------------------------------------------------------
+
+
+def gpu_rows(
+    store: Store, start_ns: int, end_ns: int, bucket_s: int, host: str | None = None, *, buckets_per_query: int = 500
+) -> Iterator[list[str]]:
+    """Yield a row per bucket, host and GPU, by time, querying `buckets_per_query` buckets at a time.
+
+    The first bucket starts at `start_ns` rounded down to a multiple of `bucket_s`, so every bucket is whole.
+    """
+    bucket_ns = bucket_s * S
+    names = ModelNames(store, end_ns)
+    tags = {"host": host} if host else None
+    fields = [*GPU_FIELDS, "memory_total_bytes"]
+    cursor = start_ns - start_ns % bucket_ns
+    while cursor < end_ns:
+        until = min(cursor + buckets_per_query * bucket_ns, end_ns)
+        rows = store.query_window(GPU_SAMPLE, fields, cursor, until, tags=tags, bucket_s=bucket_s)
+        rows.sort(key=lambda r: (r.time_ns, r.tags.get("host", ""), r.tags.get("gpu", "")))
+        for row in rows:
+            host_name, gpu = row.tags.get("host", ""), row.tags.get("gpu", "")
+            yield [
+                time_cell(row.time_ns // 1000),
+                text_cell(host_name),
+                text_cell(gpu),
+                text_cell(names.name(host_name, gpu)),
+                *(number_cell(getattr(row, agg).get(name)) for name in GPU_FIELDS for agg in ("mean", "max")),
+                number_cell(row.max.get("memory_total_bytes")),
+            ]
+        cursor = until
+
+
+# ---- parameters -------------------------------------------------------------------------------------------
+
+
+def parse_time(text: str | None, default: str, now_ns: int, name: str) -> int:
+    """Return a time in ns from `24h`-style durations before now, `now`, or RFC 3339 with a zone."""
+    value = (text or default).strip()
+    if value == "now":
+        return now_ns
+    match = _DURATION.match(value)
+    if match:
+        return now_ns - int(match.group(1)) * _UNIT_S[match.group(2)] * S
+    try:
+        moment = parse_iso(value)
+    except ValueError:
+        raise ReportError(
+            f"{name} must be a duration before now (90s, 15m, 24h, 7d), now, or an RFC 3339 time with its zone "
+            f"(2024-05-01T00:00:00Z), got {value!r}"
+        ) from None
+    return round(moment.timestamp() * 1_000_000) * 1000
+
+
+def parse_span(since: str | None, until: str | None, now_ns: int) -> tuple[int, int]:
+    """Return [start, end) in ns from the since and until parameters (ReportError saying what to change)."""
+    start_ns = parse_time(since, "24h", now_ns, "since")
+    end_ns = parse_time(until, "now", now_ns, "until")
+    if start_ns >= end_ns:
+        raise ReportError("since must be before until: e.g. since=24h (until defaults to now)")
+    if end_ns - start_ns > MAX_SPAN_S * S:
+        raise ReportError(f"since and until may be at most {MAX_SPAN_S // 86_400} days apart: split the report")
+    return start_ns, end_ns
+
+
+def parse_bucket(text: str | None) -> int:
+    """Return a bucket length in seconds from `1m`-style text, 1 s to 1 d."""
+    value = (text or "1m").strip()
+    match = _DURATION.match(value)
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)] if match else 0
+    if not 1 <= seconds <= 86_400:
+        raise ReportError(f"bucket must be a duration from 1s to 1d such as 10s, 1m or 1h, got {value!r}")
+    return seconds
+
+
+def parse_host(text: str | None) -> str | None:
+    """Return the host filter, or None for every host."""
+    if not text:
+        return None
+    if len(text) > 200 or "\n" in text or "\r" in text:
+        raise ReportError("host must be a name of at most 200 characters")
+    return text
+
+
+# ---- HTTP -------------------------------------------------------------------------------------------------
+
+
+def init_app(app: Flask) -> None:
+    """Register the report routes (they read the MonitorContext the app factory attached)."""
+    app.register_blueprint(bp)
+
+
+def _context() -> Any:
+    from monitor.app import get_context  # the app module imports the modules that import this one
+
+    return get_context(current_app)
+
+
+@bp.errorhandler(ReportError)
+def _bad_request(error: ReportError) -> ResponseReturnValue:
+    return jsonify(error=str(error)), 400
+
+
+@bp.errorhandler(StoreUnavailable)
+def _store_down(error: StoreUnavailable) -> ResponseReturnValue:
+    return jsonify(error=f"the store is unreachable ({error}); try the report again when it answers"), 503
+
+
+@bp.errorhandler(StoreRejected)
+def _store_refused(error: StoreRejected) -> ResponseReturnValue:
+    return jsonify(error=f"the store refused the query: {error}"), 400
+
+
+def _stream(name: str, header: Sequence[str], rows: Iterator[list[str]]) -> Response:
+    chunks = csv_chunks(header, rows)
+    first = next(chunks)  # the first page is read here, so a store that is down answers 503, not a cut CSV
+    body = (chunk.encode("utf-8") for part in ([first], chunks) for chunk in part)
+    response = Response(body, mimetype="text/csv")
+    response.headers["Content-Type"] = "text/csv; charset=utf-8; header=present"
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/jobs.csv")
+def jobs_csv() -> ResponseReturnValue:
+    """Stream one CSV row per job that ended in the span."""
+    ctx = _context()
+    start_ns, end_ns = parse_span(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
+    host = parse_host(request.args.get("host"))
+    return _stream("jobs.csv", JOB_COLUMNS, job_rows(ctx.store, start_ns, end_ns, host))
+
+
+@bp.get("/gpu.csv")
+def gpu_csv() -> ResponseReturnValue:
+    """Stream one CSV row per bucket, host and GPU in the span."""
+    ctx = _context()
+    start_ns, end_ns = parse_span(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
+    bucket_s = parse_bucket(request.args.get("bucket"))
+    host = parse_host(request.args.get("host"))
+    return _stream("gpu.csv", GPU_COLUMNS, gpu_rows(ctx.store, start_ns, end_ns, bucket_s, host))
+
+
+# ---- command line -----------------------------------------------------------------------------------------
+
+
+def write_report(kind: str, store: Store, out: TextIO, start_ns: int, end_ns: int, **options: Any) -> int:
+    """Write a jobs or gpu report to `out`; return the number of rows."""
+    if kind == "jobs":
+        header, rows = JOB_COLUMNS, job_rows(store, start_ns, end_ns, options.get("host"))
+    else:
+        header, rows = GPU_COLUMNS, gpu_rows(store, start_ns, end_ns, options.get("bucket_s", 60), options.get("host"))
+    counted = 0
+
+    def counting(source: Iterator[list[str]]) -> Iterator[list[str]]:
+        nonlocal counted
+        for row in source:
+            counted += 1
+            yield row
+
+    for chunk in csv_chunks(header, counting(rows)):
+        out.write(chunk)
+    return counted
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m monitor report jobs|gpu ...`: write a report to a file or stdout; return the exit status."""
+    from monitor.config import ConfigError, MonitorConfig
+    from monitor.store import open_store
+
+    parser = argparse.ArgumentParser(prog="python -m monitor report", description="Write a CSV report.")
+    parser.add_argument("kind", choices=("jobs", "gpu"), help="jobs: a row per job; gpu: a row per bucket and GPU")
+    parser.add_argument("--since", default="24h", help="24h, 7d, now or an RFC 3339 time (default 24h)")
+    parser.add_argument("--until", default="now", help="as --since (default now)")
+    parser.add_argument("--host", help="only this host")
+    parser.add_argument("--bucket", default="1m", help="gpu report's bucket: 10s, 1m, 1h (default 1m)")
+    parser.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
+    parser.add_argument("--store", help="the store URL (default: as python -m monitor: MONITOR_STORE, ...)")
+    args = parser.parse_args(argv)
+    try:
+        config = MonitorConfig.from_sources([] if args.store is None else ["--store", args.store]).validate()
+        start_ns, end_ns = parse_span(args.since, args.until, time.time_ns())
+        bucket_s, host = parse_bucket(args.bucket), parse_host(args.host)
+        store = open_store(config.store_url)
+    except (ConfigError, ReportError, ValueError, StoreUnavailable) as e:
+        print(f"monitor report: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.output == "-":
+            rows = write_report(args.kind, store, sys.stdout, start_ns, end_ns, host=host, bucket_s=bucket_s)
+        else:
+            with Path(args.output).open("w", encoding="utf-8", newline="") as out:
+                rows = write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s)
+    except (StoreUnavailable, StoreRejected) as e:
+        print(f"monitor report: the store failed mid-report ({e}); the output is incomplete", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    where = "standard output" if args.output == "-" else args.output
+    print(f"monitor report: {rows} {args.kind} row(s) to {where}", file=sys.stderr)
+    return 0
