@@ -188,6 +188,11 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the monitor until SIGINT or SIGTERM; return the exit status (2: bad configuration or store)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["report"]:  # `python -m monitor report jobs|gpu ...`: a CSV report, then exit
+        from monitor.reports import main as report
+
+        return report(args[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
     try:
