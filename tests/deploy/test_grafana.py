@@ -27,10 +27,9 @@ from monitor.schema import event_to_point, iso_from_us
 from monitor.store.base import Point
 from monitor.store.influx import InfluxStore
 from tests.deploy.compose import ROOT, load_compose
+from tests.deploy.grafana import DASHBOARDS, GRAFANA, concrete, dashboard_queries
 from tests.servers import InfluxServer
 
-GRAFANA = ROOT / "dashboards" / "grafana"
-DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "i2v.yml"
 DATABASE = "grafana_dashboards"
 HOSTS = {"host-a": ("0", "1"), "host-b": ("0",)}
@@ -49,25 +48,6 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
 def _provisioned() -> dict[str, str]:
     datasources = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     return {d["uid"]: d["type"] for d in datasources}
-
-
-def _queries(kind: str) -> list[tuple[str, str]]:
-    """Return (id, query) for every InfluxQL query (`influxdb`) or PromQL expression (`prometheus`)."""
-    found = []
-    for path in DASHBOARDS:
-        dashboard = json.loads(path.read_text())
-        sources: list[tuple[str, dict[str, Any]]] = []
-        for panel in dashboard["panels"]:
-            sources += [(f"{panel['title']} {t['refId']}", t) for t in panel.get("targets", [])]
-        sources += [(f"variable {v['name']}", v) for v in dashboard["templating"]["list"]]
-        sources += [(f"annotation {a['name']}", a) for a in dashboard["annotations"]["list"]]
-        for name, source in sources:
-            if source["datasource"]["type"] != kind:
-                continue
-            query = source.get("query") if kind == "influxdb" else source.get("expr")
-            assert query, f"{path.name}: {name} has no query"
-            found.append((f"{path.stem}: {name}", query))
-    return found
 
 
 def test_dashboards_parse_and_use_only_the_provisioned_datasources() -> None:
@@ -210,16 +190,6 @@ def influx_with_points(influxd: InfluxServer) -> InfluxServer:
     return influxd
 
 
-def concrete(query: str, host: str = "host-a|host-b", gpu: str = "0|1") -> str:
-    """Substitute Grafana's variables as it does: the time range, the interval, multi-value regexes."""
-    return (
-        query.replace("$timeFilter", "time > now() - 1h")
-        .replace("$__interval", "30s")
-        .replace("$host", f"({host})")
-        .replace("$gpu", f"({gpu})")
-    )
-
-
 def _run(server: InfluxServer, query: str) -> list[dict[str, Any]]:
     answer = server.query(query, DATABASE)
     results = answer["results"]
@@ -227,7 +197,9 @@ def _run(server: InfluxServer, query: str) -> list[dict[str, Any]]:
     return [s for r in results for s in r.get("series", [])]
 
 
-@pytest.mark.parametrize(("name", "query"), _queries("influxdb"), ids=[n for n, _ in _queries("influxdb")])
+@pytest.mark.parametrize(
+    ("name", "query"), dashboard_queries("influxdb"), ids=[n for n, _ in dashboard_queries("influxdb")]
+)
 def test_influxql_query_runs_against_influxd_and_returns_data(
     influx_with_points: InfluxServer, name: str, query: str
 ) -> None:
@@ -237,13 +209,15 @@ def test_influxql_query_runs_against_influxd_and_returns_data(
 
 
 def test_influxql_queries_filter_by_host_and_gpu(influx_with_points: InfluxServer) -> None:
-    grouped = [(n, q) for n, q in _queries("influxdb") if 'GROUP BY time($__interval), "host", "gpu"' in q]
+    grouped = [(n, q) for n, q in dashboard_queries("influxdb") if 'GROUP BY time($__interval), "host", "gpu"' in q]
     assert len(grouped) >= 5
     for name, query in grouped:
         series = _run(influx_with_points, concrete(query, host="host-b", gpu="0"))
         assert series, name
         assert {(s["tags"]["host"], s["tags"]["gpu"]) for s in series} == {("host-b", "0")}, name
-    gpus = _run(influx_with_points, concrete(dict(_queries("influxdb"))["i2v-gpus: variable gpu"], host="host-a"))
+    gpus = _run(
+        influx_with_points, concrete(dict(dashboard_queries("influxdb"))["i2v-gpus: variable gpu"], host="host-a")
+    )
     assert sorted(v[1] for s in gpus for v in s["values"]) == ["0", "1"]
 
 
@@ -253,7 +227,7 @@ def test_influxql_queries_filter_by_host_and_gpu(influx_with_points: InfluxServe
 def test_promql_expressions_parse(tmp_path: Path) -> None:
     if shutil.which("promtool") is None:
         pytest.fail("promtool is missing: run scripts/install-system-deps.sh (Debian package prometheus)")
-    expressions = _queries("prometheus")
+    expressions = dashboard_queries("prometheus")
     assert expressions
     rules = [
         {"record": f"dashboard:query_{i}", "expr": concrete(expr).replace("$__rate_interval", "1m")}
@@ -270,7 +244,7 @@ def test_promql_expressions_name_metrics_the_services_export() -> None:
         "\n".join(p.read_text() for p in [*ROOT.glob("generator/**/*.py"), *ROOT.glob("monitor/**/*.py")])
         + (ROOT / "alerts" / "prometheus" / "rules.yml").read_text()
     )
-    for name, expr in _queries("prometheus"):
+    for name, expr in dashboard_queries("prometheus"):
         for metric in set(re.findall(r"\b(?:[a-z]+:)?i2v_[a-z0-9_:]+|\bALERTS\b", expr)):
             if metric == "ALERTS":
                 continue
