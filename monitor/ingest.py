@@ -5,6 +5,9 @@ is validated with `Event.from_dict` before any is stored; the first bad one answ
 `{"error": ..., "index": i}` and nothing of that batch is stored (the generator drops a refused batch, so a
 bad event never blocks its spool).
 
+An answer of 200 means the new events are on disk (the writer's spool, fsync'd), so a monitor killed right
+after answering loses none of them; when the spool cannot take them the answer is 503 and the sender retries.
+
 Idempotent on `event_id`, twice over: an event's point has a time derived from its `event_id`, so the store
 keeps a replayed event once; and a bounded set of recently seen ids answers a replayed batch without writing
 it again. The answer counts both: `{"accepted": n, "duplicates": d}`.
@@ -64,6 +67,12 @@ class RecentIds:
                 self._ids.popitem(last=False)
         return fresh
 
+    def forget(self, ids: Sequence[str]) -> None:
+        """Forget ids recorded by `add_new` whose events were not stored after all, so a retry is stored."""
+        with self._lock:
+            for event_id in ids:
+                self._ids.pop(event_id, None)
+
 
 def init_app(app: Flask) -> None:
     """Register the ingest route (it reads the MonitorContext the app factory attached)."""
@@ -115,7 +124,12 @@ def ingest_events() -> ResponseReturnValue:
     fresh = ctx.recent_ids.add_new([e.event_id for e in events])
     new_events = [e for e, is_new in zip(events, fresh, strict=True) if is_new]
     if new_events:
-        ctx.writer.write([event_to_point(e) for e in new_events])
+        try:  # on disk before the answer: the generator drops what it was told is stored
+            ctx.writer.write_durable([event_to_point(e) for e in new_events])
+        except OSError as e:
+            ctx.recent_ids.forget([e.event_id for e in new_events])
+            log.error("cannot spool %d ingested events (%s); answered 503 so the sender retries", len(new_events), e)
+            return _error(503, "the monitor cannot store events right now (its disk spool failed); retry later")
         ctx.notify_events(new_events)
     ctx.count_ingest(len(new_events), len(events) - len(new_events))
     return jsonify(accepted=len(new_events), duplicates=len(events) - len(new_events)), 200

@@ -130,6 +130,20 @@ class Writer:
         if overflow:
             self._to_spool(overflow)
 
+    def write_durable(self, points: Sequence[Point]) -> None:
+        """Append points to the disk spool (fsync'd) before returning; the delivery thread sends them on.
+
+        For what a sender was told is stored: ingested events. A point only buffered in memory is lost when
+        the monitor is killed, yet its sender (the generator) had already dropped it from its own spool.
+
+        Raises:
+            OSError: the spool could not take them (disk full or gone): nothing was accepted.
+        """
+        if self._conform is not None:
+            points = [self._conform(p) for p in points]
+        if points:
+            self.spool.append([encode_point(p) for p in points])
+
     # ---- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
