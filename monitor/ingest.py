@@ -126,9 +126,9 @@ def ingest_events() -> ResponseReturnValue:
     if new_events:
         try:  # on disk before the answer: the generator drops what it was told is stored
             ctx.writer.write_durable([event_to_point(e) for e in new_events])
-        except OSError as e:
+        except OSError:
             ctx.recent_ids.forget([e.event_id for e in new_events])
-            log.error("cannot spool %d ingested events (%s); answered 503 so the sender retries", len(new_events), e)
+            log.exception("cannot spool %d ingested events; answered 503 so the sender retries", len(new_events))
             return _error(503, "the monitor cannot store events right now (its disk spool failed); retry later")
         ctx.notify_events(new_events)
     ctx.count_ingest(len(new_events), len(events) - len(new_events))
