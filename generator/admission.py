@@ -17,6 +17,18 @@ USABLE_SHARE = 0.8
 DEGRADE_RESOLUTION = {1024: 768, 768: 512, 512: 256}
 
 
+class MemoryEstimate(int):
+    """A peak-memory estimate in bytes that also says where it came from (admission puts that in the notes)."""
+
+    source: str
+
+    def __new__(cls, value: int, source: str) -> MemoryEstimate:
+        """Return `value` bytes, remembering `source`."""
+        estimate = super().__new__(cls, value)
+        estimate.source = source
+        return estimate
+
+
 def table_estimate(params: JobParams) -> int:
     """Return the table's peak-memory estimate for a job, in bytes."""
     extra_frames = max(params.num_frames - 16, 0)
@@ -41,6 +53,7 @@ def admit(
     """Admit, degrade or refuse a job against (free, total) device memory; no memory reader means a CPU.
 
     `resident_bytes` is what this process already holds (the model's weights), which the estimate includes.
+    An estimate that says where it came from (a `MemoryEstimate`) has that said first in the notes.
     Degradation alternates, resolution first: 1024p/32 → 768p/32 → 768p/24 → 512p/24 → 512p/16 → 256p/16 → 256p/8.
     """
     if memory is None:
@@ -51,15 +64,16 @@ def admit(
     current = params
     while True:
         need = estimate(current)
+        said = (need.source,) if isinstance(need, MemoryEstimate) else ()
         if need <= budget:
-            return Admission(current, tuple(notes), need)
+            return Admission(current, (*said, *notes), need)
         smaller = _degrade(current)
         if smaller is None:
             notes.append(
                 f"refused: even {current.resolution}p with {current.num_frames} frames needs about "
                 f"{need / GiB:.1f} GB, and {budget / GiB:.1f} GB can be used now"
             )
-            return Admission(None, tuple(notes), need)
+            return Admission(None, (*said, *notes), need)
         notes.append(
             f"degraded {current.resolution}p/{current.num_frames} frames to {smaller.resolution}p/"
             f"{smaller.num_frames} frames: about {need / GiB:.1f} GB needed, {budget / GiB:.1f} GB usable"

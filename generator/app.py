@@ -23,6 +23,7 @@ from generator.events import EventSender, job_state_event
 from generator.jobs import Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
+from generator.predictor import MonitorPredictor, advice
 from generator.validation import (
     LIMITS,
     MAX_PROMPT_CHARS,
@@ -50,6 +51,8 @@ class Runtime:
             spool_max_bytes=config.event_spool_bytes,
             token=config.ingest_token,
         )
+        # Admission asks the monitor for estimates learned from measured jobs, else uses the table.
+        self.predictor = MonitorPredictor(config.monitor_url, config.host_name) if config.monitor_url else None
         device, dtype = pick_device()
         if devices is None:
             count = torch.cuda.device_count() if device.type == "cuda" else 0
@@ -66,6 +69,7 @@ class Runtime:
                 cache_dir=config.state_dir / "cache",
                 host_name=config.host_name,
                 memory_fraction=config.gpu_memory_fraction,
+                **({"estimate": self.predictor.for_gpu(str(d.index or 0))} if self.predictor else {}),
             )
             for d in devices
         ]
@@ -104,6 +108,7 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
     rt = runtime_factory(config)
     app.extensions["generator"] = rt
     app.register_blueprint(api)
+    app.register_blueprint(advice)  # /api/recommendation and /api/predict, proxied to the monitor
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     rt.start()

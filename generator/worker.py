@@ -91,8 +91,14 @@ class Worker:
         while not self._stop.is_set():
             job = self.book.take(timeout_s=0.5)
             self.metrics.queue_pending.set(self.book.pending())
-            if job is not None:
+            if job is None:
+                continue
+            try:
                 self.run_job(job)
+            except Exception as error:  # the loop boundary: a failed report must not stop the worker
+                log.exception("job %s could not be completed or reported", job.job_id)
+                if job.state == "running":
+                    self.book.update(job, state="failed", error=f"internal error: {error.__class__.__name__}")
 
     def _load_and_warm(self) -> None:
         if self.device.type == "cuda" and self.memory_fraction is not None:
@@ -144,9 +150,13 @@ class Worker:
         fraction = self.memory_fraction or 1.0
 
         def free_and_total() -> tuple[int, int]:
+            # What this process may still allocate: the device's free memory plus its own cached blocks, within
+            # its cap. Admission adds back what it holds already (the weights), which the estimates include.
             free, total = torch.cuda.mem_get_info(self.device)
             cap = int(total * fraction)
-            return min(free, cap - torch.cuda.memory_reserved(self.device)), cap
+            allocated = torch.cuda.memory_allocated(self.device)
+            cached = torch.cuda.memory_reserved(self.device) - allocated
+            return min(free + cached, cap - allocated), cap
 
         return free_and_total
 
@@ -177,6 +187,7 @@ class Worker:
             torch.cuda.reset_peak_memory_stats(self.device)
         outcome: tuple[str, str | None, str | None] = ("succeeded", None, None)
         frames = None
+        video: Path | None = None
         try:
             image = Image.open(self.outputs / job.job_id / "input.png").convert("RGB")
             frames = self._call_pipeline(
@@ -186,6 +197,9 @@ class Worker:
                 lambda timing: self._on_stage(job, timing),
                 lambda: job.cancel_requested or self._stop.is_set(),
             )
+            started = time.time()
+            video = write_mp4(frames, self.outputs / job.job_id / "video.mp4", job.effective.fps)
+            self._on_stage(job, StageTiming("export", started, time.time() - started))
         except JobCancelled:
             outcome = ("cancelled", "cancelled while running", None)
         except Exception as error:
@@ -195,15 +209,12 @@ class Worker:
                 log.exception("job %s failed", job.job_id)
                 outcome = ("failed", f"{error.__class__.__name__}: {str(error)[:500]}", "see the generator's log")
         # Released here, after the except block: a live traceback would keep the failed run's tensors alive.
-        if outcome[0] != "succeeded":
-            frames = None
+        frames = None
+        if outcome[0] != "succeeded" or video is None:
             self._release_memory()
             self._finish(job, outcome[0], error=outcome[1], suggestion=outcome[2])
             return
-        started = time.time()
-        path = write_mp4(frames, self.outputs / job.job_id / "video.mp4", job.effective.fps)
-        self._on_stage(job, StageTiming("export", started, time.time() - started))
-        self._finish(job, "succeeded", video_path=str(path.resolve()))
+        self._finish(job, "succeeded", video_path=str(video.resolve()))
 
     def _release_memory(self) -> None:
         gc.collect()

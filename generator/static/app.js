@@ -1,61 +1,233 @@
-// The generator page: submit a job, follow its progress from the status API, play the result.
+// The generator page: check the form against the server's own bounds, pre-fill the monitor's recommendation,
+// submit, follow the job through the status API (progress and ETA), play the clip or show the failure.
+
 const $ = (id) => document.getElementById(id);
+const bounds = JSON.parse($("bounds").textContent);
+const form = $("job-form");
+const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp"];
+const INTEGER_FIELDS = ["num_frames", "steps", "fps", "seed"];
+const FINAL = ["succeeded", "failed", "cancelled"];
+const POLL_MS = 500;
+
 let currentJob = null;
 let timer = null;
+let triedSubmit = false;
+const touched = new Set(); // fields the user changed: the recommendation never overwrites them
 
-function describe(job) {
-  const parts = [];
-  if (job.state === "queued" && job.position) parts.push(`position ${job.position} in the queue`);
-  if (job.state === "running") parts.push(`step ${job.progress.step} of ${job.progress.total_steps}`);
-  if (job.eta_s !== null && job.eta_s !== undefined) parts.push(`about ${Math.round(job.eta_s)} s left`);
-  if (job.notes && job.notes.length) parts.push(job.notes.join("; "));
-  if (job.error) parts.push(`error: ${job.error}`);
-  if (job.suggestion) parts.push(`suggestion: ${job.suggestion}`);
-  return parts.join(" · ");
+function mb(bytesValue) { return `${Math.round(bytesValue / 2 ** 20)} MB`; }
+$("max-upload").textContent = mb(bounds.max_upload_bytes);
+
+// ---- validation: the same rules as generator/validation.py -------------------------------------------------
+
+function checkNumber(name, raw) {
+  const [low, high] = bounds.limits[name];
+  if (raw === "" || raw === null) return name === "seed" ? null : `${name.replace("_", " ")} is required`;
+  const value = Number(raw);
+  const integer = INTEGER_FIELDS.includes(name);
+  if (!Number.isFinite(value) || (integer && !Number.isInteger(value))) {
+    return `must be ${integer ? "a whole number" : "a number"}`;
+  }
+  if (value < low || value > high) return `must be between ${low} and ${high}`;
+  return null;
+}
+
+function fieldErrors() {
+  const errors = {};
+  const file = $("image").files[0];
+  if (!file) errors.image = "choose an image (PNG, JPEG or WebP)";
+  else if (file.type && !IMAGE_TYPES.includes(file.type)) errors.image = "must be a PNG, JPEG or WebP image";
+  else if (file.size > bounds.max_upload_bytes) errors.image = `is ${mb(file.size)}: at most ${mb(bounds.max_upload_bytes)}`;
+  const prompt = $("prompt").value.trim();
+  if (!prompt) errors.prompt = "describe the motion you want";
+  else if (prompt.length > bounds.max_prompt) errors.prompt = `is ${prompt.length} characters: at most ${bounds.max_prompt}`;
+  // eslint-disable-next-line no-control-regex
+  else if (/[\u0000-\u0008\u000b-\u001f]/.test(prompt)) errors.prompt = "must not contain control characters";
+  if (!bounds.resolutions.includes(Number($("resolution").value))) {
+    errors.resolution = `must be one of ${bounds.resolutions.join(", ")}`;
+  }
+  for (const name of Object.keys(bounds.limits)) {
+    const message = checkNumber(name, $(name).value.trim());
+    if (message) errors[name] = message;
+  }
+  return errors;
+}
+
+function showErrors(errors, only = null) {
+  for (const name of ["image", "prompt", "resolution", ...Object.keys(bounds.limits)]) {
+    if (only && !only.has(name)) continue;
+    const message = errors[name] || "";
+    $(`${name}-error`).textContent = message;
+    $(name).setAttribute("aria-invalid", String(Boolean(message)));
+  }
+}
+
+form.addEventListener("input", (event) => {
+  if (!event.target.name) return;
+  touched.add(event.target.name);
+  // Before the first submit, only the field being edited is checked, so the empty form does not shout.
+  showErrors(fieldErrors(), triedSubmit ? null : new Set([event.target.name]));
+});
+
+// ---- the recommendation -------------------------------------------------------------------------------------
+
+async function loadRecommendation() {
+  const note = $("recommendation");
+  let body = null;
+  try {
+    const response = await fetch("/api/recommendation", { headers: { Accept: "application/json" } });
+    body = response.ok ? await response.json() : null;
+  } catch { body = null; }
+  const rec = body && (typeof body.recommendation === "object" && body.recommendation ? body.recommendation : body);
+  if (!rec || rec.resolution === undefined) {
+    note.textContent = "No recommendation available right now (the monitor is not reachable); the defaults are shown.";
+    note.dataset.state = "unavailable";
+    return;
+  }
+  const applied = [];
+  const frames = rec.num_frames ?? rec.frames;
+  for (const [name, value] of [["resolution", rec.resolution], ["num_frames", frames], ["steps", rec.steps]]) {
+    if (value === undefined || value === null || touched.has(name)) continue;
+    const valid = name === "resolution" ? bounds.resolutions.includes(Number(value)) : checkNumber(name, String(value)) === null;
+    if (!valid) continue;
+    $(name).value = String(value);
+    applied.push(name);
+  }
+  const why = rec.reason || rec.message || body.reason || body.message;
+  note.textContent = `Recommended for this GPU: ${rec.resolution}x${rec.resolution}, ${frames ?? "?"} frames, ${rec.steps ?? "?"} steps${why ? ` (${why})` : ""}.`;
+  note.dataset.state = applied.length ? "applied" : "shown";
+}
+
+// ---- following a job ----------------------------------------------------------------------------------------
+
+function duration(s) {
+  if (s === null || s === undefined) return null;
+  if (s < 60) return `${Math.max(1, Math.round(s))} s`;
+  return `${Math.floor(s / 60)} min ${pad(Math.round(s % 60))} s`;
+}
+function pad(n) { return String(n).padStart(2, "0"); }
+function elapsedS(start, end) { return typeof start === "number" ? end - start : (Date.parse(end) - Date.parse(start)) / 1000; }
+
+function render(job) {
+  const ratio = job.state === "succeeded" ? 1 : job.progress.ratio || 0;
+  $("progress").value = ratio;
+  $("progress-label").textContent = `${Math.round(ratio * 100)}%`;
+  const eta = duration(job.eta_s);
+  let text = job.state;
+  if (job.state === "queued") {
+    text = `Queued${job.position ? `, position ${job.position}` : ""}${eta ? ` · done in about ${eta}` : ""}`;
+  } else if (job.state === "running") {
+    text = `Running · step ${job.progress.step} of ${job.progress.total_steps}${eta ? ` · about ${eta} left` : ""}`;
+  } else if (job.state === "succeeded") {
+    const took = job.started_at && job.finished_at ? duration(elapsedS(job.started_at, job.finished_at)) : null;
+    text = `Done${took ? ` in ${took}` : ""}`;
+  } else if (job.state === "failed") {
+    text = "Failed";
+  } else if (job.state === "cancelled") {
+    text = "Cancelled";
+  }
+  $("job-state").textContent = text;
+  $("job-state").dataset.state = job.state;
+  const notes = job.notes || [];
+  $("job-notes").hidden = !notes.length;
+  $("job-notes").textContent = notes.join(" ");
+  const failed = job.state === "failed" || (job.state === "cancelled" && job.error);
+  $("job-failure").hidden = !failed;
+  $("job-error").textContent = failed ? job.error || "The job failed." : "";
+  $("job-suggestion").textContent = failed && job.suggestion ? `Suggestion: ${job.suggestion}` : "";
+  $("job-suggestion").hidden = !(failed && job.suggestion);
+  $("cancel").hidden = FINAL.includes(job.state);
+  if (job.state === "succeeded" && job.video_url && $("video").dataset.job !== job.job_id) {
+    const video = $("video");
+    video.dataset.job = job.job_id;
+    video.src = job.video_url;
+    video.hidden = false;
+    video.play().catch(() => {}); // autoplay may be refused; the controls stay
+  }
 }
 
 async function poll() {
   if (!currentJob) return;
-  const response = await fetch(`/api/jobs/${currentJob}`);
-  const job = await response.json();
-  $("job-state").textContent = job.state;
-  $("progress").value = job.state === "succeeded" ? 1 : job.progress.ratio;
-  $("job-detail").textContent = describe(job);
-  $("job-detail").className = job.error ? "error" : "";
-  if (["succeeded", "failed", "cancelled"].includes(job.state)) {
-    clearInterval(timer);
-    $("cancel").hidden = true;
-    if (job.video_url) {
-      const video = $("video");
-      video.src = job.video_url;
-      video.hidden = false;
-      video.play().catch(() => {});
+  const jobId = currentJob;
+  try {
+    const response = await fetch(`/api/jobs/${jobId}`, { cache: "no-store" });
+    const job = await response.json();
+    if (jobId !== currentJob) return;
+    if (!response.ok) {
+      $("job-state").textContent = job.error || `the status API answered ${response.status}`;
+    } else {
+      render(job);
+      if (FINAL.includes(job.state)) {
+        stop();
+        return;
+      }
     }
+  } catch {
+    $("job-state").textContent = "Lost contact with the generator; retrying…";
   }
+  timer = setTimeout(poll, POLL_MS);
 }
 
-$("job-form").addEventListener("submit", async (event) => {
+function stop() {
+  clearTimeout(timer);
+  timer = null;
+}
+
+form.addEventListener("submit", async (event) => {
   event.preventDefault();
+  triedSubmit = true;
   $("form-error").textContent = "";
-  const form = new FormData(event.target);
-  if (!form.get("seed")) form.delete("seed");
-  const response = await fetch("/api/jobs", { method: "POST", body: form });
-  const body = await response.json();
+  const errors = fieldErrors();
+  showErrors(errors);
+  const first = Object.keys(errors)[0];
+  if (first) {
+    $("form-error").textContent = `Check ${Object.keys(errors).length === 1 ? "the highlighted field" : "the highlighted fields"}.`;
+    $(first).focus();
+    return;
+  }
+  const data = new FormData(form);
+  data.set("prompt", $("prompt").value.trim());
+  if (!data.get("seed")) data.delete("seed");
+  $("submit").disabled = true;
+  let response;
+  let body = {};
+  try {
+    response = await fetch("/api/jobs", { method: "POST", body: data });
+    body = await response.json().catch(() => ({}));
+  } catch {
+    $("form-error").textContent = "The generator did not answer; try again in a moment.";
+    return;
+  } finally {
+    $("submit").disabled = false;
+  }
   if (!response.ok) {
-    $("form-error").textContent = body.error + (body.allowed ? ` (allowed: ${JSON.stringify(body.allowed)})` : "");
+    const retry = response.headers.get("Retry-After");
+    $("form-error").textContent = `${body.error || `Refused (HTTP ${response.status})`}${retry ? ` Try again in about ${retry} s.` : ""}`;
+    if (body.field && $(`${body.field}-error`)) {
+      showErrors({ [body.field]: body.error }, new Set([body.field]));
+      $(body.field).focus();
+    }
     return;
   }
   currentJob = body.job_id;
   $("job").hidden = false;
-  $("job-id").textContent = currentJob;
-  $("video").hidden = true;
-  $("cancel").hidden = false;
-  clearInterval(timer);
-  timer = setInterval(poll, 500);
-  poll();
+  $("job-id").textContent = currentJob.slice(0, 12);
+  $("job-id").title = currentJob;
+  const video = $("video");
+  video.hidden = true;
+  video.removeAttribute("src");
+  delete video.dataset.job;
+  stop();
+  render(body);
+  timer = setTimeout(poll, POLL_MS);
 });
 
 $("cancel").addEventListener("click", async () => {
-  if (currentJob) await fetch(`/api/jobs/${currentJob}/cancel`, { method: "POST" });
-  poll();
+  if (!currentJob) return;
+  const response = await fetch(`/api/jobs/${currentJob}/cancel`, { method: "POST" });
+  if (response.status === 401) {
+    $("job-notes").hidden = false;
+    $("job-notes").textContent = "Cancelling needs the admin token on this generator; ask an operator.";
+  }
 });
+
+loadRecommendation();

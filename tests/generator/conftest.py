@@ -59,7 +59,7 @@ class GeneratorServer:
         """Return a job's status."""
         return requests.get(f"{self.url}/api/jobs/{job_id}", timeout=10).json()
 
-    def wait_state(self, job_id: str, states: tuple[str, ...], deadline_s: float = 120) -> dict[str, Any]:
+    def wait_state(self, job_id: str, states: tuple[str, ...], deadline_s: float = 300) -> dict[str, Any]:
         """Wait until the job is in one of `states` and return its status."""
         wait_for(lambda: self.job(job_id)["state"] in states, deadline_s, f"job {job_id} to reach {states}")
         return self.job(job_id)

@@ -208,3 +208,20 @@ def test_health_names_the_pid_and_metrics_follow_prometheus_names(generator: Gen
     ):
         assert name in text, name
     assert 'i2v_requests_total{status="rejected"}' in text
+
+
+def test_a_failed_export_fails_the_job_and_the_worker_keeps_serving(
+    generator: GeneratorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("generator.worker.write_mp4", disk_full)
+
+    job = generator.wait_state(generator.submit().json()["job_id"], ("succeeded", "failed", "cancelled"))
+
+    assert job["state"] == "failed"
+    assert "No space left on device" in job["error"]
+    assert job["video_url"] is None
+    assert all(worker["ready"] for worker in requests.get(f"{generator.url}/health", timeout=5).json()["workers"])
+    assert generator.runtime.workers[0]._thread.is_alive()
