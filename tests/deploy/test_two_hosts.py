@@ -1,9 +1,11 @@
 """Two hosts, one InfluxDB: two real `python -m monitor` processes, run with the compose service's own command
 (with local ports, data dirs and host names), write to one real influxd. Their series stay apart, the API
-filters by host, and neither loses a point while the other restarts."""
+filters by host (series, jobs, the CSV report), and neither loses a point while the other restarts."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import subprocess
@@ -107,6 +109,13 @@ class Monitor:
         assert answer.json()["accepted"] == len(events)
         return len(events)
 
+    def report_jobs(self, host: str) -> list[tuple[str, str]]:
+        """Return (job_id, host) of each row of the per-job CSV report filtered by `host`."""
+        answer = requests.get(f"{self.url}/reports/jobs.csv", params={"since": "1h", "host": host}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        rows = list(csv.DictReader(io.StringIO(answer.text)))
+        return sorted((row["job_id"], row["host"]) for row in rows)
+
     def get(self, path: str, **params: str) -> dict[str, Any]:
         """GET a read API route as JSON."""
         answer = requests.get(f"{self.url}/{path}", params=params, timeout=10)
@@ -176,6 +185,10 @@ def test_two_hosts_write_apart_filter_by_host_and_lose_nothing_across_a_restart(
             assert sorted((j["id"], j["host"]) for j in jobs) == [(f"{host}-job-{n}", host) for n in (1, 2)]
         unfiltered = monitor.get("series", measurement="host_sample", window="5m")["series"]
         assert sorted(s["tags"]["host"] for s in unfiltered) == ["host-a", "host-b"]
+    # The per-job CSV report filters by host too (each job's summary is written as it ends).
+    for host in ("host-a", "host-b"):
+        expected = [(f"{host}-job-{n}", host) for n in (1, 2)]
+        wait_for(lambda h=host, e=expected: a.report_jobs(h) == e, 30, f"{host}'s jobs in the CSV report")
     a.stop()
     b.stop()
 
