@@ -23,6 +23,8 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 KINDS = ("stage", "job")
 PARAM_NAMES = ("resolution", "num_frames", "steps", "guidance_scale", "fps", "seed")
 MAX_TEXT = 2000
+# The job_id of the stages a worker runs before serving (model_load, warmup): service events, not a user's job.
+STARTUP_JOB_ID = "startup"
 
 
 class EventError(ValueError):

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from common.events import Event
+from common.events import STARTUP_JOB_ID, Event
 from generator.admission import admit, table_estimate
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
@@ -107,12 +107,12 @@ class Worker:
         started = time.time()
         self.pipe = load_pipeline(self.model, self.device, self.dtype, self.cache_dir)
         self._synchronize()
-        self._stage_event("startup", StageTiming("model_load", started, time.time() - started), WARMUP)
+        self._stage_event(STARTUP_JOB_ID, StageTiming("model_load", started, time.time() - started), WARMUP)
         log.info("model %s loaded on %s: %s parameters", self.model, self.device, parameter_counts(self.pipe))
         self.timer = StageTimer(self.pipe, self._synchronize)
         started = time.time()
         self._call_pipeline(WARMUP, Image.new("RGB", (256, 256), (128, 128, 128)), "warm-up", lambda _: None)
-        self._stage_event("startup", StageTiming("warmup", started, time.time() - started), WARMUP)
+        self._stage_event(STARTUP_JOB_ID, StageTiming("warmup", started, time.time() - started), WARMUP)
         self.metrics.ready.set(1)
         self.ready.set()
 

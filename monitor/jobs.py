@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from common.events import parse_iso
+from common.events import STARTUP_JOB_ID, parse_iso
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -81,9 +81,9 @@ def detail(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def group_by_job(events: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Group event dicts by job id."""
+    """Group event dicts by job id; the generator's start-up stages are not a job and are left out."""
     jobs: dict[str, list[dict[str, Any]]] = {}
     for event in events:
-        if event.get("job_id"):
+        if event.get("job_id") and event["job_id"] != STARTUP_JOB_ID:
             jobs.setdefault(event["job_id"], []).append(event)
     return jobs
