@@ -168,6 +168,9 @@ class InfluxStore:
             self._database_ready = False
             self._ensure_database()
             response = self._request("POST", "/write", params={"db": self.database, "precision": "ns"}, data=body)
+            if response.status_code == 404:
+                # Kept, not dropped: the points stay spooled until an administrator creates the database.
+                raise StoreUnavailable(f"database {self.database!r} does not exist and this user may not create it")
         self._raise_for_status(response, "write")
 
     def _ensure_database(self) -> None:
@@ -175,7 +178,13 @@ class InfluxStore:
             return
         create = f"CREATE DATABASE {quote_ident(self.database)}"
         response = self._request("POST", "/query", params={"q": create})
-        if response.status_code >= 500 or response.status_code in (401, 403, 429):
+        if response.status_code == 403:
+            # A write-only user may not create databases (InfluxDB 1.x needs admin rights for it): the database is
+            # then the administrator's to create, and writing goes ahead.
+            log.warning("this InfluxDB user may not CREATE DATABASE %s; writing to it as it is", self.database)
+            self._database_ready = True
+            return
+        if response.status_code >= 500 or response.status_code in (401, 429):
             self._raise_for_status(response, "CREATE DATABASE")
         error = self._statement_error(response)
         if error:

@@ -87,3 +87,20 @@ def test_the_monitor_writes_with_the_admin_url_and_grafana_reads_with_the_read_o
         timeout=10,
     )
     assert refused.status_code == 403, refused.text
+
+
+def test_a_write_only_user_writes_without_rights_to_create_the_database(secured: AuthInfluxServer) -> None:
+    writer, password = "monitor-writer", "writer-secret"
+    for q in (f"CREATE USER \"{writer}\" WITH PASSWORD '{password}'", f'GRANT WRITE ON {DATABASE} TO "{writer}"'):
+        assert secured.statement(q, ADMIN, ADMIN_PASSWORD).ok
+    store = InfluxStore.from_url(f"influxdb://{writer}:{password}@127.0.0.1:{secured.http_port}/{DATABASE}")
+    snapshot = HostSnapshot(0.25, 10 * 10**9, 64 * 10**9, None, None, 100 * 10**9)
+    try:
+        store.write([host_point(snapshot, host_name="write-only-host", time_ns=time.time_ns())])
+    finally:
+        store.close()
+
+    answer = secured.statement(
+        "SELECT cpu_ratio FROM host_sample WHERE host = 'write-only-host'", ADMIN, ADMIN_PASSWORD
+    ).json()
+    assert answer["results"][0]["series"][0]["values"][0][1] == 0.25
