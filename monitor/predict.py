@@ -207,9 +207,19 @@ class Prediction:
     time: Estimate
 
     @property
+    def peak_bytes(self) -> int:
+        """Return the predicted peak memory in whole bytes."""
+        return round(self.memory.value)
+
+    @property
+    def margin_bytes(self) -> int:
+        """Return the memory margin in whole bytes (rounded up)."""
+        return math.ceil(self.memory.margin)
+
+    @property
     def estimate_bytes(self) -> int:
         """Return the peak memory plus its margin: what to budget for."""
-        return round(self.memory.value + self.memory.margin)
+        return self.peak_bytes + self.margin_bytes
 
     def describe(self) -> str:
         """Return how the prediction was made, in words."""
@@ -224,8 +234,8 @@ class Prediction:
             "params": self.shape.to_dict(),
             "gpu_model": self.gpu_model,
             "memory": {
-                "peak_bytes": round(self.memory.value),
-                "margin_bytes": round(self.memory.margin),
+                "peak_bytes": self.peak_bytes,
+                "margin_bytes": self.margin_bytes,
                 "estimate_bytes": self.estimate_bytes,
                 "source": self.memory.source,
                 "jobs": self.memory.jobs,

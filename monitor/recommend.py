@@ -87,8 +87,8 @@ class Recommendation:
             "recommended": p.shape.to_dict(),
             "fits": self.fits,
             "predicted": {
-                "peak_bytes": round(p.memory.value),
-                "margin_bytes": round(p.memory.margin),
+                "peak_bytes": p.peak_bytes,
+                "margin_bytes": p.margin_bytes,
                 "estimate_bytes": p.estimate_bytes,
                 "time_s": round(p.time.value, 3),
                 "time_margin_s": round(p.time.margin, 3),

@@ -1,0 +1,231 @@
+"""The predictor: the prior with no history, a known law learned from a synthetic history, margins, refits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from monitor.app import create_app, get_context
+from monitor.config import MonitorConfig
+from monitor.predict import (
+    MIN_MARGIN_RATIO,
+    PRIOR_MEMORY_SPREAD,
+    JobShape,
+    Law,
+    Predictor,
+    Z,
+    memory_features,
+    prior_memory_bytes,
+    prior_time_s,
+)
+from monitor.store import Store
+from tests.monitor.history import (
+    H100,
+    NOW_NS,
+    GiB,
+    each_store,
+    gpu_sample,
+    history,
+    random_shapes,
+    store_url,
+    summarize_into,
+    true_peak_bytes,
+    true_run_s,
+)
+
+PROBES = [JobShape(256, 8, 10), JobShape(512, 16, 50), JobShape(768, 24, 80), JobShape(1024, 32, 100)]
+
+
+@pytest.fixture(params=["sqlite", "influxdb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    yield from each_store(request, tmp_path)
+
+
+def test_with_no_history_the_prior_is_the_design_table(tmp_path: Path) -> None:
+    from monitor.store.sqlite import SqliteStore
+
+    predictor = Predictor(SqliteStore(tmp_path / "empty.db"), clock_ns=lambda: NOW_NS)
+    for shape, table_gib in [(JobShape(256, 16, 50), 6), (JobShape(512, 16, 50), 12), (JobShape(1024, 16, 50), 20)]:
+        prediction = predictor.predict(shape, H100)
+        assert prediction.memory.value == table_gib * GiB
+        assert prediction.memory.source == "prior"
+        assert prediction.memory.jobs == 0
+        assert prediction.memory.margin == pytest.approx(table_gib * GiB * Z * PRIOR_MEMORY_SPREAD)
+        assert prediction.time.value == pytest.approx(prior_time_s(shape))
+    assert predictor.predict(JobShape(768, 32, 50), None).memory.value == pytest.approx(
+        (16 + 16 * 0.15) * GiB, rel=1e-6
+    )
+    assert "prior" in predictor.predict(JobShape(512, 16, 50), H100).describe()
+
+
+@pytest.mark.parametrize("jobs", [60, 200])
+def test_a_known_law_is_learned_within_a_few_percent(jobs: int) -> None:
+    from monitor.predict import Laws, Observation
+
+    observations = [
+        Observation(
+            H100, s, round(true_peak_bytes(s) * (1 + 0.01 * ((i % 5) - 2))), true_run_s(s) * (1 + 0.01 * ((i % 3) - 1))
+        )
+        for i, s in enumerate(random_shapes(jobs))
+    ]
+    laws = Laws(observations)
+    tolerance = 0.03 if jobs == 60 else 0.015
+    for probe in PROBES:
+        assert laws.memory.estimate(probe).value == pytest.approx(true_peak_bytes(probe), rel=tolerance)
+        assert laws.time.estimate(probe).value == pytest.approx(true_run_s(probe), rel=2 * tolerance)
+        # The truth lies within the margin.
+        memory = laws.memory.estimate(probe)
+        assert abs(memory.value - true_peak_bytes(probe)) <= memory.margin
+
+
+def test_the_margin_shrinks_as_jobs_accumulate() -> None:
+    probe = JobShape(512, 16, 50)
+    shapes = random_shapes(160)
+    margins = []
+    for n in (0, 5, 20, 80, 160):
+        observations = [(s, true_peak_bytes(s) * (1 + 0.005 * ((i % 3) - 1))) for i, s in enumerate(shapes[:n])]
+        estimate = Law(memory_features, prior_memory_bytes, PRIOR_MEMORY_SPREAD, observations).estimate(probe)
+        margins.append(estimate.margin / estimate.value)
+        assert estimate.prior_weight == pytest.approx(1.0 / (n + 1.0))
+    assert margins == sorted(margins, reverse=True)
+    assert margins[-1] < 0.05
+    assert margins[-1] >= MIN_MARGIN_RATIO
+
+
+def test_jobs_all_of_one_size_set_its_level_and_the_margin_widens_far_from_them() -> None:
+    here, far = JobShape(512, 16, 50), JobShape(1024, 32, 50)
+    observations = [(here, true_peak_bytes(here))] * 20
+    law = Law(memory_features, prior_memory_bytes, PRIOR_MEMORY_SPREAD, observations)
+    near_estimate, far_estimate = law.estimate(here), law.estimate(far)
+    assert near_estimate.value == pytest.approx(true_peak_bytes(here), rel=0.05)  # the table says 12.9 GB, truth 7.6
+    assert far_estimate.margin / far_estimate.value > 2 * near_estimate.margin / near_estimate.value
+    assert far_estimate.value + far_estimate.margin >= true_peak_bytes(far)  # safe where it had to guess
+
+
+def test_guidance_off_halves_the_work_through_the_unet() -> None:
+    assert JobShape(512, 16, 50, guidance_scale=1.0).x == pytest.approx(JobShape(512, 16, 50).x / 2)
+
+
+def test_the_predictor_learns_from_the_store_per_gpu_model(store: Store) -> None:
+    summarize_into(store, history(random_shapes(40), gpu="0"))
+    summarize_into(store, history(random_shapes(10, seed=9), gpu="1", seed=4, peak=lambda s: 2 * true_peak_bytes(s)))
+    store.write([gpu_sample(used=10**9, gpu="0"), gpu_sample(used=10**9, gpu="1", name="Other GPU", total=24 * 10**9)])
+    predictor = Predictor(store, clock_ns=lambda: NOW_NS)
+
+    h100 = predictor.predict(JobShape(512, 16, 50), H100)
+    other = predictor.predict(JobShape(512, 16, 50), "Other GPU")
+    unknown = predictor.predict(JobShape(512, 16, 50), "Never seen")
+
+    assert (h100.memory.source, h100.memory.jobs) == ("learned", 40)
+    assert h100.memory.value == pytest.approx(true_peak_bytes(JobShape(512, 16, 50)), rel=0.03)
+    assert h100.time.value == pytest.approx(true_run_s(JobShape(512, 16, 50)), rel=0.06)
+    assert (other.memory.source, other.memory.jobs) == ("learned", 10)
+    assert other.memory.value > 1.5 * h100.memory.value
+    assert unknown.memory.source == "prior"
+    assert set(predictor.status()["models"]) == {H100, "Other GPU"}
+
+
+class CountingStore:
+    """The real store, counting the reads of `job_summary`: the predictor must not read per request."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.reads = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def query_points(self, measurement: str, *args: Any, **kwargs: Any) -> Any:
+        self.reads += measurement == "job_summary"
+        return self.store.query_points(measurement, *args, **kwargs)
+
+
+def test_it_refits_when_a_job_ends_or_the_cadence_passes_never_per_request(tmp_path: Path) -> None:
+    from monitor.store.sqlite import SqliteStore
+
+    counting = CountingStore(SqliteStore(tmp_path / "m.db"))
+    now = [100.0]
+    predictor = Predictor(counting, clock_ns=lambda: NOW_NS, monotonic=lambda: now[0], refit_after_s=300)  # type: ignore[arg-type]
+    shape = JobShape(512, 16, 50)
+    for _ in range(20):
+        predictor.predict(shape, H100)
+    assert counting.reads == 1
+
+    summarize_into(counting.store, history(random_shapes(5)))
+    counting.store.write([gpu_sample(used=10**9)])
+    predictor.mark_dirty()
+    predictor.predict(shape, H100)
+    assert counting.reads == 1  # within the minimum interval
+    now[0] += 6
+    assert predictor.predict(shape, H100).memory.jobs == 5
+    assert counting.reads == 2
+    now[0] += 200
+    predictor.predict(shape, H100)
+    assert counting.reads == 2  # nothing new, cadence not yet due
+    now[0] += 101
+    predictor.predict(shape, H100)
+    assert counting.reads == 3
+
+
+@pytest.fixture(params=["sqlite", "influxdb"])
+def monitor_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flask]:
+    config = replace(
+        MonitorConfig(),
+        store_url=store_url(request.param, tmp_path, request),
+        spool_dir=tmp_path / "spool",
+        data_dir=tmp_path,
+    )
+    app = create_app(config, clock_ns=lambda: NOW_NS)
+    yield app
+    get_context(app).close()
+
+
+def test_predict_learns_from_ingested_jobs_and_judges_the_fit_now(monitor_app: Flask) -> None:
+    client = monitor_app.test_client()
+    events = history(random_shapes(30))
+    for start in range(0, len(events), 1000):
+        batch = [e.to_dict() for e in events[start : start + 1000]]
+        assert client.post("/monitor/api/events", json={"events": batch}).status_code == 200
+    ctx = get_context(monitor_app)
+    ctx.writer.write([gpu_sample(used=20 * 10**9, own=15 * 10**9)])
+    assert ctx.writer.flush()
+
+    body = client.get("/monitor/api/predict?resolution=512&frames=16&steps=50&gpu=0&host=node-a").get_json()
+
+    assert body["memory"]["source"] == "learned"
+    assert body["memory"]["jobs"] == 30
+    assert body["memory"]["peak_bytes"] == pytest.approx(true_peak_bytes(JobShape(512, 16, 50)), rel=0.03)
+    assert body["memory"]["estimate_bytes"] == body["memory"]["peak_bytes"] + body["memory"]["margin_bytes"]
+    assert body["gpu"]["model"] == H100
+    assert body["gpu"]["available_bytes"] == 80 * 10**9 * 8 // 10 - 5 * 10**9
+    assert body["fits"] is True
+    assert "learned from 30 job(s)" in body["how"]
+    assert (
+        client.get("/monitor/api/predict?resolution=1024&frames=32&steps=50&gpu=" + H100).get_json()["gpu"]["gpu"]
+        == "0"
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("frames=16&steps=50", "resolution is required"),
+        ("resolution=500&frames=16&steps=50", "resolution must be one of 256, 512, 768, 1024"),
+        ("resolution=512&frames=sixteen&steps=50", "frames must be an integer from 8 to 32"),
+        ("resolution=512&frames=16&steps=500", "steps must be from 10 to 100"),
+        ("resolution=512&frames=16&steps=50&guidance=nan", "guidance must be from 1 to 20"),
+    ],
+)
+def test_predict_refuses_bad_parameters_saying_what_to_change(tmp_path: Path, query: str, says: str) -> None:
+    config = replace(MonitorConfig(), store_url=f"sqlite:///{tmp_path}/m.db", spool_dir=tmp_path / "spool")
+    app = create_app(config, clock_ns=lambda: NOW_NS)
+    try:
+        response = app.test_client().get(f"/monitor/api/predict?{query}")
+        assert response.status_code == 400
+        assert says in response.get_json()["error"]
+    finally:
+        get_context(app).close()
