@@ -18,8 +18,10 @@ from monitor.recommend import LADDER, recommend, seed_tier
 from tests.monitor.history import (
     H100,
     NOW_NS,
+    NOW_S,
     gpu_sample,
     history,
+    job_events,
     random_shapes,
     store_url,
     true_peak_bytes,
@@ -151,3 +153,26 @@ def test_the_recommendation_route_learns_from_ingested_jobs(monitor_app: Flask) 
     assert missing.status_code == 404
     assert "no recent sample of GPU 7" in missing.get_json()["error"]
     assert client.get("/monitor/api/recommendation?gpu=0&max_time_s=soon").status_code == 400
+
+
+def test_the_summary_ranks_generation_times_per_configuration(monitor_app: Flask) -> None:
+    shape = JobShape(512, 16, 50)
+    events = history([shape] * 20 + [JobShape(256, 8, 10)] * 3, noise=0.05)
+    events += job_events("oom", submitted_s=NOW_S - 100, shape=shape, run_s=2.0, peak_bytes=None, status="failed")
+    client = monitor_app.test_client()
+    batch = [e.to_dict() for e in events]
+    for start in range(0, len(batch), 1000):
+        assert client.post("/monitor/api/events", json={"events": batch[start : start + 1000]}).status_code == 200
+    assert get_context(monitor_app).writer.flush()
+
+    body = client.get("/monitor/api/summary?window=1d").get_json()
+
+    by_size = {(c["resolution"], c["num_frames"], c["steps"]): c for c in body["configurations"]}
+    big = by_size[(512, 16, 50)]
+    assert (big["jobs"], big["succeeded"], big["failed"], big["cancelled"]) == (21, 20, 1, 0)
+    assert big["success_rate"] == pytest.approx(20 / 21, abs=1e-4)
+    assert big["fastest_s"] <= big["median_s"] <= big["p95_s"]
+    assert big["median_s"] == pytest.approx(true_run_s(shape), rel=0.05)
+    assert big["gpu_model"] == "gpu 0"  # no sample named the GPU
+    assert by_size[(256, 8, 10)]["jobs"] == 3
+    assert client.get("/monitor/api/summary?window=forever").status_code == 400
