@@ -1,0 +1,156 @@
+"""Admission control takes the monitor's learned estimate when it answers, the table when not, and says which."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+from flask import Flask
+
+from generator.admission import GiB, admit, table_estimate
+from generator.predictor import MonitorPredictor, advice
+from generator.validation import JobParams
+from monitor.app import create_app, get_context
+from monitor.config import MonitorConfig
+from monitor.predict import JobShape
+from tests.monitor.history import NOW_NS, gpu_sample, history, random_shapes, summarize_into, true_peak_bytes
+from tests.servers import AppServer, free_port
+
+HOST = "gen-host"
+DEFAULT_JOB = JobParams(resolution=512, num_frames=16, steps=50, guidance_scale=9.0, fps=8)
+TIGHT = (10 * GiB, 80 * GiB)  # 10 GiB free: the table's 12 GiB for 512p/16 does not fit, the H100's 7.7 GB does
+
+
+class CountingSession(requests.Session):
+    """A real session that counts its GETs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    def get(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.gets += 1
+        return super().get(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real monitor (SQLite) that has measured 30 jobs on this generator's H100, served over HTTP."""
+    tmp = tmp_path_factory.mktemp("monitor")
+    config = replace(MonitorConfig(), store_url=f"sqlite:///{tmp}/m.db", spool_dir=tmp / "spool", data_dir=tmp)
+    app = create_app(config, clock_ns=lambda: NOW_NS)
+    store = get_context(app).store
+    summarize_into(store, history(random_shapes(30), host=HOST))
+    store.write([gpu_sample(used=20 * 10**9, own=15 * 10**9, host=HOST)])
+    server = AppServer(app).start()
+    yield server.url
+    server.stop()
+    get_context(app).close()
+
+
+def test_admission_uses_the_monitors_learned_estimate_and_says_so(monitor: str) -> None:
+    predictor = MonitorPredictor(monitor, HOST)
+
+    verdict = admit(DEFAULT_JOB, lambda: TIGHT, predictor.for_gpu("0"))
+
+    assert verdict.params == DEFAULT_JOB  # the table would have degraded it
+    assert verdict.estimate_bytes == pytest.approx(true_peak_bytes(JobShape(512, 16, 50)), rel=0.1)
+    assert verdict.notes[0].startswith("memory estimate from the monitor:")
+    assert "learned from 30 job(s) measured on NVIDIA H100 80GB HBM3" in verdict.notes[0]
+    assert admit(DEFAULT_JOB, lambda: TIGHT).params != DEFAULT_JOB
+
+
+def test_answers_are_cached_per_parameter_set_for_a_while(monitor: str) -> None:
+    session, now = CountingSession(), [0.0]
+    predictor = MonitorPredictor(monitor, HOST, session=session, ttl_s=60, clock=lambda: now[0])
+    first = predictor.estimate(DEFAULT_JOB, "0")
+    assert predictor.estimate(DEFAULT_JOB, "0") == first
+    assert session.gets == 1
+    predictor.estimate(replace(DEFAULT_JOB, num_frames=24), "0")
+    assert session.gets == 2
+    now[0] = 61
+    predictor.estimate(DEFAULT_JOB, "0")
+    assert session.gets == 3
+
+
+def test_without_the_monitor_the_table_answers_at_once_and_says_why() -> None:
+    session, now = CountingSession(), [0.0]
+    predictor = MonitorPredictor(f"http://127.0.0.1:{free_port()}", HOST, session=session, clock=lambda: now[0])
+
+    verdict = admit(DEFAULT_JOB, lambda: TIGHT, predictor.for_gpu("0"))
+
+    assert verdict.params == replace(DEFAULT_JOB, resolution=256)  # as the table decides
+    assert verdict.notes[0].startswith("memory estimate from the table: 6.0 GB (the monitor did not answer (Connection")
+    assert "degraded 512p/16 frames to 256p/16 frames" in verdict.notes[1]
+    assert session.gets == 1  # the degraded shape did not ask again: the monitor is left alone a while
+    assert predictor.estimate(DEFAULT_JOB, "0") == table_estimate(DEFAULT_JOB)
+    assert session.gets == 1
+    now[0] = 31
+    predictor.estimate(DEFAULT_JOB, "0")
+    assert session.gets == 2
+
+
+def test_a_monitor_that_answers_nonsense_is_not_believed(monitor: str) -> None:
+    predictor = MonitorPredictor(monitor + "/nowhere", HOST)
+    estimate = predictor.estimate(DEFAULT_JOB, "0")
+    assert estimate == table_estimate(DEFAULT_JOB)
+    assert "did not answer (ValueError)" in estimate.source
+
+
+def page_app(predictor: MonitorPredictor | None) -> Flask:
+    """The generator's advice routes over a runtime with one GPU worker (the routes read nothing else)."""
+    app = Flask("generator-page")
+    app.extensions["generator"] = SimpleNamespace(predictor=predictor, workers=[SimpleNamespace(gpu="0")])
+    app.register_blueprint(advice)
+    return app
+
+
+def test_the_page_gets_the_recommendation_and_predictions_through_the_generator(monitor: str) -> None:
+    client = page_app(MonitorPredictor(monitor, HOST)).test_client()
+
+    recommendation = client.get("/api/recommendation")
+    assert recommendation.status_code == 200
+    body = recommendation.get_json()
+    assert body["gpu"]["host"] == HOST
+    assert body["fits"] is True
+    assert set(body["recommended"]) == {"resolution", "num_frames", "steps", "guidance_scale"}
+    assert body["reason"]
+
+    prediction = client.get("/api/predict?resolution=1024&frames=32&steps=50")
+    assert prediction.status_code == 200
+    assert prediction.get_json()["fits"] is True
+    assert client.get("/api/predict?resolution=1000&frames=32&steps=50").status_code == 400
+    assert client.get("/api/recommendation?gpu=5").status_code == 400
+
+
+def test_the_page_routes_say_when_there_is_no_monitor_or_it_is_down() -> None:
+    assert page_app(None).test_client().get("/api/recommendation").status_code == 503
+    down = page_app(MonitorPredictor(f"http://127.0.0.1:{free_port()}", HOST)).test_client().get("/api/recommendation")
+    assert down.status_code == 504
+    assert "did not answer" in down.get_json()["error"]
+
+
+def test_workers_get_the_monitors_estimate_when_a_monitor_is_configured(tmp_path: Path) -> None:
+    from generator.app import Runtime
+    from generator.config import GeneratorConfig
+
+    config = GeneratorConfig(outputs=tmp_path / "out", state_dir=tmp_path / "state", monitor_url="http://127.0.0.1:9")
+    runtime = Runtime(config)  # workers are built, not started: nothing loads
+    try:
+        assert runtime.predictor is not None
+        assert runtime.workers[0].estimate is not table_estimate
+    finally:
+        runtime.events.close()
+        runtime.book.close()
+    bare = Runtime(replace(config, monitor_url=None, state_dir=tmp_path / "state2"))
+    try:
+        assert bare.predictor is None
+        assert bare.workers[0].estimate is table_estimate
+    finally:
+        bare.events.close()
+        bare.book.close()
