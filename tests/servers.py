@@ -147,11 +147,11 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 class AppServer:
     """A WSGI app served by waitress in a thread on a free loopback port (the production server)."""
 
-    def __init__(self, app: object) -> None:
-        """Bind the port now; `start()` serves."""
+    def __init__(self, app: object, port: int | None = None) -> None:
+        """Bind `port` (default: a free one) now; `start()` serves."""
         import waitress  # only the app tests need it
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # A short loop timeout so stop() returns at once rather than after the default 1 s select.
         self._server = waitress.create_server(

@@ -257,6 +257,7 @@ class RestartGeneratorAction:
             "next_allowed_at": iso(self._next_allowed_at) if self._next_allowed_at else None,
             "next_delay_s": self._delay_s,
             "gave_up": self.gave_up,
+            "last_asked_at": iso(self._last_asked_at),
         }
 
 
