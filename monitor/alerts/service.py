@@ -173,7 +173,9 @@ class AlertService:
         values = dict(self._fed)
         if self._writer_health is not None:
             health = self._writer_health()
-            values["store_up"] = 1.0 if health.store_reachable else 0.0
+            # None before the writer's first attempt: unknown holds the rule rather than reading as down.
+            reachable = health.store_reachable
+            values["store_up"] = None if reachable is None else (1.0 if reachable else 0.0)
             values["spool_records"] = float(health.spool_pending_points)
         if self.poller is not None:
             values.update(self.poller.poll())

@@ -256,6 +256,8 @@ def test_store_health_feeds_the_store_rules_and_metrics_join_the_monitor_registr
     clock.advance(121)
     names = {a.name for a in service.tick() if a.state == FIRING}
     assert {"StoreUnreachable", "SpoolGrowing"} <= names
+    health.store_reachable = None  # a writer that has not tried yet: unknown, not down
+    assert service.host_values()["store_up"] is None
     monitor_registry = CollectorRegistry(auto_describe=False)  # as monitor.metrics.make_registry builds it
     monitor_registry.register(service.registry)
     text = generate_latest(monitor_registry).decode()

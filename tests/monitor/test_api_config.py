@@ -84,6 +84,32 @@ def test_python_m_monitor_fails_fast_on_a_bad_store_url() -> None:
     assert result.stderr.startswith("monitor: --store must be")
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "start"),
+    [
+        (["--alert-rules", "{tmp}/rules.yml"], {}, "monitor: {tmp}/rules.yml:2: rule 'X'"),
+        (["--clip-model", "{tmp}/no-clip"], {}, "monitor: CLIP model folder {tmp}/no-clip does not exist"),
+        ([], {"ALERT_WEBHOOK_URLS": "hooks.example/x"}, "monitor: ALERT_WEBHOOK_URLS takes http(s) URLs"),
+    ],
+)
+def test_python_m_monitor_fails_fast_on_bad_alerting_or_quality_settings(
+    tmp_path: Path, argv: list[str], env: dict[str, str], start: str
+) -> None:
+    (tmp_path / "rules.yml").write_text("rules:\n  - alert: X\n    severity: loud\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "--data-dir", str(tmp_path), *(a.format(tmp=tmp_path) for a in argv)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert result.stderr.startswith(start.format(tmp=tmp_path)), result.stderr
+
+
 def test_python_m_monitor_serves_ingests_and_flushes_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     process = subprocess.Popen(
@@ -109,6 +135,13 @@ def test_python_m_monitor_serves_ingests_and_flushes_on_sigterm(tmp_path: Path) 
         answer = requests.post(f"{url}/events", json=[event.to_dict()], timeout=10)
         assert answer.json() == {"accepted": 1, "duplicates": 0}
         wait_for(lambda: requests.get(f"{url}/status", timeout=5).json()["sampler"]["ticks_total"] >= 1, 30, "a tick")
+        # Alerting and quality are wired in: the Watchdog fires, and quality answers for jobs it knows.
+        alerts = requests.get(f"{url}/alerts", timeout=5).json()
+        assert "Watchdog" in {alert["alertname"] for alert in alerts["active"]}
+        assert requests.get(f"{url}/jobs/j/quality", timeout=5).status_code == 404
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert "i2v_alerts{" in metrics
+        assert "i2v_quality_queue_pending" in metrics
     finally:
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=30)
@@ -119,3 +152,4 @@ def test_python_m_monitor_serves_ingests_and_flushes_on_sigterm(tmp_path: Path) 
         assert store.query_points(HOST_SAMPLE, 0, 2**62)
     finally:
         store.close()
+    assert (tmp_path / "alerts-state.json").is_file()  # beside the data, not in the working directory
