@@ -9,6 +9,9 @@ Delivery is at least once: a consumer peeks, delivers, then acks. A crash betwee
 those records after a restart. Both consumers are idempotent (the monitor's ingest dedupes on `event_id`; a
 store stores a point with the same series and time once), so a redelivery never counts twice.
 
+A failed append (a full disk: ENOSPC) raises OSError and leaves no trace: its partial bytes are cut off, so
+the records before and after it read back intact.
+
 The bound: when the segment files exceed `max_bytes`, whole segments are dropped, oldest first, and the
 records they held counted in `dropped_total` (logged once per episode: the first drop, then a summary when
 the spool drains). The newest segment is never dropped, so the bound can be exceeded by at most one segment.
@@ -84,10 +87,14 @@ class Spool:
             segment = self._writable_segment(len(data))
             offset = segment.size_bytes
             # Opened per append (microseconds) so no file handle outlives a call or needs closing.
-            with segment.path.open("ab") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with segment.path.open("ab") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError:
+                self._undo_partial_write(segment)
+                raise
             for line in data.splitlines(keepends=True):
                 segment.starts.append(offset)
                 offset += len(line)
@@ -222,6 +229,16 @@ class Spool:
         self._segments.append(segment)
         self._writable = segment
         return segment
+
+    def _undo_partial_write(self, segment: _Segment) -> None:
+        """Cut a failed append's partial bytes (disk full) so the next record starts where the index says."""
+        try:
+            os.truncate(segment.path, segment.size_bytes)
+        except OSError:
+            # Cannot even truncate: leave that file to the next start's scan (which skips a torn line) and
+            # append to a fresh segment from now on.
+            self._writable = None
+            log.warning("spool %s: a failed append left a torn line in %s", self.directory, segment.path.name)
 
     def _enforce_bound(self) -> None:
         """Drop the oldest segments while the files exceed `max_bytes`; the newest one always stays."""

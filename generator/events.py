@@ -77,6 +77,8 @@ class EventSender:
         self._wake = threading.Event()
         self.delivered_total = 0
         self.failures_total = 0
+        self._unspoolable_lost_total = 0
+        self._spool_failing = False
         self._monitor_down = False
         self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
         if self._url:
@@ -92,6 +94,17 @@ class EventSender:
     def pending(self) -> int:
         """Return the events written to the spool and not yet accepted by the monitor."""
         return self._spool.pending() if self._spool else 0
+
+    def queued(self) -> int:
+        """Return the events emitted and not yet written to the spool."""
+        return self._inbox.qsize()
+
+    @property
+    def dropped_total(self) -> int:
+        """Return the events lost: the spool's oldest dropped at its bound, or unspoolable (disk full) and
+        undeliverable at that moment."""
+        spool_dropped = self._spool.dropped_total if self._spool else 0
+        return spool_dropped + self._unspoolable_lost_total
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until every emitted event is delivered; return whether that happened within the timeout."""
@@ -118,21 +131,54 @@ class EventSender:
             event = self._inbox.get_nowait()
             if event is not None:
                 batch.append(event.to_dict())
-        if batch and self._spool:
+        if not batch or not self._spool:
+            return
+        try:
             self._spool.append(batch)
+        except OSError as error:  # the disk is full or gone: hand the batch over directly if the monitor is there
+            self._unspoolable(batch, error)
+            return
+        if self._spool_failing:
+            log.warning("the event spool takes events again")
+            self._spool_failing = False
+
+    def _unspoolable(self, batch: list[dict], error: OSError) -> None:
+        """Send a batch the spool refused straight to the monitor, after what is spooled; else count it lost."""
+        if not self._spool_failing:
+            log.error("cannot spool events (%s): sending them directly, dropping what the monitor cannot take", error)
+            self._spool_failing = True
+        if self._spool is not None and self._spool.pending() == 0:  # nothing older waits: order is kept
+            try:
+                response = self._session.post(
+                    self._url or "", json={"events": batch}, headers=self._headers, timeout=self._timeout_s
+                )
+                if response.status_code == 200:
+                    self.delivered_total += len(batch)
+                    return
+            except requests.RequestException:
+                pass
+        self._unspoolable_lost_total += len(batch)
 
     def _run(self) -> None:
         backoff_s = 0.5
         while not self._stop.is_set():
-            self._drain_inbox()
-            if self._deliver_spooled():
+            try:
+                self._drain_inbox()
+                delivered = self._deliver_spooled()
+            except Exception:  # the loop boundary: the sender must outlive a surprise; spooled events stay
+                log.exception("event delivery failed; spooled events stay for the next attempt")
+                delivered = False
+            if delivered:
                 backoff_s = 0.5
                 self._wake.wait(timeout=1.0)
             else:
                 self._wake.wait(timeout=backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
             self._wake.clear()
-        self._drain_inbox()
+        try:
+            self._drain_inbox()
+        except Exception:  # stopping: what cannot be spooled now is lost, and said so
+            log.exception("could not spool the last events while stopping")
 
     def _deliver_spooled(self) -> bool:
         """Send spooled batches until the spool is empty; return False when the monitor did not take one.

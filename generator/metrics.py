@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 
 JOB_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
 STAGE_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
@@ -40,3 +43,20 @@ class GeneratorMetrics:
             "i2v_job_peak_memory_bytes", "Peak GPU memory torch allocated during the last job.", registry=r
         )
         self.events_spooled = Gauge("i2v_events_spooled", "Events waiting in the spool for the monitor.", registry=r)
+
+    def watch_events_dropped(self, read: Callable[[], int]) -> None:
+        """Export `read()` (the event sender's lost events) as i2v_events_dropped_total at each scrape."""
+        self.registry.register(_EventsDropped(read))
+
+
+class _EventsDropped:
+    """A counter read from the event sender when scraped: events lost at the spool's bound or to a full disk."""
+
+    def __init__(self, read: Callable[[], int]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the counter."""
+        yield CounterMetricFamily(
+            "i2v_events_dropped", "Events lost: the spool's oldest at its bound, or unspoolable.", value=self._read()
+        )
