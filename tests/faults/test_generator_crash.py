@@ -73,8 +73,9 @@ def test_a_killed_generator_fails_its_job_resumes_its_queue_and_is_alerted(tmp_p
         assert resolved, monitor.alerts()
         # The failure of the killed job reaches the monitor as an event, like any other.
         wait_for(
-            lambda: requests.get(f"{monitor.url}/monitor/api/jobs/{running}", timeout=10).json().get("status")
-            == "failed",
+            lambda: (
+                requests.get(f"{monitor.url}/monitor/api/jobs/{running}", timeout=10).json().get("status") == "failed"
+            ),
             60,
             "the monitor to see the killed job failed",
         )
