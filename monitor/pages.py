@@ -1,9 +1,12 @@
 """Read a measurement from any store in time-ordered pages: every point once, in constant memory.
 
 `Store.query_points` returns a list; a report over a year of jobs must not hold that list. `iter_points`
-asks for `page_size` points at a time from a moving cursor. Points are identified by (time, tag set), as the
-stores identify them, so the points that share the last time of a page are remembered and skipped when the
-next page starts at that time (two jobs may end in the same nanosecond on two GPUs).
+reads it a time window at a time, windows half-open and back to back, so each point is read once, and the
+points of one instant always share a page. The window adapts to aim at `page_size` points: it grows where
+points are sparse and shrinks where they are dense; a window that meets the limit (`OVERFILL` pages) ends
+at its last instant, which the next window reads again whole. (Windows rather than only "the next N after
+the last time": InfluxDB applies LIMIT per series, so with N series a limit-paged read fetches up to N
+pages to keep one.)
 """
 
 from __future__ import annotations
@@ -12,11 +15,10 @@ from collections.abc import Iterator, Mapping
 
 from monitor.store.base import FilterValue, Point, Store
 
-PAGE_SIZE = 5000
-
-
-def _key(point: Point) -> tuple[int, tuple[tuple[str, str], ...]]:
-    return point.time_ns, tuple(sorted(point.tags.items()))
+PAGE_SIZE = 1000  # points: a page of job summaries is about 3 MB of Python objects
+OVERFILL = 2  # a window may hold up to this many pages before it is read again smaller
+FIRST_WINDOW_NS = 60 * 1_000_000_000
+MAX_GROWTH = 4
 
 
 def iter_points(
@@ -29,28 +31,31 @@ def iter_points(
     fields: Mapping[str, FilterValue] | None = None,
     page_size: int = PAGE_SIZE,
 ) -> Iterator[Point]:
-    """Yield the points in [start_ns, end_ns) matching the filters, oldest first, one page in memory at a time.
+    """Yield the points in [start_ns, end_ns) matching the filters, oldest first, about one page in memory.
 
     Raises:
         StoreUnavailable, StoreRejected: as `Store.query_points`, from whichever page met the problem.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, got {page_size}")
+    limit = page_size * OVERFILL
+    window = FIRST_WINDOW_NS
     cursor = start_ns
-    seen_at_cursor: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
     while cursor < end_ns:
-        page = store.query_points(measurement, cursor, end_ns, tags=tags, fields=fields, limit=page_size)
-        for point in page:
-            if point.time_ns != cursor or _key(point) not in seen_at_cursor:
-                yield point
-        if len(page) < page_size:
-            return
-        last = page[-1].time_ns
-        at_last = {_key(p) for p in page if p.time_ns == last}
-        if last == cursor:
-            # A whole page shares one instant: remember it all and ask for a larger page from the same time.
-            seen_at_cursor |= at_last
-            page_size *= 2
-        else:
-            seen_at_cursor = at_last
-            cursor = last
+        upper = min(cursor + window, end_ns)
+        page = store.query_points(measurement, cursor, upper, tags=tags, fields=fields, limit=limit)
+        if len(page) >= limit:
+            # Cut short: the stores return the oldest `limit` points, so every instant before the last one
+            # is whole; the last instant is read again with the next window.
+            last = page[-1].time_ns
+            if last == cursor:  # more than a limit of points at one instant
+                limit *= 2
+                del page
+                continue
+            page = [p for p in page if p.time_ns < last]
+            upper = last
+        span = upper - cursor
+        yield from page
+        cursor = upper
+        window = max(min(span * page_size // max(len(page), 1), span * MAX_GROWTH), 1)
+        del page  # before the next page is read: one page in memory, not two

@@ -23,7 +23,7 @@ import io
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
@@ -137,7 +137,7 @@ def time_cell(us: object) -> str:
     return f"{_second(seconds)}.{micro:06d}Z"
 
 
-def csv_chunks(header: Sequence[str], rows: Iterator[list[str]], rows_per_chunk: int = ROWS_PER_CHUNK) -> Iterator[str]:
+def csv_chunks(header: Sequence[str], rows: Iterator[list[Any]], rows_per_chunk: int = ROWS_PER_CHUNK) -> Iterator[str]:
     """Yield RFC 4180 text: the header row, then the rows, a chunk of `rows_per_chunk` rows at a time."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
@@ -166,16 +166,16 @@ class QualityJoin:
         """Read from `points` (oldest first)."""
         self._points, self._lag_ns = points, lag_ns
         self._next = next(self._points, None)
-        self._latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        self._latest: dict[str, tuple[int, Mapping[str, Any]]] = {}
         self._taken = 0
 
-    def take(self, job_id: str, ended_ns: int) -> dict[str, Any]:
+    def take(self, job_id: str, ended_ns: int) -> Mapping[str, Any]:
         """Return the quality fields of the job that ended at `ended_ns` ({} when none were recorded)."""
         horizon = ended_ns + self._lag_ns
         while self._next is not None and self._next.time_ns < horizon:
             owner = self._next.fields.get("job_id")
             if isinstance(owner, str):
-                self._latest[owner] = (self._next.time_ns, dict(self._next.fields))
+                self._latest[owner] = (self._next.time_ns, self._next.fields)  # type: ignore[assignment]
             self._next = next(self._points, None)
         self._taken += 1
         if self._taken % 1000 == 0:  # forget what no later job can own (allowing for clock skew)
@@ -185,31 +185,40 @@ class QualityJoin:
         return {} if found is None else found[1]
 
 
-def job_row(point: Point, gpu_model: str, quality: dict[str, Any]) -> list[str]:
+_NUMBER_TYPES = (int, float)
+
+
+def _numbers(values: Iterator[object]) -> list[Any]:
+    """Pass ints and floats through (the csv module writes them as themselves: shortest round-trip floats)."""
+    return [v if type(v) in _NUMBER_TYPES else number_cell(v) for v in values]
+
+
+def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any]) -> list[Any]:
     """Format one `job_summary` point and its quality as a jobs.csv row (JOB_COLUMNS order)."""
     f = point.fields
     tags = point.tags
+    get = f.get
     return [
-        text_cell(f.get("job_id")),
+        text_cell(get("job_id")),
         text_cell(tags.get("host")),
         text_cell(tags.get("gpu")),
         text_cell(gpu_model),
         text_cell(tags.get("status")),
-        time_cell(f.get("submitted_at_us")),
-        time_cell(f.get("started_at_us")),
+        time_cell(get("submitted_at_us")),
+        time_cell(get("started_at_us")),
         time_cell(point.time_ns // 1000),
-        *(number_cell(f.get(name)) for name in _JOB_NUMBERS),
-        *(number_cell(quality.get(name)) for name in QUALITY_COLUMNS),
-        text_cell(f.get("prompt")),
-        text_cell(f.get("error")),
-        text_cell(f.get("suggestion")),
-        text_cell(f.get("video_path")),
+        *_numbers(get(name) for name in _JOB_NUMBERS),
+        *_numbers(quality.get(name) for name in QUALITY_COLUMNS),
+        text_cell(get("prompt")),
+        text_cell(get("error")),
+        text_cell(get("suggestion")),
+        text_cell(get("video_path")),
     ]
 
 
 def job_rows(
     store: Store, start_ns: int, end_ns: int, host: str | None = None, *, page_size: int = PAGE_SIZE
-) -> Iterator[list[str]]:
+) -> Iterator[list[Any]]:
     """Yield a row per job that ended in [start_ns, end_ns), oldest first, reading the store in pages."""
     tags = {"host": host} if host else None
     names = ModelNames(store, end_ns)
@@ -226,7 +235,7 @@ def job_rows(
 
 def gpu_rows(
     store: Store, start_ns: int, end_ns: int, bucket_s: int, host: str | None = None, *, buckets_per_query: int = 500
-) -> Iterator[list[str]]:
+) -> Iterator[list[Any]]:
     """Yield a row per bucket, host and GPU, by time, querying `buckets_per_query` buckets at a time.
 
     The first bucket starts at `start_ns` rounded down to a multiple of `bucket_s`, so every bucket is whole.
@@ -333,7 +342,7 @@ def _store_refused(error: StoreRejected) -> ResponseReturnValue:
     return jsonify(error=f"the store refused the query: {error}"), 400
 
 
-def _stream(name: str, header: Sequence[str], rows: Iterator[list[str]]) -> Response:
+def _stream(name: str, header: Sequence[str], rows: Iterator[list[Any]]) -> Response:
     chunks = csv_chunks(header, rows)
     first = next(chunks)  # the first page is read here, so a store that is down answers 503, not a cut CSV
     body = (chunk.encode("utf-8") for part in ([first], chunks) for chunk in part)
@@ -374,7 +383,7 @@ def write_report(kind: str, store: Store, out: TextIO, start_ns: int, end_ns: in
         header, rows = GPU_COLUMNS, gpu_rows(store, start_ns, end_ns, options.get("bucket_s", 60), options.get("host"))
     counted = 0
 
-    def counting(source: Iterator[list[str]]) -> Iterator[list[str]]:
+    def counting(source: Iterator[list[Any]]) -> Iterator[list[Any]]:
         nonlocal counted
         for row in source:
             counted += 1

@@ -73,6 +73,9 @@ def test_pages_yield_every_point_once_in_order_even_when_points_share_an_instant
     assert [p.fields["i"] for p in iter_points(store, "m", 0, 2**62, tags={"gpu": "1"}, page_size=2)] == list(
         range(1, 31, 3)
     )
+    crowd = [Point("c", {"host": "h", "gpu": str(i)}, {"i": i}, T0 * S) for i in range(20)]
+    store.write([*crowd, Point("c", {"host": "h"}, {"i": 20}, T0 * S + 1)])
+    assert sorted(p.fields["i"] for p in iter_points(store, "c", 0, 2**62, page_size=2)) == list(range(21))
 
 
 def stored_jobs(events: list[Event]) -> dict[str, dict[str, Any]]:
