@@ -17,6 +17,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from common import openapi
 from generator import eta
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event
@@ -109,6 +110,7 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
     rt = runtime_factory(config)
     app.extensions["generator"] = rt
     app.register_blueprint(api)
+    openapi.register(app, Path(__file__).with_name("openapi.yaml"))
     app.register_blueprint(advice)  # /api/recommendation and /api/predict, proxied to the monitor
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from common import openapi
 from monitor import jobs
 from monitor.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, NUMERIC_FIELDS, iso_from_us, point_to_event
 from monitor.store.base import StoreRejected, StoreUnavailable
@@ -37,8 +39,9 @@ class BadRequest(ValueError):
 
 
 def init_app(app: Flask) -> None:
-    """Register the read API (it reads the MonitorContext the app factory attached)."""
+    """Register the read API (it reads the MonitorContext the app factory attached) and /openapi.json."""
     app.register_blueprint(bp)
+    openapi.register(app, Path(__file__).with_name("openapi.yaml"))
 
 
 def _context() -> MonitorContext:
