@@ -40,6 +40,7 @@ TARGETS_S = {"cpu": 1.5, "cuda": 0.2}
 MODELS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int]] = {
     "vit-b-32": ((512, 12, 8), (768, 12, 12), 32, 512),
     "vit-l-14": ((768, 12, 12), (1024, 24, 16), 14, 768),
+    "tiny": ((64, 2, 2), (64, 2, 2), 32, 64),  # a smoke test of the benchmark itself, not a measurement
 }
 PROMPT = "a red fox running through fresh snow at sunrise, cinematic"
 

@@ -124,7 +124,12 @@ def main() -> None:
     parser.add_argument("--model", default="full")
     parser.add_argument("--resolution", type=int, default=512)
     parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--generator-port", type=int, default=GENERATOR_PORT)
+    parser.add_argument("--monitor-port", type=int, default=MONITOR_PORT)
     args = parser.parse_args()
+    global GEN, MON, MONITOR_PORT  # the helpers above read these
+    GEN, MON = f"http://127.0.0.1:{args.generator_port}", f"http://127.0.0.1:{args.monitor_port}"
+    MONITOR_PORT = args.monitor_port
     tmp = Path(tempfile.mkdtemp(prefix="monitor-gpu-"))
     print(f"logs in {tmp}", flush=True)
     env = {**os.environ, "GENERATOR_STATE_DIR": str(tmp / "gstate")}
@@ -137,7 +142,7 @@ def main() -> None:
                 "--model",
                 args.model,
                 "--port",
-                str(GENERATOR_PORT),
+                str(args.generator_port),
                 "--monitor-url",
                 MON,
                 "--outputs",
