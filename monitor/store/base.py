@@ -28,6 +28,8 @@ FilterValue = str | int | float | bool
 _INT64 = (-(2**63), 2**63 - 1)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _BAD_BACKSLASH = re.compile(r"\\([\\ ,=]|$)")
+_GOOD_NAMES: set[str] = set()  # names that passed check_name (bounded: cleared when full)
+_GOOD_NAMES_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,17 @@ class Store(Protocol):
 
 def check_name(name: object, what: str) -> str:
     """Return `name` if it is a portable measurement, tag or field name; raise StoreRejected otherwise."""
+    if name.__class__ is str and name in _GOOD_NAMES:  # the same few names on every point: checked once
+        return name  # type: ignore[return-value]
     if not isinstance(name, str) or not name:
         raise StoreRejected(f"{what} must be a non-empty string, got {name!r}")
     if "\n" in name or "\r" in name:
         raise StoreRejected(f"{what} {name!r} contains a line break")
     if _BAD_BACKSLASH.search(name):
         raise StoreRejected(f"{what} {name!r} has a backslash last or before a backslash, comma, = or space")
+    if len(_GOOD_NAMES) >= _GOOD_NAMES_MAX:
+        _GOOD_NAMES.clear()
+    _GOOD_NAMES.add(name)
     return name
 
 
@@ -136,17 +143,25 @@ def clean_point(point: Point) -> Point | None:
     fields: dict[str, FieldValue] = {}
     for key, field_value in point.fields.items():
         check_name(key, "field key")
-        if field_value is None or (isinstance(field_value, float) and not math.isfinite(field_value)):
-            continue
-        if isinstance(field_value, int) and not isinstance(field_value, bool):
-            if not _INT64[0] <= field_value <= _INT64[1]:
+        kind = field_value.__class__
+        if kind is float:  # the common cases first, by exact type (a bool is an int subclass)
+            if not math.isfinite(field_value):  # type: ignore[arg-type]
+                continue
+        elif kind is int:
+            if not _INT64[0] <= field_value <= _INT64[1]:  # type: ignore[operator]
                 raise StoreRejected(f"field {key!r} = {field_value} does not fit in 64 bits")
-        elif not isinstance(field_value, bool | float | str):
-            raise StoreRejected(f"field {key!r} has unsupported type {type(field_value).__name__}")
+        elif kind is not str and kind is not bool:
+            if field_value is None or (isinstance(field_value, float) and not math.isfinite(field_value)):
+                continue
+            if isinstance(field_value, int) and not isinstance(field_value, bool):
+                if not _INT64[0] <= field_value <= _INT64[1]:
+                    raise StoreRejected(f"field {key!r} = {field_value} does not fit in 64 bits")
+            elif not isinstance(field_value, bool | float | str):
+                raise StoreRejected(f"field {key!r} has unsupported type {type(field_value).__name__}")
         fields[key] = field_value
-    for key in ("time", *(k for k in tags if k in fields)):
-        if key in tags or key in fields:
-            raise StoreRejected(f"{key!r} cannot be a key here (reserved, or both a tag and a field)")
+    if "time" in tags or "time" in fields or (tags and not fields.keys().isdisjoint(tags)):
+        key = "time" if "time" in tags or "time" in fields else next(k for k in tags if k in fields)
+        raise StoreRejected(f"{key!r} cannot be a key here (reserved, or both a tag and a field)")
     if not fields:
         return None
     return Point(point.measurement, tags, fields, point.time_ns)

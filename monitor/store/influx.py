@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 3.05
 READ_TIMEOUT_S = 10.0
 _FIELD_TYPES_TTL_S = 60.0
+_ESCAPED_KEYS: dict[str, str] = {}  # escape_key's answers (bounded: cleared when full)
+_ESCAPED_KEYS_MAX = 10_000
 
 
 # ---- line protocol ----------------------------------------------------------------------------------------
@@ -60,11 +62,22 @@ def escape_measurement(name: str) -> str:
 
 def escape_key(name: str) -> str:
     """Escape a tag key, tag value or field key: commas, equals signs and spaces."""
-    return _escape(name, ",= ")
+    escaped = _ESCAPED_KEYS.get(name)
+    if escaped is None:  # the same few names on every point: escaped once
+        escaped = _escape(name, ",= ")
+        if len(_ESCAPED_KEYS) >= _ESCAPED_KEYS_MAX:
+            _ESCAPED_KEYS.clear()
+        _ESCAPED_KEYS[name] = escaped
+    return escaped
 
 
 def format_field(value: object) -> str:
     """Format a field value: `i`-suffixed integers, repr floats, true/false, quoted escaped strings."""
+    kind = value.__class__
+    if kind is float:  # the common cases first, by exact type (a bool is an int subclass)
+        return repr(value)
+    if kind is int:
+        return f"{value}i"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -79,9 +92,10 @@ def format_field(value: object) -> str:
 
 def to_line(point: Point) -> str:
     """Serialise one cleaned point as a line of line protocol with a nanosecond timestamp."""
+    tags = point.tags
     head = escape_measurement(point.measurement)
-    for key in sorted(point.tags):  # sorted tags: InfluxDB's fastest path
-        head += f",{escape_key(key)}={escape_key(point.tags[key])}"
+    if tags:
+        head += "".join(f",{escape_key(key)}={escape_key(tags[key])}" for key in sorted(tags))  # InfluxDB's fast path
     fields = ",".join(f"{escape_key(k)}={format_field(v)}" for k, v in point.fields.items())
     return f"{head} {fields} {point.time_ns}"
 
