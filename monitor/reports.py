@@ -185,12 +185,14 @@ class QualityJoin:
         return {} if found is None else found[1]
 
 
-_NUMBER_TYPES = (int, float)
+_PLAIN = frozenset((int, float, type(None)))
 
 
-def _numbers(values: Iterator[object]) -> list[Any]:
-    """Pass ints and floats through (the csv module writes them as themselves: shortest round-trip floats)."""
-    return [v if type(v) in _NUMBER_TYPES else number_cell(v) for v in values]
+def _numbers(values: list[Any]) -> list[Any]:
+    """Pass ints, floats and None through (the csv module writes them as themselves, None as empty)."""
+    if set(map(type, values)) <= _PLAIN:
+        return values
+    return [v if type(v) in _PLAIN else number_cell(v) for v in values]
 
 
 def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any]) -> list[Any]:
@@ -207,8 +209,8 @@ def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any]) -> list[An
         time_cell(get("submitted_at_us")),
         time_cell(get("started_at_us")),
         time_cell(point.time_ns // 1000),
-        *_numbers(get(name) for name in _JOB_NUMBERS),
-        *_numbers(quality.get(name) for name in QUALITY_COLUMNS),
+        *_numbers([get(name) for name in _JOB_NUMBERS]),
+        *_numbers([quality.get(name) for name in QUALITY_COLUMNS]),
         text_cell(get("prompt")),
         text_cell(get("error")),
         text_cell(get("suggestion")),
