@@ -105,10 +105,23 @@ def _cast(value: FieldValue, kind: str) -> FieldValue:
         return None
 
 
+_CLASS_OF_KIND: Mapping[str, type] = {"float": float, "int": int, "bool": bool, "str": str}
+
+
 def conform(point: Point) -> Point:
-    """Return the point with its known fields cast to their declared types (unknown ones untouched)."""
+    """Return the point with its known fields cast to their declared types (unknown ones untouched).
+
+    A point whose fields already have their declared types (most are: the sampler and the event conversion
+    conform as they build) is returned as it is, with no copy.
+    """
     types = FIELD_TYPES.get(point.measurement)
     if not types:
+        return point
+    for key, value in point.fields.items():
+        kind = types.get(key)
+        if kind is not None and value is not None and value.__class__ is not _CLASS_OF_KIND[kind]:
+            break
+    else:
         return point
     fields = {k: _cast(v, types[k]) if k in types else v for k, v in point.fields.items()}
     return Point(point.measurement, point.tags, fields, point.time_ns)
@@ -152,6 +165,8 @@ def event_to_point(event: Event) -> Point:
     for name in PARAM_NAMES:
         fields[name] = event.params.get(name)
         fields[f"requested_{name}"] = event.requested.get(name)
+    # Null fields are left out here rather than by the store: smaller spool records, less to conform.
+    fields = {k: v for k, v in fields.items() if v is not None}
     return conform(Point(JOB_EVENT, tags, fields, event_time_ns(event)))
 
 
