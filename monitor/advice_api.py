@@ -52,7 +52,8 @@ def init_app(app: Flask) -> None:
 
     ctx = get_context(app)
     predictor = Predictor(ctx.store, clock_ns=ctx.clock_ns)
-    summarizer = JobSummarizer(ctx.writer.write, ctx.store, on_summary=predictor.mark_dirty)
+    # Durable like the events it is made from: a summary only buffered would be lost with a killed monitor.
+    summarizer = JobSummarizer(ctx.writer.write_durable, ctx.store, on_summary=predictor.mark_dirty)
     ctx.event_listeners.append(summarizer.listen)
     app.extensions[PREDICTOR] = predictor
     app.extensions[SUMMARIZER] = summarizer
