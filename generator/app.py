@@ -122,7 +122,10 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
     message = error.description or error.name
     if error.code == 413:
         limit = runtime().config.max_upload_bytes // 2**20
-        message = f"the upload is too large: the image must be at most {limit} MB"
+        message = (
+            f"the request is too large: the image must be at most {limit} MB "
+            f"and the prompt at most {MAX_PROMPT_CHARS} characters"
+        )
     return jsonify(error=message, status=error.code), error.code or 500
 
 

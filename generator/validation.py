@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import unicodedata
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -101,9 +102,19 @@ def parse_prompt(raw: str | None) -> str:
         raise ValidationError(
             400, "prompt", f"prompt must be at most {MAX_PROMPT_CHARS} characters", len(prompt), [1, MAX_PROMPT_CHARS]
         )
-    if any(ord(ch) < 32 and ch not in "\t\n" for ch in prompt):
-        raise ValidationError(400, "prompt", "prompt must not contain control characters")
+    if any(_is_refused_character(ch) for ch in prompt):
+        raise ValidationError(400, "prompt", "prompt must not contain control characters or bidirectional overrides")
     return prompt
+
+
+# Unicode's bidirectional embeddings, overrides and isolates: they reorder how the text around them displays
+# (the "Trojan Source" trick), so a prompt shown in a job list could read differently from what was run.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _is_refused_character(ch: str) -> bool:
+    """Return whether a prompt may not contain `ch`: control characters (C0, DEL, C1) but tab and newline."""
+    return (unicodedata.category(ch) == "Cc" and ch not in "\t\n") or ch in _BIDI_CONTROLS
 
 
 def _open_image(data: bytes, allowed: list[str]) -> Image.Image:

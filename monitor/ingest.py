@@ -107,7 +107,10 @@ def ingest_events() -> ResponseReturnValue:
         return response, 401
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         return _error(413, f"the body is over {MAX_BODY_BYTES} bytes: send fewer events per request")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # nested deeper than the JSON parser goes: not an event batch
+        body = None
     if body is None:
         return _error(400, 'the body must be JSON: {"events": [...]} with Content-Type: application/json')
     raw = body.get("events") if isinstance(body, dict) else body
