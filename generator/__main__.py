@@ -8,6 +8,7 @@ import sys
 
 from waitress import serve
 
+from common.redact import redact_url
 from generator.app import create_app
 from generator.config import GeneratorConfig
 
@@ -26,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(config)
     logging.getLogger("generator").info(
-        "serving on http://%s:%d (model %s, monitor %s)", config.host, config.port, config.model, config.monitor_url
+        "serving on http://%s:%d (model %s, monitor %s)",
+        config.host,
+        config.port,
+        config.model,
+        redact_url(config.monitor_url) if config.monitor_url else None,
     )
     try:
         serve(app, host=config.host, port=config.port, threads=config.threads, ident="i2v-generator")

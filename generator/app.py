@@ -138,8 +138,8 @@ def _require_admin() -> Response | None:
     token = runtime().config.admin_token
     if not token:
         return None
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if hmac.compare_digest(given.encode(), token.encode()):
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
         return None
     response = jsonify(error="this action needs the admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
     response.status_code = 401

@@ -6,7 +6,7 @@ import argparse
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 MiB = 1024 * 1024
@@ -24,8 +24,8 @@ class GeneratorConfig:
     state_dir: Path = Path("var/generator")
     queue_size: int = 8
     max_upload_bytes: int = 20 * MiB
-    admin_token: str | None = None
-    ingest_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    ingest_token: str | None = field(default=None, repr=False)
     host_name: str = socket.gethostname()
     event_spool_bytes: int = 64 * MiB
     threads: int = 8

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from common.redact import redact_url
 from monitor.store.base import (
     FilterValue,
     Point,
@@ -150,14 +151,14 @@ class InfluxStore:
         """Build from `influxdb://[user:password@]host:port/database` (or `influxdbs://` for HTTPS)."""
         parts = urlsplit(url)
         if parts.scheme not in ("influxdb", "influxdbs"):
-            raise ValueError(f"InfluxDB URL must start with influxdb:// or influxdbs://, got {url!r}")
+            raise ValueError(f"InfluxDB URL must start with influxdb:// or influxdbs://, got {redact_url(url)!r}")
         database = unquote(parts.path.strip("/"))
         if not parts.hostname or not database or "/" in database:
-            raise ValueError(f"InfluxDB URL must look like influxdb://host:8086/database, got {url!r}")
+            raise ValueError(f"InfluxDB URL must look like influxdb://host:8086/database, got {redact_url(url)!r}")
         try:
             port = parts.port or 8086
-        except ValueError as e:
-            raise ValueError(f"InfluxDB URL has a bad port: {url!r}") from e
+        except ValueError:
+            raise ValueError(f"InfluxDB URL has a bad port: {redact_url(url)!r}") from None
         scheme = "https" if parts.scheme == "influxdbs" else "http"
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return cls(
