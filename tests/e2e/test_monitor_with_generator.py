@@ -52,9 +52,13 @@ def test_a_finished_job_is_scored_automatically_and_a_rating_changes_its_score(s
     assert result["clip_score"] is not None  # the CLIP folder given by --clip-model is in use
     assert result["smoothness"] is not None
     assert "rating" not in result["parts_used"]
+
     # The job's own events were ingested and stored too (the writer flushes them in batches).
-    wait_for(lambda: stack.api(f"/jobs/{job_id}").status_code == 200, 30, "the job's events in the store")
-    assert stack.api(f"/jobs/{job_id}").json()["status"] == "succeeded"
+    def stored_as_succeeded() -> bool:
+        answer = stack.api(f"/jobs/{job_id}")
+        return answer.status_code == 200 and answer.json()["status"] == "succeeded"
+
+    wait_for(stored_as_succeeded, 30, "the job's events, its end included, in the store")
 
     rating = 5 if result["combined"] < 0.5 else 1  # move the score visibly either way
     rated = requests.post(
