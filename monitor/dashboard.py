@@ -175,14 +175,16 @@ def queue_steps(events: Iterable[dict[str, Any]], start_ms: int, end_ms: int) ->
     """Rebuild queue length and running jobs over [start_ms, end_ms] from job state events, as a step series.
 
     A job waits from its `queued` event to its first `running` or final event, and runs from `running` to its
-    final event. Each change gives one point `{t_ms, pending, running}`; the first point is at `start_ms`.
+    final event. Events are dicts as `point_to_event` makes them; a state's time is the event's `ended_at` (the
+    generator's final-state event starts when the job was created and lasts until it ended). Each change gives
+    one point `{t_ms, pending, running}`; the first point is at `start_ms`, the last at `end_ms`.
     """
     first: dict[str, dict[str, int]] = {}
     for event in events:
         status, job_id = event.get("status"), event.get("job_id")
         if event.get("kind") != "job" or not status or not job_id:
             continue
-        at_ms = _ms(event["started_at"])
+        at_ms = _ms(event["ended_at"])  # a state's time: a final state's event spans the job and ends with it
         seen = first.setdefault(job_id, {})
         if status not in seen or at_ms < seen[status]:
             seen[status] = at_ms

@@ -73,27 +73,33 @@ form.addEventListener("input", (event) => {
 async function loadRecommendation() {
   const note = $("recommendation");
   let body = null;
+  let why = "the monitor is not reachable";
   try {
     const response = await fetch("/api/recommendation", { headers: { Accept: "application/json" } });
-    body = response.ok ? await response.json() : null;
+    body = await response.json().catch(() => null);
+    if (!response.ok) {
+      why = (body && body.error) || `HTTP ${response.status}`;
+      body = null;
+    }
   } catch { body = null; }
-  const rec = body && (typeof body.recommendation === "object" && body.recommendation ? body.recommendation : body);
+  const rec = body && (body.recommended || body.recommendation || body);
   if (!rec || rec.resolution === undefined) {
-    note.textContent = "No recommendation available right now (the monitor is not reachable); the defaults are shown.";
+    note.textContent = `No recommendation available right now (${why}); the defaults are shown.`;
     note.dataset.state = "unavailable";
     return;
   }
   const applied = [];
-  const frames = rec.num_frames ?? rec.frames;
-  for (const [name, value] of [["resolution", rec.resolution], ["num_frames", frames], ["steps", rec.steps]]) {
+  for (const name of ["resolution", "num_frames", "steps"]) {
+    const value = rec[name];
     if (value === undefined || value === null || touched.has(name)) continue;
     const valid = name === "resolution" ? bounds.resolutions.includes(Number(value)) : checkNumber(name, String(value)) === null;
     if (!valid) continue;
     $(name).value = String(value);
     applied.push(name);
   }
-  const why = rec.reason || rec.message || body.reason || body.message;
-  note.textContent = `Recommended for this GPU: ${rec.resolution}x${rec.resolution}, ${frames ?? "?"} frames, ${rec.steps ?? "?"} steps${why ? ` (${why})` : ""}.`;
+  const predicted = body.predicted && body.predicted.time_s != null ? `, about ${duration(body.predicted.time_s)}` : "";
+  const gpu = body.gpu && body.gpu.model ? ` (${body.gpu.model})` : "";
+  note.textContent = `Recommended for this GPU${gpu}: ${rec.resolution}x${rec.resolution}, ${rec.num_frames} frames, ${rec.steps} steps${predicted}.${body.reason ? ` ${body.reason}` : ""}`;
   note.dataset.state = applied.length ? "applied" : "shown";
 }
 
@@ -108,7 +114,8 @@ function pad(n) { return String(n).padStart(2, "0"); }
 function elapsedS(start, end) { return typeof start === "number" ? end - start : (Date.parse(end) - Date.parse(start)) / 1000; }
 
 function render(job) {
-  const ratio = job.state === "succeeded" ? 1 : job.progress.ratio || 0;
+  // 100% means the clip is ready: after the last denoising step the clip is still decoded and saved.
+  const ratio = job.state === "succeeded" ? 1 : Math.min(job.progress.ratio || 0, 0.99);
   $("progress").value = ratio;
   $("progress-label").textContent = `${Math.round(ratio * 100)}%`;
   const eta = duration(job.eta_s);
@@ -116,7 +123,9 @@ function render(job) {
   if (job.state === "queued") {
     text = `Queued${job.position ? `, position ${job.position}` : ""}${eta ? ` · done in about ${eta}` : ""}`;
   } else if (job.state === "running") {
-    text = `Running · step ${job.progress.step} of ${job.progress.total_steps}${eta ? ` · about ${eta} left` : ""}`;
+    const { step, total_steps: total } = job.progress;
+    const doing = step >= total && total ? "decoding and saving the clip" : `step ${step} of ${total}`;
+    text = `Running · ${doing}${eta ? ` · about ${eta} left` : ""}`;
   } else if (job.state === "succeeded") {
     const took = job.started_at && job.finished_at ? duration(elapsedS(job.started_at, job.finished_at)) : null;
     text = `Done${took ? ` in ${took}` : ""}`;

@@ -16,6 +16,7 @@ const GPU_FIELDS = ["utilization_ratio", "memory_used_bytes", "memory_total_byte
 const SLOW_EVERY_MS = 5000; // jobs, queue, quality: at once after an ingest, else at least this often
 const TARGETS_EVERY_MS = 30000;
 const REPORTS = ["jobs.csv", "gpu.csv"];
+const REPORT_BUCKETS = { "5m": "10s", "1h": "1m", "24h": "5m" }; // gpu.csv rows per GPU: 30, 60, 288
 const CHART_MISSING = "Chart.js is not installed on the monitor: run `npm install` in the repository root (make run does it). Tables and alerts still update.";
 
 const state = {
@@ -109,6 +110,11 @@ function timeChart(id, yTitle, { min, max, stepped } = {}) {
 
 function setupCharts() {
   charts.queue = timeChart("chart-queue", "jobs", { stepped: true });
+  if (charts.queue) {
+    charts.queue.options.scales.y.stacked = true;
+    charts.queue.options.scales.y.ticks = { precision: 0 };
+    charts.queue.options.scales.y.suggestedMax = 2;
+  }
   charts.host = timeChart("chart-host", "% used", { min: 0, max: 100 });
   charts.util = timeChart("chart-util", "% busy", { min: 0, max: 100 });
   charts.mem = timeChart("chart-mem", "% of card (peak)", { min: 0, max: 100 });
@@ -192,6 +198,7 @@ function drawGpus(body) {
       message = `No GPU samples from ${state.host} in this window.`;
     }
   }
+  $("panels").classList.toggle("no-gpu", Boolean(message));
   for (const overlay of document.querySelectorAll(".card.gpu .nogpu")) {
     overlay.textContent = message;
     overlay.hidden = !message;
@@ -203,7 +210,11 @@ function drawQueue(body) {
   const from = to - windowMs();
   const pending = body.points.map((p) => ({ x: p.t_ms, y: p.pending }));
   const running = body.points.map((p) => ({ x: p.t_ms, y: p.running }));
-  draw(charts.queue, [line("Queued", pending, "#bc4c00"), line("Running", running, "#0969da")], from, to);
+  // Stacked areas: running at the bottom, queued on top, so the top edge is every job the generator holds.
+  draw(charts.queue, [
+    line("Running", running, "#0969da", { fill: "origin", backgroundColor: "rgb(9 105 218 / .35)" }),
+    line("Queued", pending, "#bc4c00", { fill: "-1", backgroundColor: "rgb(188 76 0 / .35)" }),
+  ], from, to);
 }
 
 function drawQuality(body) {
@@ -268,8 +279,12 @@ function drawAlerts(result) {
     status.textContent = `Alerts could not be read (${result.status ? `HTTP ${result.status}` : "no answer"}${result.error ? `: ${result.error}` : ""}).`;
     return;
   }
-  const active = (result.body.active || []).filter((a) => !state.host || !a.labels.host || a.labels.host === state.host);
-  status.textContent = active.length ? `${active.length} active` : "No active alerts.";
+  const here = (result.body.active || []).filter((a) => !state.host || !a.labels.host || a.labels.host === state.host);
+  // The Watchdog always fires (a dead-man's switch for Alertmanager): it proves evaluation runs, it is no problem.
+  const watchdog = here.some((a) => a.labels.purpose === "deadmansswitch" && a.state === "firing");
+  const active = here.filter((a) => a.labels.purpose !== "deadmansswitch");
+  const pipeline = watchdog ? "" : " The Watchdog is not firing: alert evaluation may have stopped.";
+  status.textContent = `${active.length ? `${active.length} active.` : "No active alerts."}${pipeline}`;
   for (const alert of active) {
     const where = [alert.labels.host, alert.labels.gpu !== undefined ? `GPU ${alert.labels.gpu}` : null].filter(Boolean).join(" · ");
     const since = alert.state === "firing" ? `firing since ${clock(alert.fired_at)}` : `pending since ${clock(alert.active_at)}`;
@@ -283,38 +298,48 @@ function drawAlerts(result) {
   }
 }
 
-const REC_LABELS = { resolution: "Resolution", num_frames: "Frames", steps: "Steps", guidance_scale: "Guidance", fps: "FPS" };
 function drawRecommendation(result) {
   const box = $("recommendation");
   box.replaceChildren();
   if (!result.ok || !result.body || typeof result.body !== "object") {
-    const why = result.status === 404 || result.status === 0 ? "" : ` (${result.error || `HTTP ${result.status}`})`;
-    box.append(el("p", { class: "muted", text: `unavailable${why}` }));
+    box.append(el("p", { class: "rec-state", text: "unavailable" }));
+    const why = result.status === 400 && !state.gpu ? "Pick one GPU above to see its recommendation." : result.error;
+    if (why) box.append(el("p", { class: "muted", text: why }));
     return;
   }
-  const rec = result.body.recommendation && typeof result.body.recommendation === "object" ? result.body.recommendation : result.body;
+  const body = result.body;
+  const rec = body.recommended || body.recommendation || body;
+  const predicted = body.predicted || {};
+  const rows = [
+    ["Resolution", rec.resolution ? `${rec.resolution}x${rec.resolution}` : null],
+    ["Frames", rec.num_frames],
+    ["Steps", rec.steps],
+    ["Predicted time", predicted.time_s != null ? seconds(predicted.time_s) : null],
+    ["Predicted peak", predicted.peak_bytes != null ? bytes(predicted.peak_bytes) : null],
+    ["GPU", body.gpu ? `${body.gpu.model || ""} (GPU ${body.gpu.gpu} on ${body.gpu.host})`.trim() : null],
+  ];
   const dl = el("dl");
-  for (const [key, label] of Object.entries(REC_LABELS)) {
-    if (rec[key] === undefined || rec[key] === null) continue;
-    const value = key === "resolution" ? `${rec[key]}x${rec[key]}` : String(rec[key]);
-    dl.append(el("dt", { text: label }), el("dd", { text: value }));
+  for (const [label, value] of rows) {
+    if (value === null || value === undefined) continue;
+    dl.append(el("dt", { text: label }), el("dd", { text: String(value) }));
   }
   box.append(dl);
-  const why = rec.reason || rec.message || result.body.reason || result.body.message;
-  if (why) box.append(el("p", { class: "muted", text: String(why) }));
+  if (body.fits === false) box.append(el("p", { class: "rec-warning", text: "Even this does not fit the free memory now." }));
+  if (body.reason) box.append(el("p", { class: "muted", text: String(body.reason) }));
 }
 
 async function refreshReports() {
   for (const name of REPORTS) {
     const link = document.querySelector(`[data-report="${name}"]`);
-    const query = new URLSearchParams({ window: state.window, ...(state.host ? { host: state.host } : {}) });
+    const query = new URLSearchParams({ since: state.window, ...(state.host ? { host: state.host } : {}) });
+    if (name === "gpu.csv") query.set("bucket", REPORT_BUCKETS[state.window]);
     link.href = `${API}/reports/${name}?${query}`;
   }
   if (Date.now() - state.reportsAt < TARGETS_EVERY_MS) return;
   state.reportsAt = Date.now();
   let available = false;
   try {
-    const response = await fetch(`${API}/reports/jobs.csv?window=5m`, { method: "HEAD", cache: "no-store" });
+    const response = await fetch(`${API}/reports/jobs.csv?since=5m`, { method: "HEAD", cache: "no-store" });
     available = response.ok;
   } catch { available = false; }
   for (const name of REPORTS) {
@@ -441,9 +466,17 @@ function onControls(event) {
   if (event.target.id === "host") { state.host = event.target.value; state.gpu = ""; state.targetsAt = 0; }
   if (event.target.id === "gpu") state.gpu = event.target.value;
   if (event.target.id === "window") state.window = event.target.value;
+  const query = new URLSearchParams({ host: state.host, window: state.window, ...(state.gpu ? { gpu: state.gpu } : {}) });
+  history.replaceState(null, "", `?${query}`);
   tick(true);
 }
 
+// The selection lives in the URL too (?host=&gpu=&window=), so a view can be bookmarked or shared.
+const initial = new URLSearchParams(location.search);
+if (initial.get("host")) state.host = initial.get("host");
+if (initial.get("gpu")) state.gpu = initial.get("gpu");
+if (["5m", "1h", "24h"].includes(initial.get("window"))) state.window = initial.get("window");
+$("window").value = state.window;
 $("host").append(el("option", { value: state.host, text: state.host }));
 $("controls").addEventListener("change", onControls);
 $("controls").addEventListener("submit", (event) => event.preventDefault());

@@ -1,0 +1,202 @@
+"""In a real browser: submit a job on the generator's page, watch it finish and play, then read the monitor tab.
+
+The tests walk one page in order, as a user would: the form first, then a job, then the monitor tab that the
+generator's page links to. One tiny job (256 px, 8 frames, 10 steps: about 10 s on two cores) is all they run.
+Screenshots of both pages at 1280x800 and phone width go to artifacts/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+
+import requests
+from playwright.sync_api import Page, expect
+
+from generator.validation import LIMITS, MAX_PROMPT_CHARS, RESOLUTIONS
+from monitor.alerts import label_set
+from tests.browser.conftest import HOST, Stack, screenshots
+from tests.generator.conftest import png_bytes
+
+JOB_DEADLINE_MS = 180_000  # the tiny job takes about 10 s alone; two shared cores can make it much slower
+PROMPT = "a red fox running through snow"
+STALE = re.compile(r"\bstale\b")  # the panels' class while their data is not current
+
+# The dashboard's Chart.js instances, read in the page: how many points each dataset holds.
+CHART_POINTS = "(id) => { const c = Chart.getChart(document.getElementById(id)); return c ? c.data.datasets.map((d) => d.data.length) : null; }"  # noqa: E501
+STAGE_LABELS = "() => Chart.getChart(document.getElementById('chart-stages')).data.labels"
+STAGE_SECONDS = """(prefix) => {
+  const chart = Chart.getChart(document.getElementById('chart-stages'));
+  const row = chart.data.labels.findIndex((label) => label.startsWith(prefix));
+  return row < 0 ? 0 : chart.data.datasets.reduce((sum, d) => sum + d.data[row], 0);
+}"""
+
+
+def served_routes(app: object) -> set[str]:
+    """Return the URL rules an app serves."""
+    return {rule.rule for rule in app.url_map.iter_rules()}  # type: ignore[attr-defined]
+
+
+def test_the_form_checks_the_server_bounds_before_sending(page: Page, stack: Stack) -> None:
+    page.goto(stack.generator.url)
+    bounds = json.loads(page.text_content("#bounds") or "{}")
+    assert bounds == {
+        "resolutions": list(RESOLUTIONS),
+        "limits": {name: list(limits) for name, limits in LIMITS.items()},
+        "max_prompt": MAX_PROMPT_CHARS,
+        "max_upload_bytes": stack.generator.config.max_upload_bytes,
+    }
+    posts: list[str] = []
+    page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)
+    page.get_by_label("Frames").fill("7")
+    page.get_by_label("Steps").fill("101")
+    page.get_by_label("Guidance").fill("2.5")
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#num_frames-error")).to_have_text("must be between 8 and 32")
+    expect(page.locator("#steps-error")).to_have_text("must be between 10 and 100")
+    expect(page.locator("#guidance_scale-error")).to_have_text("")
+    expect(page.locator("#image-error")).not_to_be_empty()
+    expect(page.locator("#prompt-error")).not_to_be_empty()
+    expect(page.locator("#image")).to_be_focused()  # the first field to fix
+    expect(page.locator("#num_frames")).to_have_attribute("aria-invalid", "true")
+    page.get_by_label("Frames").fill("8")
+    expect(page.locator("#num_frames-error")).to_have_text("")
+    assert posts == []
+
+
+def test_the_recommendation_prefills_the_form_or_says_why_not(page: Page, stack: Stack) -> None:
+    answer = requests.get(f"{stack.generator.url}/api/recommendation", timeout=10)
+    note = page.locator("#recommendation")
+    if answer.ok:  # a GPU the monitor has samples of
+        recommended = answer.json()["recommended"]
+        expect(note).to_have_attribute("data-state", "applied")
+        expect(page.get_by_label("Steps")).to_have_value(str(recommended["steps"]))
+    else:  # CI: no GPU, so the monitor has nothing to recommend, and the page says so with the reason
+        expect(note).to_have_attribute("data-state", "unavailable")
+        expect(note).to_contain_text("No recommendation available")
+        expect(note).to_contain_text(answer.json()["error"][:40])
+
+
+def test_a_job_submitted_on_the_page_reaches_100_percent_and_plays(page: Page, stack: Stack) -> None:
+    page.goto(stack.generator.url)
+    image = {"name": "input.png", "mimeType": "image/png", "buffer": png_bytes()}
+    page.get_by_label("Image").set_input_files(files=[image])
+    page.get_by_label("Prompt").fill(PROMPT)
+    page.get_by_label("Resolution").select_option("256")
+    page.get_by_label("Frames").fill("8")
+    page.get_by_label("Steps").fill("10")
+    page.get_by_role("button", name="Generate").click()
+
+    expect(page.locator("#job")).to_be_visible()
+    expect(page.locator("#job-state")).to_contain_text("step", timeout=JOB_DEADLINE_MS)  # "Running · step n of 10"
+    page.wait_for_function("document.getElementById('progress').value === 1", timeout=JOB_DEADLINE_MS)
+    expect(page.locator("#progress-label")).to_have_text("100%")
+    expect(page.locator("#job-state")).to_contain_text("Done")
+    expect(page.locator("#job-failure")).to_be_hidden()
+    page.wait_for_function(
+        "(() => { const v = document.getElementById('video'); return v.readyState >= 2 && v.duration > 0; })()",
+        timeout=30_000,
+    )
+    assert page.eval_on_selector("#video", "(v) => v.videoWidth") == 256
+    screenshots(page, "generator")
+
+
+def test_the_monitor_tab_draws_the_samples_and_the_jobs_stage_bars(page: Page, stack: Stack) -> None:
+    job_id = page.get_attribute("#job-id", "title")
+    assert job_id
+    page.get_by_role("link", name="Monitor").click()
+    page.wait_for_url(f"{stack.monitor_url}/monitor/")
+    expect(page.locator("#updated")).to_contain_text("Updated", timeout=15_000)
+    page.wait_for_function(f"({CHART_POINTS})('chart-host').every((n) => n > 0)", timeout=15_000)
+    page.wait_for_function(f"({STAGE_SECONDS})('{job_id[:8]}') > 0", timeout=30_000)
+    assert any(label.startswith(f"{job_id[:8]} succeeded") for label in page.evaluate(STAGE_LABELS))
+    expect(page.locator("#jobs tbody")).to_contain_text(job_id[:8])
+    running = "Chart.getChart(document.getElementById('chart-queue')).data.datasets[0].data.some((p) => p.y >= 1)"
+    page.wait_for_function(running, timeout=15_000)  # the job ran within the window: the queue chart shows it
+
+    status = stack.api("/status").json()
+    if status["gpu_count"]:
+        page.wait_for_function(f"({CHART_POINTS})('chart-util').some((n) => n > 0)", timeout=15_000)
+    else:  # CI: no GPU, and the GPU charts say so instead of sitting empty
+        for overlay in page.locator(".card.gpu .nogpu").all():
+            expect(overlay).to_be_visible()
+            expect(overlay).to_contain_text(f"No GPU on {HOST}")
+    # The monitor scores the clip after the job (motion only: no CLIP weights here) and the chart shows it.
+    page.wait_for_function(f"({CHART_POINTS})('chart-quality')[0] > 0", timeout=60_000)
+    expect(page.locator("#chart-quality + .empty")).to_be_hidden()
+
+
+def test_the_window_selector_changes_every_time_chart(page: Page, stack: Stack) -> None:
+    page.get_by_label("Window").focus()
+    page.keyboard.press("End")  # keyboard only: the last option, 24 h
+    expect(page.get_by_label("Window")).to_have_value("24h")
+    span = "(id) => { const s = Chart.getChart(document.getElementById(id)).options.scales.x; return s.max - s.min; }"
+    for chart in ("chart-host", "chart-queue", "chart-util"):
+        page.wait_for_function(f"Math.abs(({span})('{chart}') - 86400000) < 5000", timeout=10_000)
+    page.get_by_label("Window").select_option("5m")
+    page.wait_for_function(f"Math.abs(({span})('chart-host') - 300000) < 5000", timeout=10_000)
+
+
+def test_an_alert_from_the_engine_appears_in_the_panel_coloured_by_tier(page: Page, stack: Stack) -> None:
+    gpus = stack.api("/status").json()["gpu_count"] or 0
+    labels = label_set(host=HOST, gpu=str(gpus))  # a GPU index with no card: real samples cannot clear it
+    engine = stack.monitor.alerts.engine
+    now = time.time()
+    engine.evaluate({labels: {"gpu_memory_ratio": 0.9}}, now=now - 31)  # over 85% for longer than `for: 30s`
+    engine.evaluate({labels: {"gpu_memory_ratio": 0.9}}, now=now)
+    item = page.locator('#alerts li.alert.warning.firing[data-alert="GpuMemoryHigh"]')
+    expect(item).to_contain_text("GpuMemoryHigh", timeout=10_000)
+    expect(item).to_contain_text(f"GPU {gpus}")
+    assert item.evaluate("(node) => getComputedStyle(node).backgroundColor") == "rgb(255, 248, 197)"
+    screenshots(page, "monitor")
+    engine.evaluate({labels: {"gpu_memory_ratio": 0.5}})  # below the clear line: resolved
+    expect(page.locator('#alerts li[data-alert="GpuMemoryHigh"]')).to_have_count(0, timeout=10_000)
+
+
+def test_the_csv_buttons_download_the_reports(page: Page, stack: Stack) -> None:
+    if "/monitor/api/reports/jobs.csv" not in served_routes(stack.monitor.app):
+        expect(page.locator("#csv-jobs")).to_have_attribute("aria-disabled", "true", timeout=35_000)
+        expect(page.locator("#reports-status")).to_contain_text("not available")
+        return
+    expect(page.locator("#csv-jobs")).to_have_attribute("aria-disabled", "false", timeout=35_000)
+    page.get_by_label("Window").select_option("24h")
+    job_id = stack.api("/jobs?limit=1").json()["jobs"][0]["id"]
+    for button, header in (("#csv-jobs", "job_id"), ("#csv-gpu", "gpu")):
+        with page.expect_download() as download:
+            page.click(button)
+        text = download.value.path().read_text(encoding="utf-8")
+        rows = list(csv.reader(io.StringIO(text)))
+        assert header in rows[0], rows[0]
+        if button == "#csv-jobs":
+            assert any(job_id in row for row in rows[1:]), rows
+
+
+def test_a_banner_with_the_last_good_time_replaces_live_charts_when_the_monitor_is_down(
+    page: Page, stack: Stack
+) -> None:
+    banner = page.locator("#banner")
+    expect(banner).to_be_hidden(timeout=10_000)
+    page.route(f"{stack.monitor_url}/monitor/api/**", lambda route: route.abort("connectionrefused"))
+    expect(banner).to_contain_text("The monitor is not answering since", timeout=10_000)
+    expect(page.locator("#panels")).to_have_class(STALE)
+    expect(banner).to_contain_text(re.compile(r"show data up to \d\d:\d\d:\d\d, the last good update"))
+    page.unroute(f"{stack.monitor_url}/monitor/api/**")
+    expect(banner).to_be_hidden(timeout=10_000)
+    expect(page.locator("#panels")).not_to_have_class(STALE)
+
+
+def test_a_store_outage_reported_by_status_shows_its_banner(page: Page, stack: Stack) -> None:
+    def store_down(route: object) -> None:
+        response = route.fetch()  # type: ignore[attr-defined]
+        body = {**response.json(), "store_reachable": False, "spool_pending": 42}
+        route.fulfill(response=response, json=body)  # type: ignore[attr-defined]
+
+    page.route(f"{stack.monitor_url}/monitor/api/status", store_down)
+    banner = page.locator("#banner")
+    expect(banner).to_contain_text("is unreachable since", timeout=10_000)
+    expect(banner).to_contain_text("42 points are spooled")
+    page.unroute(f"{stack.monitor_url}/monitor/api/status")
+    expect(banner).to_be_hidden(timeout=10_000)
