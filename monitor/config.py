@@ -37,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from common.redact import redact_url
+
 MiB = 1024 * 1024
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -106,7 +108,8 @@ class MonitorConfig:
         ):
             for url in urls:
                 if not url.startswith(("http://", "https://")):
-                    raise ConfigError(f"{source} takes http(s) URLs separated by commas, got {url.split('?')[0]!r}")
+                    shown = redact_url(url, keep_path=False)  # a webhook's path is often its secret
+                    raise ConfigError(f"{source} takes http(s) URLs separated by commas, got {shown!r}")
         if self.restart_command is not None:
             try:
                 argv = shlex.split(self.restart_command)
