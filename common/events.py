@@ -27,6 +27,22 @@ MAX_TEXT = 2000
 STARTUP_JOB_ID = "startup"
 
 
+# Event times the stores can hold (InfluxDB keeps nanoseconds since 1970 in 64 bits: 1677 to 2262), and a
+# duration no job reaches (115 days): outside them an event is a client's bug, refused at ingest.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+MAX_DURATION_S = 1e7
+
+
+def _is_unicode(text: str) -> bool:
+    """Return whether `text` encodes as UTF-8 (JSON can carry lone surrogates that no store can write)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class EventError(ValueError):
     """An event that does not follow the schema; the message names the field."""
 
@@ -98,11 +114,17 @@ class Event:
             parse_iso(data["started_at"])
         except ValueError:
             raise EventError(f"'started_at' must be an RFC 3339 UTC time, got {data['started_at']!r}") from None
+        if not EARLIEST <= parse_iso(data["started_at"]) < LATEST:
+            bounds = f"{EARLIEST.year} and {LATEST.year}"
+            raise EventError(f"'started_at' must be between {bounds}, got {data['started_at']!r}")
         duration = data.get("duration_s", 0.0)
         if isinstance(duration, bool) or not isinstance(duration, int | float) or not math.isfinite(duration):
             raise EventError("'duration_s' must be a finite number")
-        if duration < 0:
-            raise EventError(f"'duration_s' must be >= 0, got {duration}")
+        if not 0 <= duration <= MAX_DURATION_S:
+            raise EventError(f"'duration_s' must be between 0 and {MAX_DURATION_S:g} seconds, got {duration}")
+        for name, value in data.items():
+            if isinstance(value, str) and not _is_unicode(value):
+                raise EventError(f"'{name}' must be valid Unicode text (it has a lone surrogate)")
         if data["kind"] == "stage" and data.get("stage") not in STAGES:
             raise EventError(f"'stage' must be one of {', '.join(STAGES)}, got {data.get('stage')!r}")
         if data["kind"] == "job" and data.get("status") not in JOB_STATES:

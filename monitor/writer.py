@@ -8,9 +8,9 @@ the points go straight to the disk spool, never to the network). A background th
 - the spool is replayed first, oldest first, so points reach the store in the order they were written;
 - on StoreUnavailable the batch and the buffer go to the spool, and the store is tried again after an
   exponential backoff (`backoff_initial_s` doubling to `backoff_max_s`);
-- on StoreRejected (a bad point) the batch is bisected until the bad points are isolated; those are
-  dropped, counted and logged (once per distinct error), and the rest is written: a bad point never blocks
-  the spool.
+- on StoreRejected (a bad point), or a point the store cannot serialise (ValueError, TypeError,
+  OverflowError), the batch is bisected until the bad points are isolated; those are dropped, counted and
+  logged (once per distinct error), and the rest is written: a bad point never blocks the spool.
 
 Delivery is at least once: a crash between a store write and the spool's ack replays that batch, which the
 store stores once (same series and time).
@@ -257,9 +257,13 @@ class Writer:
             return
         try:
             self.store.write(points)
-        except StoreRejected as e:
+        except (StoreRejected, ValueError, TypeError, OverflowError) as e:
+            # StoreRejected: the store refused a point. The others: the store could not even serialise one
+            # (text that is not valid Unicode, a number out of range). Either way only the bad point goes;
+            # retrying it would block every point behind it in the spool forever.
+            error = e if isinstance(e, StoreRejected) else StoreRejected(f"unwritable point: {type(e).__name__}: {e}")
             if len(points) == 1:
-                self._reject(points[0], e)
+                self._reject(points[0], error)
             else:
                 middle = len(points) // 2
                 self._send(points[:middle])
