@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import os
 import shutil
 import time
@@ -18,6 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from common import openapi
+from common.auth import bearer_allows
 from generator import eta
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event
@@ -135,11 +135,7 @@ def _unexpected_error(error: Exception) -> tuple[Response, int]:
 
 
 def _require_admin() -> Response | None:
-    token = runtime().config.admin_token
-    if not token:
-        return None
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+    if bearer_allows(request.headers.get("Authorization"), runtime().config.admin_token):
         return None
     response = jsonify(error="this action needs the admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
     response.status_code = 401

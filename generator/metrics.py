@@ -40,7 +40,7 @@ class GeneratorMetrics:
         )
         self.ready = Gauge("i2v_model_ready", "1 when the model is loaded and warmed.", registry=r)
         self.peak_memory = Gauge(
-            "i2v_job_peak_memory_bytes", "Peak GPU memory torch allocated during the last job.", registry=r
+            "i2v_job_peak_memory_bytes", "Peak GPU memory torch's allocator reserved during the last job.", registry=r
         )
         self.events_spooled = Gauge("i2v_events_spooled", "Events waiting in the spool for the monitor.", registry=r)
 

@@ -146,7 +146,7 @@ def create_app(
     if quality is not None:
         from monitor.quality import api as quality_api
 
-        quality_api.init_app(app, quality)
+        quality_api.init_app(app, quality, admin_token=config.admin_token)
         get_context(app).event_listeners.append(quality.listen)
     if alerts is not None:
         from monitor.alerts.api import init_app as init_alerts

@@ -81,17 +81,23 @@ class MonitorConfig:
         scheme = self.store_url.split("://", 1)[0] if "://" in self.store_url else ""
         if scheme == "sqlite":
             if len(self.store_url) <= len("sqlite:///"):
-                raise ConfigError(f"--store sqlite URL needs a path: sqlite:///var/monitor.db, got {self.store_url!r}")
+                raise ConfigError(
+                    f"--store sqlite URL needs a path: sqlite:///var/monitor.db, got {redact_url(self.store_url)!r}"
+                )
         elif scheme in ("influxdb", "influxdbs"):
             parts = urlsplit(self.store_url)
             try:
                 parts.port  # noqa: B018  (parsing it is the check)
             except ValueError:
-                raise ConfigError(f"--store has a bad port: {self.store_url!r}") from None
+                raise ConfigError(f"--store has a bad port: {redact_url(self.store_url)!r}") from None
             if not parts.hostname or not parts.path.strip("/"):
-                raise ConfigError(f"--store must look like influxdb://[user:pass@]host:8086/db, got {self.store_url!r}")
+                raise ConfigError(
+                    f"--store must look like influxdb://[user:pass@]host:8086/db, got {redact_url(self.store_url)!r}"
+                )
         else:
-            raise ConfigError(f"--store must be sqlite:///path or influxdb://host:port/db, got {self.store_url!r}")
+            raise ConfigError(
+                f"--store must be sqlite:///path or influxdb://host:port/db, got {redact_url(self.store_url)!r}"
+            )
         if self.generator_url and not self.generator_url.startswith(("http://", "https://")):
             raise ConfigError(f"--generator-url must start with http:// or https://, got {self.generator_url!r}")
         if self.spool_max_bytes < MiB:
@@ -117,9 +123,10 @@ class MonitorConfig:
                 raise ConfigError(f"--restart-command cannot be split into arguments: {e}") from None
             if not argv:
                 raise ConfigError("--restart-command is empty: give the command that restarts the generator")
-        if self.host not in LOOPBACK and not self.ingest_token:
+        if self.host not in LOOPBACK and not (self.ingest_token and self.admin_token):
             raise ConfigError(
-                f"binding to {self.host} opens ingest to the network: set INGEST_TOKEN, or bind to 127.0.0.1"
+                f"binding to {self.host} opens ingest, ratings and alert acks to the network: set INGEST_TOKEN and "
+                "ADMIN_TOKEN, or bind to 127.0.0.1"
             )
         return self
 

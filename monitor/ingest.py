@@ -17,7 +17,6 @@ With a token configured (`INGEST_TOKEN`), requests need `Authorization: Bearer <
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 from collections import OrderedDict
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from common.auth import bearer_allows
 from common.events import Event, EventError
 from monitor.schema import event_to_point
 
@@ -90,11 +90,7 @@ def _error(status: int, message: str, **extra: object) -> ResponseReturnValue:
 
 
 def _authorised(token: str | None) -> bool:
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+    return bearer_allows(request.headers.get("Authorization"), token)
 
 
 @bp.post("/events")

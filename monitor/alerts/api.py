@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from flask import Blueprint, Flask, abort, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from common.auth import bearer_allows
 from monitor.alerts.service import AlertService
 
 bp = Blueprint("alerts", __name__, url_prefix="/monitor/api")
@@ -42,11 +42,8 @@ def list_alerts() -> ResponseReturnValue:
 def ack_alert(alert_id: str) -> ResponseReturnValue:
     """Acknowledge an alert; needs `Authorization: Bearer <ADMIN_TOKEN>` when a token is configured."""
     service = _service()
-    token = service.settings.admin_token
-    if token:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            abort(401)
+    if not bearer_allows(request.headers.get("Authorization"), service.settings.admin_token):
+        abort(401)
     data = request.get_json(silent=True) or {}
     by = data.get("by") if isinstance(data, dict) else None
     by = by if isinstance(by, str) and by.strip() else "anonymous"

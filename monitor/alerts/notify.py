@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import requests
 
+from common.redact import redact_url
 from monitor.alerts.metrics import AlertMetrics
 from monitor.alerts.record import FIRING, Alert, iso
 
@@ -41,9 +42,10 @@ def _post_json(session: requests.Session, url: str, payload: Any, timeout_s: flo
     try:
         response = session.post(url, json=payload, timeout=timeout_s)
     except requests.RequestException as exc:
-        raise NotifyError(f"{url}: {type(exc).__name__}: {exc}") from None
+        # Only the error's class: requests puts the URL (a webhook's secret path) into its messages.
+        raise NotifyError(f"{redact_url(url, keep_path=False)}: {type(exc).__name__}") from None
     if response.status_code >= 300:
-        raise NotifyError(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+        raise NotifyError(f"{redact_url(url, keep_path=False)}: HTTP {response.status_code} {response.text[:200]}")
 
 
 class AlertmanagerNotifier:
@@ -269,7 +271,10 @@ class NotifierWorker:
         """Describe delivery health for the API: counts, the last error and when the next retry comes."""
         return {
             "notifier": self.notifier.kind,
-            "target": self.notifier.target,
+            # A webhook's path or query is often its secret: shown, never whole.
+            "target": redact_url(self.notifier.target, keep_path=False)
+            if "://" in self.notifier.target
+            else self.notifier.target,
             "delivered": self.delivered,
             "failures": self.failures,
             "consecutive_failures": self.consecutive_failures,

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from common.auth import bearer_allows
 from monitor.quality.scorer import QualityScorer
 
 EXTENSION = "quality_scorer"
@@ -14,9 +15,10 @@ EXTENSION = "quality_scorer"
 bp = Blueprint("quality", __name__, url_prefix="/monitor/api")
 
 
-def init_app(app: Flask, scorer: QualityScorer) -> None:
-    """Attach the scorer to the app and register the quality routes."""
+def init_app(app: Flask, scorer: QualityScorer, admin_token: str | None = None) -> None:
+    """Attach the scorer to the app and register the quality routes; a rating needs `admin_token` when set."""
     app.extensions[EXTENSION] = scorer
+    app.extensions[EXTENSION + ".admin_token"] = admin_token
     app.register_blueprint(bp)
 
 
@@ -41,6 +43,8 @@ def get_quality(job_id: str) -> ResponseReturnValue:
 @bp.post("/jobs/<job_id>/rating")
 def post_rating(job_id: str) -> ResponseReturnValue:
     """Rate the job's clip with JSON {"stars": n}, n an integer 1-5; return the recomputed result."""
+    if not bearer_allows(request.headers.get("Authorization"), current_app.extensions.get(EXTENSION + ".admin_token")):
+        return _error(401, "rating needs the admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
     body: Any = request.get_json(silent=True)
     if not isinstance(body, dict) or "stars" not in body:
         return _error(400, 'send JSON {"stars": n} with n an integer from 1 to 5')

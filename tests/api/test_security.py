@@ -1,8 +1,5 @@
 """Security: tokens on every mutating endpoint (compared in constant time), loopback-only without tokens, no
 secret in logs, answers or error messages, no stack trace in an error page, and no CORS.
-
-Tests marked xfail(strict=True) pin gaps whose fix belongs in files other engineers own (named in each
-reason): they fail loudly once fixed, so the marker is removed then.
 """
 
 from __future__ import annotations
@@ -69,10 +66,6 @@ def test_mutating_endpoints_refuse_a_missing_or_wrong_token(
     assert right.status_code != 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monitor/quality/api.py: POST /monitor/api/jobs/<id>/rating takes no token (ADMIN_TOKEN should guard it)",
-)
 def test_rating_refuses_a_missing_token(monitor_app: Flask) -> None:
     answer = monitor_app.test_client().post("/monitor/api/jobs/any/rating", json={"stars": 5})
     assert answer.status_code == 401
@@ -100,12 +93,10 @@ def _token_comparisons(path: Path) -> list[str]:
 def test_tokens_are_only_compared_in_constant_time() -> None:
     modules = [p for folder in ("generator", "monitor", "common") for p in sorted((ROOT / folder).rglob("*.py"))]
     assert [hit for path in modules for hit in _token_comparisons(path)] == []
-    checks = [p for p in modules if "compare_digest" in p.read_text()]
-    assert {p.relative_to(ROOT).as_posix() for p in checks} >= {
-        "generator/app.py",
-        "monitor/ingest.py",
-        "monitor/alerts/api.py",
-    }
+    checks = {p.relative_to(ROOT).as_posix() for p in modules if "compare_digest" in p.read_text()}
+    assert checks == {"common/auth.py"}
+    users = {p.relative_to(ROOT).as_posix() for p in modules if "bearer_allows(" in p.read_text()}
+    assert users >= {"generator/app.py", "monitor/ingest.py", "monitor/alerts/api.py", "monitor/quality/api.py"}
 
 
 # ---- loopback only without tokens ----------------------------------------------------------------------------
@@ -118,7 +109,9 @@ def test_without_tokens_neither_service_binds_beyond_loopback(host: str) -> None
     with pytest.raises(ConfigError, match="INGEST_TOKEN"):
         MonitorConfig(host=host).validate()
     GeneratorConfig(host=host, admin_token="t").validate()
-    MonitorConfig(host=host, ingest_token="t").validate()
+    with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
+        MonitorConfig(host=host, ingest_token="t").validate()
+    MonitorConfig(host=host, ingest_token="t", admin_token="t").validate()
     for loopback in ("127.0.0.1", "localhost", "::1"):
         GeneratorConfig(host=loopback).validate()
         MonitorConfig(host=loopback).validate()
@@ -141,11 +134,6 @@ def test_python_m_refuses_a_public_bind_without_a_token(module: str, tmp_path: P
     assert result.stderr.strip().count("\n") == 0  # one line that says what to change
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monitor/config.py: with INGEST_TOKEN alone the monitor binds 0.0.0.0 while alert ack and rating stay "
-    "open (validate() should also require ADMIN_TOKEN off loopback)",
-)
 def test_a_public_monitor_needs_the_admin_token_too() -> None:
     with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
         MonitorConfig(host="0.0.0.0", ingest_token="t").validate()
@@ -170,11 +158,6 @@ def test_the_stores_errors_never_show_the_password(url: str) -> None:
     assert PASSWORD not in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monitor/config.py validate() and monitor/store/__init__.py open_store() quote the store URL with its "
-    "password in their error messages (common/redact.py's redact_url fixes it)",
-)
 @pytest.mark.parametrize(
     "url",
     [f"influxdb://user:{PASSWORD}@host:bad/db", f"influxdb://user:{PASSWORD}@host:8086/", f"pg://u:{PASSWORD}@h/d"],
@@ -185,11 +168,6 @@ def test_the_monitors_config_errors_never_show_the_store_password(url: str) -> N
     assert PASSWORD not in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monitor/alerts/notify.py: GET /monitor/api/alerts shows each notifier's full target URL (a webhook's "
-    "secret path or token) to anyone, and logs it; show redact_url(url, keep_path=False) instead",
-)
 def test_a_webhook_secret_is_not_shown_by_the_alerts_api(tmp_path: Path) -> None:
     secret_url = "https://hooks.example.org/services/T000/B000/XyZsecret?token=abc123"
     app = make_monitor_app(tmp_path, alert_webhook_urls=(secret_url,))
