@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from types import FrameType
 
 from waitress import serve
 
 from common.redact import redact_url
 from generator.app import create_app
 from generator.config import GeneratorConfig
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM (docker stop, systemd) ends serve() like Ctrl-C does, so the workers stop and events are flushed.
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"generator: {error}", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _stop)
     app = create_app(config)
     logging.getLogger("generator").info(
         "serving on http://%s:%d (model %s, monitor %s)",
