@@ -13,6 +13,7 @@ const STAGE_COLOURS = {
 };
 const SERIES_COLOURS = ["#0969da", "#bf3989", "#1a7f37", "#bc4c00", "#8250df", "#9a6700", "#0e7490", "#57606a"];
 const GPU_FIELDS = ["utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w"];
+const TICK_MS = { "5m": 60e3, "1h": 15 * 60e3, "24h": 4 * 3600e3 };
 const SLOW_EVERY_MS = 5000; // jobs, queue, quality: at once after an ingest, else at least this often
 const TARGETS_EVERY_MS = 30000;
 const REPORTS = ["jobs.csv", "gpu.csv"];
@@ -56,7 +57,6 @@ function clock(value, seconds = true) {
   const d = value instanceof Date ? value : new Date(value);
   return `${pad(d.getHours())}:${pad(d.getMinutes())}${seconds ? `:${pad(d.getSeconds())}` : ""}`;
 }
-function axisTime(ms) { return clock(ms, state.window !== "24h"); }
 function dateTime(value) {
   if (!value) return "";
   const d = new Date(value);
@@ -82,6 +82,14 @@ function el(tag, props = {}, children = []) {
 
 // ---- charts ----------------------------------------------------------------------------------------------
 
+// Ticks on whole minutes or hours of the window, not on Chart.js' round numbers of milliseconds.
+function alignTicks(scale) {
+  const step = TICK_MS[state.window];
+  const ticks = [];
+  for (let value = Math.ceil(scale.min / step) * step; value <= scale.max; value += step) ticks.push({ value });
+  scale.ticks = ticks;
+}
+
 function timeChart(id, yTitle, { min, max, stepped } = {}) {
   if (!window.Chart) return null;
   return new window.Chart($(id), {
@@ -97,7 +105,12 @@ function timeChart(id, yTitle, { min, max, stepped } = {}) {
       interaction: { mode: "nearest", axis: "x", intersect: false },
       elements: { point: { radius: 0, hitRadius: 6 }, line: { borderWidth: 2, stepped: stepped || false } },
       scales: {
-        x: { type: "linear", ticks: { callback: (v) => axisTime(v), maxTicksLimit: 6, maxRotation: 0 } },
+        x: {
+          type: "linear",
+          // Ticks on whole minutes or hours of the window, not on Chart.js' round numbers of milliseconds.
+          ticks: { callback: (v) => clock(v, false), maxRotation: 0 },
+          afterBuildTicks: alignTicks,
+        },
         y: { min, max, beginAtZero: true, title: { display: true, text: yTitle } },
       },
       plugins: {
@@ -381,7 +394,7 @@ async function refresh(force = false) {
   const status = await getJSON("status");
   if (!status.ok) {
     state.failingSince = state.failingSince || new Date();
-    const what = status.status ? `answers HTTP ${status.status}${status.error ? ` (${status.error})` : ""}` : "is not answering";
+    const what = status.status ? `has answered HTTP ${status.status}${status.error ? ` (${status.error})` : ""}` : "has not answered";
     showBanner(`The monitor ${what} since ${clock(state.failingSince)}. The charts show data up to ${clock(state.lastGood)}, the last good update; they resume by themselves.`);
     $("updated").textContent = `Last good update ${clock(state.lastGood)}`;
     return;

@@ -180,7 +180,7 @@ def test_a_banner_with_the_last_good_time_replaces_live_charts_when_the_monitor_
     banner = page.locator("#banner")
     expect(banner).to_be_hidden(timeout=10_000)
     page.route(f"{stack.monitor_url}/monitor/api/**", lambda route: route.abort("connectionrefused"))
-    expect(banner).to_contain_text("The monitor is not answering since", timeout=10_000)
+    expect(banner).to_contain_text("The monitor has not answered since", timeout=10_000)
     expect(page.locator("#panels")).to_have_class(STALE)
     expect(banner).to_contain_text(re.compile(r"show data up to \d\d:\d\d:\d\d, the last good update"))
     page.unroute(f"{stack.monitor_url}/monitor/api/**")
