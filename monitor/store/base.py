@@ -43,6 +43,11 @@ class Point:
 
 
 @dataclass(frozen=True)
+class _Cleaned(Point):
+    """A point `clean_point` returned: cleaning it again is a no-op (stores stacked on stores clean once)."""
+
+
+@dataclass(frozen=True)
 class WindowRow:
     """One time bucket of one tag set: the mean and max of each numeric field (None where it had no value).
 
@@ -53,6 +58,11 @@ class WindowRow:
     time_ns: int
     mean: Mapping[str, float | None]
     max: Mapping[str, float | int | None]
+
+
+#: A `query_window` call's arguments in order: measurement, fields, start_ns, end_ns, tags, bucket_s. Stores that
+#: can answer several at once (InfluxDB: one request) offer `query_windows(list[WindowQuery])`.
+WindowQuery = tuple[str, Sequence[str], int, int, Mapping[str, str] | None, int | None]
 
 
 class StoreUnavailable(Exception):
@@ -131,6 +141,8 @@ def check_name(name: object, what: str) -> str:
 
 def clean_point(point: Point) -> Point | None:
     """Apply the shared rules: drop empty tags and null fields, check names; None when no field is left."""
+    if point.__class__ is _Cleaned:
+        return point
     check_name(point.measurement, "measurement")
     if isinstance(point.time_ns, bool) or not isinstance(point.time_ns, int):
         raise StoreRejected(f"time_ns must be an integer, got {point.time_ns!r}")
@@ -164,7 +176,7 @@ def clean_point(point: Point) -> Point | None:
         raise StoreRejected(f"{key!r} cannot be a key here (reserved, or both a tag and a field)")
     if not fields:
         return None
-    return Point(point.measurement, tags, fields, point.time_ns)
+    return _Cleaned(point.measurement, tags, fields, point.time_ns)
 
 
 def check_identifier(name: str, what: str) -> str:

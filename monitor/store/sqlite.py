@@ -50,6 +50,8 @@ def _numeric(field: str) -> str:
 def _numeric_only(rows: list[WindowRow]) -> list[WindowRow]:
     """Leave out fields with no number in any row (strings, booleans, absent), as InfluxDB's types do."""
     present = {f for row in rows for f, v in row.max.items() if v is not None}
+    if all(present.issuperset(row.max) for row in rows):
+        return sort_rows(rows)  # every field has a number somewhere: nothing to leave out
     return sort_rows(
         [
             WindowRow(
@@ -127,14 +129,21 @@ class SqliteStore:
         where, params = self._where(measurement, start_ns, end_ns, tags, None)
         values = [_numeric(f) for f in fields]
         if bucket_s is None:
-            columns = ", ".join(values)
-            sql = f"SELECT tags, time_ns, {columns} FROM points WHERE {where} ORDER BY tags, time_ns"
+            # One json_extract of every path per row (it answers a JSON array) rather than two JSON calls per
+            # field and row; numbers are picked out here (JSON true/false arrive as booleans, strings as str).
+            paths = ", ".join(f"'$.{f}'" for f in fields) + ("" if len(fields) > 1 else ", '$.__none__'")
+            sql = (
+                f"SELECT tags, time_ns, json_extract(fields, {paths}) FROM points WHERE {where} ORDER BY tags, time_ns"
+            )
             rows = []
-            for tags_json, time_ns, *vals in self._select(sql, params):
+            tag_sets: dict[str, dict[str, str]] = {}  # one series' rows share its tags
+            for tags_json, time_ns, array in self._select(sql, params):
+                vals = [v if v.__class__ in (int, float) else None for v in json.loads(array)]
                 if any(v is not None for v in vals):
-                    mean = {f: None if v is None else float(v) for f, v in zip(fields, vals, strict=True)}
-                    maxes = dict(zip(fields, vals, strict=True))
-                    rows.append(WindowRow(json.loads(tags_json), time_ns, mean, maxes))
+                    mean = {f: None if v is None else float(v) for f, v in zip(fields, vals, strict=False)}
+                    maxes = dict(zip(fields, vals, strict=False))
+                    row_tags = tag_sets.get(tags_json) or tag_sets.setdefault(tags_json, json.loads(tags_json))
+                    rows.append(WindowRow(row_tags, time_ns, mean, maxes))
             return _numeric_only(rows)
         if bucket_s <= 0:
             raise ValueError(f"bucket_s must be positive, got {bucket_s}")
