@@ -236,7 +236,7 @@ function drawQuality(body) {
   const pick = (name) => body.scores.filter((s) => s[name] != null).map((s) => ({ x: s.t_ms, y: s[name], job: s.job_id }));
   const lowColours = body.scores.filter((s) => s.combined != null).map((s) => (s.low_quality ? "#b00020" : "#0969da"));
   draw(charts.quality, [
-    line("Combined", pick("combined"), "#0969da", { pointBackgroundColor: lowColours, pointBorderColor: lowColours }),
+    line("Combined", pick("combined"), "#0969da", { pointBackgroundColor: lowColours, pointBorderColor: lowColours, clip: 6 }),
     line("Smoothness", pick("smoothness"), "#1a7f37", { borderDash: [2, 2] }),
     line("Image consistency", pick("i2v_subject"), "#8250df", { borderDash: [2, 2] }),
     threshold("Low-quality line", 0.6, "#b00020", from, to),

@@ -12,8 +12,11 @@ import io
 import json
 import re
 import time
+from typing import Any
 
+import pytest
 import requests
+import torch
 from playwright.sync_api import Page, expect
 
 from generator.validation import LIMITS, MAX_PROMPT_CHARS, RESOLUTIONS
@@ -200,3 +203,32 @@ def test_a_store_outage_reported_by_status_shows_its_banner(page: Page, stack: S
     expect(banner).to_contain_text("42 points are spooled")
     page.unroute(f"{stack.monitor_url}/monitor/api/status")
     expect(banner).to_be_hidden(timeout=10_000)
+
+
+def test_a_failed_job_shows_its_error_and_the_suggestion(
+    page: Page, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unet = stack.generator.runtime.workers[0].pipe.unet
+
+    def forward_that_runs_out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    monkeypatch.setattr(unet, "forward", forward_that_runs_out_of_memory)
+    page.goto(stack.generator.url)
+    image = {"name": "input.png", "mimeType": "image/png", "buffer": png_bytes()}
+    page.get_by_label("Image").set_input_files(files=[image])
+    page.get_by_label("Prompt").fill(PROMPT)
+    page.get_by_label("Resolution").select_option("256")
+    page.get_by_label("Frames").fill("8")
+    page.get_by_label("Steps").fill("10")
+    page.get_by_role("button", name="Generate").click()
+
+    failure = page.locator("#job-failure")
+    expect(failure).to_be_visible(timeout=JOB_DEADLINE_MS)
+    expect(page.locator("#job-state")).to_have_text("Failed")
+    expect(page.locator("#job-error")).to_contain_text("CUDA out of memory")
+    expect(page.locator("#job-suggestion")).to_contain_text("Suggestion: ")
+    expect(page.locator("#job-suggestion")).to_contain_text("resolution")
+    expect(page.locator("#video")).to_be_hidden()
+    expect(page.locator("#cancel")).to_be_hidden()
+    screenshots(page, "generator-failed")
