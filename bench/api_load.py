@@ -19,9 +19,7 @@ from bench import fixtures
 from bench.harness import Context, MonitorProcess, Result, info, summary
 from bench.store_speed import DASHBOARD_FIELDS, fill
 from monitor.schema import GPU_SAMPLE, event_to_point
-from monitor.store import Store
-from monitor.store.influx import InfluxStore
-from monitor.store.sqlite import SqliteStore
+from monitor.store import Store, open_store
 
 S = fixtures.S
 THREADS = 4
@@ -90,16 +88,15 @@ def run(ctx: Context) -> Result:
     ticks, jobs, total, max_s = (600, 5, 40, 5.0) if ctx.quick else (86_400, 300, 2000, 30.0)
     influxd = ctx.influxd()
     sqlite_dir = ctx.scratch("api-sqlite")
-    stores: dict[str, Store] = {
-        "SQLite": SqliteStore(sqlite_dir / "monitor.db"),
-        "InfluxDB": InfluxStore(influxd.url, "api"),
-    }
     urls = {"SQLite": f"sqlite:///{sqlite_dir}/monitor.db", "InfluxDB": influxd.store_url("api")}
+    stores: dict[str, Store] = {name: open_store(url) for name, url in urls.items()}  # as the monitor writes
     end_ns = time.time_ns()
     fill(stores, ticks, end_ns)
     events = {name: _fill_jobs(store, jobs, end_ns / S) for name, store in stores.items()}
     for store in stores.values():
         store.close()
+    if not ctx.quick:
+        ctx.settle_influxd()  # a day of history lives in TSM files, not in the write cache
     monitors = {name: MonitorProcess(ctx.scratch(f"api-{name}"), store_url=url) for name, url in urls.items()}
     for monitor in monitors.values():
         monitor.start()

@@ -6,7 +6,8 @@ the generator's sender does, to each monitor in turn (rounds alternate the order
 
 - acknowledged: events / time until the last 200 (the monitor answers once the events are fsync'd to its spool);
 - stored: events / time until the monitor's writer has delivered them all to the store (spool and buffer empty);
-- request latency p50/p99 (one batch of 200).
+- request latency p50/p99 (one batch of 200);
+- events per CPU second of the monitor process (what a shared machine's neighbours do not change).
 
 Medians over the rounds; the store's own count is checked at the end.
 """
@@ -18,6 +19,7 @@ import statistics
 import time
 from typing import Any
 
+import psutil
 import requests
 
 from bench import fixtures
@@ -27,10 +29,17 @@ TARGET_EVENTS_PER_S = 5000
 BATCH = 200  # generator/events.py's BATCH_SIZE
 
 
+def _cpu_s(monitor: MonitorProcess) -> float:
+    assert monitor.process is not None
+    times = psutil.Process(monitor.process.pid).cpu_times()
+    return times.user + times.system
+
+
 def _burst(monitor: MonitorProcess, events: list[dict[str, Any]]) -> dict[str, Any]:
     session = requests.Session()
     latencies = []
     before = monitor.status()["writer"]["points_written_total"]
+    cpu_before = _cpu_s(monitor)
     started = time.perf_counter()
     for i in range(0, len(events), BATCH):
         sent = time.perf_counter()
@@ -49,7 +58,10 @@ def _burst(monitor: MonitorProcess, events: list[dict[str, Any]]) -> dict[str, A
             raise TimeoutError(f"the writer did not deliver the events within 300 s: {writer}")
         time.sleep(0.02)
     stored = time.perf_counter() - started
+    cpu = _cpu_s(monitor) - cpu_before
     return {
+        "monitor_cpu_s": cpu,
+        "stored_per_monitor_cpu_s": len(events) / cpu,
         "events": len(events),
         "acked_s": acked,
         "stored_s": stored,
@@ -101,12 +113,16 @@ def run(ctx: Context) -> Result:
         latencies = [x for run in runs for x in run.pop("latency_s")]
         stored = statistics.median(run["stored_per_s"] for run in runs)
         acked = statistics.median(run["acked_per_s"] for run in runs)
+        per_cpu = statistics.median(run["stored_per_monitor_cpu_s"] for run in runs)
         lat = summary(latencies, 1000)
         how = f"{per_burst:,} events per burst in batches of {BATCH}, one client, median of {rounds} interleaved bursts"
         figures += [
             at_least(f"Ingest into {name}: events/s stored (POST to delivered)", stored, TARGET_EVENTS_PER_S,
                      "events/s", how),
             info(f"Ingest into {name}: events/s acknowledged (on disk in the spool)", acked, "events/s", how),
+            info(f"Ingest into {name}: events per CPU second of the monitor process (stored)", per_cpu, "events/s",
+                 "the same bursts: events / the monitor's user + system CPU time (psutil), a figure the neighbours "
+                 "on a shared machine do not move"),
             info(f"Ingest into {name}: request latency p50, batch of {BATCH}", lat["p50"], "ms", how),
             info(f"Ingest into {name}: request latency p99, batch of {BATCH}", lat["p99"], "ms", how),
         ]  # fmt: skip
