@@ -98,8 +98,16 @@ def to_line(point: Point) -> str:
     head = escape_measurement(point.measurement)
     if tags:
         head += "".join(f",{escape_key(key)}={escape_key(tags[key])}" for key in sorted(tags))  # InfluxDB's fast path
-    fields = ",".join(f"{escape_key(k)}={format_field(v)}" for k, v in point.fields.items())
-    return f"{head} {fields} {point.time_ns}"
+    fields = []
+    for key, value in point.fields.items():
+        kind = value.__class__
+        if kind is float:  # most values: inlined rather than a call per value
+            fields.append(f"{escape_key(key)}={value!r}")
+        elif kind is int:
+            fields.append(f"{escape_key(key)}={value}i")
+        else:
+            fields.append(f"{escape_key(key)}={format_field(value)}")
+    return f"{head} {','.join(fields)} {point.time_ns}"
 
 
 # ---- InfluxQL ---------------------------------------------------------------------------------------------
