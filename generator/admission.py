@@ -67,7 +67,7 @@ def admit(
         said = (need.source,) if isinstance(need, MemoryEstimate) else ()
         if need <= budget:
             return Admission(current, (*said, *notes), need)
-        smaller = _degrade(current)
+        smaller = next_smaller(current)
         if smaller is None:
             notes.append(
                 f"refused: even {current.resolution}p with {current.num_frames} frames needs about "
@@ -85,7 +85,7 @@ def _frames_rank(num_frames: int) -> int:
     return 0 if num_frames <= 8 else 1 if num_frames <= 16 else 2 if num_frames <= 24 else 3
 
 
-def _degrade(params: JobParams) -> JobParams | None:
+def next_smaller(params: JobParams) -> JobParams | None:
     """Step down whichever of resolution and frames is higher on its ladder, resolution first on a tie."""
     resolution_rank = sorted(PEAK_16_FRAMES_BYTES).index(params.resolution)
     if resolution_rank == 0 and params.num_frames <= 8:

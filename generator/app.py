@@ -191,6 +191,7 @@ def index() -> str:
         limits=LIMITS,
         max_prompt=MAX_PROMPT_CHARS,
         monitor_url=runtime().config.monitor_url,
+        max_upload_bytes=runtime().config.max_upload_bytes,
     )
 
 

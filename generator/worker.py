@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from common.events import STARTUP_JOB_ID, Event
-from generator.admission import admit, table_estimate
+from generator.admission import admit, next_smaller, table_estimate
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
@@ -25,7 +25,18 @@ from generator.video import write_mp4
 
 log = logging.getLogger(__name__)
 
-OOM_SUGGESTION = "the GPU ran out of memory: lower the resolution (e.g. 512) or the number of frames (e.g. 16)"
+OOM_PREFIX = "CUDA out of memory"
+
+
+def oom_suggestion(params: JobParams) -> str:
+    """Suggest the next smaller job on the degradation ladder, or say that even the smallest does not fit."""
+    smaller = next_smaller(params)
+    if smaller is None:
+        return "the GPU ran out of memory even for the smallest job: free GPU memory held by other processes"
+    return (
+        f"the GPU ran out of memory: try {smaller.resolution}p with {smaller.num_frames} frames "
+        f"(this job was {params.resolution}p with {params.num_frames} frames)"
+    )
 WARMUP = JobParams(resolution=256, num_frames=8, steps=1, guidance_scale=9.0, fps=8, seed=0)
 
 
@@ -204,7 +215,9 @@ class Worker:
             outcome = ("cancelled", "cancelled while running", None)
         except Exception as error:
             if is_out_of_memory(error):
-                outcome = ("failed", f"CUDA out of memory: {str(error)[:500]}", OOM_SUGGESTION)
+                text = str(error)[:500]
+                message = text if text.startswith(OOM_PREFIX) else f"{OOM_PREFIX}: {text}"
+                outcome = ("failed", message, oom_suggestion(job.effective))
             else:
                 log.exception("job %s failed", job.job_id)
                 outcome = ("failed", f"{error.__class__.__name__}: {str(error)[:500]}", "see the generator's log")
@@ -284,7 +297,7 @@ class Worker:
             self.metrics.peak_memory.set(job.peak_memory_bytes)
         if state == "succeeded":
             self.metrics.consecutive_ooms.set(0)
-        elif error and error.startswith("CUDA out of memory"):
+        elif error and error.startswith(OOM_PREFIX):
             self.metrics.consecutive_ooms.inc()
         self.metrics.requests.labels(state).inc()
         self.metrics.request_duration.observe(job.finished_at - job.created_at)

@@ -228,7 +228,7 @@ def test_a_failed_job_shows_its_error_and_the_suggestion(
     expect(page.locator("#job-state")).to_have_text("Failed")
     expect(page.locator("#job-error")).to_contain_text("CUDA out of memory")
     expect(page.locator("#job-suggestion")).to_contain_text("Suggestion: ")
-    expect(page.locator("#job-suggestion")).to_contain_text("resolution")
+    expect(page.locator("#job-suggestion")).to_contain_text("GPU memory")
     expect(page.locator("#video")).to_be_hidden()
     expect(page.locator("#cancel")).to_be_hidden()
     screenshots(page, "generator-failed")
