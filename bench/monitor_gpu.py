@@ -6,6 +6,7 @@ It starts `python -m generator --model full` once, then runs 512x512, 16-frame, 
 phases: without a monitor, with `python -m monitor` sampling every 2 s, and every 0.5 s (order rotated each round).
 Each monitored phase reads back what the monitor stored and serves: GPU and host series, the generator's per-process
 memory (attributed by the PID the generator's /health reports), the job's stage breakdown, and the sampler's cost.
+Each phase also records the CPU seconds the generator and the monitor spent during the job.
 """
 
 from __future__ import annotations
@@ -64,6 +65,14 @@ def run_job(steps: int, resolution: int = 512, frames: int = 16) -> dict[str, An
         time.sleep(0.2)
 
 
+def _cpu_s(pid: int) -> float:
+    """Return a process's user + system CPU seconds so far."""
+    import psutil  # the monitor's own dependency
+
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def start_monitor(interval_s: float, data_dir: Path) -> subprocess.Popen[bytes]:
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
@@ -117,6 +126,7 @@ def observe(job: dict[str, Any], interval_s: float) -> dict[str, Any]:
 
 
 def main() -> None:
+    global GEN, MON, MONITOR_PORT  # the helpers above read these; --generator-port and --monitor-port set them
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
     parser.add_argument("--rounds", type=int, default=2)
@@ -127,7 +137,6 @@ def main() -> None:
     parser.add_argument("--generator-port", type=int, default=GENERATOR_PORT)
     parser.add_argument("--monitor-port", type=int, default=MONITOR_PORT)
     args = parser.parse_args()
-    global GEN, MON, MONITOR_PORT  # the helpers above read these
     GEN, MON = f"http://127.0.0.1:{args.generator_port}", f"http://127.0.0.1:{args.monitor_port}"
     MONITOR_PORT = args.monitor_port
     tmp = Path(tempfile.mkdtemp(prefix="monitor-gpu-"))
@@ -165,13 +174,19 @@ def main() -> None:
             for interval in orders[round_index % len(orders)]:
                 monitor = start_monitor(interval, tmp / f"mon-{round_index}-{interval}") if interval else None
                 try:
+                    cpu_before = (_cpu_s(results["generator_pid"]), _cpu_s(monitor.pid) if monitor else 0.0)
                     job = run_job(args.steps, args.resolution, args.frames)
+                    cpu_after = (_cpu_s(results["generator_pid"]), _cpu_s(monitor.pid) if monitor else 0.0)
                     phase = {
                         "round": round_index,
                         "interval_s": interval,
                         "state": job["state"],
                         "generation_s": job["finished_at"] - job["started_at"],
                         "denoising_s": job["stage_durations_s"].get("denoising"),
+                        # CPU seconds over the job (submission to end, polling included): on a shared machine
+                        # the generator's CPU time moves less with the neighbours than its wall time does
+                        "generator_cpu_s": cpu_after[0] - cpu_before[0],
+                        "monitor_cpu_s": cpu_after[1] - cpu_before[1] if monitor else None,
                     }
                     if monitor and round_index == args.rounds - 1:
                         time.sleep(2 * interval + 1)  # one more sample and the events flushed
@@ -187,6 +202,15 @@ def main() -> None:
             by_mode.setdefault(str(phase["interval_s"]), []).append(phase["generation_s"])
         baseline = statistics.median(by_mode["None"])
         results["median_generation_s"] = {mode: statistics.median(times) for mode, times in by_mode.items()}
+        cpu_by_mode: dict[str, list[float]] = {}
+        for phase in results["phases"]:
+            cpu_by_mode.setdefault(str(phase["interval_s"]), []).append(phase["generator_cpu_s"])
+        results["median_generator_cpu_s"] = {mode: statistics.median(v) for mode, v in cpu_by_mode.items()}
+        results["monitor_cpu_share_of_generator"] = {
+            mode: statistics.median(p["monitor_cpu_s"] / p["generator_cpu_s"] for p in results["phases"]
+                                    if str(p["interval_s"]) == mode)
+            for mode in cpu_by_mode if mode != "None"
+        }  # fmt: skip
         results["ratio_vs_unmonitored"] = {
             mode: statistics.median(times) / baseline for mode, times in by_mode.items() if mode != "None"
         }
