@@ -58,7 +58,7 @@ def test_samples_and_events_arrive_exactly_once_across_an_influxd_crash(
         assert status["dropped"] == 0
         assert status["rejected"] == 0
         ticks, last_sample_s = status["sampler"]["ticks_total"], status["sampler"]["last_sample_time_s"]
-        until_ns = int(last_sample_s * 1e9)
+        until_ns = int(last_sample_s * 1e9) + 1000  # a float of seconds loses the last digits; ticks are 0.2 s apart
 
         def stored_samples() -> list[list]:
             query = f'SELECT "cpu_ratio" FROM "host_sample" WHERE time <= {until_ns}'
