@@ -62,7 +62,7 @@ def test_a_finished_job_is_scored_automatically_and_a_rating_changes_its_score(s
 
     rating = 5 if result["combined"] < 0.5 else 1  # move the score visibly either way
     rated = requests.post(
-        f"{stack.monitor_url}/monitor/api/jobs/{job_id}/rating", json={"stars": rating}, timeout=10
+        f"{stack.monitor_url}/monitor/api/jobs/{job_id}/rating", json={"stars": rating}, headers=ADMIN, timeout=10
     ).json()
     assert rated["rating"] == rating
     assert rated["parts_used"].endswith(",rating")
