@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from flask import Flask, jsonify
+from flask.json.provider import DefaultJSONProvider
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
@@ -115,6 +116,17 @@ def get_context(app: Flask) -> MonitorContext:
     return ctx
 
 
+class BoundedJSONProvider(DefaultJSONProvider):
+    """Parse request bodies as Flask does, but a body nested too deeply to parse is a parse error (400), not a 500."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Parse JSON; a RecursionError becomes the ValueError that request.get_json turns into a 400."""
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
+
+
 def create_app(
     config: MonitorConfig,
     *,
@@ -137,6 +149,7 @@ def create_app(
         writer = Writer(store, Spool(config.spool_dir, config.spool_max_bytes), conform=schema.conform)
         writer.start()
     app = Flask("monitor")
+    app.json = BoundedJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = ingest.MAX_BODY_BYTES
     app.extensions[EXTENSION] = MonitorContext(config, store, writer, sampler, clock_ns)
     ingest.init_app(app)

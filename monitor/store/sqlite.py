@@ -109,9 +109,17 @@ class SqliteStore:
                 self._db.executemany(_UPSERT, rows)
                 self._db.execute("COMMIT")
             except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                self._rollback()
                 raise StoreUnavailable(f"SQLite write failed: {e}") from e
+            except (ValueError, UnicodeError) as e:
+                # The points themselves cannot be stored (e.g. a lone surrogate): refused, not retried, and the
+                # transaction closed so that the next write starts clean.
+                self._rollback()
+                raise StoreRejected(f"SQLite cannot store these points: {e}") from e
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     def query_window(
         self,

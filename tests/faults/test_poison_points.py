@@ -63,12 +63,6 @@ def test_ingest_refuses_events_no_store_could_keep(tmp_path: Path) -> None:
             Event.from_dict({**event, **change})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monitor/store/sqlite.py: a write that fails with anything but sqlite3.Error (here UnicodeEncodeError) "
-    "leaves its BEGIN open, so every later write fails ('cannot start a transaction within a transaction') and "
-    "the store reads as down for good; it should roll back on any error and raise StoreRejected for this one",
-)
 def test_sqlite_stays_usable_after_a_point_it_cannot_write(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "m.db")
     try:
