@@ -147,7 +147,9 @@ def series() -> ResponseReturnValue:
 def _events(ctx: MonitorContext, window_s: int, **filters: Any) -> list[dict[str, Any]]:
     end_ns = ctx.clock_ns() + 60 * 1_000_000_000  # events carry the generator's clock: allow a little skew
     start_ns = end_ns - (window_s + 60) * 1_000_000_000
-    points = ctx.store.query_points(JOB_EVENT, start_ns, end_ns, limit=MAX_JOB_EVENTS, **filters)
+    # Newest first, so that a window holding more than MAX_JOB_EVENTS events loses its oldest jobs, not its newest
+    # (the jobs list is newest first; a job's events are ordered again where it is summarised).
+    points = ctx.store.query_points(JOB_EVENT, start_ns, end_ns, limit=MAX_JOB_EVENTS, descending=True, **filters)
     return [point_to_event(p) for p in points]
 
 
