@@ -66,9 +66,10 @@ def run(ctx: Context) -> Result:
     ratio = data["ratio_vs_unmonitored"]
     median = data["median_generation_s"]
     jobs = len(phases) // 3
+    times = [p["generation_s"] for p in phases]
     how = (
         f"`tiny` 256x256x8x10 on the CPU, interleaved phases (order rotated), median of {jobs} jobs per mode; "
-        f"unmonitored median {median['None']:.2f} s"
+        f"unmonitored median {median['None']:.2f} s; every job took {min(times):.0f}-{max(times):.0f} s"
     )
     cpu = data["median_generator_cpu_s"]
     share = data["monitor_cpu_share_of_generator"]

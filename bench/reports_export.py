@@ -101,6 +101,7 @@ def run(ctx: Context) -> Result:
         full, tenth = export["peak_python_bytes"], export["peak_python_bytes_tenth_of_the_jobs"]
         figures.append(
             info(f"jobs.csv export from {name}: peak Python memory (a tenth of the jobs: {tenth / 2**20:.1f} MiB)",
-                 full / 2**20, "MiB", "tracemalloc peak during the export; equal for 10x the rows = constant")
+                 full / 2**20, "MiB",
+                 "tracemalloc peak during the export, against the same for a tenth of the jobs (equal: constant)")
         )  # fmt: skip
     return Result(figures, {"source": source, **data})
