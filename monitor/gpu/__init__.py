@@ -1,1 +1,0 @@
-"""GPU sampling: NVML is read in `monitor.gpu.nvml` and nowhere else."""
