@@ -207,7 +207,7 @@ class NvmlWatch:
     """Read GPU 0's used memory share every 10 ms (as the monitor reads it) and record threshold crossings."""
 
     def __init__(self, interval_s: float = 0.01) -> None:
-        from monitor.gpu.nvml import NvmlReader
+        from monitor.collection.nvml import NvmlReader
 
         self.reader = NvmlReader()
         self.interval_s = interval_s

@@ -18,8 +18,8 @@ import requests
 from bench import fixtures
 from bench.harness import Context, MonitorProcess, Result, info, summary
 from bench.store_speed import DASHBOARD_FIELDS, fill
-from monitor.schema import GPU_SAMPLE, event_to_point
-from monitor.store import Store, open_store
+from monitor.storage import Store, open_store
+from monitor.storage.schema import GPU_SAMPLE, event_to_point
 
 S = fixtures.S
 THREADS = 4

@@ -33,13 +33,13 @@ from typing import Any
 
 import psutil
 
-from monitor.app import create_app, get_context
+from monitor.analysis.job_summary import JOB_SUMMARY
+from monitor.analysis.predict import JobShape, Predictor
+from monitor.analysis.reports import JOB_COLUMNS, csv_chunks, job_rows
 from monitor.config import MonitorConfig
-from monitor.job_summary import JOB_SUMMARY
-from monitor.predict import JobShape, Predictor
-from monitor.reports import JOB_COLUMNS, csv_chunks, job_rows
-from monitor.schema import GPU_SAMPLE, conform
-from monitor.store import Point, Store, open_store
+from monitor.storage import Point, Store, open_store
+from monitor.storage.schema import GPU_SAMPLE, conform
+from monitor.web.app import create_app, get_context
 from tests.servers import InfluxServer
 
 S = 1_000_000_000

@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.events import Event
-from monitor import schema
-from monitor.gpu.nvml import GpuProcess, GpuSnapshot
-from monitor.host import HostSnapshot
-from monitor.job_summary import FIELD_TYPES as SUMMARY_TYPES
-from monitor.job_summary import JOB_SUMMARY, STAGES
-from monitor.sampler import Snapshot, snapshot_points
-from monitor.store.base import Point
+from monitor.analysis.job_summary import FIELD_TYPES as SUMMARY_TYPES
+from monitor.analysis.job_summary import JOB_SUMMARY, STAGES
+from monitor.collection.host import HostSnapshot
+from monitor.collection.nvml import GpuProcess, GpuSnapshot
+from monitor.collection.sampler import Snapshot, snapshot_points
+from monitor.storage import schema
+from monitor.storage.base import Point
 
 S = 1_000_000_000
 HOST = "bench-host"

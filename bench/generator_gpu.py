@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generator.app import create_app
 from generator.config import GeneratorConfig
-from monitor.gpu.nvml import NvmlReader
+from monitor.collection.nvml import NvmlReader
 
 
 class NvmlPeak:

@@ -1,7 +1,7 @@
 """Prove the NVML path on a real GPU: call costs, tick CPU cost, a snapshot, process attribution, overhead.
 
-Runs the monitor's own code (monitor.gpu.nvml.NvmlReader, monitor.sampler.Sampler.tick) against the real
-pynvml and prints one JSON document:
+Runs the monitor's own code (monitor.collection.nvml.NvmlReader, monitor.collection.sampler.Sampler.tick)
+against the real pynvml and prints one JSON document:
 
 - `calls`: each NVML function's cost, p50/p99/max in microseconds (timed around the real call);
 - `tick`: a full sampler tick (every GPU + the host + point conversion): wall, thread CPU and process CPU
@@ -38,8 +38,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monitor.gpu.nvml import GpuSnapshot, NvmlReader, real_nvml
-from monitor.sampler import Sampler, Snapshot, snapshot_points
+from monitor.collection.nvml import GpuSnapshot, NvmlReader, real_nvml
+from monitor.collection.sampler import Sampler, Snapshot, snapshot_points
 
 FORMAT = "i2v-nvml-answers/1"
 SYSTEM_CALLS = ("nvmlInit", "nvmlDeviceGetCount", "nvmlSystemGetDriverVersion")
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load_pid"] = load_pid
 
     try:
-        from monitor.host import HostReader
+        from monitor.collection.host import HostReader
 
         host: Any = HostReader(outputs_dir=Path.cwd())
     except ImportError:  # no psutil: time the GPU part alone

@@ -1,9 +1,9 @@
 """CSV export of 100,000 jobs (`jobs.csv`): rows/s and peak memory, on SQLite and a real influxd.
 
 Runs the reports engineer's bench/bench_reports.py when it is there (it also times predictions); otherwise
-measures the same export here: `job_summary` points written through the Store API, `monitor.reports.write_report`
-to a byte-counting sink, and the peak of Python allocations (tracemalloc) for all the jobs and for a tenth of
-them, which shows whether memory grows with the report.
+measures the same export here: `job_summary` points written through the Store API,
+`monitor.analysis.reports.write_report` to a byte-counting sink, and the peak of Python allocations (tracemalloc)
+for all the jobs and for a tenth of them, which shows whether memory grows with the report.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 from bench import fixtures
 from bench.harness import ROOT, Context, Result, at_least, info, run_script
-from monitor.reports import write_report
-from monitor.store import Store, open_store
+from monitor.analysis.reports import write_report
+from monitor.storage import Store, open_store
 
 S = fixtures.S
 TARGET_ROWS_PER_S = 50_000  # the reports issue's target

@@ -4,7 +4,7 @@
   point conversion) in batches of 5,000, alternating stores batch by batch; points/s is the median over batches.
   For InfluxDB the share spent turning points into line protocol in this process is timed apart.
 - Both stores are opened as the monitor opens them (`open_store`: with the 12 s and 288 s rollups of
-  monitor/store/rollup.py, written with the points, so their cost is in the write figures).
+  monitor/storage/rollup.py, written with the points, so their cost is in the write figures).
 - Window query: what the live tab asks for a 24 h window (`GET /monitor/api/series` with the dashboard's fields:
   5 GPU fields for one host and GPU, 3 host fields for one host, 288 s buckets: about 300 per series), and the
   1 h window (12 s buckets), repeated and interleaved between stores; p50 and p99.
@@ -19,17 +19,17 @@ from typing import Any
 
 from bench import fixtures
 from bench.harness import Context, Result, at_least, at_most, info, summary
-from monitor.api import MAX_BUCKETS
-from monitor.schema import GPU_SAMPLE, HOST_SAMPLE
-from monitor.store import Store, open_store
-from monitor.store.base import clean_point
-from monitor.store.influx import InfluxStore, to_line
+from monitor.storage import Store, open_store
+from monitor.storage.base import clean_point
+from monitor.storage.influx import InfluxStore, to_line
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE
+from monitor.web.api import MAX_BUCKETS
 
 S = fixtures.S
 BATCH = 5000
 TARGET_INFLUX_POINTS_PER_S = 100_000
 TARGET_QUERY_P99_MS = 50.0
-# monitor/static/dashboard.js: GPU_FIELDS, and the host chart's fields
+# monitor/web/static/dashboard.js: GPU_FIELDS, and the host chart's fields
 DASHBOARD_FIELDS = {
     GPU_SAMPLE: ["utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w"],
     HOST_SAMPLE: ["cpu_ratio", "memory_used_bytes", "memory_total_bytes"],
@@ -70,7 +70,7 @@ def run(ctx: Context) -> Result:
     """Measure write throughput and the window query on both stores."""
     ticks, repeats = (600, 3) if ctx.quick else (86_400, 60)
     influxd = ctx.influxd()
-    stores: dict[str, Store] = {  # as the monitor opens them: with their rollups (monitor/store/rollup.py)
+    stores: dict[str, Store] = {  # as the monitor opens them: with their rollups (monitor/storage/rollup.py)
         "SQLite": open_store(f"sqlite:///{ctx.scratch('store-sqlite')}/monitor.db"),
         "InfluxDB": open_store(influxd.store_url("bench")),
     }

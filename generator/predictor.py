@@ -160,7 +160,7 @@ def _proxy(path: str, names: tuple[str, ...]) -> tuple[Response, int]:
 
 @advice.get("/api/recommendation")
 def recommendation() -> tuple[Response, int]:
-    """Return the monitor's recommendation for this generator's GPU (see monitor/advice_api.py)."""
+    """Return the monitor's recommendation for this generator's GPU (see monitor/web/advice.py)."""
     return _proxy(RECOMMENDATION_PATH, ("guidance", "max_time_s"))
 
 

@@ -23,16 +23,15 @@ import waitress
 from flask import Flask
 
 from common.spool import Spool
-from monitor import schema
-from monitor.app import create_app, get_context
 from monitor.config import ConfigError, MonitorConfig
-from monitor.store import Store, StoreUnavailable, open_store
-from monitor.writer import Writer
+from monitor.storage import Store, StoreUnavailable, open_store, schema
+from monitor.storage.writer import Writer
+from monitor.web.app import create_app, get_context
 
 if TYPE_CHECKING:
     from monitor.alerts import AlertService
+    from monitor.collection.sampler import GpuReader, Sampler, Snapshot
     from monitor.quality.scorer import QualityResult, QualityScorer
-    from monitor.sampler import GpuReader, Sampler, Snapshot
 
 log = logging.getLogger("monitor")
 
@@ -55,12 +54,12 @@ def build_sampler(
     on_snapshot: Callable[[Snapshot], None] | None = None,
     gpus: GpuReader | None = None,
 ) -> Sampler:
-    """Build the GPU and host sampler that writes through `writer` (see monitor/sampler.py).
+    """Build the GPU and host sampler that writes through `writer` (see monitor/collection/sampler.py).
 
     `on_snapshot` hears every tick (the alert engine); `gpus` replaces NVML (tests, on machines without a GPU).
     """
-    from monitor.host import HostReader
-    from monitor.sampler import GeneratorPidProvider, Sampler
+    from monitor.collection.host import HostReader
+    from monitor.collection.sampler import GeneratorPidProvider, Sampler
 
     return Sampler(
         interval_s=config.sample_interval_s,
@@ -190,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the monitor until SIGINT or SIGTERM; return the exit status (2: bad configuration or store)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["report"]:  # `python -m monitor report jobs|gpu ...`: a CSV report, then exit
-        from monitor.reports import main as report
+        from monitor.analysis.reports import main as report
 
         return report(args[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -22,7 +22,7 @@ import requests
 
 from monitor.alerts.metrics import AlertMetrics
 from monitor.alerts.record import Alert, iso
-from monitor.store.base import Point
+from monitor.storage.base import Point
 
 log = logging.getLogger(__name__)
 

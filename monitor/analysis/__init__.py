@@ -1,1 +1,1 @@
-"""Analysis: what the stored events and samples mean: job summaries, devices, predictions, recommendations, statistics, reports."""
+"""Analysis: what stored events and samples mean: job summaries, devices, predictions, recommendations, reports."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.schema import GPU_SAMPLE, iso_from_us
-from monitor.store.base import Store
+from monitor.storage.base import Store
+from monitor.storage.schema import GPU_SAMPLE, iso_from_us
 
 #: A sample older than this does not describe the GPU "now" (the sampler ticks every 2 s by default).
 MAX_SAMPLE_AGE_S = 120

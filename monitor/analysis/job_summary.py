@@ -2,7 +2,7 @@
 
 A job's events are many (about 60 for 50 denoising steps); a report of 100,000 jobs cannot rebuild each job
 from them. So the monitor keeps the events of each job still running (in memory, bounded), and when the job's
-end state arrives it summarises them with `monitor.jobs.summarize` (the same reading as `GET /jobs`) and
+end state arrives it summarises them with `monitor.analysis.jobs.summarize` (the same reading as `GET /jobs`) and
 writes one point:
 
 - `job_summary` {host, gpu, status}: time = the end event's point time (so a replayed end event rewrites the
@@ -27,9 +27,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.events import PARAM_NAMES, Event, parse_iso
-from monitor import jobs, schema
-from monitor.schema import JOB_EVENT, event_time_ns, event_to_point, point_to_event
-from monitor.store.base import FieldValue, Point, Store, StoreRejected, StoreUnavailable
+from monitor.analysis import jobs
+from monitor.storage import schema
+from monitor.storage.base import FieldValue, Point, Store, StoreRejected, StoreUnavailable
+from monitor.storage.schema import JOB_EVENT, event_time_ns, event_to_point, point_to_event
 
 log = logging.getLogger(__name__)
 

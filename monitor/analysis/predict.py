@@ -39,10 +39,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.devices import ModelNames
-from monitor.job_summary import JOB_SUMMARY
-from monitor.schema import iso_from_us
-from monitor.store.base import Point, Store, StoreRejected, StoreUnavailable
+from monitor.analysis.devices import ModelNames
+from monitor.analysis.job_summary import JOB_SUMMARY
+from monitor.storage.base import Point, Store, StoreRejected, StoreUnavailable
+from monitor.storage.schema import iso_from_us
 
 log = logging.getLogger(__name__)
 

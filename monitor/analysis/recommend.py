@@ -4,7 +4,7 @@ Candidates are tried best first, along the ladder the generator degrades by (ARC
 768p/32 → 768p/24 → 512p/24 → 512p/16 → 256p/16 → 256p/8, with the seed's 512p/8 tier in its place), each
 with the steps the seed's tiers and card limits pair with its size. The first whose estimate (predicted peak +
 margin) is at most the memory usable now wins: the usable share of the card (80%) less what other processes
-hold (`monitor.devices.DeviceState.available_bytes`), so a recommendation never exceeds free memory minus the
+hold (`monitor.analysis.devices.DeviceState.available_bytes`), so a recommendation never exceeds free memory minus the
 margin. The seed's tiers by memory in use (< 60%: 768p/24/80; < 80%: 512p/16/50; else 512p/8/30) are the
 floor: measurements may recommend more than the tier, and only step below it when the tier itself does not fit.
 An optional time budget skips candidates predicted to take longer.
@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from monitor.devices import DeviceState
-from monitor.predict import JobShape, Prediction
+from monitor.analysis.devices import DeviceState
+from monitor.analysis.predict import JobShape, Prediction
 
 GB = 1e9
 

@@ -1,7 +1,7 @@
 """CSV reports, per job and per GPU time bucket: over HTTP and from the command line.
 
 - `GET /monitor/api/reports/jobs.csv?since=24h&until=&host=`: one row per job that ended in [since, until)
-  (its `job_summary` point, see monitor/job_summary.py), oldest first, with its quality scores and rating
+  (its `job_summary` point, see monitor/analysis/job_summary.py), oldest first, with its quality scores and rating
   when they were recorded within `QUALITY_LAG_S` of its end.
 - `GET /monitor/api/reports/gpu.csv?since=24h&until=&bucket=1m&host=`: per bucket, host and GPU, the mean
   and max of utilisation, memory used, temperature and power (buckets start at multiples of `bucket`).
@@ -12,7 +12,7 @@ its zone (`2024-05-01T00:00:00Z`). The format: RFC 4180 (comma, CRLF line ends, 
 with a comma, quote or line break, quotes doubled), UTF-8, one header row, RFC 3339 UTC timestamps with
 microseconds. A text cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`,
 so a spreadsheet shows it instead of running it as a formula (OWASP's CSV injection advice); numbers are
-left as numbers. Rows are streamed: the store is read in pages (monitor/pages.py), whatever the window.
+left as numbers. Rows are streamed: the store is read in pages (monitor/storage/pages.py), whatever the window.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from common.events import PARAM_NAMES, parse_iso
-from monitor.devices import ModelNames
-from monitor.job_summary import JOB_SUMMARY, STAGES
-from monitor.pages import PAGE_SIZE, iter_points
-from monitor.schema import GPU_SAMPLE
-from monitor.store.base import Point, Store, StoreRejected, StoreUnavailable
+from monitor.analysis.devices import ModelNames
+from monitor.analysis.job_summary import JOB_SUMMARY, STAGES
+from monitor.storage.base import Point, Store, StoreRejected, StoreUnavailable
+from monitor.storage.pages import PAGE_SIZE, iter_points
+from monitor.storage.schema import GPU_SAMPLE
 
 S = 1_000_000_000
 QUALITY = "quality"  # monitor.quality.scorer.MEASUREMENT, named here so reports never load the scorer
@@ -324,7 +324,7 @@ def init_app(app: Flask) -> None:
 
 
 def _context() -> Any:
-    from monitor.app import get_context  # the app module imports the modules that import this one
+    from monitor.web.app import get_context  # the app module imports the modules that import this one
 
     return get_context(current_app)
 
@@ -399,7 +399,7 @@ def write_report(kind: str, store: Store, out: TextIO, start_ns: int, end_ns: in
 def main(argv: Sequence[str]) -> int:
     """`python -m monitor report jobs|gpu ...`: write a report to a file or stdout; return the exit status."""
     from monitor.config import ConfigError, MonitorConfig
-    from monitor.store import open_store
+    from monitor.storage import open_store
 
     parser = argparse.ArgumentParser(prog="python -m monitor report", description="Write a CSV report.")
     parser.add_argument("kind", choices=("jobs", "gpu"), help="jobs: a row per job; gpu: a row per bucket and GPU")

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from monitor.gpu.nvml import CallStats, GpuSnapshot, NvmlReader
-from monitor.host import HostReader, HostSnapshot
-from monitor.store.base import FieldValue, Point
+from monitor.collection.host import HostReader, HostSnapshot
+from monitor.collection.nvml import CallStats, GpuSnapshot, NvmlReader
+from monitor.storage.base import FieldValue, Point
 
 log = logging.getLogger(__name__)
 

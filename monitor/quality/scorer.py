@@ -27,7 +27,7 @@ from monitor.quality.clip_score import NO_WEIGHTS_REASON, ClipScorer, text_frame
 from monitor.quality.combined import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, ClipCalibration, combine
 from monitor.quality.frames import UnreadableClip, read_clip, read_image
 from monitor.quality.i2v import I2VScore, ImageEncoder, i2v_subject, score_with
-from monitor.store.base import FieldValue, Point
+from monitor.storage.base import FieldValue, Point
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ STORED_FIELDS = (
     "i2v_reason",
 )
 
-#: Declared types of the stored fields, for the store's schema (monitor.schema.FIELD_TYPES[MEASUREMENT]).
+#: Declared types of the stored fields, for the store's schema (monitor.storage.schema.FIELD_TYPES[MEASUREMENT]).
 FIELD_TYPES: Mapping[str, str] = {
     **{name: "float" for name in STORED_FIELDS},
     **{name: "str" for name in ("job_id", "parts_used", "unscorable_reason", "clip_reason", "i2v_reason")},

@@ -1,7 +1,7 @@
 """Time-series stores behind one small interface: InfluxDB (v1 HTTP API) and SQLite.
 
 `open_store(url)` picks the backend from the URL's scheme through the `BACKENDS` registry and wraps it in
-`RollupStore`, which keeps the sample measurements' rollups (monitor/store/rollup.py).
+`RollupStore`, which keeps the sample measurements' rollups (monitor/storage/rollup.py).
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from common.redact import redact_url
-from monitor.store.base import Point, Store, StoreRejected, StoreUnavailable, WindowRow
-from monitor.store.influx import InfluxStore
-from monitor.store.rollup import RollupStore
-from monitor.store.sqlite import SqliteStore
+from monitor.storage.base import Point, Store, StoreRejected, StoreUnavailable, WindowRow
+from monitor.storage.influx import InfluxStore
+from monitor.storage.rollup import RollupStore
+from monitor.storage.sqlite import SqliteStore
 
 BACKENDS: dict[str, Callable[[str], Store]] = {
     "sqlite": SqliteStore.from_url,
@@ -43,6 +43,6 @@ def open_store(url: str) -> Store:
 
 def rolled_up_fields() -> dict[str, dict[str, str]]:
     """Return the numeric fields of the sample measurements (what the live tab charts), with their types."""
-    from monitor.schema import FIELD_TYPES, NUMERIC_FIELDS  # the schema imports the store's records
+    from monitor.storage.schema import FIELD_TYPES, NUMERIC_FIELDS  # the schema imports the store's records
 
     return {m: {f: FIELD_TYPES[m][f] for f in fields} for m, fields in NUMERIC_FIELDS.items()}

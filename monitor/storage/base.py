@@ -10,7 +10,7 @@ InfluxDB 1.x, 2.x and 3.x accept tomorrow):
   and never last (InfluxDB 1.x keeps backslashes literally there, 2.x and 3.x unescape `\\\\`: only these are
   read back the same by all). `time` is not a tag or field key, and no key is both a tag and a field (3.x).
 - Integers fit in 64 bits; booleans stay booleans; a field keeps its type (InfluxDB refuses a float into an
-  integer field: `monitor.schema.conform` fixes types before points reach the writer).
+  integer field: `monitor.storage.schema.conform` fixes types before points reach the writer).
 - Query filter names (tag keys, field keys, field names) are identifiers: letters, digits, underscores.
 """
 

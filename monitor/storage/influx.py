@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from common.redact import redact_url
-from monitor.store.base import (
+from monitor.storage.base import (
     FilterValue,
     Point,
     StoreRejected,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from monitor.store.base import FilterValue, Point, Store
+from monitor.storage.base import FilterValue, Point, Store
 
 PAGE_SIZE = 1000  # points: a page of job summaries is about 3 MB of Python objects
 OVERFILL = 2  # a window may hold up to this many pages before it is read again smaller

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from monitor.store.base import FilterValue, Point, Store, WindowQuery, WindowRow, clean_point, sort_rows
+from monitor.storage.base import FilterValue, Point, Store, WindowQuery, WindowRow, clean_point, sort_rows
 
 S = 1_000_000_000
 LEVELS_S = (12, 288)  # 1 h at 12 s buckets and 24 h at 288 s (the API's 300 buckets) read one row per bucket

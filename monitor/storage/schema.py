@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.events import PARAM_NAMES, Event, parse_iso
-from monitor.store.base import FieldValue, Point
+from monitor.storage.base import FieldValue, Point
 
 GPU_SAMPLE = "gpu_sample"
 HOST_SAMPLE = "host_sample"

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from monitor.store.base import (
+from monitor.storage.base import (
     FilterValue,
     Point,
     StoreRejected,

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.spool import Spool
-from monitor.store.base import Point, Store, StoreRejected, StoreUnavailable
+from monitor.storage.base import Point, Store, StoreRejected, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

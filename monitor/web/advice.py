@@ -10,8 +10,8 @@
   succeeded, failed, cancelled, success rate, and the fastest, median and p95 generation time (running → end)
   of the succeeded ones.
 
-`init_app` also subscribes the job summarizer (monitor/job_summary.py) to ingested events, and registers the
-CSV reports (monitor/reports.py).
+`init_app` also subscribes the job summarizer (monitor/analysis/job_summary.py) to ingested events, and registers the
+CSV reports (monitor/analysis/reports.py).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from monitor import reports
-from monitor.api import BadRequest, parse_window
-from monitor.devices import DeviceState, ModelNames, live_devices
-from monitor.job_summary import JOB_SUMMARY, JobSummarizer
-from monitor.pages import iter_points
-from monitor.predict import RESOLUTIONS, JobShape, Predictor
-from monitor.recommend import recommend
-from monitor.store.base import Point, StoreRejected, StoreUnavailable
+from monitor.analysis import reports
+from monitor.analysis.devices import DeviceState, ModelNames, live_devices
+from monitor.analysis.job_summary import JOB_SUMMARY, JobSummarizer
+from monitor.analysis.predict import RESOLUTIONS, JobShape, Predictor
+from monitor.analysis.recommend import recommend
+from monitor.storage.base import Point, StoreRejected, StoreUnavailable
+from monitor.storage.pages import iter_points
+from monitor.web.api import BadRequest, parse_window
 
 if TYPE_CHECKING:
-    from monitor.app import MonitorContext
+    from monitor.web.app import MonitorContext
 
 PREDICTOR = "predictor"
 SUMMARIZER = "job_summarizer"
@@ -48,7 +48,7 @@ bp = Blueprint("advice", __name__, url_prefix="/monitor/api")
 
 def init_app(app: Flask) -> None:
     """Attach the predictor, subscribe the job summarizer to ingested events, register these routes and reports."""
-    from monitor.app import get_context  # the app module imports this one
+    from monitor.web.app import get_context  # the app module imports this one
 
     ctx = get_context(app)
     predictor = Predictor(ctx.store, clock_ns=ctx.clock_ns)
@@ -62,7 +62,7 @@ def init_app(app: Flask) -> None:
 
 
 def _context() -> MonitorContext:
-    from monitor.app import get_context
+    from monitor.web.app import get_context
 
     return get_context(current_app)
 

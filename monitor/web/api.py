@@ -18,12 +18,12 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from common import openapi
-from monitor import jobs
-from monitor.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, NUMERIC_FIELDS, iso_from_us, point_to_event
-from monitor.store.base import StoreRejected, StoreUnavailable
+from monitor.analysis import jobs
+from monitor.storage.base import StoreRejected, StoreUnavailable
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, NUMERIC_FIELDS, iso_from_us, point_to_event
 
 if TYPE_CHECKING:
-    from monitor.app import MonitorContext
+    from monitor.web.app import MonitorContext
 
 MAX_BUCKETS = 300
 MAX_WINDOW_S = 90 * 86_400
@@ -45,7 +45,7 @@ def init_app(app: Flask) -> None:
 
 
 def _context() -> MonitorContext:
-    from monitor.app import get_context  # the app module imports this one
+    from monitor.web.app import get_context  # the app module imports this one
 
     return get_context(current_app)
 

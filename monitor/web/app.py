@@ -29,11 +29,12 @@ from werkzeug.exceptions import HTTPException
 
 from common.events import Event
 from common.spool import Spool
-from monitor import advice_api, api, dashboard, ingest, schema
 from monitor.config import MonitorConfig
-from monitor.ingest import EventListener, RecentIds
-from monitor.store import Store, open_store
-from monitor.writer import Writer
+from monitor.storage import Store, open_store, schema
+from monitor.storage.writer import Writer
+from monitor.web import advice as advice_api
+from monitor.web import api, dashboard, ingest
+from monitor.web.ingest import EventListener, RecentIds
 
 if TYPE_CHECKING:  # imported where used: a monitor built without them never loads them
     from monitor.alerts import AlertService
@@ -45,7 +46,7 @@ EXTENSION = "monitor"
 
 
 class SamplerHealth(Protocol):
-    """What the API needs from the sampler (monitor.sampler.Sampler)."""
+    """What the API needs from the sampler (monitor.collection.sampler.Sampler)."""
 
     def health(self) -> dict[str, Any]:
         """Return the sampler's health, JSON-ready."""
@@ -157,16 +158,16 @@ def create_app(
     dashboard.init_app(app)
     advice_api.init_app(app)  # predict, recommendation, summary, CSV reports; summarises each finished job
     if quality is not None:
-        from monitor.quality import api as quality_api
+        from monitor.web import quality as quality_api
 
         quality_api.init_app(app, quality, admin_token=config.admin_token)
         get_context(app).event_listeners.append(quality.listen)
     if alerts is not None:
-        from monitor.alerts.api import init_app as init_alerts
+        from monitor.web.alerts import init_app as init_alerts
 
         init_alerts(app, alerts)
     if sampler is not None and hasattr(sampler, "latest"):
-        from monitor.metrics import make_registry, metrics_view  # needs the real sampler's snapshots
+        from monitor.web.metrics import make_registry, metrics_view  # needs the real sampler's snapshots
 
         registry = make_registry(sampler, writer_health=writer.health)  # type: ignore[arg-type]
         for part in (quality, alerts):

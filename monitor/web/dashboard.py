@@ -1,6 +1,6 @@
 """The live monitor tab at /monitor/: the page, its script and Chart.js, and the three reads only it needs.
 
-- `GET /monitor/`: the dashboard (monitor/templates/dashboard.html, monitor/static/dashboard.js).
+- `GET /monitor/`: the dashboard (monitor/web/templates/dashboard.html, monitor/web/static/dashboard.js).
 - `GET /monitor/vendor/<file>`: Chart.js from node_modules (installed by `npm install` from package.json;
   `make run` and `make test` do it). No CDN: the page loads nothing from outside the monitor.
 - `GET /monitor/api/targets?window=24h`: the hosts and GPUs that sent samples in the window (the selectors).
@@ -25,13 +25,13 @@ from flask import Blueprint, Flask, abort, current_app, jsonify, render_template
 from flask.typing import ResponseReturnValue
 
 from common.events import parse_iso
-from monitor.api import BadRequest, parse_window
-from monitor.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, iso_from_us, point_to_event
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, iso_from_us, point_to_event
+from monitor.web.api import BadRequest, parse_window
 
 if TYPE_CHECKING:
-    from monitor.app import MonitorContext
+    from monitor.web.app import MonitorContext
 
-NODE_MODULES = Path(__file__).resolve().parents[1] / "node_modules"
+NODE_MODULES = Path(__file__).resolve().parents[2] / "node_modules"
 VENDOR_FILES = {"chart.umd.min.js": "chart.js/dist/chart.umd.min.js"}
 QUALITY = "quality"  # monitor.quality.scorer.MEASUREMENT, named here so the page needs no torch import
 QUALITY_SCORES = ("combined", "clip_score", "i2v_subject", "smoothness", "temporal_flickering", "dynamic_degree")
@@ -60,7 +60,7 @@ def init_app(app: Flask, node_modules: Path = NODE_MODULES) -> None:
 
 
 def _context() -> MonitorContext:
-    from monitor.app import get_context  # the app module imports this one
+    from monitor.web.app import get_context  # the app module imports this one
 
     return get_context(current_app)
 

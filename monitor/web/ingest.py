@@ -28,10 +28,10 @@ from flask.typing import ResponseReturnValue
 
 from common.auth import bearer_allows
 from common.events import Event, EventError
-from monitor.schema import event_to_point
+from monitor.storage.schema import event_to_point
 
 if TYPE_CHECKING:
-    from monitor.app import MonitorContext
+    from monitor.web.app import MonitorContext
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def init_app(app: Flask) -> None:
 
 
 def _context() -> MonitorContext:
-    from monitor.app import get_context  # the app module imports this one
+    from monitor.web.app import get_context  # the app module imports this one
 
     return get_context(current_app)
 

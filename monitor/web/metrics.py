@@ -2,7 +2,7 @@
 
 Register it in the app factory:
 
-    from monitor.metrics import make_registry, metrics_view
+    from monitor.web.metrics import make_registry, metrics_view
     app.add_url_rule("/metrics", "metrics", metrics_view(make_registry(sampler, writer_health=writer.health)))
 """
 
@@ -23,14 +23,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from monitor.gpu.nvml import DURATION_BUCKETS_S, THROTTLE_REASONS, CallStats
-from monitor.sampler import Snapshot
+from monitor.collection.nvml import DURATION_BUCKETS_S, THROTTLE_REASONS, CallStats
+from monitor.collection.sampler import Snapshot
 
 log = logging.getLogger(__name__)
 
 
 class SamplerView(Protocol):
-    """What the collector reads from the sampler (monitor.sampler.Sampler)."""
+    """What the collector reads from the sampler (monitor.collection.sampler.Sampler)."""
 
     @property
     def latest(self) -> Snapshot | None:
@@ -59,7 +59,7 @@ class MonitorCollector:
 
     Args:
         sampler: the sampler whose last snapshot and health are served.
-        writer_health: returns the store writer's health (`monitor.writer.Writer.health`: a WriterHealth, or
+        writer_health: returns the store writer's health (`monitor.storage.writer.Writer.health`: a WriterHealth, or
             any mapping with its keys); a key that is missing or None leaves its metric out.
     """
 
@@ -229,7 +229,7 @@ class MonitorCollector:
                 yield kind(name, doc, value=float(value))
 
 
-# (writer health key, metric name, help, type): the store helper's monitor.writer.WriterHealth fields.
+# (writer health key, metric name, help, type): the store helper's monitor.storage.writer.WriterHealth fields.
 _STORE_METRICS: tuple[tuple[str, str, str, type[GaugeMetricFamily] | type[CounterMetricFamily]], ...] = (
     ("store_reachable", "i2v_store_up", "1 while the store accepts writes.", GaugeMetricFamily),
     (

@@ -178,7 +178,7 @@ def test_the_api_lists_and_acknowledges_alerts(
 ) -> None:
     from flask import Flask
 
-    from monitor.alerts.api import init_app
+    from monitor.web.alerts import init_app
 
     service = make_service(tmp_path, clock, fake_generator, registry)
     app = Flask(__name__)
@@ -258,7 +258,7 @@ def test_store_health_feeds_the_store_rules_and_metrics_join_the_monitor_registr
     assert {"StoreUnreachable", "SpoolGrowing"} <= names
     health.store_reachable = None  # a writer that has not tried yet: unknown, not down
     assert service.host_values()["store_up"] is None
-    monitor_registry = CollectorRegistry(auto_describe=False)  # as monitor.metrics.make_registry builds it
+    monitor_registry = CollectorRegistry(auto_describe=False)  # as monitor.web.metrics.make_registry builds it
     monitor_registry.register(service.registry)
     text = generate_latest(monitor_registry).decode()
     assert 'i2v_alerts{severity="warning",state="firing"}' in text

@@ -35,7 +35,7 @@ def _schema(spec: Path) -> Any:
 
 
 generator_api = _schema(ROOT / "generator" / "openapi.yaml")
-monitor_api = _schema(ROOT / "monitor" / "openapi.yaml")
+monitor_api = _schema(ROOT / "monitor" / "web" / "openapi.yaml")
 
 
 def errors_say_what_is_wrong(ctx: Any, response: Any, case: Any) -> bool | None:

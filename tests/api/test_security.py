@@ -18,7 +18,7 @@ from flask import Flask
 
 from generator.config import GeneratorConfig
 from monitor.config import ConfigError, MonitorConfig
-from monitor.store.influx import InfluxStore
+from monitor.storage.influx import InfluxStore
 from tests.api.conftest import TOKEN, make_generator_app, make_monitor_app
 from tests.faults.procs import GeneratorProcess, MonitorProcess
 from tests.servers import InfluxServer, free_port
@@ -96,7 +96,7 @@ def test_tokens_are_only_compared_in_constant_time() -> None:
     checks = {p.relative_to(ROOT).as_posix() for p in modules if "compare_digest" in p.read_text()}
     assert checks == {"common/auth.py"}
     users = {p.relative_to(ROOT).as_posix() for p in modules if "bearer_allows(" in p.read_text()}
-    assert users >= {"generator/app.py", "monitor/ingest.py", "monitor/alerts/api.py", "monitor/quality/api.py"}
+    assert users >= {"generator/app.py", "monitor/web/ingest.py", "monitor/web/alerts.py", "monitor/web/quality.py"}
 
 
 # ---- loopback only without tokens ----------------------------------------------------------------------------

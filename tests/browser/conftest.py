@@ -21,11 +21,10 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from waitress.server import create_server
 
 from common.spool import Spool
-from monitor import schema
 from monitor.__main__ import Monitor, build_monitor
 from monitor.config import MonitorConfig
-from monitor.store import open_store
-from monitor.writer import Writer
+from monitor.storage import open_store, schema
+from monitor.storage.writer import Writer
 from tests.generator.conftest import GeneratorServer, serve_generator
 from tests.servers import free_port
 

@@ -18,14 +18,14 @@ import yaml
 
 from common.events import STAGES, Event
 from monitor.alerts.actions import ActionOutcome
-from monitor.gpu.nvml import GpuSnapshot
-from monitor.host import HostSnapshot
+from monitor.collection.host import HostSnapshot
+from monitor.collection.nvml import GpuSnapshot
+from monitor.collection.sampler import gpu_point, host_point
 from monitor.quality.scorer import MEASUREMENT as QUALITY
 from monitor.quality.scorer import QualityResult
-from monitor.sampler import gpu_point, host_point
-from monitor.schema import event_to_point, iso_from_us
-from monitor.store.base import Point
-from monitor.store.influx import InfluxStore
+from monitor.storage.base import Point
+from monitor.storage.influx import InfluxStore
+from monitor.storage.schema import event_to_point, iso_from_us
 from tests.deploy.compose import ROOT, load_compose
 from tests.deploy.grafana import DASHBOARDS, GRAFANA, concrete, dashboard_queries
 from tests.servers import InfluxServer

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import requests
 
-from monitor.host import HostSnapshot
-from monitor.sampler import host_point
-from monitor.store.influx import InfluxStore
+from monitor.collection.host import HostSnapshot
+from monitor.collection.sampler import host_point
+from monitor.storage.influx import InfluxStore
 from tests.deploy.compose import filled_env
 from tests.deploy.grafana import concrete, dashboard_queries
 from tests.servers import InfluxServer

@@ -19,13 +19,12 @@ import torch
 from transformers import CLIPImageProcessor, CLIPModel
 
 from common.spool import Spool
-from monitor import schema
 from monitor.__main__ import Monitor, build_monitor
 from monitor.alerts.settings import DEFAULT_RULES
+from monitor.collection.nvml import CallStats, GpuSnapshot
 from monitor.config import MonitorConfig
-from monitor.gpu.nvml import CallStats, GpuSnapshot
-from monitor.store import open_store
-from monitor.writer import Writer
+from monitor.storage import open_store, schema
+from monitor.storage.writer import Writer
 from tests.generator.conftest import GeneratorServer, serve_generator
 from tests.quality.conftest import tiny_clip_config, write_tiny_tokenizer
 from tests.servers import AppServer, free_port

@@ -18,13 +18,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.spool import Spool
-from monitor import schema
 from monitor.__main__ import Monitor, build_monitor
-from monitor.app import get_context
+from monitor.collection.nvml import NvmlReader
 from monitor.config import MonitorConfig
-from monitor.gpu.nvml import NvmlReader
-from monitor.store.sqlite import SqliteStore
-from monitor.writer import Writer
+from monitor.storage import schema
+from monitor.storage.sqlite import SqliteStore
+from monitor.storage.writer import Writer
+from monitor.web.app import get_context
 from tests.faults.procs import ROOT
 from tests.monitor.test_nvml import FakeNvml, load
 from tests.servers import AppServer, wait_for

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from common.spool import Spool
-from monitor.store.base import Point, StoreRejected
-from monitor.store.influx import InfluxStore
-from monitor.store.sqlite import SqliteStore
-from monitor.writer import Writer, encode_point
+from monitor.storage.base import Point, StoreRejected
+from monitor.storage.influx import InfluxStore
+from monitor.storage.sqlite import SqliteStore
+from monitor.storage.writer import Writer, encode_point
 from tests.faults.conftest import influx_values, make_events
 from tests.servers import InfluxServer
 

@@ -17,9 +17,9 @@ import pytest
 import requests
 
 from common.spool import Spool
-from monitor.store.base import Point
-from monitor.store.influx import InfluxStore
-from monitor.writer import Writer
+from monitor.storage.base import Point
+from monitor.storage.influx import InfluxStore
+from monitor.storage.writer import Writer
 from tests.faults.conftest import influx_values
 from tests.servers import InfluxServer, free_port, wait_for
 

@@ -20,14 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.events import Event
 from common.spool import Spool
 from generator.events import EventSender
-from monitor import schema
 from monitor.alerts import AlertService, AlertSettings
-from monitor.app import create_app, get_context
 from monitor.config import MonitorConfig
-from monitor.store.base import Point
-from monitor.store.influx import InfluxStore
-from monitor.store.sqlite import SqliteStore
-from monitor.writer import Writer
+from monitor.storage import schema
+from monitor.storage.base import Point
+from monitor.storage.influx import InfluxStore
+from monitor.storage.sqlite import SqliteStore
+from monitor.storage.writer import Writer
+from monitor.web.app import create_app, get_context
 from tests.faults.conftest import make_events
 from tests.generator.test_events_delivery import EventReceiver
 from tests.servers import free_port, wait_for
@@ -135,7 +135,7 @@ def test_a_spool_at_its_bound_drops_the_oldest_counts_them_and_alerts(tmp_path: 
 def test_the_monitor_exports_dropped_points(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", max_bytes=64 * 1024)
     writer = Writer(dead_store(), spool, backoff_initial_s=60)
-    from monitor.sampler import Sampler
+    from monitor.collection.sampler import Sampler
 
     sampler = Sampler(interval_s=1, host_name="h", write=writer.write, gpus=_NoGpus())
     sampler.tick()

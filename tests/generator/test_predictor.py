@@ -15,9 +15,9 @@ from flask import Flask
 from generator.admission import GiB, admit, table_estimate
 from generator.predictor import MonitorPredictor, advice
 from generator.validation import JobParams
-from monitor.app import create_app, get_context
+from monitor.analysis.predict import JobShape
 from monitor.config import MonitorConfig
-from monitor.predict import JobShape
+from monitor.web.app import create_app, get_context
 from tests.monitor.history import NOW_NS, gpu_sample, history, random_shapes, summarize_into, true_peak_bytes
 from tests.servers import AppServer, free_port
 

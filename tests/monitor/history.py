@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from common.events import Event
-from monitor.job_summary import JobSummarizer
-from monitor.predict import JobShape
-from monitor.schema import GPU_SAMPLE
-from monitor.store import Point, Store, open_store
+from monitor.analysis.job_summary import JobSummarizer
+from monitor.analysis.predict import JobShape
+from monitor.storage import Point, Store, open_store
+from monitor.storage.schema import GPU_SAMPLE
 from tests.servers import InfluxServer
 
 S = 1_000_000_000

@@ -13,10 +13,10 @@ import requests
 from flask import Flask
 
 from common.events import Event
-from monitor.app import create_app, get_context
 from monitor.config import MonitorConfig
-from monitor.schema import GPU_SAMPLE, HOST_SAMPLE
-from monitor.store import Point
+from monitor.storage import Point
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE
+from monitor.web.app import create_app, get_context
 from tests.servers import AppServer, InfluxServer
 
 S = 1_000_000_000

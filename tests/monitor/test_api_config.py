@@ -13,8 +13,8 @@ import requests
 
 from common.events import Event, utc_now_iso
 from monitor.config import ConfigError, MonitorConfig
-from monitor.schema import HOST_SAMPLE, JOB_EVENT
-from monitor.store.sqlite import SqliteStore
+from monitor.storage.schema import HOST_SAMPLE, JOB_EVENT
+from monitor.storage.sqlite import SqliteStore
 from tests.servers import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

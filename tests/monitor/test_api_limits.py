@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from common.events import Event
-from monitor import api
+from monitor.web import api
 from tests.monitor.test_api import Monitor, monitor  # noqa: F401  (the fixture: an app on SQLite and on influxd)
 
 

@@ -13,11 +13,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from common.events import Event
-from monitor import dashboard
-from monitor.app import create_app, get_context
 from monitor.config import MonitorConfig
-from monitor.schema import GPU_SAMPLE, HOST_SAMPLE, event_to_point
-from monitor.store import Point
+from monitor.storage import Point
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, event_to_point
+from monitor.web import dashboard
+from monitor.web.app import create_app, get_context
 
 S = 1_000_000_000
 NOW_NS = 1_714_565_400 * S  # 2024-05-01T12:10:00Z
@@ -125,7 +125,7 @@ def test_quality_gives_each_jobs_latest_scores_oldest_first(app: Flask, client: 
 
 def state(job_id: str, status: str, at_s: float, duration_s: float = 0.0) -> dict[str, Any]:
     """A job event as point_to_event returns it: `ended_at` is `at_s` seconds after NOW."""
-    from monitor.schema import iso_from_us
+    from monitor.storage.schema import iso_from_us
 
     end_us = (NOW_NS // 1000) + round(at_s * 1e6)
     return {

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from monitor.host import HostReader
+from monitor.collection.host import HostReader
 
 CHILD_MEMORY_BYTES = 64 * 2**20
 

@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from common.events import Event
-from monitor.app import create_app, get_context
 from monitor.config import MonitorConfig
-from monitor.schema import JOB_EVENT, event_time_ns
+from monitor.storage.schema import JOB_EVENT, event_time_ns
+from monitor.web.app import create_app, get_context
 from tests.servers import AppServer
 
 TOKEN = "s3cret-token"

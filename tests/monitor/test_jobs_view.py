@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from common.events import STARTUP_JOB_ID
-from monitor.jobs import group_by_job
+from monitor.analysis.jobs import group_by_job
 
 
 def test_start_up_stages_are_not_listed_as_a_job() -> None:

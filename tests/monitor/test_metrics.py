@@ -9,10 +9,10 @@ from flask import Flask
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.gpu.nvml import CallStats, GpuProcess, GpuSnapshot
-from monitor.host import HostSnapshot
-from monitor.metrics import make_registry, metrics_view
-from monitor.sampler import Sampler
+from monitor.collection.host import HostSnapshot
+from monitor.collection.nvml import CallStats, GpuProcess, GpuSnapshot
+from monitor.collection.sampler import Sampler
+from monitor.web.metrics import make_registry, metrics_view
 
 GPU = GpuSnapshot(
     index=0,
@@ -70,7 +70,7 @@ class Host:
 
 
 class WriterHealth:
-    """Shaped like monitor.writer.WriterHealth: the collector reads its to_dict()."""
+    """Shaped like monitor.storage.writer.WriterHealth: the collector reads its to_dict()."""
 
     def to_dict(self) -> dict[str, Any]:
         return {

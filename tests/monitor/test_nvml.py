@@ -26,7 +26,7 @@ from typing import Any
 import pynvml
 import pytest
 
-from monitor.gpu.nvml import DURATION_BUCKETS_S, GpuLost, GpuProcess, GpuSnapshot, NvmlReader
+from monitor.collection.nvml import DURATION_BUCKETS_S, GpuLost, GpuProcess, GpuSnapshot, NvmlReader
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "nvml"
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,7 +188,7 @@ def test_unsupported_fields_become_none_fall_back_and_are_not_asked_again() -> N
 
 def test_a_vanished_gpu_is_reported_down_once_and_the_others_go_on(caplog: pytest.LogCaptureFixture) -> None:
     reader, fake, clock = reader_for("vanish", rediscover_interval_s=4)
-    caplog.set_level(logging.INFO, logger="monitor.gpu.nvml")
+    caplog.set_level(logging.INFO, logger="monitor.collection.nvml")
     ticks = []
     for tick in range(6):
         fake.tick = tick

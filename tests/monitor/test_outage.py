@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from common.spool import Spool
-from monitor.store import Point
-from monitor.store.influx import InfluxStore
-from monitor.writer import Writer
+from monitor.storage import Point
+from monitor.storage.influx import InfluxStore
+from monitor.storage.writer import Writer
 from tests.servers import InfluxServer, wait_for
 
 T0 = 1_700_000_000 * 1_000_000_000

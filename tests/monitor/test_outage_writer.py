@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from common.spool import Spool
-from monitor.schema import GPU_SAMPLE, conform, declare_fields
-from monitor.store import Point
-from monitor.store.influx import InfluxStore
-from monitor.store.sqlite import SqliteStore
-from monitor.writer import Writer
+from monitor.storage import Point
+from monitor.storage.influx import InfluxStore
+from monitor.storage.schema import GPU_SAMPLE, conform, declare_fields
+from monitor.storage.sqlite import SqliteStore
+from monitor.storage.writer import Writer
 from tests.servers import free_port, wait_for
 
 T0 = 1_700_000_000 * 1_000_000_000

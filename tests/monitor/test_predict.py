@@ -10,9 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from monitor.app import create_app, get_context
-from monitor.config import MonitorConfig
-from monitor.predict import (
+from monitor.analysis.predict import (
     MIN_MARGIN_RATIO,
     PRIOR_MEMORY_SPREAD,
     JobShape,
@@ -23,7 +21,9 @@ from monitor.predict import (
     prior_memory_bytes,
     prior_time_s,
 )
-from monitor.store import Store
+from monitor.config import MonitorConfig
+from monitor.storage import Store
+from monitor.web.app import create_app, get_context
 from tests.monitor.history import (
     H100,
     NOW_NS,
@@ -47,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 def test_with_no_history_the_prior_is_the_design_table(tmp_path: Path) -> None:
-    from monitor.store.sqlite import SqliteStore
+    from monitor.storage.sqlite import SqliteStore
 
     predictor = Predictor(SqliteStore(tmp_path / "empty.db"), clock_ns=lambda: NOW_NS)
     for shape, table_gib in [(JobShape(256, 16, 50), 6), (JobShape(512, 16, 50), 12), (JobShape(1024, 16, 50), 20)]:
@@ -65,7 +65,7 @@ def test_with_no_history_the_prior_is_the_design_table(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("jobs", [60, 200])
 def test_a_known_law_is_learned_within_a_few_percent(jobs: int) -> None:
-    from monitor.predict import Laws, Observation
+    from monitor.analysis.predict import Laws, Observation
 
     observations = [
         Observation(
@@ -145,7 +145,7 @@ class CountingStore:
 
 
 def test_it_refits_when_a_job_ends_or_the_cadence_passes_never_per_request(tmp_path: Path) -> None:
-    from monitor.store.sqlite import SqliteStore
+    from monitor.storage.sqlite import SqliteStore
 
     counting = CountingStore(SqliteStore(tmp_path / "m.db"))
     now = [100.0]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
-from monitor.app import create_app, get_context
+from monitor.analysis.devices import DeviceState
+from monitor.analysis.predict import PRIOR_LAWS, JobShape, Laws, Observation, Prediction
+from monitor.analysis.recommend import LADDER, recommend, seed_tier
 from monitor.config import MonitorConfig
-from monitor.devices import DeviceState
-from monitor.predict import PRIOR_LAWS, JobShape, Laws, Observation, Prediction
-from monitor.recommend import LADDER, recommend, seed_tier
+from monitor.web.app import create_app, get_context
 from tests.monitor.history import (
     H100,
     NOW_NS,

@@ -13,16 +13,16 @@ import pytest
 import requests
 
 from common.events import Event
-from monitor import jobs
 from monitor.__main__ import main as monitor_main
-from monitor.app import create_app, get_context
+from monitor.analysis import jobs
+from monitor.analysis.job_summary import JOB_SUMMARY, JobSummarizer
+from monitor.analysis.predict import JobShape
+from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS, QualityJoin, number_cell, text_cell
 from monitor.config import MonitorConfig
-from monitor.job_summary import JOB_SUMMARY, JobSummarizer
-from monitor.pages import iter_points
-from monitor.predict import JobShape
-from monitor.reports import GPU_COLUMNS, JOB_COLUMNS, QualityJoin, number_cell, text_cell
-from monitor.schema import GPU_SAMPLE, event_to_point, point_to_event
-from monitor.store import Point, Store
+from monitor.storage import Point, Store
+from monitor.storage.pages import iter_points
+from monitor.storage.schema import GPU_SAMPLE, event_to_point, point_to_event
+from monitor.web.app import create_app, get_context
 from tests.monitor.history import H100, NOW_NS, NOW_S, S, each_store, gpu_sample, job_events, store_url
 from tests.servers import AppServer
 
@@ -345,7 +345,7 @@ def test_bad_report_parameters_get_a_400_saying_what_to_change(
 
 def test_the_command_line_writes_the_same_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"sqlite:///{tmp_path}/m.db"
-    from monitor.store import open_store
+    from monitor.storage import open_store
 
     store = open_store(url)
     JobSummarizer(store.write, store).listen(scenario())
@@ -395,7 +395,7 @@ def test_gpu_samples_need_a_name_or_a_model_is_made_up(store: Store) -> None:
     store.write(
         [Point(GPU_SAMPLE, {"host": "h", "gpu": "3"}, {"memory_used_bytes": 1, "memory_total_bytes": 2}, NOW_NS)]
     )
-    from monitor.devices import ModelNames
+    from monitor.analysis.devices import ModelNames
 
     names = ModelNames(store, NOW_NS)
     assert names.name("h", "3") == "gpu 3"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.schema import GPU_SAMPLE, HOST_SAMPLE
-from monitor.store import Point, RollupStore, Store, StoreRejected, WindowRow, open_store, rolled_up_fields
+from monitor.storage import Point, RollupStore, Store, StoreRejected, WindowRow, open_store, rolled_up_fields
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE
 from tests.servers import InfluxServer
 
 S = 1_000_000_000

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from monitor.gpu.nvml import CallStats, GpuProcess, GpuSnapshot
-from monitor.host import HostSnapshot
-from monitor.sampler import GeneratorPidProvider, Sampler, Snapshot
-from monitor.store.base import Point
+from monitor.collection.host import HostSnapshot
+from monitor.collection.nvml import CallStats, GpuProcess, GpuSnapshot
+from monitor.collection.sampler import GeneratorPidProvider, Sampler, Snapshot
+from monitor.storage.base import Point
 
 GENERATOR_PID = 4242
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from monitor.store import Point, Store, StoreRejected, open_store
-from monitor.store.sqlite import SqliteStore
+from monitor.storage import Point, Store, StoreRejected, open_store
+from monitor.storage.sqlite import SqliteStore
 from tests.servers import InfluxServer
 
 S = 1_000_000_000
@@ -135,7 +135,7 @@ def test_points_no_influxdb_version_reads_back_the_same_are_rejected(store: Stor
 def test_a_field_type_change_is_rejected_by_influxdb_style_stores(store: Store) -> None:
     store.write([Point("typed", {"host": "h"}, {"v": 1}, T0)])
     if isinstance(getattr(store, "inner", store), SqliteStore):  # open_store wraps the backend (RollupStore)
-        pytest.skip("SQLite keeps each point's own types; monitor.schema.conform keeps types stable for both")
+        pytest.skip("SQLite keeps each point's own types; monitor.storage.schema.conform keeps types stable for both")
     with pytest.raises(StoreRejected, match="conflict"):
         store.write([Point("typed", {"host": "h"}, {"v": 1.5}, T0 + S)])
 

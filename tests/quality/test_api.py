@@ -9,8 +9,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client import CollectorRegistry
 
-from monitor.quality.api import init_app
 from monitor.quality.scorer import QualityScorer
+from monitor.web.quality import init_app
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def scorer(clips: dict[str, Path]) -> QualityScorer:
 
 @pytest.fixture
 def client(scorer: QualityScorer) -> FlaskClient:
-    """Serve the blueprint from a bare app, as monitor/app.py registers it."""
+    """Serve the blueprint from a bare app, as monitor/web/app.py registers it."""
     app = Flask(__name__)
     init_app(app, scorer)
     return app.test_client()

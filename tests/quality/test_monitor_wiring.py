@@ -1,6 +1,6 @@
 """End to end through the monitor's own app: an ingested succeeded-job event is scored, then rated over HTTP.
 
-The wiring here is the one monitor/app.py is given (see monitor/quality/api.py): the blueprint, the event
+The wiring here is the one monitor/web/app.py is given (see monitor/web/quality.py): the blueprint, the event
 listener, and the scorer writing through the app's writer into the app's store.
 """
 
@@ -11,11 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from common.events import Event, utc_now_iso
-from monitor.app import create_app, get_context
 from monitor.config import MonitorConfig
-from monitor.quality import api as quality_api
 from monitor.quality.clip_score import ClipScorer
 from monitor.quality.scorer import MEASUREMENT, QualityScorer
+from monitor.web import quality as quality_api
+from monitor.web.app import create_app, get_context
 
 from . import synthetic
 
@@ -34,7 +34,7 @@ def test_a_finished_job_is_scored_stored_and_rated(
     video = synthetic.job_folder(config.outputs_dir, "job-e2e", clips["smooth"], input_png)
     app = create_app(config)
     ctx = get_context(app)
-    # The registration monitor/app.py is given:
+    # The registration monitor/web/app.py is given:
     scorer = QualityScorer(
         clip=ClipScorer.from_dir(clip_dir), write=ctx.writer.write, host_name=config.host_name,
         outputs_dir=config.outputs_dir,

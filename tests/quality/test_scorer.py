@@ -17,7 +17,7 @@ from common.events import Event, utc_now_iso
 from monitor.quality.clip_score import ClipScorer
 from monitor.quality.frames import read_clip
 from monitor.quality.scorer import FIELD_TYPES, MEASUREMENT, STORED_FIELDS, QualityResult, QualityScorer
-from monitor.store.base import Point
+from monitor.storage.base import Point
 
 from . import synthetic
 
@@ -294,7 +294,7 @@ def test_succeeded_job_event_is_scored_with_the_input_image_beside_the_video(
 
 
 def test_a_monitor_without_clip_weights_never_loads_torch() -> None:
-    code = "import sys, monitor.quality.scorer, monitor.quality.api; sys.exit('torch' in sys.modules)"
+    code = "import sys, monitor.quality.scorer, monitor.web.quality; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     assert (
         subprocess.run([sys.executable, "-c", code], cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).returncode
