@@ -5,16 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from common.sizing import USABLE_SHARE, GiB, next_smaller_size, table_peak_bytes
 from generator.validation import JobParams
-
-GiB = 1024**3
-# The design's starting table (ARCHITECTURE.md §6): peak GPU memory of a 16-frame job by resolution, and the
-# cost of each frame beyond 16. Measured figures replace it once the monitor answers (the recommendation issue).
-PEAK_16_FRAMES_BYTES = {256: 6 * GiB, 512: 12 * GiB, 768: 16 * GiB, 1024: 20 * GiB}
-PER_EXTRA_FRAME_BYTES = int(0.15 * GiB)
-# Use at most this share of the card, as the design's sources advise.
-USABLE_SHARE = 0.8
-DEGRADE_RESOLUTION = {1024: 768, 768: 512, 512: 256}
 
 
 class MemoryEstimate(int):
@@ -31,8 +23,7 @@ class MemoryEstimate(int):
 
 def table_estimate(params: JobParams) -> int:
     """Return the table's peak-memory estimate for a job, in bytes."""
-    extra_frames = max(params.num_frames - 16, 0)
-    return PEAK_16_FRAMES_BYTES[params.resolution] + extra_frames * PER_EXTRA_FRAME_BYTES
+    return table_peak_bytes(params.resolution, params.num_frames)
 
 
 @dataclass(frozen=True)
@@ -81,16 +72,9 @@ def admit(
         current = smaller
 
 
-def _frames_rank(num_frames: int) -> int:
-    return 0 if num_frames <= 8 else 1 if num_frames <= 16 else 2 if num_frames <= 24 else 3
-
-
 def next_smaller(params: JobParams) -> JobParams | None:
-    """Step down whichever of resolution and frames is higher on its ladder, resolution first on a tie."""
-    resolution_rank = sorted(PEAK_16_FRAMES_BYTES).index(params.resolution)
-    if resolution_rank == 0 and params.num_frames <= 8:
+    """Return the job one step down the degradation ladder (common/sizing.py), or None at its floor."""
+    smaller = next_smaller_size(params.resolution, params.num_frames)
+    if smaller is None:
         return None
-    if resolution_rank >= _frames_rank(params.num_frames):
-        return replace(params, resolution=DEGRADE_RESOLUTION[params.resolution])
-    frames = params.num_frames
-    return replace(params, num_frames=24 if frames > 24 else 16 if frames > 16 else 8)
+    return replace(params, resolution=smaller[0], num_frames=smaller[1])

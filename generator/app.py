@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from common import openapi
 from common.auth import bearer_allows
+from common.sizing import LIMITS, RESOLUTIONS
 from generator import eta
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event
@@ -25,15 +26,7 @@ from generator.jobs import Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
 from generator.predictor import MonitorPredictor, advice
-from generator.validation import (
-    LIMITS,
-    MAX_PROMPT_CHARS,
-    RESOLUTIONS,
-    ValidationError,
-    parse_image,
-    parse_params,
-    parse_prompt,
-)
+from generator.validation import MAX_PROMPT_CHARS, ValidationError, parse_image, parse_params, parse_prompt
 from generator.worker import Worker
 
 api = Blueprint("generator", __name__)

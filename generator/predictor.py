@@ -25,7 +25,8 @@ from typing import Any
 import requests
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from generator.admission import GiB, MemoryEstimate, table_estimate
+from common.sizing import GiB
+from generator.admission import MemoryEstimate, table_estimate
 from generator.validation import JobParams
 
 log = logging.getLogger(__name__)

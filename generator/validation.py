@@ -12,15 +12,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-RESOLUTIONS = (256, 512, 768, 1024)
-LIMITS: dict[str, tuple[float, float]] = {
-    "num_frames": (8, 32),
-    "steps": (10, 100),
-    "guidance_scale": (1, 20),
-    "fps": (4, 24),
-    "seed": (0, 2**32 - 1),
-}
-DEFAULTS: dict[str, Any] = {"resolution": 512, "num_frames": 16, "steps": 50, "guidance_scale": 9.0, "fps": 8}
+from common.sizing import DEFAULTS, LIMITS, RESOLUTIONS
+
 MAX_PROMPT_CHARS = 500
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # A decoded image larger than this is a decompression bomb: 4096 x 4096 RGB is 48 MB of pixels.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from common.sizing import USABLE_SHARE
 from monitor.storage.base import Store
 from monitor.storage.schema import GPU_SAMPLE, iso_from_us
 
@@ -12,7 +13,6 @@ from monitor.storage.schema import GPU_SAMPLE, iso_from_us
 MAX_SAMPLE_AGE_S = 120
 #: What share of a card a job may use, with what other processes hold (ARCHITECTURE.md §6, as the generator's
 #: admission control): the rest covers the allocator's cache and fragmentation, which torch's peak omits.
-USABLE_SHARE = 0.8
 NAME_LOOKBACK_S = 30 * 86_400
 S = 1_000_000_000
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from common.sizing import RESOLUTIONS, table_peak_bytes
 from monitor.analysis.devices import ModelNames
 from monitor.analysis.job_summary import JOB_SUMMARY
 from monitor.storage.base import Point, Store, StoreRejected, StoreUnavailable
@@ -46,10 +47,6 @@ from monitor.storage.schema import iso_from_us
 
 log = logging.getLogger(__name__)
 
-GiB = 1024**3
-RESOLUTIONS = (256, 512, 768, 1024)
-PRIOR_PEAK_16_FRAMES_BYTES = {256: 6 * GiB, 512: 12 * GiB, 768: 16 * GiB, 1024: 20 * GiB}
-PRIOR_PER_EXTRA_FRAME_BYTES = int(0.15 * GiB)
 PRIOR_TIME_FIXED_S = (0.57, 0.054)  # a0, a1: measured on the H100 (bench/results/h100_generator.json)
 PRIOR_TIME_PER_STEP_S = (0.0148, 0.0553)  # b0, b1
 PRIOR_JOBS = 1.0
@@ -86,9 +83,8 @@ class JobShape:
 
 
 def prior_memory_bytes(shape: JobShape) -> float:
-    """Return the design table's peak memory for a job (ARCHITECTURE.md §6), as the generator's fallback."""
-    extra_frames = max(shape.num_frames - 16, 0)
-    return PRIOR_PEAK_16_FRAMES_BYTES[shape.resolution] + extra_frames * PRIOR_PER_EXTRA_FRAME_BYTES
+    """Return the design table's peak memory for a job (common/sizing.py), as the generator's fallback."""
+    return table_peak_bytes(shape.resolution, shape.num_frames)
 
 
 def prior_time_s(shape: JobShape) -> float:

@@ -19,7 +19,8 @@ import requests
 import torch
 from playwright.sync_api import Page, expect
 
-from generator.validation import LIMITS, MAX_PROMPT_CHARS, RESOLUTIONS
+from common.sizing import LIMITS, RESOLUTIONS
+from generator.validation import MAX_PROMPT_CHARS
 from monitor.alerts import label_set
 from tests.browser.conftest import HOST, Stack, screenshots
 from tests.generator.conftest import png_bytes

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from generator.admission import GiB, admit
+from common.sizing import GiB
+from generator.admission import admit
 from generator.jobs import JobBook
 from generator.validation import JobParams
 

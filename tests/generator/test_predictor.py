@@ -12,7 +12,8 @@ import pytest
 import requests
 from flask import Flask
 
-from generator.admission import GiB, admit, table_estimate
+from common.sizing import GiB
+from generator.admission import admit, table_estimate
 from generator.predictor import MonitorPredictor, advice
 from generator.validation import JobParams
 from monitor.analysis.predict import JobShape
