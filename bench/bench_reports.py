@@ -36,10 +36,11 @@ import psutil
 from monitor.analysis.job_summary import JOB_SUMMARY
 from monitor.analysis.predict import JobShape, Predictor
 from monitor.analysis.reports import JOB_COLUMNS, csv_chunks, job_rows
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.storage import Point, Store, open_store
 from monitor.storage.schema import GPU_SAMPLE, conform
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.servers import InfluxServer
 
 S = 1_000_000_000

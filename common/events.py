@@ -20,6 +20,7 @@ STAGES = (
     "export",
 )
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATES = ("succeeded", "failed", "cancelled")  # a job in one of these never changes again
 KINDS = ("stage", "job")
 PARAM_NAMES = ("resolution", "num_frames", "steps", "guidance_scale", "fps", "seed")
 MAX_TEXT = 2000

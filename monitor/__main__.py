@@ -1,37 +1,25 @@
-"""`python -m monitor`: read the configuration, open the store, build and start the parts, serve the API.
+"""`python -m monitor`: read the configuration, open the store, build the parts (monitor/compose.py), serve the API.
 
-The parts and their order: the writer (store + spool), the alert service (rules, notifiers, actions), the
-sampler (whose every snapshot the alerts evaluate), the quality scorer (whose every result the alerts' low-
-quality streak hears), then the app that serves them all. `build_monitor` wires them from one configuration;
-`Monitor.start()`/`stop()` run them in that order and stop them in reverse, the writer flushed last.
+`python -m monitor report ...` writes a CSV report instead (monitor/report_command.py).
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
 
 import waitress
-from flask import Flask
 
-from common.spool import Spool
+from common.redact import redact_url
+from monitor.compose import build_monitor, open_writer
 from monitor.config import ConfigError, MonitorConfig
-from monitor.storage import Store, StoreUnavailable, open_store, schema
-from monitor.storage.writer import Writer
-from monitor.web.app import create_app, get_context
-
-if TYPE_CHECKING:
-    from monitor.alerts import AlertService
-    from monitor.collection.sampler import GpuReader, Sampler, Snapshot
-    from monitor.quality.scorer import QualityResult, QualityScorer
+from monitor.storage import Store, StoreUnavailable, open_store
+from monitor.web.context import get_context
 
 log = logging.getLogger("monitor")
 
@@ -47,135 +35,6 @@ def wait_for_store(store: Store, deadline_s: float) -> bool:
     return True
 
 
-def build_sampler(
-    config: MonitorConfig,
-    writer: Writer,
-    *,
-    on_snapshot: Callable[[Snapshot], None] | None = None,
-    gpus: GpuReader | None = None,
-) -> Sampler:
-    """Build the GPU and host sampler that writes through `writer` (see monitor/collection/sampler.py).
-
-    `on_snapshot` hears every tick (the alert engine); `gpus` replaces NVML (tests, on machines without a GPU).
-    """
-    from monitor.collection.host import HostReader
-    from monitor.collection.sampler import GeneratorPidProvider, Sampler
-
-    return Sampler(
-        interval_s=config.sample_interval_s,
-        host_name=config.host_name,
-        write=writer.write,
-        gpus=gpus,
-        host=HostReader(config.outputs_dir),
-        generator_pid=GeneratorPidProvider(config.generator_url),
-        on_snapshot=on_snapshot,
-    )
-
-
-def build_alerts(
-    config: MonitorConfig, writer: Writer, run_command: Callable[..., Any] = subprocess.run
-) -> AlertService:
-    """Build the alert service; remediation outcomes are stored as points.
-
-    Raises:
-        ValueError: a bad setting, or a bad rule file (RuleFileError, naming the line).
-    """
-    from monitor.alerts import AlertService, AlertSettings
-
-    settings = AlertSettings.from_config(config)
-    settings.validate()
-    return AlertService(
-        settings,
-        host=config.host_name,
-        writer_health=writer.health,
-        on_event=lambda outcome: writer.write([outcome.to_point(config.host_name)]),
-        run_command=run_command,
-    )
-
-
-def build_quality(
-    config: MonitorConfig,
-    writer: Writer,
-    sampler: Sampler,
-    on_result: Callable[[QualityResult], None] | None = None,
-) -> QualityScorer:
-    """Build the clip scorer; with CLIP weights, CLIP takes the GPU only while the generator is idle or it fits.
-
-    Raises:
-        ClipLoadError: the configured CLIP folder cannot be loaded.
-    """
-    from monitor.quality import scorer as quality
-    from monitor.quality.clip_score import ClipScorer, free_memory_reader, gpu_policy
-
-    schema.declare_fields(quality.MEASUREMENT, quality.FIELD_TYPES)
-    clip = ClipScorer.from_dir(config.clip_model) if config.clip_model is not None else None
-    scorer = quality.QualityScorer(
-        clip=clip,
-        write=writer.write,
-        host_name=config.host_name,
-        outputs_dir=config.outputs_dir,
-        threshold=config.quality_threshold,
-        on_result=on_result,
-    )
-    if clip is not None:
-        clip.gpu_allows = gpu_policy(
-            generator_busy=scorer.generator_busy,
-            free_memory_bytes=free_memory_reader(lambda: sampler.latest),
-            required_bytes=clip.gpu_memory_estimate_bytes,
-        )
-    return scorer
-
-
-@dataclass
-class Monitor:
-    """The monitor's running parts, built by `build_monitor`; the app serves them."""
-
-    app: Flask
-    sampler: Sampler
-    alerts: AlertService
-    quality: QualityScorer
-
-    def start(self) -> None:
-        """Start the scorer, the alerting and then the sampler (whose first tick the alerts evaluate)."""
-        self.quality.start()
-        self.alerts.start()
-        self.sampler.start()
-
-    def stop(self) -> None:
-        """Stop in reverse: no more samples, alerts, scores; then flush the writer and close the store."""
-        self.sampler.shutdown()
-        self.alerts.stop()
-        self.quality.stop()
-        get_context(self.app).close()
-
-
-def build_monitor(
-    config: MonitorConfig,
-    store: Store,
-    writer: Writer,
-    *,
-    gpus: GpuReader | None = None,
-    run_command: Callable[..., Any] = subprocess.run,
-) -> Monitor:
-    """Wire every part from one configuration around a started writer (nothing else is started yet).
-
-    Raises:
-        ValueError: a bad alert setting or rule file.
-        ClipLoadError: the configured CLIP folder cannot be loaded.
-    """
-    alerts = build_alerts(config, writer, run_command)
-    sampler = build_sampler(config, writer, on_snapshot=alerts.on_snapshot, gpus=gpus)
-    quality = build_quality(config, writer, sampler, on_result=alerts.record_quality)
-    app = create_app(config, store=store, writer=writer, sampler=sampler, quality=quality, alerts=alerts)
-    return Monitor(app, sampler, alerts, quality)
-
-
-def get_redacted(config: MonitorConfig) -> str:
-    """Return the store URL without credentials, for messages."""
-    scheme, _, rest = config.store_url.partition("://")
-    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
-
-
 def _fail(message: str) -> int:
     print(f"monitor: {message}", file=sys.stderr)
     return 2
@@ -189,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the monitor until SIGINT or SIGTERM; return the exit status (2: bad configuration or store)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["report"]:  # `python -m monitor report jobs|gpu ...`: a CSV report, then exit
-        from monitor.analysis.reports import main as report
+        from monitor.report_command import main as report
 
         return report(args[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -204,13 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not wait_for_store(store, config.store_wait_s):
         store.close()
         return _fail(
-            f"the store at {get_redacted(config)} did not answer within {config.store_wait_s:.0f} s: "
+            f"the store at {redact_url(config.store_url)} did not answer within {config.store_wait_s:.0f} s: "
             "start it, fix --store, or raise --store-wait"
         )
     from monitor.quality.clip_score import ClipLoadError
 
-    writer = Writer(store, Spool(config.spool_dir, config.spool_max_bytes), conform=schema.conform)
-    writer.start()
+    writer = open_writer(config, store)
     try:
         monitor = build_monitor(config, store, writer)
     except (ValueError, ClipLoadError) as e:

@@ -30,11 +30,10 @@ from common.events import PARAM_NAMES, Event, parse_iso
 from monitor.analysis import jobs
 from monitor.storage import schema
 from monitor.storage.base import FieldValue, Point, Store, StoreRejected, StoreUnavailable
-from monitor.storage.schema import JOB_EVENT, event_time_ns, event_to_point, point_to_event
+from monitor.storage.schema import JOB_EVENT, JOB_SUMMARY, event_time_ns, event_to_point, point_to_event
 
 log = logging.getLogger(__name__)
 
-JOB_SUMMARY = "job_summary"
 STAGES = ("text_encoding", "image_encoding", "image_latents", "denoising", "decode_video", "export")
 TERMINAL = jobs.TERMINAL
 NOT_JOBS = ("model_load", "warmup")  # the worker's start-up stages, under the job id "startup"

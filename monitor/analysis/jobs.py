@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from common.events import STARTUP_JOB_ID, parse_iso
+from common.events import FINAL_STATES, STARTUP_JOB_ID, parse_iso
 
-TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = FINAL_STATES
 
 
 def _order(event: dict[str, Any]) -> tuple[str, str]:

@@ -41,9 +41,8 @@ from typing import Any
 
 from common.sizing import RESOLUTIONS, table_peak_bytes
 from monitor.analysis.devices import ModelNames
-from monitor.analysis.job_summary import JOB_SUMMARY
 from monitor.storage.base import Point, Store, StoreRejected, StoreUnavailable
-from monitor.storage.schema import iso_from_us
+from monitor.storage.schema import JOB_SUMMARY, iso_from_us
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""CSV reports, per job and per GPU time bucket: over HTTP and from the command line.
+"""CSV reports, per job and per GPU time bucket: the rows and their cells, served over HTTP and the command line.
 
 - `GET /monitor/api/reports/jobs.csv?since=24h&until=&host=`: one row per job that ended in [since, until)
   (its `job_summary` point, see monitor/analysis/job_summary.py), oldest first, with its quality scores and rating
@@ -17,35 +17,24 @@ left as numbers. Rows are streamed: the store is read in pages (monitor/storage/
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import re
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, TextIO
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from flask.typing import ResponseReturnValue
-
-from common.events import PARAM_NAMES, parse_iso
+from common.events import PARAM_NAMES
+from common.units import NS_PER_S
 from monitor.analysis.devices import ModelNames
-from monitor.analysis.job_summary import JOB_SUMMARY, STAGES
-from monitor.storage.base import Point, Store, StoreRejected, StoreUnavailable
+from monitor.analysis.job_summary import STAGES
+from monitor.storage.base import Point, Store
 from monitor.storage.pages import PAGE_SIZE, iter_points
-from monitor.storage.schema import GPU_SAMPLE
+from monitor.storage.schema import GPU_SAMPLE, JOB_SUMMARY, QUALITY
 
-S = 1_000_000_000
-QUALITY = "quality"  # monitor.quality.scorer.MEASUREMENT, named here so reports never load the scorer
 QUALITY_LAG_S = 3600
-MAX_SPAN_S = 366 * 86_400
 ROWS_PER_CHUNK = 1000
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-_DURATION = re.compile(r"^(\d{1,9})([smhd])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 QUALITY_COLUMNS = (
     "clip_score",
@@ -94,13 +83,6 @@ GPU_COLUMNS = (
     *(f"{name}_{agg}" for name in GPU_FIELDS for agg in ("mean", "max")),
     "memory_total_bytes_max",
 )
-
-bp = Blueprint("reports", __name__, url_prefix="/monitor/api/reports")
-
-
-class ReportError(ValueError):
-    """A report parameter that cannot be served; the message says what to send instead."""
-
 
 # ---- cells ------------------------------------------------------------------------------------------------
 
@@ -224,7 +206,7 @@ def job_rows(
     """Yield a row per job that ended in [start_ns, end_ns), oldest first, reading the store in pages."""
     tags = {"host": host} if host else None
     names = ModelNames(store, end_ns)
-    lag_ns = QUALITY_LAG_S * S
+    lag_ns = QUALITY_LAG_S * NS_PER_S
     quality = QualityJoin(iter_points(store, QUALITY, start_ns, end_ns + lag_ns, page_size=page_size), lag_ns)
     for point in iter_points(store, JOB_SUMMARY, start_ns, end_ns, tags=tags, page_size=page_size):
         job_id = point.fields.get("job_id")
@@ -242,7 +224,7 @@ def gpu_rows(
 
     The first bucket starts at `start_ns` rounded down to a multiple of `bucket_s`, so every bucket is whole.
     """
-    bucket_ns = bucket_s * S
+    bucket_ns = bucket_s * NS_PER_S
     names = ModelNames(store, end_ns)
     tags = {"host": host} if host else None
     fields = [*GPU_FIELDS, "memory_total_bytes"]
@@ -264,119 +246,6 @@ def gpu_rows(
         cursor = until
 
 
-# ---- parameters -------------------------------------------------------------------------------------------
-
-
-def parse_time(text: str | None, default: str, now_ns: int, name: str) -> int:
-    """Return a time in ns from `24h`-style durations before now, `now`, or RFC 3339 with a zone."""
-    value = (text or default).strip()
-    if value == "now":
-        return now_ns
-    match = _DURATION.match(value)
-    if match:
-        return now_ns - int(match.group(1)) * _UNIT_S[match.group(2)] * S
-    try:
-        moment = parse_iso(value)
-    except ValueError:
-        raise ReportError(
-            f"{name} must be a duration before now (90s, 15m, 24h, 7d), now, or an RFC 3339 time with its zone "
-            f"(2024-05-01T00:00:00Z), got {value!r}"
-        ) from None
-    return round(moment.timestamp() * 1_000_000) * 1000
-
-
-def parse_span(since: str | None, until: str | None, now_ns: int) -> tuple[int, int]:
-    """Return [start, end) in ns from the since and until parameters (ReportError saying what to change)."""
-    start_ns = parse_time(since, "24h", now_ns, "since")
-    end_ns = parse_time(until, "now", now_ns, "until")
-    if start_ns >= end_ns:
-        raise ReportError("since must be before until: e.g. since=24h (until defaults to now)")
-    if end_ns - start_ns > MAX_SPAN_S * S:
-        raise ReportError(f"since and until may be at most {MAX_SPAN_S // 86_400} days apart: split the report")
-    return start_ns, end_ns
-
-
-def parse_bucket(text: str | None) -> int:
-    """Return a bucket length in seconds from `1m`-style text, 1 s to 1 d."""
-    value = (text or "1m").strip()
-    match = _DURATION.match(value)
-    seconds = int(match.group(1)) * _UNIT_S[match.group(2)] if match else 0
-    if not 1 <= seconds <= 86_400:
-        raise ReportError(f"bucket must be a duration from 1s to 1d such as 10s, 1m or 1h, got {value!r}")
-    return seconds
-
-
-def parse_host(text: str | None) -> str | None:
-    """Return the host filter, or None for every host."""
-    if not text:
-        return None
-    if len(text) > 200 or "\n" in text or "\r" in text:
-        raise ReportError("host must be a name of at most 200 characters")
-    return text
-
-
-# ---- HTTP -------------------------------------------------------------------------------------------------
-
-
-def init_app(app: Flask) -> None:
-    """Register the report routes (they read the MonitorContext the app factory attached)."""
-    app.register_blueprint(bp)
-
-
-def _context() -> Any:
-    from monitor.web.app import get_context  # the app module imports the modules that import this one
-
-    return get_context(current_app)
-
-
-@bp.errorhandler(ReportError)
-def _bad_request(error: ReportError) -> ResponseReturnValue:
-    return jsonify(error=str(error)), 400
-
-
-@bp.errorhandler(StoreUnavailable)
-def _store_down(error: StoreUnavailable) -> ResponseReturnValue:
-    return jsonify(error=f"the store is unreachable ({error}); try the report again when it answers"), 503
-
-
-@bp.errorhandler(StoreRejected)
-def _store_refused(error: StoreRejected) -> ResponseReturnValue:
-    return jsonify(error=f"the store refused the query: {error}"), 400
-
-
-def _stream(name: str, header: Sequence[str], rows: Iterator[list[Any]]) -> Response:
-    chunks = csv_chunks(header, rows)
-    first = next(chunks)  # the first page is read here, so a store that is down answers 503, not a cut CSV
-    body = (chunk.encode("utf-8") for part in ([first], chunks) for chunk in part)
-    response = Response(body, mimetype="text/csv")
-    response.headers["Content-Type"] = "text/csv; charset=utf-8; header=present"
-    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-@bp.get("/jobs.csv")
-def jobs_csv() -> ResponseReturnValue:
-    """Stream one CSV row per job that ended in the span."""
-    ctx = _context()
-    start_ns, end_ns = parse_span(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
-    host = parse_host(request.args.get("host"))
-    return _stream("jobs.csv", JOB_COLUMNS, job_rows(ctx.store, start_ns, end_ns, host))
-
-
-@bp.get("/gpu.csv")
-def gpu_csv() -> ResponseReturnValue:
-    """Stream one CSV row per bucket, host and GPU in the span."""
-    ctx = _context()
-    start_ns, end_ns = parse_span(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
-    bucket_s = parse_bucket(request.args.get("bucket"))
-    host = parse_host(request.args.get("host"))
-    return _stream("gpu.csv", GPU_COLUMNS, gpu_rows(ctx.store, start_ns, end_ns, bucket_s, host))
-
-
-# ---- command line -----------------------------------------------------------------------------------------
-
-
 def write_report(kind: str, store: Store, out: TextIO, start_ns: int, end_ns: int, **options: Any) -> int:
     """Write a jobs or gpu report to `out`; return the number of rows."""
     if kind == "jobs":
@@ -394,41 +263,3 @@ def write_report(kind: str, store: Store, out: TextIO, start_ns: int, end_ns: in
     for chunk in csv_chunks(header, counting(rows)):
         out.write(chunk)
     return counted
-
-
-def main(argv: Sequence[str]) -> int:
-    """`python -m monitor report jobs|gpu ...`: write a report to a file or stdout; return the exit status."""
-    from monitor.config import ConfigError, MonitorConfig
-    from monitor.storage import open_store
-
-    parser = argparse.ArgumentParser(prog="python -m monitor report", description="Write a CSV report.")
-    parser.add_argument("kind", choices=("jobs", "gpu"), help="jobs: a row per job; gpu: a row per bucket and GPU")
-    parser.add_argument("--since", default="24h", help="24h, 7d, now or an RFC 3339 time (default 24h)")
-    parser.add_argument("--until", default="now", help="as --since (default now)")
-    parser.add_argument("--host", help="only this host")
-    parser.add_argument("--bucket", default="1m", help="gpu report's bucket: 10s, 1m, 1h (default 1m)")
-    parser.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
-    parser.add_argument("--store", help="the store URL (default: as python -m monitor: MONITOR_STORE, ...)")
-    args = parser.parse_args(argv)
-    try:
-        config = MonitorConfig.from_sources([] if args.store is None else ["--store", args.store]).validate()
-        start_ns, end_ns = parse_span(args.since, args.until, time.time_ns())
-        bucket_s, host = parse_bucket(args.bucket), parse_host(args.host)
-        store = open_store(config.store_url)
-    except (ConfigError, ReportError, ValueError, StoreUnavailable) as e:
-        print(f"monitor report: {e}", file=sys.stderr)
-        return 2
-    try:
-        if args.output == "-":
-            rows = write_report(args.kind, store, sys.stdout, start_ns, end_ns, host=host, bucket_s=bucket_s)
-        else:
-            with Path(args.output).open("w", encoding="utf-8", newline="") as out:
-                rows = write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s)
-    except (StoreUnavailable, StoreRejected) as e:
-        print(f"monitor report: the store failed mid-report ({e}); the output is incomplete", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-    where = "standard output" if args.output == "-" else args.output
-    print(f"monitor report: {rows} {args.kind} row(s) to {where}", file=sys.stderr)
-    return 0

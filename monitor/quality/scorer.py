@@ -21,22 +21,22 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from common.events import Event
+from common.events import FINAL_STATES, Event
 from monitor.quality import motion
 from monitor.quality.clip_score import NO_WEIGHTS_REASON, ClipScorer, text_frame_score
 from monitor.quality.combined import DEFAULT_THRESHOLD, DEFAULT_WEIGHTS, ClipCalibration, combine
 from monitor.quality.frames import UnreadableClip, read_clip, read_image
 from monitor.quality.i2v import I2VScore, ImageEncoder, i2v_subject, score_with
 from monitor.storage.base import FieldValue, Point
+from monitor.storage.schema import QUALITY
 
 log = logging.getLogger(__name__)
 
-MEASUREMENT = "quality"
+MEASUREMENT = QUALITY
 INPUT_IMAGE_NAME = "input.png"
 QUEUED, SCORING, SCORED, UNSCORABLE = "queued", "scoring", "scored", "unscorable"
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0)
-TERMINAL_STATES = ("succeeded", "failed", "cancelled")
 MAX_RUNNING = 64
 STORED_FIELDS = (
     "job_id",
@@ -276,7 +276,7 @@ class QualityScorer:
             with self._cond:
                 if event.status == "running" and len(self._running) < MAX_RUNNING:
                     self._running.add(event.job_id)
-                elif event.status in TERMINAL_STATES:
+                elif event.status in FINAL_STATES:
                     self._running.discard(event.job_id)
             self.submit_event(event)
 

@@ -26,6 +26,8 @@ from monitor.storage.base import FieldValue, Point
 GPU_SAMPLE = "gpu_sample"
 HOST_SAMPLE = "host_sample"
 JOB_EVENT = "job_event"
+JOB_SUMMARY = "job_summary"  # one per finished job (monitor/analysis/job_summary.py)
+QUALITY = "quality"  # one per scored clip and per rating (monitor/quality/scorer.py)
 
 #: Declared field types per measurement: "float", "int", "bool" or "str". Other parts add theirs with
 #: `declare_fields` (e.g. the quality scorer's `quality` measurement) so `conform` keeps their types too.

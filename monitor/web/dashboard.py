@@ -17,31 +17,23 @@ spools its events, and the queue chart fills in when they are replayed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flask import Blueprint, Flask, abort, current_app, jsonify, render_template, request, send_from_directory
+from flask import Blueprint, Flask, abort, jsonify, render_template, send_from_directory
 from flask.typing import ResponseReturnValue
 
-from common.events import parse_iso
-from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, iso_from_us, point_to_event
-from monitor.web.api import BadRequest, parse_window
+from common.units import NS_PER_S
+from monitor.analysis.queue import queue_steps
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, QUALITY, iso_from_us, point_to_event
+from monitor.web.context import get_context
+from monitor.web.params import arg_tags, arg_window_s
 
-if TYPE_CHECKING:
-    from monitor.web.app import MonitorContext
-
-NODE_MODULES = Path(__file__).resolve().parents[2] / "node_modules"
 VENDOR_FILES = {"chart.umd.min.js": "chart.js/dist/chart.umd.min.js"}
-QUALITY = "quality"  # monitor.quality.scorer.MEASUREMENT, named here so the page needs no torch import
 QUALITY_SCORES = ("combined", "clip_score", "i2v_subject", "smoothness", "temporal_flickering", "dynamic_degree")
 QUALITY_FLAGS = ("low_quality", "static", "rating")
 MAX_QUALITY_POINTS = 20_000
 MAX_QUEUE_EVENTS = 100_000
 QUEUE_LOOKBACK_S = 6 * 3600  # a job queued this long before the window still counts as waiting in it
-LEAVES_QUEUE = ("running", "succeeded", "failed", "cancelled")
-S_NS = 1_000_000_000
-EXTENSION = "dashboard"
 
 bp = Blueprint(
     "dashboard",
@@ -53,27 +45,15 @@ bp = Blueprint(
 )
 
 
-def init_app(app: Flask, node_modules: Path = NODE_MODULES) -> None:
-    """Register the dashboard; `node_modules` is where `npm install` put Chart.js."""
-    app.extensions[EXTENSION] = {"node_modules": Path(node_modules)}
+def init_app(app: Flask) -> None:
+    """Register the dashboard (Chart.js is read from the context's `node_modules`, where `npm install` put it)."""
     app.register_blueprint(bp)
-
-
-def _context() -> MonitorContext:
-    from monitor.web.app import get_context  # the app module imports this one
-
-    return get_context(current_app)
-
-
-@bp.errorhandler(BadRequest)
-def _bad_request(error: BadRequest) -> ResponseReturnValue:
-    return jsonify(error=str(error)), 400
 
 
 @bp.get("/")
 def page() -> str:
     """Serve the dashboard page."""
-    config = _context().config
+    config = get_context().config
     return render_template(
         "dashboard.html",
         page_config={
@@ -91,35 +71,24 @@ def vendor(name: str) -> ResponseReturnValue:
     relative = VENDOR_FILES.get(name)
     if relative is None:
         abort(404)
-    root: Path = current_app.extensions[EXTENSION]["node_modules"]
+    root = get_context().node_modules
     if not (root / relative).is_file():
         message = f"{name} is not installed: run `npm install` in the repository root (make run does it)"
         return jsonify(error=message), 404
     return send_from_directory(root, relative, mimetype="text/javascript", max_age=3600)
 
 
-def _tags(*names: str) -> dict[str, str]:
-    tags = {}
-    for name in names:
-        value = request.args.get(name, "")
-        if len(value) > 200 or "\n" in value:
-            raise BadRequest(f"{name} must be a name of at most 200 characters")
-        if value:
-            tags[name] = value
-    return tags
-
-
 def _window_ns(default: str) -> tuple[int, int, int]:
-    ctx = _context()
-    window_s = parse_window(request.args.get("window"), default)
+    ctx = get_context()
+    window_s = arg_window_s(default)
     end_ns = ctx.clock_ns()
-    return window_s, end_ns - window_s * S_NS, end_ns
+    return window_s, end_ns - window_s * NS_PER_S, end_ns
 
 
 @bp.get("/api/targets")
 def targets() -> ResponseReturnValue:
     """Return the hosts and, per host, the GPUs that sent samples in the window (default 24h)."""
-    ctx = _context()
+    ctx = get_context()
     window_s, start_ns, end_ns = _window_ns("24h")
     hosts: set[str] = set()
     gpus: dict[str, set[str]] = {}
@@ -148,9 +117,9 @@ def _gpu_order(gpu: str) -> tuple[int, str]:
 @bp.get("/api/quality")
 def quality() -> ResponseReturnValue:
     """Return each job's latest quality scores in the window (a rating rescores a job), oldest first."""
-    ctx = _context()
+    ctx = get_context()
     window_s, start_ns, end_ns = _window_ns("1h")
-    tags = _tags("host", "gpu")
+    tags = arg_tags("host", "gpu")
     points = ctx.store.query_points(QUALITY, start_ns, end_ns, tags=tags, limit=MAX_QUALITY_POINTS)
     latest: dict[str, dict[str, Any]] = {}
     for point in points:
@@ -171,63 +140,14 @@ def quality() -> ResponseReturnValue:
     return jsonify(window_s=window_s, count=len(scores), scores=scores)
 
 
-def queue_steps(events: Iterable[dict[str, Any]], start_ms: int, end_ms: int) -> list[dict[str, int]]:
-    """Rebuild queue length and running jobs over [start_ms, end_ms] from job state events, as a step series.
-
-    A job waits from its `queued` event to its first `running` or final event, and runs from `running` to its
-    final event. Events are dicts as `point_to_event` makes them; a state's time is the event's `ended_at` (the
-    generator's final-state event starts when the job was created and lasts until it ended). Each change gives
-    one point `{t_ms, pending, running}`; the first point is at `start_ms`, the last at `end_ms`.
-    """
-    first: dict[str, dict[str, int]] = {}
-    for event in events:
-        status, job_id = event.get("status"), event.get("job_id")
-        if event.get("kind") != "job" or not status or not job_id:
-            continue
-        at_ms = _ms(event["ended_at"])  # a state's time: a final state's event spans the job and ends with it
-        seen = first.setdefault(job_id, {})
-        if status not in seen or at_ms < seen[status]:
-            seen[status] = at_ms
-    changes: list[tuple[int, int, int]] = []  # (t_ms, d_pending, d_running)
-    for seen in first.values():
-        left = min((seen[s] for s in LEAVES_QUEUE if s in seen), default=None)
-        done = min((seen[s] for s in ("succeeded", "failed", "cancelled") if s in seen), default=None)
-        if "queued" in seen:
-            changes.append((seen["queued"], 1, 0))
-            if left is not None:
-                changes.append((max(left, seen["queued"]), -1, 0))
-        if "running" in seen:
-            changes.append((seen["running"], 0, 1))
-            if done is not None:
-                changes.append((max(done, seen["running"]), 0, -1))
-    changes.sort()
-    pending = running = 0
-    steps = [{"t_ms": start_ms, "pending": 0, "running": 0}]
-    for at_ms, d_pending, d_running in changes:
-        if at_ms > end_ms:
-            break
-        pending, running = pending + d_pending, running + d_running
-        point = {"t_ms": max(at_ms, start_ms), "pending": pending, "running": running}
-        if steps[-1]["t_ms"] == point["t_ms"]:
-            steps[-1] = point
-        else:
-            steps.append(point)
-    steps.append({"t_ms": end_ms, "pending": pending, "running": running})
-    return steps
-
-
-def _ms(text: str) -> int:
-    return int(parse_iso(text).timestamp() * 1000)
-
-
 @bp.get("/api/queue")
 def queue() -> ResponseReturnValue:
     """Return the queue length (pending) and running jobs over the window, one point per change."""
-    ctx = _context()
+    ctx = get_context()
     window_s, start_ns, end_ns = _window_ns("1h")
-    tags = {**_tags("host"), "kind": "job"}
+    tags = {**arg_tags("host"), "kind": "job"}
     points = ctx.store.query_points(
-        JOB_EVENT, start_ns - QUEUE_LOOKBACK_S * S_NS, end_ns, tags=tags, limit=MAX_QUEUE_EVENTS
+        JOB_EVENT, start_ns - QUEUE_LOOKBACK_S * NS_PER_S, end_ns, tags=tags, limit=MAX_QUEUE_EVENTS
     )
     steps = queue_steps((point_to_event(p) for p in points), start_ns // 1_000_000, end_ns // 1_000_000)
     return jsonify(window_s=window_s, source="job_event", points=steps)

@@ -18,86 +18,36 @@ With a token configured (`INGEST_TOKEN`), requests need `Authorization: Bearer <
 from __future__ import annotations
 
 import logging
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from common.auth import bearer_allows
 from common.events import Event, EventError
-from monitor.storage.schema import event_to_point
-
-if TYPE_CHECKING:
-    from monitor.web.app import MonitorContext
+from monitor.web.context import get_context
+from monitor.web.errors import MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
 MAX_EVENTS = 1000
-MAX_BODY_BYTES = 8 * 1024 * 1024
 
 bp = Blueprint("ingest", __name__, url_prefix="/monitor/api")
 
-EventListener = Callable[[Sequence[Event]], None]
-
-
-class RecentIds:
-    """A bounded set of the most recently seen event ids (oldest forgotten first); thread-safe."""
-
-    def __init__(self, max_ids: int = 100_000) -> None:
-        """Remember at most `max_ids` ids."""
-        self.max_ids = max_ids
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add_new(self, ids: Sequence[str]) -> list[bool]:
-        """Record the ids; return for each whether it was new (a repeat within `ids` counts as seen)."""
-        fresh = []
-        with self._lock:
-            for event_id in ids:
-                if event_id in self._ids:
-                    self._ids.move_to_end(event_id)
-                    fresh.append(False)
-                    continue
-                self._ids[event_id] = None
-                fresh.append(True)
-            while len(self._ids) > self.max_ids:
-                self._ids.popitem(last=False)
-        return fresh
-
-    def forget(self, ids: Sequence[str]) -> None:
-        """Forget ids recorded by `add_new` whose events were not stored after all, so a retry is stored."""
-        with self._lock:
-            for event_id in ids:
-                self._ids.pop(event_id, None)
-
 
 def init_app(app: Flask) -> None:
-    """Register the ingest route (it reads the MonitorContext the app factory attached)."""
+    """Register the ingest route."""
     app.register_blueprint(bp)
-
-
-def _context() -> MonitorContext:
-    from monitor.web.app import get_context  # the app module imports this one
-
-    return get_context(current_app)
 
 
 def _error(status: int, message: str, **extra: object) -> ResponseReturnValue:
     return jsonify(error=message, **extra), status
 
 
-def _authorised(token: str | None) -> bool:
-    return bearer_allows(request.headers.get("Authorization"), token)
-
-
 @bp.post("/events")
 def ingest_events() -> ResponseReturnValue:
     """Validate a batch of events, store the new ones through the writer, count the duplicates."""
-    ctx = _context()
-    if not _authorised(ctx.config.ingest_token):
+    ctx = get_context()
+    if not bearer_allows(request.headers.get("Authorization"), ctx.config.ingest_token):
         response = jsonify(error="send 'Authorization: Bearer <INGEST_TOKEN>' with the monitor's ingest token")
         response.headers["WWW-Authenticate"] = 'Bearer realm="monitor"'
         return response, 401
@@ -120,15 +70,9 @@ def ingest_events() -> ResponseReturnValue:
             events.append(Event.from_dict(item))
         except (EventError, TypeError) as e:
             return _error(400, f"event {index}: {e}", index=index)
-    fresh = ctx.recent_ids.add_new([e.event_id for e in events])
-    new_events = [e for e, is_new in zip(events, fresh, strict=True) if is_new]
-    if new_events:
-        try:  # on disk before the answer: the generator drops what it was told is stored
-            ctx.writer.write_durable([event_to_point(e) for e in new_events])
-        except OSError:
-            ctx.recent_ids.forget([e.event_id for e in new_events])
-            log.exception("cannot spool %d ingested events; answered 503 so the sender retries", len(new_events))
-            return _error(503, "the monitor cannot store events right now (its disk spool failed); retry later")
-        ctx.notify_events(new_events)
-    ctx.count_ingest(len(new_events), len(events) - len(new_events))
-    return jsonify(accepted=len(new_events), duplicates=len(events) - len(new_events)), 200
+    try:
+        result = ctx.ingest.ingest(events)
+    except OSError:
+        log.exception("cannot spool %d ingested events; answered 503 so the sender retries", len(events))
+        return _error(503, "the monitor cannot store events right now (its disk spool failed); retry later")
+    return jsonify(accepted=result.accepted, duplicates=result.duplicates), 200

@@ -15,12 +15,12 @@ from flask import Flask
 from common.spool import Spool
 from generator.app import Runtime, create_app
 from generator.config import GeneratorConfig
-from monitor.__main__ import build_monitor
+from monitor.compose import build_monitor
 from monitor.config import MonitorConfig
 from monitor.storage import schema
 from monitor.storage.sqlite import SqliteStore
 from monitor.storage.writer import Writer
-from monitor.web.app import get_context
+from monitor.web.context import get_context
 
 TOKEN = "t0ken-for-tests"
 

@@ -21,7 +21,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from waitress.server import create_server
 
 from common.spool import Spool
-from monitor.__main__ import Monitor, build_monitor
+from monitor.compose import Monitor, build_monitor
 from monitor.config import MonitorConfig
 from monitor.storage import open_store, schema
 from monitor.storage.writer import Writer

@@ -19,9 +19,9 @@ import torch
 from transformers import CLIPImageProcessor, CLIPModel
 
 from common.spool import Spool
-from monitor.__main__ import Monitor, build_monitor
 from monitor.alerts.settings import DEFAULT_RULES
 from monitor.collection.nvml import CallStats, GpuSnapshot
+from monitor.compose import Monitor, build_monitor
 from monitor.config import MonitorConfig
 from monitor.storage import open_store, schema
 from monitor.storage.writer import Writer

@@ -18,13 +18,13 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.spool import Spool
-from monitor.__main__ import Monitor, build_monitor
 from monitor.collection.nvml import NvmlReader
+from monitor.compose import Monitor, build_monitor
 from monitor.config import MonitorConfig
 from monitor.storage import schema
 from monitor.storage.sqlite import SqliteStore
 from monitor.storage.writer import Writer
-from monitor.web.app import get_context
+from monitor.web.context import get_context
 from tests.faults.procs import ROOT
 from tests.monitor.test_nvml import FakeNvml, load
 from tests.servers import AppServer, wait_for

@@ -21,13 +21,14 @@ from common.events import Event
 from common.spool import Spool
 from generator.events import EventSender
 from monitor.alerts import AlertService, AlertSettings
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.storage import schema
 from monitor.storage.base import Point
 from monitor.storage.influx import InfluxStore
 from monitor.storage.sqlite import SqliteStore
 from monitor.storage.writer import Writer
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.faults.conftest import make_events
 from tests.generator.test_events_delivery import EventReceiver
 from tests.servers import free_port, wait_for

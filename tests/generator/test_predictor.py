@@ -17,8 +17,9 @@ from generator.admission import admit, table_estimate
 from generator.predictor import MonitorPredictor, advice
 from generator.validation import JobParams
 from monitor.analysis.predict import JobShape
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.monitor.history import NOW_NS, gpu_sample, history, random_shapes, summarize_into, true_peak_bytes
 from tests.servers import AppServer, free_port
 

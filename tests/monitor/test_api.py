@@ -13,10 +13,11 @@ import requests
 from flask import Flask
 
 from common.events import Event
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.storage import Point
 from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.servers import AppServer, InfluxServer
 
 S = 1_000_000_000
@@ -175,7 +176,7 @@ def test_job_detail_lists_events_in_order_with_error_and_suggestion(monitor: Mon
         ("series", {"measurement": "cpu"}, 400, "gpu_sample or host_sample"),
         ("series", {"fields": "utilization_ratio,bogus"}, 400, "bogus"),
         ("jobs", {"limit": "many"}, 400, "limit must be an integer"),
-        ("jobs", {"limit": "0"}, 400, "between 1 and 500"),
+        ("jobs", {"limit": "0"}, 400, "from 1 to 500"),
         ("jobs/no-such-job", {}, 404, "widen ?window="),
         ("nowhere", {}, 404, "no such endpoint"),
     ],

@@ -13,11 +13,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from common.events import Event
+from monitor.analysis.queue import queue_steps
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.storage import Point
 from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, event_to_point
 from monitor.web import dashboard
-from monitor.web.app import create_app, get_context
+from monitor.web.context import NODE_MODULES, get_context
 
 S = 1_000_000_000
 NOW_NS = 1_714_565_400 * S  # 2024-05-01T12:10:00Z
@@ -65,7 +67,7 @@ def test_the_page_loads_its_script_and_chart_js_from_this_monitor(client: FlaskC
 
 
 def test_chart_js_is_served_from_node_modules_and_nothing_else_is(client: FlaskClient, tmp_path: Path) -> None:
-    if not (dashboard.NODE_MODULES / dashboard.VENDOR_FILES["chart.umd.min.js"]).is_file():
+    if not (NODE_MODULES / dashboard.VENDOR_FILES["chart.umd.min.js"]).is_file():
         pytest.fail("node_modules/chart.js is missing: run `npm install` (make test does it)")
     with client.get("/monitor/vendor/chart.umd.min.js") as answer:
         assert answer.status_code == 200
@@ -75,10 +77,9 @@ def test_chart_js_is_served_from_node_modules_and_nothing_else_is(client: FlaskC
     assert client.get("/monitor/vendor/..%2Fpackage.json").status_code == 404
 
 
-def test_a_missing_chart_js_says_how_to_install_it(tmp_path: Path) -> None:
-    app = Flask("bare")
-    dashboard.init_app(app, node_modules=tmp_path)
-    answer = app.test_client().get("/monitor/vendor/chart.umd.min.js")
+def test_a_missing_chart_js_says_how_to_install_it(app: Flask, client: FlaskClient, tmp_path: Path) -> None:
+    get_context(app).node_modules = tmp_path
+    answer = client.get("/monitor/vendor/chart.umd.min.js")
     assert answer.status_code == 404
     assert "npm install" in answer.get_json()["error"]
 
@@ -174,7 +175,7 @@ def state(job_id: str, status: str, at_s: float, duration_s: float = 0.0) -> dic
 def test_queue_steps_rebuild_the_queue_from_job_state_events(
     events: list[dict[str, Any]], expected: list[tuple[int, int, int]]
 ) -> None:
-    steps = dashboard.queue_steps(events, NOW_MS - 600_000, NOW_MS)
+    steps = queue_steps(events, NOW_MS - 600_000, NOW_MS)
     assert [((p["t_ms"] - NOW_MS) // 1000, p["pending"], p["running"]) for p in steps] == expected
 
 

@@ -11,9 +11,11 @@ import pytest
 import requests
 
 from common.events import Event
+from monitor.bus import EVENTS
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.storage.schema import JOB_EVENT, event_time_ns
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.servers import AppServer
 
 TOKEN = "s3cret-token"
@@ -83,7 +85,7 @@ def test_a_replay_after_the_recent_ids_are_forgotten_is_still_stored_once(monito
     url, app = monitor
     batch = [event(step=i) for i in range(3)]
     post(url, batch)
-    get_context(app).recent_ids = type(get_context(app).recent_ids)()  # a monitor restart forgets them
+    get_context(app).ingest.recent_ids = type(get_context(app).ingest.recent_ids)()  # a monitor restart forgets them
     assert post(url, batch).json() == {"accepted": 3, "duplicates": 0}
     assert len(stored(app)) == 3  # the store's own idempotency: same series, same time
 
@@ -178,7 +180,8 @@ def test_listeners_get_only_new_events_and_a_failing_one_does_not_fail_ingest(mo
     def broken(events: object) -> None:
         raise RuntimeError("boom")
 
-    get_context(app).event_listeners.extend([broken, lambda events: seen.extend(e.event_id for e in events)])
+    for listener in (broken, lambda events: seen.extend(e.event_id for e in events)):
+        get_context(app).bus.subscribe(EVENTS, listener)
     batch = [event(), event()]
     assert post(url, batch).status_code == 200
     assert post(url, batch).status_code == 200

@@ -21,9 +21,10 @@ from monitor.analysis.predict import (
     prior_memory_bytes,
     prior_time_s,
 )
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.storage import Store
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.monitor.history import (
     H100,
     NOW_NS,

@@ -13,8 +13,9 @@ from flask import Flask
 from monitor.analysis.devices import DeviceState
 from monitor.analysis.predict import PRIOR_LAWS, JobShape, Laws, Observation, Prediction
 from monitor.analysis.recommend import LADDER, recommend, seed_tier
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.monitor.history import (
     H100,
     NOW_NS,

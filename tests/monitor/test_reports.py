@@ -18,11 +18,12 @@ from monitor.analysis import jobs
 from monitor.analysis.job_summary import JOB_SUMMARY, JobSummarizer
 from monitor.analysis.predict import JobShape
 from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS, QualityJoin, number_cell, text_cell
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.storage import Point, Store
 from monitor.storage.pages import iter_points
 from monitor.storage.schema import GPU_SAMPLE, event_to_point, point_to_event
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 from tests.monitor.history import H100, NOW_NS, NOW_S, S, each_store, gpu_sample, job_events, store_url
 from tests.servers import AppServer
 

@@ -11,11 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from common.events import Event, utc_now_iso
+from monitor.bus import EVENTS
+from monitor.compose import create_app
 from monitor.config import MonitorConfig
 from monitor.quality.clip_score import ClipScorer
 from monitor.quality.scorer import MEASUREMENT, QualityScorer
 from monitor.web import quality as quality_api
-from monitor.web.app import create_app, get_context
+from monitor.web.context import get_context
 
 from . import synthetic
 
@@ -41,7 +43,7 @@ def test_a_finished_job_is_scored_stored_and_rated(
     )  # fmt: skip
     scorer.start()
     quality_api.init_app(app, scorer)
-    ctx.event_listeners.append(scorer.listen)
+    ctx.bus.subscribe(EVENTS, scorer.listen)
     try:
         client = app.test_client()
         event = Event(

@@ -1,0 +1,51 @@
+"""`python -m monitor report jobs|gpu ...`: write a CSV report from the store to a file or standard output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from monitor.analysis.reports import write_report
+from monitor.config import ConfigError, MonitorConfig
+from monitor.storage import open_store
+from monitor.storage.base import StoreRejected, StoreUnavailable
+from monitor.web import params
+
+
+def main(argv: Sequence[str]) -> int:
+    """Write the report the arguments ask for; return the exit status (2: bad arguments or store)."""
+
+    parser = argparse.ArgumentParser(prog="python -m monitor report", description="Write a CSV report.")
+    parser.add_argument("kind", choices=("jobs", "gpu"), help="jobs: a row per job; gpu: a row per bucket and GPU")
+    parser.add_argument("--since", default="24h", help="24h, 7d, now or an RFC 3339 time (default 24h)")
+    parser.add_argument("--until", default="now", help="as --since (default now)")
+    parser.add_argument("--host", help="only this host")
+    parser.add_argument("--bucket", default="1m", help="gpu report's bucket: 10s, 1m, 1h (default 1m)")
+    parser.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
+    parser.add_argument("--store", help="the store URL (default: as python -m monitor: MONITOR_STORE, ...)")
+    args = parser.parse_args(argv)
+    try:
+        config = MonitorConfig.from_sources([] if args.store is None else ["--store", args.store]).validate()
+        start_ns, end_ns = params.span_ns(args.since, args.until, time.time_ns())
+        bucket_s, host = params.bucket_s(args.bucket), params.name(args.host, "host")
+        store = open_store(config.store_url)
+    except (ConfigError, ValueError, StoreUnavailable) as e:
+        print(f"monitor report: {e}", file=sys.stderr)
+        return 2
+    try:
+        if args.output == "-":
+            rows = write_report(args.kind, store, sys.stdout, start_ns, end_ns, host=host, bucket_s=bucket_s)
+        else:
+            with Path(args.output).open("w", encoding="utf-8", newline="") as out:
+                rows = write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s)
+    except (StoreUnavailable, StoreRejected) as e:
+        print(f"monitor report: the store failed mid-report ({e}); the output is incomplete", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    where = "standard output" if args.output == "-" else args.output
+    print(f"monitor report: {rows} {args.kind} row(s) to {where}", file=sys.stderr)
+    return 0

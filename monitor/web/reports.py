@@ -1,0 +1,50 @@
+"""The CSV report routes under /monitor/api/reports: `jobs.csv` and `gpu.csv`, streamed as they are read."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from flask import Blueprint, Flask, Response, request
+from flask.typing import ResponseReturnValue
+
+from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, job_rows
+from monitor.web import params
+from monitor.web.context import get_context
+
+bp = Blueprint("reports", __name__, url_prefix="/monitor/api/reports")
+
+
+def init_app(app: Flask) -> None:
+    """Register the report routes."""
+    app.register_blueprint(bp)
+
+
+def _stream(name: str, header: Sequence[str], rows: Iterator[list[Any]]) -> Response:
+    chunks = csv_chunks(header, rows)
+    first = next(chunks)  # the first page is read here, so a store that is down answers 503, not a cut CSV
+    body = (chunk.encode("utf-8") for part in ([first], chunks) for chunk in part)
+    response = Response(body, mimetype="text/csv")
+    response.headers["Content-Type"] = "text/csv; charset=utf-8; header=present"
+    response.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/jobs.csv")
+def jobs_csv() -> ResponseReturnValue:
+    """Stream one CSV row per job that ended in the span."""
+    ctx = get_context()
+    start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
+    host = params.arg_name("host")
+    return _stream("jobs.csv", JOB_COLUMNS, job_rows(ctx.store, start_ns, end_ns, host))
+
+
+@bp.get("/gpu.csv")
+def gpu_csv() -> ResponseReturnValue:
+    """Stream one CSV row per bucket, host and GPU in the span."""
+    ctx = get_context()
+    start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
+    bucket_s = params.bucket_s(request.args.get("bucket"))
+    host = params.arg_name("host")
+    return _stream("gpu.csv", GPU_COLUMNS, gpu_rows(ctx.store, start_ns, end_ns, bucket_s, host))
