@@ -33,8 +33,10 @@ run: install node_modules/.installed ## Run the generator (:7860) and the monito
 test: system-deps install node_modules/.installed ## Install what the tests need, then run them all
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: install ## ruff over the packages
+lint: install ## ruff, mypy and the import contract (pyproject.toml says what each checks)
 	$(PY) -m ruff check generator monitor common tests bench
+	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 
 bench: install ## Run the benchmarks; results go to bench/results/
 	$(PY) -m bench.run

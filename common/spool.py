@@ -28,6 +28,7 @@ from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,8 @@ class _Segment:
     seq: int
     path: Path
     size_bytes: int = 0
-    starts: array = field(default_factory=lambda: array("q"))
-    ends: array = field(default_factory=lambda: array("q"))
+    starts: array[int] = field(default_factory=lambda: array("q"))
+    ends: array[int] = field(default_factory=lambda: array("q"))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -78,7 +79,7 @@ class Spool:
 
     # ---- public API ---------------------------------------------------------------------------------------
 
-    def append(self, records: Sequence[dict]) -> None:
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
         """Append records durably (fsync'd before returning), dropping the oldest ones past the bound."""
         if not records:
             return
@@ -102,9 +103,9 @@ class Spool:
             segment.size_bytes = offset
             self._enforce_bound()
 
-    def peek(self, max_records: int) -> list[dict]:
+    def peek(self, max_records: int) -> list[dict[str, Any]]:
         """Return up to `max_records` of the oldest unacknowledged records, without removing them."""
-        out: list[dict] = []
+        out: list[dict[str, Any]] = []
         with self._lock:
             index = self._head_index
             for segment in self._segments:
@@ -203,7 +204,7 @@ class Spool:
         if skipped:
             log.warning("spool %s: skipped %d torn or unreadable line(s)", segment.path, skipped)
 
-    def _read(self, segment: _Segment, index: int, count: int) -> list[dict]:
+    def _read(self, segment: _Segment, index: int, count: int) -> list[dict[str, Any]]:
         """Read `count` indexed records of a segment starting at record `index`."""
         first, last = segment.starts[index], segment.ends[index + count - 1]
         with segment.path.open("rb") as f:

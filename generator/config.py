@@ -82,7 +82,7 @@ class GeneratorConfig:
         parser.add_argument("--queue-size", type=int, help="jobs waiting before 429 (env GENERATOR_QUEUE_SIZE)")
         args = parser.parse_args(argv)
         overrides.update({k: v for k, v in vars(args).items() if v is not None})
-        return replace(config, **overrides)  # type: ignore[arg-type]
+        return replace(config, **overrides)  # type: ignore[arg-type]  # values are checked by validate(), not here
 
 
 def _convert(kind: object, value: str, variable: str) -> object:

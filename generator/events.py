@@ -12,9 +12,9 @@ from pathlib import Path
 
 import requests
 
-from common.events import Event
+from common.events import FINAL_STATES, Event
 from common.spool import Spool
-from generator.jobs import FINAL_STATES, Job
+from generator.jobs import Job
 
 log = logging.getLogger("generator.events")
 event_log = logging.getLogger("generator.event")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -15,7 +16,6 @@ from typing import Any
 from generator.validation import JobParams
 
 ACTIVE_STATES = ("queued", "running")
-FINAL_STATES = ("succeeded", "failed", "cancelled")
 
 
 class QueueFull(Exception):
@@ -149,7 +149,7 @@ class JobBook:
         with self._lock:
             return len(self._queue)
 
-    def queued_jobs(self) -> list[Job]:
+    def queued_jobs(self) -> builtins.list[Job]:
         """Return the queued jobs in order."""
         with self._lock:
             return [self._jobs[job_id] for job_id in self._queue]

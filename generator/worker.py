@@ -243,10 +243,11 @@ class Worker:
 
     def _on_stage(self, job: Job, timing: StageTiming) -> None:
         durations = dict(job.stage_durations_s)
-        if timing.stage == "denoising_step":
+        if timing.stage == "denoising_step" and timing.step is not None:
+            step = timing.step
             durations["denoising_step_mean"] = (
-                durations.get("denoising_step_mean", 0.0) * (timing.step - 1) + timing.duration_s
-            ) / timing.step
+                durations.get("denoising_step_mean", 0.0) * (step - 1) + timing.duration_s
+            ) / step
             self.book.update(job, step=timing.step, total_steps=timing.total_steps or 0, stage_durations_s=durations)
         else:
             durations[timing.stage] = timing.duration_s
@@ -300,6 +301,6 @@ class Worker:
         elif error and error.startswith(OOM_PREFIX):
             self.metrics.consecutive_ooms.inc()
         self.metrics.requests.labels(state).inc()
-        self.metrics.request_duration.observe(job.finished_at - job.created_at)
+        self.metrics.request_duration.observe((job.finished_at or time.time()) - job.created_at)
         self.job_event(job, state)
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")

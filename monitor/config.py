@@ -171,11 +171,11 @@ class MonitorConfig:
             values["store_url"] = args.store if args.store is not None else env["MONITOR_STORE"]
         elif env.get("INFLUX_URL"):
             values["store_url"] = influx_url(env["INFLUX_URL"])
-        data_dir = Path(values.get("data_dir", cls.data_dir))  # type: ignore[arg-type]
+        data_dir = Path(values.get("data_dir", cls.data_dir))  # type: ignore[arg-type]  # a str or Path by then
         values.setdefault("store_url", f"sqlite:///{data_dir / 'monitor.db'}")
         values.setdefault("spool_dir", data_dir / "spool")
         values.setdefault("alert_state_path", data_dir / "alerts-state.json")
-        return replace(cls(), **values)  # type: ignore[arg-type]
+        return replace(cls(), **values)  # type: ignore[arg-type]  # values are checked by validate(), not here
 
 
 def url_list(text: str) -> tuple[str, ...]:

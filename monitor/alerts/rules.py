@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # types-PyYAML is not pinned
+import yaml
 
 SEVERITIES = ("warning", "severe", "fatal")
 OPS = (">", ">=", "<", "<=")
@@ -123,7 +123,7 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
-class _MarkedDict(dict):  # type: ignore[type-arg]
+class _MarkedDict(dict[Any, Any]):
     """A YAML mapping that remembers its own line and each key's line."""
 
     line: int

@@ -178,18 +178,19 @@ class JobSummarizer:
         events = list(dicts.values())
         if end is None:  # never ended: summarised as it stands, as of its last event
             last = max(events, key=lambda e: e["ended_at"])
-            end_ns = _us(last["ended_at"]) * 1000  # type: ignore[operator]
+            end_ns = _us(last["ended_at"]) * 1000  # type: ignore[operator]  # every stored event has ended_at
             return summary_point(job_id, events, {**last, "status": "unfinished"}, end_ns)
         return summary_point(job_id, events, point_to_event(event_to_point(end)), event_time_ns(end))
 
     def _read_back(self, job_id: str, end: Event) -> dict[str, dict[str, Any]]:
-        start_ns = _us(end.started_at) * 1000 - 60 * 1_000_000_000  # type: ignore[operator]
+        start_ns = _us(end.started_at) * 1000 - 60 * 1_000_000_000  # type: ignore[operator]  # validated at ingest
         end_ns = event_time_ns(end) + 1
         try:
-            points = self._store.query_points(JOB_EVENT, start_ns, end_ns, fields={"job_id": job_id})  # type: ignore[union-attr]
+            assert self._store is not None  # read back only where a store was given (the caller checks)
+            points = self._store.query_points(JOB_EVENT, start_ns, end_ns, fields={"job_id": job_id})
         except (StoreUnavailable, StoreRejected) as e:
             log.warning(
                 "job %s: its earlier events could not be read back (%s); summarised from what was heard", job_id, e
             )
             return {}
-        return {p.fields["event_id"]: point_to_event(p) for p in points if p.fields.get("event_id")}  # type: ignore[misc]
+        return {str(p.fields["event_id"]): point_to_event(p) for p in points if p.fields.get("event_id")}

@@ -255,7 +255,7 @@ class Laws:
         memory = [(o.shape, float(o.peak_memory_bytes)) for o in observations if o.peak_memory_bytes]
         times = [(o.shape, o.run_s) for o in observations if o.run_s is not None and o.run_s > 0]
         self.memory = Law(memory_features, prior_memory_bytes, PRIOR_MEMORY_SPREAD, memory)
-        self.time = Law(time_features, prior_time_s, PRIOR_TIME_SPREAD, times)  # type: ignore[arg-type]
+        self.time = Law(time_features, prior_time_s, PRIOR_TIME_SPREAD, times)
 
 
 PRIOR_LAWS = Laws()
@@ -265,10 +265,12 @@ def observation(point: Point, names: ModelNames) -> Observation | None:
     """Read one `job_summary` point as an observation; None when its parameters are incomplete."""
     f = point.fields
     resolution, frames, steps = f.get("resolution"), f.get("num_frames"), f.get("steps")
-    if resolution not in RESOLUTIONS or not isinstance(frames, int) or not isinstance(steps, int):
+    if not isinstance(resolution, int) or resolution not in RESOLUTIONS:
+        return None
+    if not isinstance(frames, int) or not isinstance(steps, int):
         return None
     guidance = f.get("guidance_scale")
-    shape = JobShape(resolution, frames, steps, float(guidance) if isinstance(guidance, int | float) else 9.0)  # type: ignore[arg-type]
+    shape = JobShape(resolution, frames, steps, float(guidance) if isinstance(guidance, int | float) else 9.0)
     peak = f.get("peak_memory_bytes")
     run_s = f.get("run_s")
     return Observation(

@@ -157,7 +157,7 @@ class QualityJoin:
         while self._next is not None and self._next.time_ns < horizon:
             owner = self._next.fields.get("job_id")
             if isinstance(owner, str):
-                self._latest[owner] = (self._next.time_ns, self._next.fields)  # type: ignore[assignment]
+                self._latest[owner] = (self._next.time_ns, self._next.fields)
             self._next = next(self._points, None)
         self._taken += 1
         if self._taken % 1000 == 0:  # forget what no later job can own (allowing for clock skew)

@@ -126,7 +126,7 @@ class Store(Protocol):
 def check_name(name: object, what: str) -> str:
     """Return `name` if it is a portable measurement, tag or field name; raise StoreRejected otherwise."""
     if name.__class__ is str and name in _GOOD_NAMES:  # the same few names on every point: checked once
-        return name  # type: ignore[return-value]
+        return str(name)
     if not isinstance(name, str) or not name:
         raise StoreRejected(f"{what} must be a non-empty string, got {name!r}")
     if "\n" in name or "\r" in name:
@@ -157,10 +157,10 @@ def clean_point(point: Point) -> Point | None:
         check_name(key, "field key")
         kind = field_value.__class__
         if kind is float:  # the common cases first, by exact type (a bool is an int subclass)
-            if not math.isfinite(field_value):  # type: ignore[arg-type]
+            if not math.isfinite(field_value):  # type: ignore[arg-type]  # narrowed by exact class, which mypy cannot follow
                 continue
         elif kind is int:
-            if not _INT64[0] <= field_value <= _INT64[1]:  # type: ignore[operator]
+            if not _INT64[0] <= field_value <= _INT64[1]:  # type: ignore[operator]  # as above: an int by exact class
                 raise StoreRejected(f"field {key!r} = {field_value} does not fit in 64 bits")
         elif kind is not str and kind is not bool:
             if field_value is None or (isinstance(field_value, float) and not math.isfinite(field_value)):

@@ -418,4 +418,5 @@ class InfluxStore:
         if body.get("error"):
             return str(body["error"])
         results = body.get("results") or [{}]
-        return results[0].get("error")
+        error = results[0].get("error")
+        return None if error is None else str(error)

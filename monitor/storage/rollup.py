@@ -99,7 +99,7 @@ class _Totals:
 
 
 def _numbers(fields: Mapping[str, object], wanted: Mapping[str, str]) -> dict[str, Number]:
-    return {k: v for k, v in fields.items() if k in wanted and v.__class__ in (int, float)}  # type: ignore[misc]
+    return {k: v for k, v in fields.items() if k in wanted and v.__class__ in (int, float)}
 
 
 class RollupStore:
@@ -226,7 +226,7 @@ class RollupStore:
         levels = [lv for lv in self.levels_s if bucket_s and bucket_s > 0 and bucket_s % lv == 0]
         if not levels or not fields or any(f not in kinds for f in fields):
             return self.inner.query_window(measurement, fields, start_ns, end_ns, tags=tags, bucket_s=bucket_s)
-        bucket_ns = int(bucket_s) * S  # type: ignore[arg-type]
+        bucket_ns = int(bucket_s or 0) * S
         # The window in pieces: whole buckets of the coarsest level in the middle, whole buckets of finer levels
         # nearer the ends, and the raw points of the slivers left at both ends (the window rarely starts on a
         # bucket boundary). Every level used divides the output bucket, so no piece straddles an output bucket.

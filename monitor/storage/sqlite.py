@@ -13,6 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from monitor.storage.base import (
     FilterValue,
@@ -210,9 +211,9 @@ class SqliteStore:
         end_ns: int,
         tags: Mapping[str, str] | None,
         fields: Mapping[str, FilterValue] | None,
-    ) -> tuple[str, list]:
+    ) -> tuple[str, list[object]]:
         clauses = ["measurement = ?", "time_ns >= ?", "time_ns < ?"]
-        params: list = [measurement, int(start_ns), int(end_ns)]
+        params: list[object] = [measurement, int(start_ns), int(end_ns)]
         for column, filters in (("tags", tags or {}), ("fields", fields or {})):
             for key, value in filters.items():
                 check_identifier(key, "filter key")
@@ -220,7 +221,7 @@ class SqliteStore:
                 params.append(value)
         return " AND ".join(clauses), params
 
-    def _select(self, sql: str, params: Sequence) -> list[tuple]:
+    def _select(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()

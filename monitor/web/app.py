@@ -46,7 +46,7 @@ def make_app(context: MonitorContext) -> Flask:
     if context.sampler is not None and hasattr(context.sampler, "latest"):
         from monitor.web.metrics import make_registry, metrics_view  # needs the real sampler's snapshots
 
-        registry = make_registry(context.sampler, writer_health=context.writer.health)  # type: ignore[arg-type]
+        registry = make_registry(context.sampler, writer_health=context.writer.health)  # type: ignore[arg-type]  # a real Sampler: it has .latest
         for part in (context.quality, context.alerts):
             if part is not None:
                 registry.register(part.registry)
