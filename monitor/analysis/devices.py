@@ -11,7 +11,7 @@ from monitor.storage.schema import GPU_SAMPLE, iso_from_us
 
 #: A sample older than this does not describe the GPU "now" (the sampler ticks every 2 s by default).
 MAX_SAMPLE_AGE_S = 120
-#: What share of a card a job may use, with what other processes hold (ARCHITECTURE.md §6, as the generator's
+#: What share of a card a job may use, with what other processes hold (common/sizing.py, as the generator's
 #: admission control): the rest covers the allocator's cache and fragmentation, which torch's peak omits.
 NAME_LOOKBACK_S = 30 * 86_400
 S = 1_000_000_000

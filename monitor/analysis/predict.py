@@ -10,7 +10,7 @@ The model, per GPU model (the sampler's NVML name, e.g. "NVIDIA H100 80GB HBM3")
 - Generation time (running to end) = a0 + a1 * x + steps * (b0 + b1 * x): a fixed part (encoders, decode,
   export) and a per-step part, both linear in x.
 
-The prior: with no measured job the answer is the design's table (ARCHITECTURE.md section 6, the generator's
+The prior: with no measured job the answer is the design's table (common/sizing.py, the generator's
 own fallback: 256p 6 GB ... 1024p 20 GB at 16 frames, +0.15 GB per extra frame) for memory, and the H100's
 measured law (0.57 s + 0.054 s * x, plus 0.0148 s + 0.0553 s * x per step) for time. With n jobs, weighted
 least squares fits the linear law to the jobs (weight 1 each) together with the prior at a grid of standard

@@ -1,6 +1,6 @@
 """Recommend the largest parameters whose predicted peak memory, with its margin, fits a GPU's memory now.
 
-Candidates are tried best first, along the ladder the generator degrades by (ARCHITECTURE.md §6: 1024p/32 →
+Candidates are tried best first, along the ladder the generator degrades by (common/sizing.py: 1024p/32 →
 768p/32 → 768p/24 → 512p/24 → 512p/16 → 256p/16 → 256p/8, with the seed's 512p/8 tier in its place), each
 with the steps the seed's tiers and card limits pair with its size. The first whose estimate (predicted peak +
 margin) is at most the memory usable now wins: the usable share of the card (80%) less what other processes

@@ -1,6 +1,6 @@
 """Sample GPUs and host on a schedule, turn each tick into store points, and keep the sampler's health.
 
-The runner owns the loop (STYLE.md): the readers raise nothing for the conditions they know (an unsupported
+The runner owns the loop: the readers raise nothing for the conditions they know (an unsupported
 field, a lost GPU, a dead generator process); anything else is caught here, at the tick boundary, counted,
 logged once while it recurs, and the next tick goes on.
 """
