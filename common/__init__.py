@@ -1,1 +1,1 @@
-"""Pieces both processes share: the event record and the disk spool."""
+"""What both processes share: the event record, the spool, the job sizes, time units, auth and redaction."""

@@ -1,4 +1,4 @@
-"""Predictions, recommendations and run-time statistics under /monitor/api, and the parts behind them.
+"""Predictions, recommendations and run-time statistics under /monitor/api: HTTP in, calls to analysis/, JSON out.
 
 - `GET predict?resolution=512&frames=16&steps=50[&guidance=9][&gpu=0|<model name>][&host=]`: predicted peak
   memory and generation time with their margins, how they were made (prior or learned, from how many jobs),
