@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common.sizing import USABLE_SHARE
+from common.units import NS_PER_S
 from monitor.storage.base import Store
 from monitor.storage.schema import GPU_SAMPLE, iso_from_us
 
@@ -14,7 +15,6 @@ MAX_SAMPLE_AGE_S = 120
 #: What share of a card a job may use, with what other processes hold (common/sizing.py, as the generator's
 #: admission control): the rest covers the allocator's cache and fragmentation, which torch's peak omits.
 NAME_LOOKBACK_S = 30 * 86_400
-S = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def live_devices(store: Store, now_ns: int, host: str | None = None) -> list[Dev
     """Return each GPU sampled in the last `MAX_SAMPLE_AGE_S` that is up and reports its memory, by host and GPU."""
     tags = {"host": host} if host else None
     points = store.query_points(
-        GPU_SAMPLE, now_ns - MAX_SAMPLE_AGE_S * S, now_ns + S, tags=tags, limit=256, descending=True
+        GPU_SAMPLE, now_ns - MAX_SAMPLE_AGE_S * NS_PER_S, now_ns + NS_PER_S, tags=tags, limit=256, descending=True
     )
     latest: dict[tuple[str, str], DeviceState] = {}
     for point in points:
@@ -110,10 +110,10 @@ class ModelNames:
     def _lookup(self, host: str, gpu: str) -> str:
         if gpu == "cpu":
             return "cpu"
-        start_ns = self._end_ns - NAME_LOOKBACK_S * S
+        start_ns = self._end_ns - NAME_LOOKBACK_S * NS_PER_S
         tags = {"host": host, "gpu": gpu}
         for point in self._store.query_points(
-            GPU_SAMPLE, start_ns, self._end_ns + S, tags=tags, limit=1, descending=True
+            GPU_SAMPLE, start_ns, self._end_ns + NS_PER_S, tags=tags, limit=1, descending=True
         ):
             name = point.fields.get("name")
             if isinstance(name, str) and name:

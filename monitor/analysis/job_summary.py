@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from common.events import PARAM_NAMES, Event, parse_iso
+from common.units import NS_PER_S
 from monitor.analysis import jobs
 from monitor.storage import schema
 from monitor.storage.base import FieldValue, Point, Store, StoreRejected, StoreUnavailable
@@ -183,7 +184,7 @@ class JobSummarizer:
         return summary_point(job_id, events, point_to_event(event_to_point(end)), event_time_ns(end))
 
     def _read_back(self, job_id: str, end: Event) -> dict[str, dict[str, Any]]:
-        start_ns = _us(end.started_at) * 1000 - 60 * 1_000_000_000  # type: ignore[operator]  # validated at ingest
+        start_ns = _us(end.started_at) * 1000 - 60 * NS_PER_S  # type: ignore[operator]  # validated at ingest
         end_ns = event_time_ns(end) + 1
         try:
             assert self._store is not None  # read back only where a store was given (the caller checks)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from common.units import NS_PER_S
 from monitor.storage.base import FilterValue, Point, Store
 
 PAGE_SIZE = 1000  # points: a page of job summaries is about 3 MB of Python objects
 OVERFILL = 2  # a window may hold up to this many pages before it is read again smaller
-FIRST_WINDOW_NS = 60 * 1_000_000_000
+FIRST_WINDOW_NS = 60 * NS_PER_S
 MAX_GROWTH = 4
 
 

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from common.units import NS_PER_S
 from monitor.storage.base import FilterValue, Point, Store, WindowQuery, WindowRow, clean_point, sort_rows
 
-S = 1_000_000_000
 LEVELS_S = (12, 288)  # 1 h at 12 s buckets and 24 h at 288 s (the API's 300 buckets) read one row per bucket
 Number = int | float
 TagsKey = tuple[tuple[str, str], ...]
@@ -144,7 +144,7 @@ class RollupStore:
                 numbers = _numbers(point.fields, self.numeric_fields[point.measurement])
                 tags_key = tuple(sorted(point.tags.items()))
                 for level in self.levels_s:
-                    key = (point.measurement, level, tags_key, point.time_ns - point.time_ns % (level * S))
+                    key = (point.measurement, level, tags_key, point.time_ns - point.time_ns % (level * NS_PER_S))
                     bucket = self._buckets.get(key)
                     if bucket is None:
                         bucket = self._buckets[key] = _Bucket(point.tags)
@@ -178,19 +178,19 @@ class RollupStore:
         for point in points:
             tags_key = tuple(sorted(point.tags.items()))
             for level in self.levels_s:
-                start = point.time_ns - point.time_ns % (level * S)
+                start = point.time_ns - point.time_ns % (level * NS_PER_S)
                 key = (point.measurement, level, tags_key, start)
                 if key in self._buckets or key in missing or not self._needs_reading(point.measurement, level, start):
                     continue
                 missing.add(key)
-                low, high = spans.get(point.measurement, (start, start + level * S))
-                spans[point.measurement] = (min(low, start), max(high, start + level * S))
+                low, high = spans.get(point.measurement, (start, start + level * NS_PER_S))
+                spans[point.measurement] = (min(low, start), max(high, start + level * NS_PER_S))
         for measurement, (low, high) in spans.items():
             for stored in self._raw_rows(measurement, list(self.numeric_fields[measurement]), low, high, None):
                 tags_key = tuple(sorted(stored.tags.items()))
                 numbers = {k: v for k, v in stored.max.items() if v is not None}
                 for level in self.levels_s:
-                    key = (measurement, level, tags_key, stored.time_ns - stored.time_ns % (level * S))
+                    key = (measurement, level, tags_key, stored.time_ns - stored.time_ns % (level * NS_PER_S))
                     if key in missing:
                         bucket = self._buckets.get(key) or self._buckets.setdefault(key, _Bucket(stored.tags))
                         bucket.put(stored.time_ns, numbers)
@@ -202,11 +202,11 @@ class RollupStore:
         for measurement, level, _, start in touched:
             if start > self._newest.get((measurement, level), -1):
                 self._newest[(measurement, level)] = start
-        old = [k for k in self._buckets if k[3] < self._newest.get((k[0], k[1]), 0) - k[1] * S]
+        old = [k for k in self._buckets if k[3] < self._newest.get((k[0], k[1]), 0) - k[1] * NS_PER_S]
         for key in old:
             del self._buckets[key]
             measurement, level, _, start = key
-            end = start + level * S
+            end = start + level * NS_PER_S
             if end > self._let_go_until.get((measurement, level), 0):
                 self._let_go_until[(measurement, level)] = end
 
@@ -226,7 +226,7 @@ class RollupStore:
         levels = [lv for lv in self.levels_s if bucket_s and bucket_s > 0 and bucket_s % lv == 0]
         if not levels or not fields or any(f not in kinds for f in fields):
             return self.inner.query_window(measurement, fields, start_ns, end_ns, tags=tags, bucket_s=bucket_s)
-        bucket_ns = int(bucket_s or 0) * S
+        bucket_ns = int(bucket_s or 0) * NS_PER_S
         # The window in pieces: whole buckets of the coarsest level in the middle, whole buckets of finer levels
         # nearer the ends, and the raw points of the slivers left at both ends (the window rarely starts on a
         # bucket boundary). Every level used divides the output bucket, so no piece straddles an output bucket.
@@ -234,7 +234,7 @@ class RollupStore:
         queries: list[WindowQuery] = []
         pieces = [(start_ns, end_ns)]
         for level in reversed(levels):
-            level_ns, left = level * S, []
+            level_ns, left = level * NS_PER_S, []
             for low, high in pieces:
                 whole_low, whole_high = -(-low // level_ns) * level_ns, high - high % level_ns
                 if whole_low >= whole_high:

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from common.units import NS_PER_S
 from monitor.storage.base import (
     FilterValue,
     Point,
@@ -156,7 +157,7 @@ class SqliteStore:
             return _numeric_only(rows)
         if bucket_s <= 0:
             raise ValueError(f"bucket_s must be positive, got {bucket_s}")
-        bucket_ns = bucket_s * 1_000_000_000
+        bucket_ns = bucket_s * NS_PER_S
         aggregates = ", ".join(f"avg({v}), max({v})" for v in values)
         any_value = " OR ".join(f"count({v}) > 0" for v in values)
         sql = (
