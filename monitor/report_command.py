@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.redact import redact_url
 from monitor.analysis.reports import write_report
 from monitor.config import ConfigError, MonitorConfig
 from monitor.storage import open_store
@@ -15,26 +16,47 @@ from monitor.storage.base import StoreRejected, StoreUnavailable
 from monitor.web import params
 
 
+def check_store_exists(store_url: str) -> None:
+    """Raise ValueError saying what to pass when a SQLite store does not exist: a report never creates one."""
+    if not store_url.startswith("sqlite:///"):
+        return
+    path = Path(store_url.removeprefix("sqlite:///"))
+    if not path.is_file():
+        raise ValueError(
+            f"no store at {path}: pass --store sqlite:///PATH or --data-dir DIR (the monitor's; it holds "
+            "monitor.db), or run the report where the monitor keeps var/monitor"
+        )
+
+
 def main(argv: Sequence[str]) -> int:
     """Write the report the arguments ask for; return the exit status (2: bad arguments or store)."""
-
     parser = argparse.ArgumentParser(prog="python -m monitor report", description="Write a CSV report.")
     parser.add_argument("kind", choices=("jobs", "gpu"), help="jobs: a row per job; gpu: a row per bucket and GPU")
-    parser.add_argument("--since", default="24h", help="24h, 7d, now or an RFC 3339 time (default 24h)")
+    parser.add_argument(
+        "--since", help="24h, 7d, a date, an RFC 3339 time or epoch seconds (default 24h; with --until alone, all)"
+    )
     parser.add_argument("--until", default="now", help="as --since (default now)")
     parser.add_argument("--host", help="only this host")
     parser.add_argument("--bucket", default="1m", help="gpu report's bucket: 10s, 1m, 1h (default 1m)")
     parser.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
     parser.add_argument("--store", help="the store URL (default: as python -m monitor: MONITOR_STORE, ...)")
+    parser.add_argument("--data-dir", help="the monitor's data folder, whose monitor.db is read (default var/monitor)")
     args = parser.parse_args(argv)
+    sources = [
+        *(["--store", args.store] if args.store else []),
+        *(["--data-dir", args.data_dir] if args.data_dir else []),
+    ]
+    until_given = args.until != "now"
     try:
-        config = MonitorConfig.from_sources([] if args.store is None else ["--store", args.store]).validate()
-        start_ns, end_ns = params.span_ns(args.since, args.until, time.time_ns())
+        config = MonitorConfig.from_sources(sources).validate()
+        start_ns, end_ns = params.span_ns(args.since, args.until if until_given else None, time.time_ns())
         bucket_s, host = params.bucket_s(args.bucket), params.name(args.host, "host")
+        check_store_exists(config.store_url)
         store = open_store(config.store_url)
     except (ConfigError, ValueError, StoreUnavailable) as e:
         print(f"monitor report: {e}", file=sys.stderr)
         return 2
+    where_from = redact_url(config.store_url)
     try:
         if args.output == "-":
             rows = write_report(args.kind, store, sys.stdout, start_ns, end_ns, host=host, bucket_s=bucket_s)
@@ -42,10 +64,12 @@ def main(argv: Sequence[str]) -> int:
             with Path(args.output).open("w", encoding="utf-8", newline="") as out:
                 rows = write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s)
     except (StoreUnavailable, StoreRejected) as e:
-        print(f"monitor report: the store failed mid-report ({e}); the output is incomplete", file=sys.stderr)
+        print(
+            f"monitor report: the store {where_from} failed mid-report ({e}); the output is incomplete", file=sys.stderr
+        )
         return 1
     finally:
         store.close()
     where = "standard output" if args.output == "-" else args.output
-    print(f"monitor report: {rows} {args.kind} row(s) to {where}", file=sys.stderr)
+    print(f"monitor report: {rows} {args.kind} row(s) from {where_from} to {where}", file=sys.stderr)
     return 0

@@ -8,6 +8,7 @@ the `arg_*` helpers read them from the current request. Each raises `BadRequest`
 from __future__ import annotations
 
 import math
+import re
 
 from flask import request
 
@@ -17,6 +18,8 @@ from common.units import NS_PER_S, US_PER_S, parse_duration_s
 MAX_WINDOW_S = 90 * 86_400
 MAX_SPAN_S = 366 * 86_400
 MAX_NAME_CHARS = 200
+_EPOCH_S = re.compile(r"^\d{9,11}(\.\d{1,9})?$")  # 1973-5138: a bare number is a time, never a duration
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class BadRequest(ValueError):
@@ -35,27 +38,37 @@ def window_s(text: str | None, default: str) -> int:
 
 
 def time_ns(text: str | None, default: str, now_ns: int, name: str) -> int:
-    """Return a time in ns from a duration before now (`24h`), `now`, or RFC 3339 with its zone."""
+    """Return a time in ns from what users write: a duration before now (`24h`), `now`, an RFC 3339 time with
+    its zone (`2024-05-01T00:00:00Z`, `z` and `t` in either case), a date alone (midnight UTC), or epoch seconds.
+    """
     value = (text or default).strip()
     if value == "now":
         return now_ns
     seconds = parse_duration_s(value)
     if seconds is not None:
         return now_ns - seconds * NS_PER_S
+    if _EPOCH_S.match(value):
+        return round(float(value) * US_PER_S) * 1000
+    if _DATE.match(value):
+        value += "T00:00:00Z"
     try:
-        moment = parse_iso(value)
+        moment = parse_iso(value[:10] + value[10:].upper())
     except ValueError:
         raise BadRequest(
-            f"{name} must be a duration before now (90s, 15m, 24h, 7d), now, or an RFC 3339 time with its zone "
-            f"(2024-05-01T00:00:00Z), got {value!r}"
+            f"{name} must be a duration before now (90s, 15m, 24h, 7d), now, an RFC 3339 time with its zone "
+            f"(2024-05-01T00:00:00Z), a date (2024-05-01, midnight UTC) or epoch seconds, got {value!r}"
         ) from None
     return round(moment.timestamp() * US_PER_S) * 1000
 
 
 def span_ns(since: str | None, until: str | None, now_ns: int) -> tuple[int, int]:
-    """Return [start, end) in ns from `since` (default 24h) and `until` (default now)."""
-    start_ns = time_ns(since, "24h", now_ns, "since")
+    """Return [start, end) in ns from `since` and `until`: the last 24 h by default; `until` alone means
+    everything up to it (as far back as a report reaches)."""
     end_ns = time_ns(until, "now", now_ns, "until")
+    if since is None or not since.strip():
+        start_ns = end_ns - (MAX_SPAN_S if until else 86_400) * NS_PER_S
+    else:
+        start_ns = time_ns(since, "24h", now_ns, "since")
     if start_ns >= end_ns:
         raise BadRequest("since must be before until: e.g. since=24h (until defaults to now)")
     if end_ns - start_ns > MAX_SPAN_S * NS_PER_S:
@@ -101,9 +114,7 @@ def arg_int(field: str, default: int, low: int, high: int) -> int:
     return int(arg_number(field, low, high, default=default, integer=True))
 
 
-def arg_number(
-    field: str, low: float, high: float, *, default: float | None = None, integer: bool = False
-) -> float:
+def arg_number(field: str, low: float, high: float, *, default: float | None = None, integer: bool = False) -> float:
     """Read a number parameter from `low` to `high`; without a default it is required."""
     text = request.args.get(field)
     kind = "an integer" if integer else "a number"
