@@ -7,8 +7,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from common.redact import redact_url
+from monitor.analysis.aggregate import GROUP_KEYS, parse_group_by, write_aggregate
 from monitor.analysis.reports import write_report
 from monitor.config import ConfigError, MonitorConfig
 from monitor.storage import open_store
@@ -31,7 +33,14 @@ def check_store_exists(store_url: str) -> None:
 def main(argv: Sequence[str]) -> int:
     """Write the report the arguments ask for; return the exit status (2: bad arguments or store)."""
     parser = argparse.ArgumentParser(prog="python -m monitor report", description="Write a CSV report.")
-    parser.add_argument("kind", choices=("jobs", "gpu"), help="jobs: a row per job; gpu: a row per bucket and GPU")
+    parser.add_argument(
+        "kind",
+        choices=("jobs", "gpu", "aggregate"),
+        help="jobs: a row per job; gpu: a row per bucket and GPU; aggregate: a row per group of jobs",
+    )
+    parser.add_argument(
+        "--group-by", help=f"aggregate's groups, among {', '.join(GROUP_KEYS)} (default day,resolution)"
+    )
     parser.add_argument(
         "--since", help="24h, 7d, a date, an RFC 3339 time or epoch seconds (default 24h; with --until alone, all)"
     )
@@ -51,18 +60,25 @@ def main(argv: Sequence[str]) -> int:
         config = MonitorConfig.from_sources(sources).validate()
         start_ns, end_ns = params.span_ns(args.since, args.until if until_given else None, time.time_ns())
         bucket_s, host = params.bucket_s(args.bucket), params.name(args.host, "host")
+        group_by = parse_group_by(args.group_by)
         check_store_exists(config.store_url)
         store = open_store(config.store_url)
     except (ConfigError, ValueError, StoreUnavailable) as e:
         print(f"monitor report: {e}", file=sys.stderr)
         return 2
     where_from = redact_url(config.store_url)
+
+    def write(out: TextIO) -> int:
+        if args.kind == "aggregate":
+            return write_aggregate(store, out, start_ns, end_ns, group_by, host)
+        return write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s)
+
     try:
         if args.output == "-":
-            rows = write_report(args.kind, store, sys.stdout, start_ns, end_ns, host=host, bucket_s=bucket_s)
+            rows = write(sys.stdout)
         else:
             with Path(args.output).open("w", encoding="utf-8", newline="") as out:
-                rows = write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s)
+                rows = write(out)
     except (StoreUnavailable, StoreRejected) as e:
         print(
             f"monitor report: the store {where_from} failed mid-report ({e}); the output is incomplete", file=sys.stderr

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, request
 from flask.typing import ResponseReturnValue
 
+from monitor.analysis.aggregate import VALUE_COLUMNS, GroupingError, aggregate_rows, parse_group_by
 from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, job_rows
 from monitor.web import params
 from monitor.web.context import get_context
@@ -48,3 +49,17 @@ def gpu_csv() -> ResponseReturnValue:
     bucket_s = params.bucket_s(request.args.get("bucket"))
     host = params.arg_name("host")
     return _stream("gpu.csv", GPU_COLUMNS, gpu_rows(ctx.store, start_ns, end_ns, bucket_s, host))
+
+
+@bp.get("/aggregate.csv")
+def aggregate_csv() -> ResponseReturnValue:
+    """Stream one CSV row per group (`group_by`, default day,resolution) of the jobs that ended in the span."""
+    ctx = get_context()
+    start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
+    try:
+        group_by = parse_group_by(request.args.get("group_by"))
+    except GroupingError as e:
+        raise params.BadRequest(str(e)) from None
+    host = params.arg_name("host")
+    rows = aggregate_rows(ctx.store, start_ns, end_ns, group_by, host)
+    return _stream("aggregate.csv", (*group_by, *VALUE_COLUMNS), rows)
