@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from flask import Blueprint, Flask, jsonify
+from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from common.sizing import LIMITS, RESOLUTIONS
@@ -24,11 +24,12 @@ from common.units import NS_PER_S
 from monitor.analysis.devices import DeviceState, ModelNames, live_devices
 from monitor.analysis.predict import JobShape
 from monitor.analysis.recommend import recommend
+from monitor.analysis.reports import QUALITY_LAG_S, QualityJoin
 from monitor.analysis.stats import configuration_stats
 from monitor.storage.pages import iter_points
-from monitor.storage.schema import JOB_SUMMARY
+from monitor.storage.schema import JOB_SUMMARY, QUALITY, iso_from_us
 from monitor.web.context import get_context
-from monitor.web.params import BadRequest, arg_name, arg_number, arg_tags, arg_window_s
+from monitor.web.params import BadRequest, arg_name, arg_number, arg_tags, arg_window_s, span_ns
 
 GB = 1e9
 
@@ -133,11 +134,27 @@ def recommendation() -> ResponseReturnValue:
 
 @bp.get("/summary")
 def summary() -> ResponseReturnValue:
-    """Return per GPU model and configuration the outcome counts, success rate and generation-time ranks."""
+    """Return per GPU model and configuration the outcome counts, success rates, time and wait ranks, quality.
+
+    The span is `since`/`until` (as the reports read them) when either is given, else the last `window`.
+    """
     ctx = get_context()
-    window_s = arg_window_s("7d")
+    now_ns = ctx.clock_ns()
+    if request.args.get("since") or request.args.get("until"):
+        start_ns, end_ns = span_ns(request.args.get("since"), request.args.get("until"), now_ns)
+    else:
+        end_ns = now_ns + 60 * NS_PER_S  # a job's end carries the generator's clock: allow a little skew
+        start_ns = end_ns - (arg_window_s("7d") + 60) * NS_PER_S
     tags = arg_tags("host", "gpu")
-    end_ns = ctx.clock_ns() + 60 * NS_PER_S
-    points = iter_points(ctx.store, JOB_SUMMARY, end_ns - (window_s + 60) * NS_PER_S, end_ns, tags=tags or None)
-    configurations = configuration_stats(points, ModelNames(ctx.store, end_ns))
-    return jsonify(window_s=window_s, configurations=configurations)
+    lag_ns = QUALITY_LAG_S * NS_PER_S
+    join = QualityJoin(iter_points(ctx.store, QUALITY, start_ns, end_ns + lag_ns), lag_ns)
+    points = iter_points(ctx.store, JOB_SUMMARY, start_ns, end_ns, tags=tags or None)
+    configurations = configuration_stats(
+        points, ModelNames(ctx.store, end_ns), lambda p: join.take(str(p.fields.get("job_id")), p.time_ns)
+    )
+    return jsonify(
+        window_s=(end_ns - start_ns) // NS_PER_S,
+        since=iso_from_us(start_ns // 1000),
+        until=iso_from_us(end_ns // 1000),
+        configurations=configurations,
+    )

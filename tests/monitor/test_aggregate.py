@@ -112,3 +112,30 @@ def test_over_http_and_from_the_command_line_the_same_rows(
     assert out.read_bytes().decode("utf-8") == http
     assert len(list(csv.DictReader(io.StringIO(http)))) == 6  # two days x succeeded, failed, cancelled
     assert list(aggregate_rows(store, 0, 1, ("day",))) == []
+
+
+def test_the_summary_honours_since_and_until_and_keeps_guidance_apart(store: Store, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from monitor.web.context import get_context
+
+    config = replace(
+        MonitorConfig(), store_url=f"sqlite:///{tmp_path}/monitor.db", spool_dir=tmp_path / "spool", data_dir=tmp_path
+    )
+    app = create_app(config, clock_ns=lambda: NOW_NS)
+    try:
+        body = app.test_client().get("/monitor/api/summary?since=2024-05-01&until=2024-05-02").get_json()
+    finally:
+        get_context(app).close()
+    assert (body["since"], body["until"]) == ("2024-05-01T00:00:00.000000Z", "2024-05-02T00:00:00.000000Z")
+    by = {(c["resolution"], c["guidance_scale"]): c for c in body["configurations"]}
+    assert by[(512, 9.0)]["jobs"] == by[(512, 1.0)]["jobs"] == 1  # the day before is outside the span
+    assert by[(512, 9.0)]["median_s"] > by[(512, 1.0)]["median_s"]
+    big = by[(768, 9.0)]
+    assert (big["failed"], big["cancelled"], big["success_rate"], big["success_rate_without_cancels"]) == (
+        1,
+        1,
+        0.0,
+        0.0,
+    )
+    assert by[(512, 9.0)]["queued_s_p50"] == pytest.approx(0.5, abs=0.01)
