@@ -210,7 +210,5 @@ def build_monitor(
     quality = build_quality(config, writer, sampler, on_result=bus.publisher(topics.QUALITY_RESULT))
     bus.subscribe(topics.SNAPSHOT, alerts.on_snapshot)
     bus.subscribe(topics.QUALITY_RESULT, alerts.record_quality)
-    app = create_app(
-        config, store=store, writer=writer, sampler=sampler, quality=quality, alerts=alerts, bus=bus
-    )
+    app = create_app(config, store=store, writer=writer, sampler=sampler, quality=quality, alerts=alerts, bus=bus)
     return Monitor(app, sampler, alerts, quality)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TextIO
 
 from common.redact import redact_url
+from monitor.analysis import columns
 from monitor.analysis.aggregate import GROUP_KEYS, parse_group_by, write_aggregate
 from monitor.analysis.reports import write_report
 from monitor.config import ConfigError, MonitorConfig
@@ -36,7 +37,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "kind",
         choices=("jobs", "gpu", "aggregate"),
-        help="jobs: a row per job; gpu: a row per bucket and GPU; aggregate: a row per group of jobs",
+        help="jobs: a row per job; gpu: a row per bucket and GPU; aggregate: a row per group of jobs "
+        "(`report columns` prints what every column means)",
     )
     parser.add_argument(
         "--group-by", help=f"aggregate's groups, among {', '.join(GROUP_KEYS)} (default day,resolution)"
@@ -50,6 +52,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
     parser.add_argument("--store", help="the store URL (default: as python -m monitor: MONITOR_STORE, ...)")
     parser.add_argument("--data-dir", help="the monitor's data folder, whose monitor.db is read (default var/monitor)")
+    if argv[:1] == ["columns"]:  # the column dictionary, as docs/reports.md holds it
+        print(columns.markdown(), end="")
+        return 0
     args = parser.parse_args(argv)
     sources = [
         *(["--store", args.store] if args.store else []),

@@ -37,9 +37,7 @@ class HostReader:
         psutil_module: the psutil module (default: the real one), for tests.
     """
 
-    def __init__(
-        self, outputs_dir: str | os.PathLike[str] | None = None, *, psutil_module: ModuleType | Any = None
-    ):
+    def __init__(self, outputs_dir: str | os.PathLike[str] | None = None, *, psutil_module: ModuleType | Any = None):
         if psutil_module is None:
             import psutil  # here, so the GPU probe can run where psutil is missing
 
@@ -88,9 +86,7 @@ class HostReader:
         if self.outputs_dir is None:
             return None
         # The folder may not exist before the first clip: its nearest existing parent is on the same disk.
-        folder = next(
-            (p for p in (self.outputs_dir, *self.outputs_dir.parents) if p.exists()), self.outputs_dir
-        )
+        folder = next((p for p in (self.outputs_dir, *self.outputs_dir.parents) if p.exists()), self.outputs_dir)
         try:
             return int(self._psutil.disk_usage(str(folder)).free)
         except OSError as err:

@@ -461,9 +461,7 @@ class NvmlReader:
 
     def _read_device(self, device: _Device, now: float) -> GpuSnapshot:
         if device.lost_reason:
-            return GpuSnapshot(
-                device.index, device.uuid, device.name, up=False, lost_reason=device.lost_reason
-            )
+            return GpuSnapshot(device.index, device.uuid, device.name, up=False, lost_reason=device.lost_reason)
         nvml = self._nvml
         try:
             util = self._ask(device, "nvmlDeviceGetUtilizationRates")
@@ -538,6 +536,4 @@ class NvmlReader:
                 pid, used = int(entry.pid), entry.usedGpuMemory
                 previous = by_pid.get(pid)
                 by_pid[pid] = used if previous is None else max(previous, used or 0)
-        return tuple(
-            GpuProcess(pid, None if used is None else int(used)) for pid, used in sorted(by_pid.items())
-        )
+        return tuple(GpuProcess(pid, None if used is None else int(used)) for pid, used in sorted(by_pid.items()))

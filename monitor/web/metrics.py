@@ -85,9 +85,7 @@ class MonitorCollector:
             "memory_used_bytes": (_gauge("i2v_gpu_memory_used_bytes", "GPU memory in use.", labels), 1),
             "memory_total_bytes": (_gauge("i2v_gpu_memory_total_bytes", "GPU memory in all.", labels), 1),
             "utilization_ratio": (
-                _gauge(
-                    "i2v_gpu_utilization_ratio", "Share of the last sample period a kernel ran (0-1).", labels
-                ),
+                _gauge("i2v_gpu_utilization_ratio", "Share of the last sample period a kernel ran (0-1).", labels),
                 1,
             ),
             "temperature_c": (_gauge("i2v_gpu_temperature_celsius", "GPU core temperature.", labels), 1),
@@ -95,9 +93,7 @@ class MonitorCollector:
             "sm_clock_mhz": (_gauge("i2v_gpu_sm_clock_hertz", "SM clock.", labels), 1_000_000),
         }
         up = _gauge("i2v_gpu_up", "1 while the GPU answers NVML, 0 once it is lost.", labels)
-        generator = _gauge(
-            "i2v_gpu_generator_memory_bytes", "GPU memory held by the generator process.", labels
-        )
+        generator = _gauge("i2v_gpu_generator_memory_bytes", "GPU memory held by the generator process.", labels)
         energy = CounterMetricFamily(
             "i2v_gpu_energy_joules",
             "Energy used since the driver loaded (slow cadence).",
@@ -106,9 +102,7 @@ class MonitorCollector:
         ecc = CounterMetricFamily(
             "i2v_gpu_ecc_errors", "ECC errors since the driver loaded (volatile).", labels=[*labels, "type"]
         )
-        throttle = _gauge(
-            "i2v_gpu_throttle_reason", "1 while a clocks-throttle reason holds.", [*labels, "reason"]
-        )
+        throttle = _gauge("i2v_gpu_throttle_reason", "1 while a clocks-throttle reason holds.", [*labels, "reason"])
         for gpu in snapshot.gpus:
             values = [snapshot.host_name, str(gpu.index)]
             up.add_metric(values, 1.0 if gpu.up else 0.0)
@@ -165,9 +159,7 @@ class MonitorCollector:
         if snapshot is not None:
             available.add_metric([], 1.0 if snapshot.nvml_available else 0.0)
         yield available
-        errors = CounterMetricFamily(
-            "i2v_nvml_errors", "NVML calls that returned an error.", labels=["call", "error"]
-        )
+        errors = CounterMetricFamily("i2v_nvml_errors", "NVML calls that returned an error.", labels=["call", "error"])
         for (call, error), count in sorted(self._sampler.nvml_error_counts().items()):
             errors.add_metric([call, error], float(count))
         yield errors
@@ -204,9 +196,7 @@ class MonitorCollector:
         yield CounterMetricFamily(
             "i2v_sampler_errors", "Tick stages that raised (the tick went on).", value=health["errors_total"]
         )
-        last = _gauge(
-            "i2v_sampler_last_success_timestamp_seconds", "When the last complete sample was taken.", []
-        )
+        last = _gauge("i2v_sampler_last_success_timestamp_seconds", "When the last complete sample was taken.", [])
         if health["last_sample_time_s"] is not None:
             last.add_metric([], health["last_sample_time_s"])
         yield last

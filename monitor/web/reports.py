@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from monitor.analysis import columns
 from monitor.analysis.aggregate import VALUE_COLUMNS, GroupingError, aggregate_rows, parse_group_by
 from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, job_rows
 from monitor.web import params
@@ -63,3 +64,9 @@ def aggregate_csv() -> ResponseReturnValue:
     host = params.arg_name("host")
     rows = aggregate_rows(ctx.store, start_ns, end_ns, group_by, host)
     return _stream("aggregate.csv", (*group_by, *VALUE_COLUMNS), rows)
+
+
+@bp.get("/columns")
+def column_dictionary() -> ResponseReturnValue:
+    """Return every report's columns: unit, meaning, and when a value is blank and why."""
+    return jsonify(columns.as_json())
