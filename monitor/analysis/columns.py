@@ -88,6 +88,22 @@ _JOB_FIXED = {
     "combined": Column(
         "combined", "0-1", "0.5 CLIP + 0.3 smoothness + 0.2 rating, renormalised over the parts present", "not scored"
     ),
+    "combined_before_rating": Column(
+        "combined_before_rating",
+        "0-1",
+        "the combined score before the user's rating changed it",
+        "not scored; equal to combined when not rated",
+    ),
+    "parts_used": Column(
+        "parts_used",
+        "text",
+        "which parts the combined score used (clip, smoothness, rating), renormalised",
+        "not scored",
+    ),
+    "clip_reason": Column("clip_reason", "text", "why clip_score is blank", "clip_score has a value"),
+    "unscorable_reason": Column(
+        "unscorable_reason", "text", "why the clip could not be scored at all", "it was scored, or not yet"
+    ),
     "low_quality": Column("low_quality", "true/false", "combined below the quality threshold", "not scored"),
     "rating": Column("rating", "1-5 stars", "the user's rating of the clip", "not rated"),
     "prompt": Column("prompt", "text", "the prompt (a leading = + - @ tab or CR gets a ' so spreadsheets show it)"),

@@ -44,9 +44,14 @@ QUALITY_COLUMNS = (
     "dynamic_degree",
     "static",
     "combined",
+    "combined_before_rating",
     "low_quality",
     "rating",
+    "parts_used",  # the text columns last: job_row writes them after the numbers
+    "clip_reason",
+    "unscorable_reason",
 )
+_QUALITY_TEXT = ("parts_used", "clip_reason", "unscorable_reason")
 JOB_COLUMNS = (
     "job_id",
     "host",
@@ -148,7 +153,7 @@ class QualityJoin:
         """Read from `points` (oldest first)."""
         self._points, self._lag_ns = points, lag_ns
         self._next = next(self._points, None)
-        self._latest: dict[str, tuple[int, Mapping[str, Any]]] = {}
+        self._latest: dict[str, tuple[int, dict[str, Any]]] = {}
         self._taken = 0
 
     def take(self, job_id: str, ended_ns: int) -> Mapping[str, Any]:
@@ -157,7 +162,13 @@ class QualityJoin:
         while self._next is not None and self._next.time_ns < horizon:
             owner = self._next.fields.get("job_id")
             if isinstance(owner, str):
-                self._latest[owner] = (self._next.time_ns, self._next.fields)
+                fields = dict(self._next.fields)
+                if fields.get("rating") is None:  # scored, not (yet) rated: the score a rating later changes
+                    fields["combined_before_rating"] = fields.get("combined")
+                else:
+                    before = self._latest.get(owner, (0, {}))[1].get("combined_before_rating")
+                    fields["combined_before_rating"] = before
+                self._latest[owner] = (self._next.time_ns, fields)
             self._next = next(self._points, None)
         self._taken += 1
         if self._taken % 1000 == 0:  # forget what no later job can own (allowing for clock skew)
@@ -192,7 +203,8 @@ def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any]) -> list[An
         time_cell(get("started_at_us")),
         time_cell(point.time_ns // 1000),
         *_numbers([get(name) for name in _JOB_NUMBERS]),
-        *_numbers([quality.get(name) for name in QUALITY_COLUMNS]),
+        *_numbers([quality.get(name) for name in QUALITY_COLUMNS if name not in _QUALITY_TEXT]),
+        *(text_cell(quality.get(name)) for name in _QUALITY_TEXT),
         text_cell(get("prompt")),
         text_cell(get("error")),
         text_cell(get("suggestion")),

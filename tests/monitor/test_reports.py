@@ -246,8 +246,12 @@ def test_jobs_csv_read_back_with_the_csv_module_equals_the_stored_jobs(monitor_s
                 "dynamic_degree",
                 "static",
                 "combined",
+                "combined_before_rating",
                 "low_quality",
                 "rating",
+                "parts_used",
+                "clip_reason",
+                "unscorable_reason",
                 "denoising_steps",
                 "mean_step_s",
                 "queued_s",
@@ -269,6 +273,7 @@ def test_jobs_csv_read_back_with_the_csv_module_equals_the_stored_jobs(monitor_s
     assert by_id["gone"]["prompt"] == "'+cmd"
     assert (by_id["plain"]["clip_score"], by_id["plain"]["rating"], by_id["plain"]["static"]) == ("31.5", "4", "false")
     assert by_id["degraded"]["clip_score"] == ""
+    assert (by_id["plain"]["combined"], by_id["plain"]["combined_before_rating"]) == ("0.71", "0.71")
     assert by_id["plain"]["denoising_steps"] == "20"
 
     only_gpu_host = requests.get(
@@ -401,3 +406,13 @@ def test_gpu_samples_need_a_name_or_a_model_is_made_up(store: Store) -> None:
     names = ModelNames(store, NOW_NS)
     assert names.name("h", "3") == "gpu 3"
     assert names.name("h", "cpu") == "cpu"
+
+
+def test_a_rated_job_keeps_the_score_it_had_before_its_rating() -> None:
+    scored = Point("quality", {"host": "h"}, {"job_id": "j", "combined": 0.26, "parts_used": "clip,smoothness"}, 10)
+    rated = Point("quality", {"host": "h"}, {"job_id": "j", "combined": 0.46, "rating": 5}, 20)
+    unrated = Point("quality", {"host": "h"}, {"job_id": "k", "combined": 0.5}, 30)
+    join = QualityJoin(iter([scored, rated, unrated]), lag_ns=100)
+    j, k = join.take("j", 5), join.take("k", 5)
+    assert (j["combined"], j["combined_before_rating"], j["rating"]) == (0.46, 0.26, 5)
+    assert (k["combined"], k["combined_before_rating"]) == (0.5, 0.5)
