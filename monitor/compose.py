@@ -155,7 +155,7 @@ def create_app(
         config=config,
         store=store,
         writer=writer,
-        ingest=EventIngest(writer, on_events=bus.publisher(topics.EVENTS)),
+        ingest=EventIngest(writer, on_events=bus.publisher(topics.EVENTS), sampled_host=config.host_name),
         predictor=predictor,
         summarizer=summarizer,
         sampler=sampler,

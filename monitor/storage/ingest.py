@@ -61,9 +61,20 @@ class IngestResult:
 class EventIngest:
     """Write new events durably through the writer, publish them, and count what was accepted and repeated."""
 
-    def __init__(self, writer: Writer, on_events: Callable[[Sequence[Event]], None] | None = None) -> None:
-        """Write through `writer`; `on_events` hears each batch of new events once it is on disk."""
+    def __init__(
+        self,
+        writer: Writer,
+        on_events: Callable[[Sequence[Event]], None] | None = None,
+        sampled_host: str | None = None,
+    ) -> None:
+        """Write through `writer`; `on_events` hears each batch of new events once it is on disk.
+
+        `sampled_host` is the host name this monitor samples as: events tagged with another name are logged once
+        per name (a generator and a monitor on one machine must agree on its name, or its views split).
+        """
         self.writer = writer
+        self.sampled_host = sampled_host
+        self.event_hosts: set[str] = set()
         self.recent_ids = RecentIds()
         self._on_events = on_events
         self._accepted_total = 0
@@ -82,11 +93,23 @@ class EventIngest:
                 raise
             if self._on_events is not None:
                 self._on_events(new_events)
+        self._note_hosts(new_events)
         result = IngestResult(len(new_events), len(events) - len(new_events))
         with self._lock:
             self._accepted_total += result.accepted
             self._duplicates_total += result.duplicates
         return result
+
+    def _note_hosts(self, events: Sequence[Event]) -> None:
+        for host in {e.host for e in events} - self.event_hosts:
+            self.event_hosts.add(host)
+            if self.sampled_host is not None and host != self.sampled_host:
+                log.warning(
+                    "events arrive tagged host %r while this monitor samples as %r: if they come from this machine, "
+                    "set the same host name on both (I2V_HOST_NAME), or its jobs and samples will not meet",
+                    host,
+                    self.sampled_host,
+                )
 
     def counts(self) -> dict[str, int]:
         """Return the ingest counters."""

@@ -133,4 +133,5 @@ def status() -> ResponseReturnValue:
         writer=writer.to_dict(),
         sampler=sampler,
         ingest=ctx.ingest.counts(),
+        event_hosts=sorted(ctx.ingest.event_hosts),
     )

@@ -23,8 +23,9 @@ from flask import Blueprint, Flask, abort, jsonify, render_template, send_from_d
 from flask.typing import ResponseReturnValue
 
 from common.units import NS_PER_S
+from monitor.analysis.hosts import known_hosts
 from monitor.analysis.queue import queue_steps
-from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, QUALITY, iso_from_us, point_to_event
+from monitor.storage.schema import JOB_EVENT, QUALITY, iso_from_us, point_to_event
 from monitor.web.context import get_context
 from monitor.web.params import arg_tags, arg_window_s
 
@@ -87,26 +88,27 @@ def _window_ns(default: str) -> tuple[int, int, int]:
 
 @bp.get("/api/targets")
 def targets() -> ResponseReturnValue:
-    """Return the hosts and, per host, the GPUs that sent samples in the window (default 24h)."""
+    """Return every host seen in the window (default 24h), by samples or by jobs, each host's GPUs, and a
+    warning when a host ran jobs but sent no samples (its generator and monitor disagree on its name)."""
     ctx = get_context()
     window_s, start_ns, end_ns = _window_ns("24h")
-    hosts: set[str] = set()
-    gpus: dict[str, set[str]] = {}
-    for measurement, field in ((HOST_SAMPLE, "cpu_ratio"), (GPU_SAMPLE, "utilization_ratio")):
-        rows = ctx.store.query_window(measurement, [field], start_ns, end_ns, bucket_s=window_s)
-        for row in rows:
-            host = row.tags.get("host")
-            if not host:
-                continue
-            hosts.add(host)
-            if measurement == GPU_SAMPLE and row.tags.get("gpu"):
-                gpus.setdefault(host, set()).add(row.tags["gpu"])
-    hosts.add(ctx.config.host_name)
+    seen = known_hosts(ctx.store, start_ns, end_ns)
+    this_host = ctx.config.host_name
+    mismatch = seen.mismatch(this_host)
+    warning = None
+    if mismatch:
+        warning = (
+            f"jobs arrived tagged host {', '.join(mismatch)}, which sent no samples; this monitor samples as "
+            f"{this_host}: set the same host name on both (I2V_HOST_NAME) so jobs and samples meet"
+        )
     return jsonify(
         window_s=window_s,
-        this_host=ctx.config.host_name,
-        hosts=sorted(hosts),
-        gpus={host: sorted(ids, key=_gpu_order) for host, ids in sorted(gpus.items())},
+        this_host=this_host,
+        hosts=sorted(seen.all | {this_host}),
+        hosts_with_jobs=sorted(seen.with_jobs),
+        hosts_sampled=sorted(seen.sampled | {this_host}),
+        gpus={host: sorted(ids, key=_gpu_order) for host, ids in sorted(seen.gpus.items())},
+        warning=warning,
     )
 
 

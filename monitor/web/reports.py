@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from monitor.analysis import columns
 from monitor.analysis.aggregate import VALUE_COLUMNS, GroupingError, aggregate_rows, parse_group_by
+from monitor.analysis.hosts import known_hosts
 from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, job_rows
 from monitor.web import params
 from monitor.web.context import get_context
@@ -17,9 +18,31 @@ from monitor.web.context import get_context
 bp = Blueprint("reports", __name__, url_prefix="/monitor/api/reports")
 
 
+class UnknownHost(LookupError):
+    """A host filter naming a host the span never saw."""
+
+
+@bp.errorhandler(UnknownHost)
+def _unknown_host(error: UnknownHost) -> ResponseReturnValue:
+    return jsonify(error=str(error)), 404
+
+
 def init_app(app: Flask) -> None:
     """Register the report routes."""
     app.register_blueprint(bp)
+
+
+def _host(start_ns: int, end_ns: int) -> str | None:
+    """Read the `host` filter; a host that neither sent samples nor ran jobs in the span is refused as unknown
+    (404), so a mistyped or split host name is never answered with an empty report."""
+    host = params.arg_name("host")
+    if host is None:
+        return None
+    seen = known_hosts(get_context().store, start_ns, end_ns)
+    if host not in seen.all:
+        known = ", ".join(sorted(seen.all)) or "none"
+        raise UnknownHost(f"unknown host {host!r}: no samples and no jobs in the span; hosts seen then: {known}")
+    return host
 
 
 def _stream(name: str, header: Sequence[str], rows: Iterator[list[Any]]) -> Response:
@@ -38,7 +61,7 @@ def jobs_csv() -> ResponseReturnValue:
     """Stream one CSV row per job that ended in the span."""
     ctx = get_context()
     start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
-    host = params.arg_name("host")
+    host = _host(start_ns, end_ns)
     return _stream("jobs.csv", JOB_COLUMNS, job_rows(ctx.store, start_ns, end_ns, host))
 
 
@@ -48,7 +71,7 @@ def gpu_csv() -> ResponseReturnValue:
     ctx = get_context()
     start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
     bucket_s = params.bucket_s(request.args.get("bucket"))
-    host = params.arg_name("host")
+    host = _host(start_ns, end_ns)
     return _stream("gpu.csv", GPU_COLUMNS, gpu_rows(ctx.store, start_ns, end_ns, bucket_s, host))
 
 
@@ -61,7 +84,7 @@ def aggregate_csv() -> ResponseReturnValue:
         group_by = parse_group_by(request.args.get("group_by"))
     except GroupingError as e:
         raise params.BadRequest(str(e)) from None
-    host = params.arg_name("host")
+    host = _host(start_ns, end_ns)
     rows = aggregate_rows(ctx.store, start_ns, end_ns, group_by, host)
     return _stream("aggregate.csv", (*group_by, *VALUE_COLUMNS), rows)
 
