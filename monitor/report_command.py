@@ -36,8 +36,9 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m monitor report", description="Write a CSV report.")
     parser.add_argument(
         "kind",
-        choices=("jobs", "gpu", "aggregate"),
-        help="jobs: a row per job; gpu: a row per bucket and GPU; aggregate: a row per group of jobs "
+        choices=("jobs", "gpu", "hosts", "aggregate"),
+        help="jobs: a row per job; gpu: a row per bucket and GPU; hosts: a row per bucket and host; "
+        "aggregate: a row per group of jobs "
         "(`report columns` prints what every column means)",
     )
     parser.add_argument(
@@ -48,7 +49,7 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--until", default="now", help="as --since (default now)")
     parser.add_argument("--host", help="only this host")
-    parser.add_argument("--bucket", default="1m", help="gpu report's bucket: 10s, 1m, 1h (default 1m)")
+    parser.add_argument("--bucket", default="1m", help="gpu and hosts reports' bucket: 10s, 1m, 1h (default 1m)")
     parser.add_argument("-o", "--output", default="-", help="file to write (default: standard output)")
     parser.add_argument("--store", help="the store URL (default: as python -m monitor: MONITOR_STORE, ...)")
     parser.add_argument("--data-dir", help="the monitor's data folder, whose monitor.db is read (default var/monitor)")

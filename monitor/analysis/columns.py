@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from monitor.analysis.aggregate import GROUP_KEYS, VALUE_COLUMNS
-from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS
+from monitor.analysis.reports import GPU_COLUMNS, HOST_COLUMNS, JOB_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,28 @@ def _gpu_column(name: str) -> Column:
     raise KeyError(f"gpu.csv column {name!r} has no entry in the column dictionary (monitor/analysis/columns.py)")
 
 
+_HOST_FIELDS = {
+    "cpu_ratio": ("ratio 0-1", "the host's CPU busy share"),
+    "memory_used_bytes": ("bytes", "the host's memory in use"),
+    "generator_rss_bytes": ("bytes", "the generator process's resident memory"),
+    "outputs_disk_free_bytes": ("bytes", "free space on the disk holding the generator's outputs"),
+}
+
+
+def _host_column(name: str) -> Column:
+    if name in ("bucket_start", "host"):
+        return _gpu_column(name)
+    if name == "memory_total_bytes_max":
+        return Column(name, "bytes", "the host's memory")
+    field, _, aggregate = name.rpartition("_")
+    if field in _HOST_FIELDS and aggregate in ("mean", "max"):
+        unit, meaning = _HOST_FIELDS[field]
+        return Column(
+            name, unit, f"{meaning}: the bucket's {aggregate}", "not readable on this host (no generator PID)"
+        )
+    raise KeyError(f"hosts.csv column {name!r} has no entry in the column dictionary")
+
+
 def _aggregate_column(name: str) -> Column:
     if name in _AGGREGATE:
         unit, meaning = _AGGREGATE[name]
@@ -186,6 +208,7 @@ def dictionary() -> Mapping[str, Sequence[Column]]:
     return {
         "jobs.csv": tuple(_job_column(name) for name in JOB_COLUMNS),
         "gpu.csv": tuple(_gpu_column(name) for name in GPU_COLUMNS),
+        "hosts.csv": tuple(_host_column(name) for name in HOST_COLUMNS),
         "aggregate.csv": tuple(_aggregate_column(name) for name in (*GROUP_KEYS, *VALUE_COLUMNS)),
     }
 

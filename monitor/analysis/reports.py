@@ -30,7 +30,7 @@ from monitor.analysis.devices import ModelNames
 from monitor.analysis.job_summary import STAGES
 from monitor.storage.base import Point, Store
 from monitor.storage.pages import PAGE_SIZE, iter_points
-from monitor.storage.schema import GPU_SAMPLE, JOB_SUMMARY, QUALITY
+from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_SUMMARY, QUALITY
 
 QUALITY_LAG_S = 3600
 ROWS_PER_CHUNK = 1000
@@ -86,6 +86,13 @@ GPU_COLUMNS = (
     "gpu",
     "gpu_model",
     *(f"{name}_{agg}" for name in GPU_FIELDS for agg in ("mean", "max")),
+    "memory_total_bytes_max",
+)
+HOST_FIELDS = ("cpu_ratio", "memory_used_bytes", "generator_rss_bytes", "outputs_disk_free_bytes")
+HOST_COLUMNS = (
+    "bucket_start",
+    "host",
+    *(f"{name}_{agg}" for name in HOST_FIELDS for agg in ("mean", "max")),
     "memory_total_bytes_max",
 )
 
@@ -258,12 +265,37 @@ def gpu_rows(
         cursor = until
 
 
+def host_rows(
+    store: Store, start_ns: int, end_ns: int, bucket_s: int, host: str | None = None, *, buckets_per_query: int = 500
+) -> Iterator[list[Any]]:
+    """Yield a row per bucket and host by time: CPU, memory, the generator's RSS and the outputs disk's free space."""
+    bucket_ns = bucket_s * NS_PER_S
+    tags = {"host": host} if host else None
+    fields = [*HOST_FIELDS, "memory_total_bytes"]
+    cursor = start_ns - start_ns % bucket_ns
+    while cursor < end_ns:
+        until = min(cursor + buckets_per_query * bucket_ns, end_ns)
+        rows = store.query_window(HOST_SAMPLE, fields, cursor, until, tags=tags, bucket_s=bucket_s)
+        rows.sort(key=lambda r: (r.time_ns, r.tags.get("host", "")))
+        for row in rows:
+            yield [
+                time_cell(row.time_ns // 1000),
+                text_cell(row.tags.get("host", "")),
+                *(number_cell(getattr(row, agg).get(name)) for name in HOST_FIELDS for agg in ("mean", "max")),
+                number_cell(row.max.get("memory_total_bytes")),
+            ]
+        cursor = until
+
+
 def write_report(kind: str, store: Store, out: TextIO, start_ns: int, end_ns: int, **options: Any) -> int:
-    """Write a jobs or gpu report to `out`; return the number of rows."""
+    """Write a jobs, gpu or hosts report to `out`; return the number of rows."""
+    host, bucket_s = options.get("host"), options.get("bucket_s", 60)
     if kind == "jobs":
-        header, rows = JOB_COLUMNS, job_rows(store, start_ns, end_ns, options.get("host"))
+        header, rows = JOB_COLUMNS, job_rows(store, start_ns, end_ns, host)
+    elif kind == "hosts":
+        header, rows = HOST_COLUMNS, host_rows(store, start_ns, end_ns, bucket_s, host)
     else:
-        header, rows = GPU_COLUMNS, gpu_rows(store, start_ns, end_ns, options.get("bucket_s", 60), options.get("host"))
+        header, rows = GPU_COLUMNS, gpu_rows(store, start_ns, end_ns, bucket_s, host)
     counted = 0
 
     def counting(source: Iterator[list[Any]]) -> Iterator[list[Any]]:

@@ -1,4 +1,4 @@
-"""The CSV report routes under /monitor/api/reports: `jobs.csv` and `gpu.csv`, streamed as they are read."""
+"""The CSV report routes under /monitor/api/reports: jobs, GPU, host and aggregate CSVs, streamed as they are read."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 from monitor.analysis import columns
 from monitor.analysis.aggregate import VALUE_COLUMNS, GroupingError, aggregate_rows, parse_group_by
 from monitor.analysis.hosts import known_hosts
-from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, job_rows
+from monitor.analysis.reports import GPU_COLUMNS, HOST_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, host_rows, job_rows
 from monitor.web import params
 from monitor.web.context import get_context
 
@@ -73,6 +73,16 @@ def gpu_csv() -> ResponseReturnValue:
     bucket_s = params.bucket_s(request.args.get("bucket"))
     host = _host(start_ns, end_ns)
     return _stream("gpu.csv", GPU_COLUMNS, gpu_rows(ctx.store, start_ns, end_ns, bucket_s, host))
+
+
+@bp.get("/hosts.csv")
+def hosts_csv() -> ResponseReturnValue:
+    """Stream one CSV row per bucket and host in the span: the host's CPU, memory, generator RSS and free disk."""
+    ctx = get_context()
+    start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
+    bucket_s = params.bucket_s(request.args.get("bucket"))
+    host = _host(start_ns, end_ns)
+    return _stream("hosts.csv", HOST_COLUMNS, host_rows(ctx.store, start_ns, end_ns, bucket_s, host))
 
 
 @bp.get("/aggregate.csv")

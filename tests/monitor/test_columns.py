@@ -7,7 +7,7 @@ from pathlib import Path
 
 from monitor.analysis import columns
 from monitor.analysis.aggregate import GROUP_KEYS, VALUE_COLUMNS
-from monitor.analysis.reports import GPU_COLUMNS, JOB_COLUMNS
+from monitor.analysis.reports import GPU_COLUMNS, HOST_COLUMNS, JOB_COLUMNS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "reports.md"
 
@@ -17,6 +17,7 @@ def test_every_column_of_every_report_is_described_in_header_order() -> None:
     assert described == {
         "jobs.csv": list(JOB_COLUMNS),
         "gpu.csv": list(GPU_COLUMNS),
+        "hosts.csv": list(HOST_COLUMNS),
         "aggregate.csv": [*GROUP_KEYS, *VALUE_COLUMNS],
     }
     for cols in columns.dictionary().values():

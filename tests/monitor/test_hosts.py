@@ -60,7 +60,7 @@ def test_ingest_logs_once_that_events_carry_another_host_name(app: Flask, caplog
     assert app.test_client().get("/monitor/api/status").get_json()["event_hosts"] == ["vm"]
 
 
-@pytest.mark.parametrize("report", ["jobs.csv", "gpu.csv", "aggregate.csv"])
+@pytest.mark.parametrize("report", ["jobs.csv", "gpu.csv", "hosts.csv", "aggregate.csv"])
 def test_an_unknown_host_is_answered_as_unknown_not_as_empty(app: Flask, report: str) -> None:
     feed(app)
     client = app.test_client()
@@ -71,3 +71,20 @@ def test_an_unknown_host_is_answered_as_unknown_not_as_empty(app: Flask, report:
     )
     assert client.get(f"/monitor/api/reports/{report}?since=1h&host=vm").status_code == 200
     assert client.get(f"/monitor/api/reports/{report}?since=1h&host=analyst-box").status_code == 200
+
+
+def test_hosts_csv_has_a_row_per_bucket_and_host(app: Flask) -> None:
+    from monitor.storage.base import Point
+
+    ctx = get_context(app)
+    ctx.writer.write(
+        [
+            Point("host_sample", {"host": "analyst-box"}, {"cpu_ratio": r, "memory_total_bytes": 8 * 10**9}, t)
+            for r, t in ((0.25, NOW_NS - 90 * 10**9), (0.75, NOW_NS - 80 * 10**9))
+        ]
+    )
+    assert ctx.writer.flush()
+    text = app.test_client().get("/monitor/api/reports/hosts.csv?since=5m&bucket=1m").get_data(as_text=True)
+    header, *rows = [line.split(",") for line in text.strip().split("\r\n")]
+    assert header[:4] == ["bucket_start", "host", "cpu_ratio_mean", "cpu_ratio_max"]
+    assert [(r[1], float(r[2]), float(r[3])) for r in rows] == [("analyst-box", 0.5, 0.75)]
