@@ -1,9 +1,10 @@
 """Evaluate rules on fed values: pending -> firing -> resolved per rule and label set, as Prometheus does.
 
-Differences from Prometheus, on purpose: an active alert ends only once its value crosses the rule's clear
-threshold (hysteresis, so a value hovering at the threshold does not flap), and a missing value (None, e.g.
-NVML said "not supported") holds the alert where it is instead of resolving it; an alert whose value has not
-been seen for `stale_after_s` resolves, as a vanished series does in Prometheus.
+As Prometheus' `for`: a pending alert ends as soon as its value stops crossing the firing threshold, so one
+sample above it never fires an alert on its own. Differences, on purpose: a firing alert ends only once its
+value crosses the rule's clear threshold (hysteresis, so a value hovering at the threshold does not flap), and
+a missing value (None, e.g. NVML said "not supported") holds the alert where it is instead of resolving it; an
+alert whose value has not been seen for `stale_after_s` resolves, as a vanished series does in Prometheus.
 """
 
 from __future__ import annotations
@@ -110,10 +111,13 @@ class AlertEngine:
         alert.value = value
         alert.last_seen_at = now
         self._annotate(alert, rule)
-        if rule.clears(value):
+        if alert.state == PENDING and not rule.triggers(value):
+            # Hysteresis belongs to firing -> resolved only: a pending alert needs the firing threshold held
+            # for the whole `for` duration.
             del self._active[key]
-            if alert.state == PENDING:
-                return None
+            return None
+        if alert.state == FIRING and rule.clears(value):
+            del self._active[key]
             return self._resolve(alert, now, None)
         if alert.state == PENDING and now - alert.active_at >= rule.for_s:
             alert.state = FIRING

@@ -67,7 +67,7 @@ class RuleFileError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """One alert rule: fire when `expr op threshold` holds for `for_s`, resolve once it crosses `clear`."""
+    """One alert rule: fire when `expr op threshold` holds for `for_s`; once firing, resolve past `clear`."""
 
     alert: str
     severity: str
@@ -92,7 +92,7 @@ class Rule:
         return _compare(self.op, value, self.threshold)
 
     def clears(self, value: float) -> bool:
-        """Return whether the value is back past the clear threshold (so an active alert ends)."""
+        """Return whether the value is back past the clear threshold (so a firing alert ends)."""
         return not _compare(self.op, value, self.clear)
 
 
