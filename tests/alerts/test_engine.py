@@ -40,7 +40,13 @@ def test_fires_only_after_for_holds(clock: FakeClock, default_rules: list[Rule])
     (fired,) = feed(engine, clock, 0.88)
     assert fired.state == FIRING
     assert fired.severity == "warning"
-    assert fired.labels == {"alertname": "GpuMemoryHigh", "severity": "warning", "host": "h1", "gpu": "0"}
+    assert fired.labels == {
+        "alertname": "GpuMemoryHigh",
+        "severity": "warning",
+        "host": "h1",
+        "gpu": "0",
+        "pipeline": "monitor",
+    }
     assert fired.annotations["description"].startswith("GPU 0 on h1 uses 88% of its memory")
     assert fired.fired_at - fired.active_at == pytest.approx(30.0)
 
