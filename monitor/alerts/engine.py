@@ -283,6 +283,4 @@ class AlertEngine:
 
 
 def _labels_text(labels: Mapping[str, str]) -> str:
-    return ",".join(
-        f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity", "pipeline")
-    )
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity", "pipeline"))

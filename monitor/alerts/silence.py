@@ -40,9 +40,7 @@ class Silence:
 class AlertmanagerSilencer:
     """Silence a label set on the first Alertmanager of a list that accepts it."""
 
-    def __init__(
-        self, urls: Sequence[str], *, session: requests.Session | None = None, timeout_s: float = 5.0
-    ) -> None:
+    def __init__(self, urls: Sequence[str], *, session: requests.Session | None = None, timeout_s: float = 5.0) -> None:
         """Take the Alertmanager base URLs (ALERTMANAGER_URLS)."""
         self.urls = [url.rstrip("/") for url in urls]
         self._session = session or requests.Session()

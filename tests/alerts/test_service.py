@@ -164,10 +164,12 @@ def test_three_ooms_restart_the_generator_once_and_a_fourth_does_not(
         clock.advance(10)
         service.tick()
         wait_for(
-            lambda: registry.get_sample_value(
-                "i2v_remediation_actions_total", {"action": "restart_generator", "result": "success"}
-            )
-            == 2,
+            lambda: (
+                registry.get_sample_value(
+                    "i2v_remediation_actions_total", {"action": "restart_generator", "result": "success"}
+                )
+                == 2
+            ),
             5,
             "the restart after the back-off to be counted",
         )
