@@ -340,7 +340,7 @@ class AlertService:
         healthy = values.get("generator_up") == 1.0 and not self.engine.firing_with_action("restart_generator")
         exhausted = self.restart.exhausted(now, healthy)
         values["restarts_exhausted"] = 1.0 if exhausted else 0.0
-        self.metrics.restarts_exhausted.labels(self.host).set(values["restarts_exhausted"])
+        self.metrics.restarts_exhausted.labels(self.host).set(1.0 if exhausted else 0.0)
         values["low_quality_streak"] = float(self._low_quality_streak)
         values["gpus_missing"] = self._gpus_missing
         return values
