@@ -338,4 +338,5 @@ def metrics() -> Response:
     rt = runtime()
     rt.metrics.queue_pending.set(rt.book.pending())
     rt.metrics.events_spooled.set(rt.events.pending())
+    rt.metrics.events_spool_fill.set(rt.events.spool_fill_ratio())
     return Response(generate_latest(rt.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -56,6 +56,11 @@ class GeneratorMetrics:
             "i2v_job_peak_memory_bytes", "Peak GPU memory torch's allocator reserved during the last job.", registry=r
         )
         self.events_spooled = Gauge("i2v_events_spooled", "Events waiting in the spool for the monitor.", registry=r)
+        self.events_spool_fill = Gauge(
+            "i2v_events_spool_fill_ratio",
+            "The event spool's share of its bound in use (0-1); at 1 its oldest events are dropped.",
+            registry=r,
+        )
 
     def reject(self, http_status: int) -> None:
         """Count a refused submission in i2v_requests_total{status="rejected"} and by its reason."""

@@ -42,6 +42,12 @@ class AlertMetrics:
             ["host"],
             registry=registry,
         )
+        self.store_spool_fill = Gauge(
+            "i2v_store_spool_fill_ratio",
+            "The store spool's share of its bound in use (0-1); at 1 its oldest points are dropped.",
+            ["host"],
+            registry=registry,
+        )
         self.gpus_expected = Gauge(
             "i2v_gpus_expected",
             "GPUs this host is configured to have (MONITOR_EXPECTED_GPUS; 0: not said).",

@@ -36,6 +36,7 @@ class _Scrape:
     requests_by_status: dict[str, float] = field(default_factory=dict)
     buckets: dict[float, float] = field(default_factory=dict)
     rejected_by_reason: dict[str, float] = field(default_factory=dict)
+    events_dropped: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise for the state file (bucket bounds as text: JSON keys are strings, +Inf included)."""
@@ -44,6 +45,7 @@ class _Scrape:
             "requests_by_status": self.requests_by_status,
             "buckets": {repr(bound): count for bound, count in self.buckets.items()},
             "rejected_by_reason": self.rejected_by_reason,
+            "events_dropped": self.events_dropped,
         }
 
     @classmethod
@@ -54,6 +56,7 @@ class _Scrape:
             requests_by_status={str(k): float(v) for k, v in data["requests_by_status"].items()},
             buckets={float(k): float(v) for k, v in data["buckets"].items()},
             rejected_by_reason={str(k): float(v) for k, v in data.get("rejected_by_reason", {}).items()},
+            events_dropped=None if data.get("events_dropped") is None else float(data["events_dropped"]),
         )
 
 
@@ -150,9 +153,17 @@ class GeneratorPoller:
             self._scrapes, self._counters = scrapes, counters
 
     def poll(self) -> dict[str, float | None]:
-        """Return generator_up, consecutive_ooms, queue_pending and the windowed ratios and p95."""
+        """Return generator_up, consecutive_ooms, queue_pending, the event spool's fill and the windowed values."""
         values: dict[str, float | None] = dict.fromkeys(
-            ("consecutive_ooms", "queue_pending", "error_ratio_5m", "request_p95_s", "rejection_ratio_5m")
+            (
+                "consecutive_ooms",
+                "queue_pending",
+                "error_ratio_5m",
+                "request_p95_s",
+                "rejection_ratio_5m",
+                "events_lost_5m",
+                "event_spool_fill_ratio",
+            )
         )
         values["generator_up"] = 1.0 if self._healthy() else 0.0
         try:
@@ -187,11 +198,17 @@ class GeneratorPoller:
                 elif sample.name == "i2v_request_duration_seconds_bucket":
                     bound = float(sample.labels["le"])
                     raw.buckets[bound] = raw.buckets.get(bound, 0.0) + sample.value
+                elif sample.name == "i2v_events_dropped_total":
+                    raw.events_dropped = (raw.events_dropped or 0.0) + sample.value
+                elif sample.name == "i2v_events_spool_fill_ratio":
+                    values["event_spool_fill_ratio"] = max(values["event_spool_fill_ratio"] or 0.0, sample.value)
         with self._lock:  # to_state() may read the window from another thread (the restart action saving it)
             scrape = self._monotonic(raw)
             self._remember(scrape)
             windowed = self._windowed(scrape)
-        values["error_ratio_5m"], values["request_p95_s"], values["rejection_ratio_5m"] = windowed
+        values["error_ratio_5m"], values["request_p95_s"], values["rejection_ratio_5m"], values["events_lost_5m"] = (
+            windowed
+        )
         return values
 
     def _monotonic(self, raw: _Scrape) -> _Scrape:
@@ -201,6 +218,7 @@ class GeneratorPoller:
             requests_by_status={k: adjust(f"status:{k}", v) for k, v in raw.requests_by_status.items()},
             buckets={k: adjust(f"le:{k!r}", v) for k, v in raw.buckets.items()},
             rejected_by_reason={k: adjust(f"reason:{k}", v) for k, v in raw.rejected_by_reason.items()},
+            events_dropped=None if raw.events_dropped is None else adjust("events_dropped", raw.events_dropped),
         )
 
     def _healthy(self) -> bool:
@@ -220,11 +238,11 @@ class GeneratorPoller:
         while len(self._scrapes) > 1 and self._scrapes[0].at < scrape.at - 2 * self._window_s:
             self._scrapes.popleft()
 
-    def _windowed(self, scrape: _Scrape) -> tuple[float | None, float | None, float | None]:
+    def _windowed(self, scrape: _Scrape) -> tuple[float | None, float | None, float | None, float | None]:
         first = self._scrapes[0]
         if first is scrape:
             self.rejections = {}
-            return None, None, None
+            return None, None, None, None
         increase = {k: v - first.requests_by_status.get(k, 0.0) for k, v in scrape.requests_by_status.items()}
         total = sum(increase.values())
         errors = sum(v for k, v in increase.items() if k in self._error_statuses)
@@ -239,4 +257,9 @@ class GeneratorPoller:
             if count - first.rejected_by_reason.get(reason, 0.0) > 0
         }
         bucket_increase = {k: v - first.buckets.get(k, 0.0) for k, v in scrape.buckets.items()}
-        return error_ratio, quantile_from_buckets(0.95, bucket_increase), rejection_ratio
+        events_lost = (
+            None
+            if scrape.events_dropped is None or first.events_dropped is None
+            else scrape.events_dropped - first.events_dropped
+        )
+        return error_ratio, quantile_from_buckets(0.95, bucket_increase), rejection_ratio, events_lost

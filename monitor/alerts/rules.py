@@ -39,6 +39,16 @@ VOCABULARY: dict[str, tuple[str, str]] = {
         "rejected / all generator submissions over the last 5 minutes, 0 to 1 (0 below 10 submissions)",
     ),
     "gpus_missing": ("host", "GPUs the host is configured to have (MONITOR_EXPECTED_GPUS) that NVML does not list"),
+    "points_lost_5m": (
+        "host",
+        "points the store writer lost over the last 5 minutes: dropped at the spool's bound or unreadable, or "
+        "refused by the store",
+    ),
+    "spool_fill_ratio": ("host", "the monitor's store spool: the share of its bound in use, 0 to 1"),
+    "event_spool_fill_ratio": ("host", "the generator's event spool: the share of its bound in use, 0 to 1"),
+    "events_lost_5m": ("host", "events the generator lost over the last 5 minutes (i2v_events_dropped_total)"),
+    "sampler_errors_5m": ("host", "sampler tick stages that raised over the last 5 minutes"),
+    "quality_rejected_5m": ("host", "clips the quality scorer refused over the last 5 minutes (its queue full)"),
 }
 
 # Text an annotation may quote besides {{value}}, {{threshold}}, {{clear}} and the labels: what the monitor knows

@@ -1,8 +1,9 @@
 """Wire the alerting together: rules, engine, notifier workers, actions and the generator poller.
 
 Feeds: the sampler's on_snapshot (GPU values, the GPUs NVML lists), `tick()` on the sampling cadence from its
-own thread (generator values, sampler age, the Watchdog), `feed()` for values other parts own (store_up,
-spool_records) and `record_quality()` for the low-quality streak. What the rules read from memory (the streak,
+own thread (generator values, sampler age, the Watchdog, what the writer, the sampler and the scorer lost or
+refused, read through `observe()` and `writer_health`), `feed()` for values other parts own and
+`record_quality()` for the low-quality streak. What the rules read from memory (the streak,
 the generator's scrape window, the restart back-off) and what each notifier delivered are saved beside the
 alert state, so a monitor restart neither resolves, re-fires nor re-sends an unchanged alert.
 """
@@ -32,6 +33,7 @@ from monitor.alerts.rules import SEVERITIES, load_rules
 from monitor.alerts.settings import AlertSettings
 from monitor.alerts.silence import AlertmanagerSilencer, Silence, SilenceError
 from monitor.alerts.state import JsonFile, sibling
+from monitor.alerts.window import CounterWindow
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +205,12 @@ class AlertService:
         self._started_at = clock()
         self._last_snapshot_at: float | None = None
         self._inputs_saved_at = clock()
+        # Counters of what the monitor itself lost or refused, as 5-minute increases.
+        self._points_lost = CounterWindow(self._started_at)
+        self._sampler_errors = CounterWindow(self._started_at)
+        self._quality_rejected = CounterWindow(self._started_at)
+        self._sampler_health: Callable[[], Mapping[str, Any]] | None = None
+        self._quality_rejected_total: Callable[[], float] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -284,6 +292,16 @@ class AlertService:
         for (state, severity), count in counts.items():
             self.metrics.alerts.labels(state, severity).set(count)
 
+    def observe(
+        self,
+        *,
+        sampler_health: Callable[[], Mapping[str, Any]] | None = None,
+        quality_rejected_total: Callable[[], float] | None = None,
+    ) -> None:
+        """Read, every tick, the sampler's health (its `errors_total`) and the clips the scorer refused."""
+        self._sampler_health = sampler_health
+        self._quality_rejected_total = quality_rejected_total
+
     def on_snapshot(self, snapshot: Any) -> None:
         """Evaluate the GPU rules, and the GPUs NVML lists, on a sampler snapshot (the sampler's on_snapshot hook)."""
         self._last_snapshot_at = self._clock()
@@ -332,6 +350,15 @@ class AlertService:
             values["store_up"] = None if reachable is None else (1.0 if reachable else 0.0)
             values["spool_records"] = float(health.spool_pending_points)
             self._store_error = getattr(health, "last_error", None)
+            lost = float(getattr(health, "points_dropped_total", 0) + getattr(health, "points_rejected_total", 0))
+            values["points_lost_5m"] = self._points_lost.add(now, lost)
+            fill = getattr(health, "spool_bytes", 0) / self.settings.spool_max_bytes
+            values["spool_fill_ratio"] = fill
+            self.metrics.store_spool_fill.labels(self.host).set(fill)
+        if self._sampler_health is not None:
+            values["sampler_errors_5m"] = self._sampler_errors.add(now, float(self._sampler_health()["errors_total"]))
+        if self._quality_rejected_total is not None:
+            values["quality_rejected_5m"] = self._quality_rejected.add(now, float(self._quality_rejected_total()))
         if self.poller is not None:
             values.update(self.poller.poll())
         values["monitor_up"] = 1.0

@@ -54,6 +54,7 @@ class AlertSettings:
     store_label: str = ""  # the store's URL without credentials, for StoreUnreachable
     clip_configured: bool = True  # False: LowQualityStreak says the scores lack CLIP
     expected_gpus: int = 0  # GPUs the host should have; NvmlUnavailable fires when NVML lists fewer (0: off)
+    spool_max_bytes: int = 256 * 1024 * 1024  # the store spool's bound, for SpoolNearBound
     silence_default_s: float = 2 * 3600.0  # how long an acknowledgement's Alertmanager silence lasts by default
     silence_max_s: float = 7 * 86400.0
     inputs_save_interval_s: float = 10.0  # the scrape window is saved this often (streaks and restarts at once)
@@ -81,6 +82,7 @@ class AlertSettings:
             "store_label": redact_url(config.store_url),
             "clip_configured": config.clip_model is not None,
             "expected_gpus": config.expected_gpus,
+            "spool_max_bytes": config.spool_max_bytes,
         }
         if config.alert_rules is not None:
             changes["rules_path"] = config.alert_rules

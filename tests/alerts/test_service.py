@@ -61,6 +61,8 @@ def test_the_poller_reads_the_generator_metrics_like_promql(clock: FakeClock, fa
         "error_ratio_5m": None,
         "request_p95_s": None,
         "rejection_ratio_5m": None,
+        "events_lost_5m": None,
+        "event_spool_fill_ratio": None,
     }
     for _ in range(9):
         fake_generator.requests.labels("succeeded").inc()
@@ -194,7 +196,7 @@ def test_the_api_lists_and_acknowledges_alerts(
     (watchdog,) = [a for a in body["active"] if a["alertname"] == "Watchdog"]
     assert watchdog["state"] == "firing"
     assert body["history"] == []
-    assert body["rules"] == 17
+    assert body["rules"] == 23
     assert body["actions"]["restart_generator"]["gave_up"] is False
 
     assert client.post(f"/monitor/api/alerts/{watchdog['id']}/ack", json={"by": "bob"}).status_code == 401
@@ -493,3 +495,59 @@ def test_acknowledging_says_what_to_send_and_keeps_every_acker(
     assert [(a["by"], a["note"]) for a in body["acks"]] == [("alice", "looking"), ("anonymous", None)]
     assert body["silence"] is None  # no Alertmanager configured: nothing to silence
     assert client.get(f"/monitor/api/alerts/{watchdog.id}").get_json()["acks"] == body["acks"]
+
+
+def test_what_the_monitor_and_the_generator_lose_raises_an_alert(
+    tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator
+) -> None:
+    from prometheus_client import Counter, Gauge
+
+    events_dropped = Counter("i2v_events_dropped", "", registry=fake_generator.registry)
+    event_spool = Gauge("i2v_events_spool_fill_ratio", "", registry=fake_generator.registry)
+    health = SimpleNamespace(
+        store_reachable=False,
+        spool_pending_points=100,
+        spool_bytes=0,
+        points_dropped_total=0,
+        points_rejected_total=0,
+        last_error="HTTP 500",
+    )
+    sampler = {"errors_total": 0}
+    quality = SimpleNamespace(rejected=0)
+    settings = AlertSettings(
+        state_path=None, generator_url=fake_generator.url, log_notifications=False, spool_max_bytes=1000
+    )
+    service = AlertService(settings, host="h1", clock=clock, writer_health=lambda: health)
+    service.observe(sampler_health=lambda: sampler, quality_rejected_total=lambda: quality.rejected)
+
+    def firing() -> set[str]:
+        clock.advance(2)
+        service.tick()
+        return {a.name for a in service.engine.active() if a.state == FIRING}
+
+    data_loss = {
+        "PointsLost",
+        "SpoolNearBound",
+        "EventSpoolNearBound",
+        "EventsLost",
+        "SamplerErrors",
+        "QualityQueueFull",
+    }
+    assert firing() & data_loss == set()
+    health.spool_bytes, health.points_dropped_total = 900, 40  # the spool at 90% of its bound; 40 points dropped
+    event_spool.set(0.85)
+    events_dropped.inc(3)
+    sampler["errors_total"] = 5
+    quality.rejected = 1
+    assert firing() & data_loss == {"PointsLost", "EventsLost", "SamplerErrors", "QualityQueueFull"}
+    clock.advance(60)  # the spools stay near their bounds for a minute
+    assert firing() & data_loss == data_loss
+    (lost,) = [a for a in service.engine.active() if a.name == "PointsLost"]
+    assert lost.annotations["summary"] == "40 points lost on h1 over 5 minutes"
+    assert "HTTP 500" in lost.annotations["description"]
+    # Five quiet minutes: the windowed losses end; the spools drain below half their bound.
+    health.spool_bytes = 100
+    event_spool.set(0.1)
+    for _ in range(160):
+        remaining = firing() & data_loss
+    assert remaining == set()

@@ -229,6 +229,7 @@ def test_health_names_the_pid_and_metrics_follow_prometheus_names(generator: Gen
     ):
         assert name in text, name
     assert 'i2v_requests_total{status="rejected"}' in text
+    assert metric(generator, "i2v_events_spool_fill_ratio") == 0.0  # no monitor configured: no spool
 
 
 def test_a_failed_export_fails_the_job_and_the_worker_keeps_serving(
