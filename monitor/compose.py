@@ -8,6 +8,7 @@ through the bus (monitor/bus.py):
     ingest ─── events ────▶ job summarizer, quality scorer
     summarizer ─ job_summary ─▶ predictor (refit)
     scorer ─── quality_result ─▶ alerts (low-quality streak)
+    alerts' tick reads: writer health, sampler health (errors), scorer refusals (data lost or delayed)
 
 Start order: scorer, alerts, sampler (whose first tick the alerts evaluate); stop in reverse, then the writer is
 flushed and the store closed.
