@@ -551,3 +551,19 @@ def test_what_the_monitor_and_the_generator_lose_raises_an_alert(
     for _ in range(160):
         remaining = firing() & data_loss
     assert remaining == set()
+
+
+def test_the_generators_scrape_window_survives_a_monitor_restart(
+    tmp_path: Path, clock: FakeClock, fake_generator: FakeGenerator, registry: CollectorRegistry
+) -> None:
+    service = make_service(tmp_path, clock, fake_generator, registry)
+    service.tick()  # the window's first scrape
+    fake_generator.requests.labels("succeeded").inc(9)
+    fake_generator.requests.labels("failed").inc()
+    clock.advance(60)
+    assert service.host_values()["error_ratio_5m"] == pytest.approx(0.1)
+    service.stop()  # saves the window beside the alert state
+
+    again = make_service(tmp_path, clock, fake_generator, CollectorRegistry())
+    clock.advance(2)
+    assert again.host_values()["error_ratio_5m"] == pytest.approx(0.1)  # not None: the 5 minutes carry on
