@@ -271,15 +271,17 @@ class Receiver:
                 now = time.time()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with contextlib.suppress(ValueError), owner.lock:
+                    # Alertmanager's webhook payload (version 4): the name and tier are labels.
                     for alert in json.loads(body).get("alerts", []):
+                        labels = alert.get("labels") or {}
                         owner.arrivals.append(
                             {
                                 "t": now,
-                                "alertname": alert.get("alertname"),
-                                "severity": alert.get("severity"),
+                                "alertname": labels.get("alertname"),
+                                "severity": labels.get("severity"),
                                 "status": alert.get("status"),
-                                "value": alert.get("value"),
-                                "gpu": (alert.get("labels") or {}).get("gpu"),
+                                "description": (alert.get("annotations") or {}).get("description"),
+                                "gpu": labels.get("gpu"),
                             }
                         )
                 self.send_response(200)

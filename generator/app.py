@@ -69,6 +69,11 @@ class Runtime:
             for d in devices
         ]
         for job in self.book.recovered:
+            # Lost to a crash: failed in the API, so failed in the request metrics too, or the error ratio
+            # (GeneratorErrorRateHigh) could never see crashes.
+            self.metrics.requests.labels("failed").inc()
+            if job.finished_at is not None:
+                self.metrics.request_duration.observe(max(job.finished_at - job.created_at, 0.0))
             self.events.emit(job_state_event(job, "failed", config.host_name, self.workers[0].gpu))
 
     def start(self) -> None:
@@ -114,6 +119,8 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
 def _http_error(error: HTTPException) -> tuple[Response, int]:
     message = error.description or error.name
     if error.code == 413:
+        if request.method == "POST" and request.path == "/api/jobs":
+            runtime().metrics.reject(413)  # refused before the route ran: a submission all the same
         limit = runtime().config.max_upload_bytes // 2**20
         message = (
             f"the request is too large: the image must be at most {limit} MB "
@@ -198,7 +205,7 @@ def submit_job() -> tuple[Response, int] | Response:
         prompt = parse_prompt(request.form.get("prompt"))
         params = parse_params(request.form)
     except ValidationError as error:
-        rt.metrics.requests.labels("rejected").inc()
+        rt.metrics.reject(error.status)
         return jsonify(error.to_dict()), error.status
     history = rt.history()
     per_job = eta.duration_estimate_s(params, history) or 60.0
@@ -232,7 +239,7 @@ def submit_job() -> tuple[Response, int] | Response:
 
 def _queue_full(full: QueueFull) -> tuple[Response, int]:
     rt = runtime()
-    rt.metrics.requests.labels("rejected").inc()
+    rt.metrics.reject(429)
     response = jsonify(error=str(full), field=None, allowed=rt.config.queue_size)
     response.headers["Retry-After"] = str(full.retry_after_s)
     return response, 429
@@ -331,4 +338,5 @@ def metrics() -> Response:
     rt = runtime()
     rt.metrics.queue_pending.set(rt.book.pending())
     rt.metrics.events_spooled.set(rt.events.pending())
+    rt.metrics.events_spool_fill.set(rt.events.spool_fill_ratio())
     return Response(generate_latest(rt.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

@@ -95,6 +95,10 @@ class EventSender:
         """Return the events written to the spool and not yet accepted by the monitor."""
         return self._spool.pending() if self._spool else 0
 
+    def spool_fill_ratio(self) -> float:
+        """Return the spool's share of its bound in use (0 without a monitor URL)."""
+        return self._spool.size_bytes() / self._spool.max_bytes if self._spool else 0.0
+
     def queued(self) -> int:
         """Return the events emitted and not yet written to the spool."""
         return self._inbox.qsize()

@@ -8,6 +8,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
 JOB_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
+STATUSES = ("succeeded", "failed", "cancelled", "rejected")
+# Why a submission was refused at once: by HTTP status of the refusal, or a full queue (429).
+REJECTION_REASONS = {400: "invalid_input", 413: "too_large", 415: "unsupported_media", 429: "queue_full"}
 STAGE_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
@@ -18,8 +21,18 @@ class GeneratorMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         # A "request" is one generation job, counted when it ends (succeeded, failed, cancelled) or is refused
-        # (rejected: invalid input, full queue, does not fit): the error rate is failed / all in PromQL.
+        # (rejected: invalid input, too large, full queue): the error rate is failed / jobs (all but rejected) in
+        # PromQL. A job lost to a crash is counted failed by the restarted process.
         self.requests = Counter("i2v_requests", "Generation requests by outcome.", ["status"], registry=r)
+        self.rejected = Counter(
+            "i2v_requests_rejected", "Submissions refused at once, by reason.", ["reason"], registry=r
+        )
+        # Every series exists from the start at 0: a counter that first appears at 1 (a crash-lost job counted
+        # by the restarted process) is an increase PromQL's rate() cannot see.
+        for status in STATUSES:
+            self.requests.labels(status)
+        for reason in REJECTION_REASONS.values():
+            self.rejected.labels(reason)
         self.request_duration = Histogram(
             "i2v_request_duration_seconds",
             "Time from submission to a job's end.",
@@ -43,6 +56,16 @@ class GeneratorMetrics:
             "i2v_job_peak_memory_bytes", "Peak GPU memory torch's allocator reserved during the last job.", registry=r
         )
         self.events_spooled = Gauge("i2v_events_spooled", "Events waiting in the spool for the monitor.", registry=r)
+        self.events_spool_fill = Gauge(
+            "i2v_events_spool_fill_ratio",
+            "The event spool's share of its bound in use (0-1); at 1 its oldest events are dropped.",
+            registry=r,
+        )
+
+    def reject(self, http_status: int) -> None:
+        """Count a refused submission in i2v_requests_total{status="rejected"} and by its reason."""
+        self.requests.labels("rejected").inc()
+        self.rejected.labels(REJECTION_REASONS.get(http_status, "invalid_input")).inc()
 
     def watch_events_dropped(self, read: Callable[[], int]) -> None:
         """Export `read()` (the event sender's lost events) as i2v_events_dropped_total at each scrape."""

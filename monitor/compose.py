@@ -8,6 +8,7 @@ through the bus (monitor/bus.py):
     ingest ─── events ────▶ job summarizer, quality scorer
     summarizer ─ job_summary ─▶ predictor (refit)
     scorer ─── quality_result ─▶ alerts (low-quality streak)
+    alerts' tick reads: writer health, sampler health (errors), scorer refusals (data lost or delayed)
 
 Start order: scorer, alerts, sampler (whose first tick the alerts evaluate); stop in reverse, then the writer is
 flushed and the store closed.
@@ -210,5 +211,7 @@ def build_monitor(
     quality = build_quality(config, writer, sampler, on_result=bus.publisher(topics.QUALITY_RESULT))
     bus.subscribe(topics.SNAPSHOT, alerts.on_snapshot)
     bus.subscribe(topics.QUALITY_RESULT, alerts.record_quality)
+    # What the sampler and the scorer lost or refused, read on the alerts' tick (SamplerErrors, QualityQueueFull).
+    alerts.observe(sampler_health=sampler.health, quality_rejected_total=lambda: float(quality.rejected))
     app = create_app(config, store=store, writer=writer, sampler=sampler, quality=quality, alerts=alerts, bus=bus)
     return Monitor(app, sampler, alerts, quality)

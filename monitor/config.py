@@ -21,6 +21,10 @@ Setting (flag; environment; default):
 - alert_webhook_urls: ALERT_WEBHOOK_URLS (comma-separated; webhook URLs often embed a secret); none
 - restart_command: --restart-command; GENERATOR_RESTART_CMD; none (the fatal OOM-streak alert then only pages)
 - admin_token: ADMIN_TOKEN; none (the generator's cancel token; also guards acknowledging alerts)
+- external_url: --external-url; MONITOR_EXTERNAL_URL; http://<bind address, or this host's name>:<port> (the
+  monitor's address as people reach it: alert notifications link to the alert on its dashboard)
+- expected_gpus: --expected-gpus; MONITOR_EXPECTED_GPUS; 0 (GPUs this host should have: NvmlUnavailable fires
+  when NVML lists fewer; 0 turns that alert off)
 
 `INFLUX_URL` may be given as `http://host:8086/db` (InfluxDB's own form); it is read as `influxdb://...`.
 Secrets (the ingest token, store passwords) come from the environment only, never flags (flags show in `ps`).
@@ -71,6 +75,16 @@ class MonitorConfig:
     alert_webhook_urls: tuple[str, ...] = field(default=(), repr=False)  # may embed a secret
     restart_command: str | None = None
     admin_token: str | None = field(default=None, repr=False)
+    external_url: str | None = None
+    expected_gpus: int = 0
+
+    @property
+    def public_url(self) -> str:
+        """Return the monitor's base URL as people reach it (for links in alert notifications)."""
+        if self.external_url:
+            return self.external_url.rstrip("/")
+        host = self.host_name if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     def validate(self) -> MonitorConfig:
         """Return self, or raise ConfigError naming the setting and what to change; no network calls."""
@@ -123,6 +137,10 @@ class MonitorConfig:
                 raise ConfigError(f"--restart-command cannot be split into arguments: {e}") from None
             if not argv:
                 raise ConfigError("--restart-command is empty: give the command that restarts the generator")
+        if self.external_url is not None and not self.external_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--external-url must start with http:// or https://, got {self.external_url!r}")
+        if not 0 <= self.expected_gpus <= 1024:
+            raise ConfigError(f"--expected-gpus must be 0-1024, got {self.expected_gpus}")
         if self.host not in LOOPBACK and not (self.ingest_token and self.admin_token):
             raise ConfigError(
                 f"binding to {self.host} opens ingest, ratings and alert acks to the network: set INGEST_TOKEN and "
@@ -165,6 +183,8 @@ class MonitorConfig:
         pick("alert_webhook_urls", None, "ALERT_WEBHOOK_URLS", convert=url_list)
         pick("restart_command", args.restart_command, "GENERATOR_RESTART_CMD")
         pick("admin_token", None, "ADMIN_TOKEN")
+        pick("external_url", args.external_url, "MONITOR_EXTERNAL_URL")
+        pick("expected_gpus", args.expected_gpus, "MONITOR_EXPECTED_GPUS", convert=int)
         if "I2V_ALERT_STATE" in env:
             values["alert_state_path"] = Path(env["I2V_ALERT_STATE"]) if env["I2V_ALERT_STATE"] else None
         if args.store is not None or env.get("MONITOR_STORE"):
@@ -215,6 +235,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-model", help="folder of a CLIP model for quality scores (env CLIP_MODEL_DIR)")
     parser.add_argument(
         "--quality-threshold", type=str, help="combined quality below this is flagged low (default 0.6)"
+    )
+    parser.add_argument(
+        "--external-url", help="the monitor's address as people reach it, for alert links (env MONITOR_EXTERNAL_URL)"
+    )
+    parser.add_argument(
+        "--expected-gpus",
+        type=str,
+        help="GPUs this host should have: an alert fires when NVML lists fewer (env MONITOR_EXPECTED_GPUS; default 0)",
     )
     parser.add_argument("--alert-rules", help="alert rule file (env I2V_ALERT_RULES; default alerts/rules.yml)")
     parser.add_argument(

@@ -161,8 +161,10 @@ class RestartGeneratorAction:
 
     After a restart the next one waits `backoff_initial_s`, doubling each time up to `backoff_max_s`; the
     back-off resets once no restart has been asked for during `reset_after_s` (the generator stayed
-    healthy). More than `max_restarts` within `window_s` stops the action: it reports `gave_up` once (feed
-    `gave_up` to the engine as `restarts_exhausted` to page) until the reset period passes.
+    healthy). More than `max_restarts` within `window_s` stops the action: it reports `gave_up` once and
+    `exhausted(now, healthy)` reads 1 while the generator is not healthy (feed it to the engine as
+    `restarts_exhausted` to page), until the reset period passes. `to_state()` / `restore()` carry all of this
+    across a monitor restart, so a restart of the monitor never resets the cap.
     """
 
     name = "restart_generator"
@@ -193,10 +195,64 @@ class RestartGeneratorAction:
         self._last_asked_at: float | None = None
         self._restarts: deque[float] = deque()
         self._done_alerts: set[str] = set()
+        self._lock = threading.Lock()
         self.gave_up = False
+        self.on_change: Callable[[], None] | None = None  # called after an attempt, to save to_state()
+
+    def refresh(self, now: float) -> None:
+        """Reset the back-off and the cap once no restart was asked for during `reset_after_s` (called per tick)."""
+        with self._lock:
+            self._refresh(now)
+
+    def _refresh(self, now: float) -> None:
+        if self._last_asked_at is not None and now - self._last_asked_at >= self._reset_after_s:
+            if self.gave_up or self._restarts:
+                log.info("restart back-off reset after %.0f s without a restart request", self._reset_after_s)
+            self._delay_s = self._initial_s
+            self._next_allowed_at = 0.0
+            self._restarts.clear()
+            self._done_alerts.clear()
+            self.gave_up = False
+            self._last_asked_at = None
+
+    def exhausted(self, now: float, healthy: bool) -> bool:
+        """Return whether restarts are capped while the generator still needs one (not healthy)."""
+        with self._lock:
+            self._refresh(now)
+            return self.gave_up and not healthy
+
+    def to_state(self) -> dict[str, Any]:
+        """Return the back-off, the cap's window and which alerts were handled, JSON-ready."""
+        with self._lock:
+            return {
+                "delay_s": self._delay_s,
+                "next_allowed_at": self._next_allowed_at,
+                "last_asked_at": self._last_asked_at,
+                "restarts": list(self._restarts),
+                "done_alerts": sorted(self._done_alerts),
+                "gave_up": self.gave_up,
+            }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back `to_state()` from before a monitor restart."""
+        with self._lock:
+            self._delay_s = float(state.get("delay_s", self._initial_s))
+            self._next_allowed_at = float(state.get("next_allowed_at", 0.0))
+            last = state.get("last_asked_at")
+            self._last_asked_at = None if last is None else float(last)
+            self._restarts = deque(float(t) for t in state.get("restarts", []))
+            self._done_alerts = {str(a) for a in state.get("done_alerts", [])}
+            self.gave_up = bool(state.get("gave_up", False))
 
     def run(self, alert: Alert, now: float) -> list[ActionOutcome]:
         """Restart once for this firing activation, if the back-off and the cap allow it now."""
+        with self._lock:
+            outcomes = self._run(alert, now)
+        if outcomes and self.on_change is not None:
+            self.on_change()
+        return outcomes
+
+    def _run(self, alert: Alert, now: float) -> list[ActionOutcome]:
         base: dict[str, Any] = {
             "action": self.name,
             "alert_id": alert.id,
@@ -204,13 +260,7 @@ class RestartGeneratorAction:
             "labels": alert.labels,
             "at": now,
         }
-        if self._last_asked_at is not None and now - self._last_asked_at >= self._reset_after_s:
-            self._delay_s = self._initial_s
-            self._next_allowed_at = 0.0
-            self._restarts.clear()
-            if self.gave_up:
-                log.info("restart back-off reset after %.0f s without a restart request", self._reset_after_s)
-            self.gave_up = False
+        self._refresh(now)
         self._last_asked_at = now
         if alert.id in self._done_alerts or self.gave_up or now < self._next_allowed_at:
             return []
@@ -253,6 +303,8 @@ class RestartGeneratorAction:
     def status(self) -> dict[str, Any]:
         """Describe the back-off for the API."""
         return {
+            "max_restarts": self._max_restarts,
+            "window_s": self._window_s,
             "restarts_in_window": len(self._restarts),
             "next_allowed_at": iso(self._next_allowed_at) if self._next_allowed_at else None,
             "next_delay_s": self._delay_s,

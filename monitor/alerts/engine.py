@@ -1,9 +1,10 @@
 """Evaluate rules on fed values: pending -> firing -> resolved per rule and label set, as Prometheus does.
 
-Differences from Prometheus, on purpose: an active alert ends only once its value crosses the rule's clear
-threshold (hysteresis, so a value hovering at the threshold does not flap), and a missing value (None, e.g.
-NVML said "not supported") holds the alert where it is instead of resolving it; an alert whose value has not
-been seen for `stale_after_s` resolves, as a vanished series does in Prometheus.
+As Prometheus' `for`: a pending alert ends as soon as its value stops crossing the firing threshold, so one
+sample above it never fires an alert on its own. Differences, on purpose: a firing alert ends only once its
+value crosses the rule's clear threshold (hysteresis, so a value hovering at the threshold does not flap), and
+a missing value (None, e.g. NVML said "not supported") holds the alert where it is instead of resolving it; an
+alert whose value has not been seen for `stale_after_s` resolves, as a vanished series does in Prometheus.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from monitor.alerts.record import FIRING, PENDING, RESOLVED, Alert, Labels, render
-from monitor.alerts.rules import Rule
+from monitor.alerts.rules import PIPELINE, Rule
 from monitor.alerts.state import StateFile
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,13 @@ class AlertEngine:
         history_limit: int = 500,
         stale_after_s: float = 300.0,
         resolved_retention_s: float = 300.0,
+        context: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
-        """Index the rules by input name and restore any saved state (restored alerts count as just seen)."""
+        """Index the rules by input name and restore any saved state (restored alerts count as just seen).
+
+        `context()` returns the text annotations may quote besides values and labels (monitor.alerts.rules.CONTEXT),
+        read once per evaluation.
+        """
         self.rules = list(rules)
         self._by_expr: dict[str, list[Rule]] = {}
         for rule in self.rules:
@@ -54,6 +60,8 @@ class AlertEngine:
         self._active: dict[tuple[str, Labels], Alert] = {}
         self._history: deque[Alert] = deque(maxlen=history_limit)
         self._listeners: list[Listener] = []
+        self._context = context or dict
+        self._context_now: Mapping[str, str] = {}
         self._state = StateFile(state_path) if state_path else None
         self._save_failed = False
         if self._state:
@@ -67,7 +75,9 @@ class AlertEngine:
         """Feed values per label set, advance every affected alert, return the alerts that changed state."""
         now = self._clock() if now is None else now
         changed: list[Alert] = []
+        context = self._context()
         with self._lock:
+            self._context_now = context
             for labels, named in values.items():
                 for name, value in named.items():
                     for rule in self._by_expr.get(name, ()):
@@ -110,10 +120,13 @@ class AlertEngine:
         alert.value = value
         alert.last_seen_at = now
         self._annotate(alert, rule)
-        if rule.clears(value):
+        if alert.state == PENDING and not rule.triggers(value):
+            # Hysteresis belongs to firing -> resolved only: a pending alert needs the firing threshold held
+            # for the whole `for` duration.
             del self._active[key]
-            if alert.state == PENDING:
-                return None
+            return None
+        if alert.state == FIRING and rule.clears(value):
+            del self._active[key]
             return self._resolve(alert, now, None)
         if alert.state == PENDING and now - alert.active_at >= rule.for_s:
             alert.state = FIRING
@@ -122,7 +135,13 @@ class AlertEngine:
         return None
 
     def _new_alert(self, rule: Rule, labels: Labels, value: float, now: float) -> Alert:
-        full = {**dict(labels), **rule.labels, "alertname": rule.alert, "severity": rule.severity}
+        full = {
+            **dict(labels),
+            **rule.labels,
+            "alertname": rule.alert,
+            "severity": rule.severity,
+            "pipeline": PIPELINE,
+        }
         alert = Alert(
             id=uuid.uuid4().hex[:16],
             rule_key=rule.key,
@@ -137,9 +156,10 @@ class AlertEngine:
         self._annotate(alert, rule)
         return alert
 
-    @staticmethod
-    def _annotate(alert: Alert, rule: Rule) -> None:
-        alert.annotations = {k: render(v, rule, alert.labels, alert.value) for k, v in rule.annotations.items()}
+    def _annotate(self, alert: Alert, rule: Rule) -> None:
+        alert.annotations = {
+            k: render(v, rule, alert.labels, alert.value, self._context_now) for k, v in rule.annotations.items()
+        }
 
     def _resolve(self, alert: Alert, now: float, note: str | None) -> Alert:
         alert.state = RESOLVED
@@ -188,14 +208,36 @@ class AlertEngine:
         with self._lock:
             return any(a.id == alert_id and a.state == FIRING for a in self._active.values())
 
-    def ack(self, alert_id: str, by: str, now: float | None = None) -> Alert | None:
-        """Mark an active or past alert acknowledged by `by`; return it, or None if the id is unknown."""
+    def firing_with_action(self, action: str) -> bool:
+        """Return whether any firing alert carries this action (e.g. an OOM streak asking for a restart)."""
+        with self._lock:
+            return any(a.state == FIRING and a.action == action for a in self._active.values())
+
+    def get(self, alert_id: str) -> Alert | None:
+        """Return a copy of the active or past alert with this id, or None."""
+        with self._lock:
+            for alert in [*self._active.values(), *self._history]:
+                if alert.id == alert_id:
+                    return copy.deepcopy(alert)
+        return None
+
+    def ack(
+        self,
+        alert_id: str,
+        by: str,
+        now: float | None = None,
+        *,
+        note: str | None = None,
+        silence_id: str | None = None,
+    ) -> Alert | None:
+        """Add an acknowledgement by `by` (every one is kept, with its note); return the alert, or None if unknown."""
         now = self._clock() if now is None else now
         with self._lock:
             for alert in [*self._active.values(), *self._history]:
                 if alert.id == alert_id:
                     alert.acked_by = by
                     alert.acked_at = now
+                    alert.acks.append({"by": by, "note": note, "at": now, "silence_id": silence_id})
                     self._save()
                     return copy.deepcopy(alert)
         return None
@@ -228,10 +270,12 @@ class AlertEngine:
                 sorted(
                     (k, v)
                     for k, v in alert.labels.items()
-                    if k not in ("alertname", "severity") and k not in self._rules_by_key[alert.rule_key].labels
+                    if k not in ("alertname", "severity", "pipeline")
+                    and k not in self._rules_by_key[alert.rule_key].labels
                 )
             )
             alert.last_seen_at = now
+            alert.labels.setdefault("pipeline", PIPELINE)  # state saved before alerts carried it
             self._active[(alert.rule_key, labels)] = alert
         self._history.extend(history)
         if active or history:
@@ -239,4 +283,4 @@ class AlertEngine:
 
 
 def _labels_text(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity"))
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity", "pipeline"))

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.alerts.rules import Rule
+from monitor.alerts.rules import CONTEXT, PLACEHOLDER, Rule
 
 PENDING = "pending"
 FIRING = "firing"
 RESOLVED = "resolved"
 
 Labels = tuple[tuple[str, str], ...]
-_PLACEHOLDER = re.compile(r"\{\{\s*\$?(?:labels\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def label_set(**labels: str) -> Labels:
     """Build the hashable label set the engine keys values by, e.g. label_set(host="h1", gpu="0")."""
     return tuple(sorted((key, str(value)) for key, value in labels.items()))
+
+
+def fingerprint(labels: Mapping[str, str]) -> str:
+    """Return Alertmanager's fingerprint of a label set: FNV-1a 64 over the sorted names and values, in hex.
+
+    The same function as Prometheus' labelSetToFingerprint (each name and value followed by the byte 0xff), so
+    a webhook receiver can match our alerts with Alertmanager's.
+    """
+    value = _FNV_OFFSET
+    for name in sorted(labels):
+        for part in (name, labels[name]):
+            for byte in part.encode("utf-8") + b"\xff":
+                value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}"
+
+
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
 
 
 def iso(timestamp: float | None) -> str | None:
@@ -44,15 +61,26 @@ def format_value(value: float | None, unit: str) -> str:
     return f"{value:.3g}"
 
 
-def render(template: str, rule: Rule, labels: dict[str, str], value: float | None) -> str:
-    """Fill {{value}}, {{threshold}}, {{clear}} and {{label}} placeholders (also Prometheus' {{ $value }})."""
+def render(
+    template: str,
+    rule: Rule,
+    labels: Mapping[str, str],
+    value: float | None,
+    context: Mapping[str, str] | None = None,
+) -> str:
+    """Fill {{value}}, {{threshold}}, {{clear}}, {{label}} and context placeholders (also Prometheus' {{ $value }}).
+
+    A context name with no value now renders as "unknown" (the rule file is checked for unknown names at load).
+    """
     names = {
+        **{name: "unknown" for name in CONTEXT},
+        **(context or {}),
         "value": format_value(value, rule.unit),
         "threshold": format_value(rule.threshold, rule.unit),
         "clear": format_value(rule.clear, rule.unit),
         **labels,
     }
-    return _PLACEHOLDER.sub(lambda match: names.get(match.group(1), match.group(0)), template)
+    return PLACEHOLDER.sub(lambda match: names.get(match.group(1), match.group(0)), template)
 
 
 @dataclass
@@ -70,9 +98,10 @@ class Alert:
     action: str = "none"
     fired_at: float | None = None
     resolved_at: float | None = None
-    acked_by: str | None = None
+    acked_by: str | None = None  # the latest acknowledgement; `acks` keeps every one
     acked_at: float | None = None
     note: str | None = None
+    acks: list[dict[str, Any]] = field(default_factory=list)  # {by, note, at, silence_id}, oldest first
 
     @property
     def name(self) -> str:
@@ -109,5 +138,7 @@ class Alert:
             "resolved_at": iso(self.resolved_at),
             "acked_by": self.acked_by,
             "acked_at": iso(self.acked_at),
+            "acks": [{**ack, "at": iso(ack.get("at"))} for ack in self.acks],
             "note": self.note,
+            "fingerprint": fingerprint(self.labels),
         }

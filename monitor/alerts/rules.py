@@ -30,10 +30,46 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "generator_up": ("host", "1 while the generator's /health answers, 0 otherwise"),
     "low_quality_streak": ("host", "low-quality clips in a row (reset by a clip that passes)"),
     "monitor_up": ("host", "always 1 while the monitor evaluates: the Watchdog's input"),
-    "restarts_exhausted": ("host", "1 once generator restarts hit their cap and stopped, else 0"),
+    "restarts_exhausted": (
+        "host",
+        "1 while generator restarts are capped and the generator is not healthy (down or OOM streak), else 0",
+    ),
+    "rejection_ratio_5m": (
+        "host",
+        "rejected / all generator submissions over the last 5 minutes, 0 to 1 (0 below 10 submissions)",
+    ),
+    "gpus_missing": ("host", "GPUs the host is configured to have (MONITOR_EXPECTED_GPUS) that NVML does not list"),
+    "points_lost_5m": (
+        "host",
+        "points the store writer lost over the last 5 minutes: dropped at the spool's bound or unreadable, or "
+        "refused by the store",
+    ),
+    "spool_fill_ratio": ("host", "the monitor's store spool: the share of its bound in use, 0 to 1"),
+    "event_spool_fill_ratio": ("host", "the generator's event spool: the share of its bound in use, 0 to 1"),
+    "events_lost_5m": ("host", "events the generator lost over the last 5 minutes (i2v_events_dropped_total)"),
+    "sampler_errors_5m": ("host", "sampler tick stages that raised over the last 5 minutes"),
+    "quality_rejected_5m": ("host", "clips the quality scorer refused over the last 5 minutes (its queue full)"),
 }
 
-RESERVED_LABELS = ("alertname", "severity", "host", "gpu")
+# Text an annotation may quote besides {{value}}, {{threshold}}, {{clear}} and the labels: what the monitor knows
+# about the host right now, so a notification carries its context. A name with no value renders as "unknown".
+CONTEXT: dict[str, str] = {
+    "store": "the store's URL without credentials",
+    "store_error": "the store's last write error",
+    "low_quality_jobs": "the low-quality streak's jobs with their combined scores, newest last",
+    "clip_note": "whether CLIP weights are configured (without them scores lack the CLIP part)",
+    "gpus_expected": "GPUs the host is configured to have (MONITOR_EXPECTED_GPUS)",
+    "gpus_visible": "GPUs NVML lists now",
+    "nvml_reason": "why NVML is not available, as the sampler says",
+    "rejections": "rejected submissions by reason over the last 5 minutes",
+}
+
+# The engine labels every alert with the pipeline that raised it, so the monitor's alerts (and its Watchdog)
+# stay apart from Prometheus' copies of them in Alertmanager.
+PIPELINE = "monitor"
+RESERVED_LABELS = ("alertname", "severity", "host", "gpu", "pipeline")
+_TEMPLATE_NAMES = ("value", "threshold", "clear", "alertname", "severity", "host", "gpu", "pipeline")
+PLACEHOLDER = re.compile(r"\{\{\s*\$?(?:labels\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 UNITS = ("", "ratio", "seconds", "celsius", "count")
 _NAME = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -67,7 +103,7 @@ class RuleFileError(ValueError):
 
 @dataclass(frozen=True)
 class Rule:
-    """One alert rule: fire when `expr op threshold` holds for `for_s`, resolve once it crosses `clear`."""
+    """One alert rule: fire when `expr op threshold` holds for `for_s`; once firing, resolve past `clear`."""
 
     alert: str
     severity: str
@@ -92,7 +128,7 @@ class Rule:
         return _compare(self.op, value, self.threshold)
 
     def clears(self, value: float) -> bool:
-        """Return whether the value is back past the clear threshold (so an active alert ends)."""
+        """Return whether the value is back past the clear threshold (so a firing alert ends)."""
         return not _compare(self.op, value, self.clear)
 
 
@@ -243,6 +279,15 @@ def _parse_rule(entry: Any, source: str, list_line: int) -> Rule:
     for key in ("summary", "description"):
         if not annotations.get(key):
             raise fail("annotations", f"'annotations' needs a non-empty {key!r}")
+    known = {*_TEMPLATE_NAMES, *labels, *CONTEXT}
+    for key, text in annotations.items():
+        for placeholder in PLACEHOLDER.findall(text):
+            if placeholder not in known:
+                raise fail(
+                    "annotations",
+                    f"annotation {key!r} names {{{{{placeholder}}}}}, which is neither a label nor one of "
+                    f"{', '.join(sorted({*_TEMPLATE_NAMES, *CONTEXT}))}",
+                )
     if not (annotations.get("runbook_url") or annotations.get("runbook")):
         raise fail("annotations", "'annotations' needs 'runbook_url' or 'runbook' (what on-call does next)")
     action = entry.get("action", "none")

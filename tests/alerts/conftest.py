@@ -109,6 +109,7 @@ class Receiver(_Server):
 
     def __init__(self) -> None:
         self.received: list[tuple[str, Any]] = []
+        self.times: list[float] = []  # time.monotonic() of each received document
         self.lock = threading.Lock()
         self.status = 200
         super().__init__()
@@ -117,6 +118,7 @@ class Receiver(_Server):
         with self.lock:
             if self.status == 200:
                 self.received.append((path, json.loads(body)))
+                self.times.append(time.monotonic())
         return self.status, "application/json", b"{}"
 
     def alerts(self, path: str | None = None) -> list[dict[str, Any]]:

@@ -99,7 +99,13 @@ def test_alerts_route_by_severity_severe_inhibits_warning_and_resolves_arrive(
         clock.advance(30)
         service.on_snapshot(gpus(0.90, 0.5))
         (warning,) = wait_for(lambda: received(receiver, "/chat", "0", "warning", "firing"), 15, "the warning")
-        assert warning["labels"] == {"alertname": "GpuMemoryHigh", "severity": "warning", "host": "h1", "gpu": "0"}
+        assert warning["labels"] == {
+            "alertname": "GpuMemoryHigh",
+            "severity": "warning",
+            "host": "h1",
+            "gpu": "0",
+            "pipeline": "monitor",
+        }
         assert warning["annotations"]["summary"] == "GPU 0 on h1 memory above 85%"
         assert "90%" in warning["annotations"]["description"]
         assert warning["annotations"]["runbook_url"]

@@ -40,7 +40,13 @@ def test_fires_only_after_for_holds(clock: FakeClock, default_rules: list[Rule])
     (fired,) = feed(engine, clock, 0.88)
     assert fired.state == FIRING
     assert fired.severity == "warning"
-    assert fired.labels == {"alertname": "GpuMemoryHigh", "severity": "warning", "host": "h1", "gpu": "0"}
+    assert fired.labels == {
+        "alertname": "GpuMemoryHigh",
+        "severity": "warning",
+        "host": "h1",
+        "gpu": "0",
+        "pipeline": "monitor",
+    }
     assert fired.annotations["description"].startswith("GPU 0 on h1 uses 88% of its memory")
     assert fired.fired_at - fired.active_at == pytest.approx(30.0)
 
@@ -53,6 +59,47 @@ def test_a_dip_below_the_clear_threshold_while_pending_starts_over(clock: FakeCl
     feed(engine, clock, 0.9, step_s=20)
     assert feed(engine, clock, 0.9, step_s=20) == []  # 20 s into the new pending period
     assert states(engine) == {"warning": PENDING}
+
+
+def test_one_sample_above_the_severe_threshold_does_not_fire_it(clock: FakeClock, default_rules: list[Rule]) -> None:
+    # 96% once, then 91% for 10 s: memory was never "above 95% for 10 s"; 91% is only above severe's clear.
+    engine = AlertEngine(memory_rules(default_rules), clock=clock)
+    feed(engine, clock, 0.96)
+    assert states(engine) == {"warning": PENDING, "severe": PENDING}
+    changes = []
+    for _ in range(10):  # 20 s at 91%
+        changes += feed(engine, clock, 0.91)
+    assert [(a.severity, a.state) for a in changes] == []
+    assert "severe" not in states(engine)
+    assert all(alert.severity != "severe" for alert in engine.notifiable())
+
+
+def test_one_hot_sample_then_below_the_threshold_does_not_fire_the_temperature_alert(
+    clock: FakeClock, default_rules: list[Rule]
+) -> None:
+    rules = [rule for rule in default_rules if rule.alert == "GpuTemperatureHigh"]
+    engine = AlertEngine(rules, clock=clock)
+    clock.advance(2)
+    engine.evaluate({GPU0: {"gpu_temperature_c": 86.0}})
+    for temperature in [81, 82, 83, 84, 85] * 4:  # 40 s between the clear (80) and the threshold (85)
+        clock.advance(2)
+        assert engine.evaluate({GPU0: {"gpu_temperature_c": float(temperature)}}) == []
+    assert engine.active() == []
+
+
+def test_a_firing_alert_holds_between_clear_and_threshold_but_a_pending_one_does_not(
+    clock: FakeClock, default_rules: list[Rule]
+) -> None:
+    engine = AlertEngine(memory_rules(default_rules), clock=clock)
+    feed(engine, clock, 0.86)
+    feed(engine, clock, 0.86, step_s=30)
+    assert states(engine) == {"warning": FIRING}
+    assert feed(engine, clock, 0.82) == []  # firing: hysteresis holds it above the 80% clear
+    assert states(engine) == {"warning": FIRING}
+    (severe_pending,) = feed(engine, clock, 0.96)
+    assert (severe_pending.severity, severe_pending.state) == ("severe", PENDING)
+    assert feed(engine, clock, 0.92) == []  # pending: below 95% ends it, although above the 90% clear
+    assert states(engine) == {"warning": FIRING}
 
 
 def test_no_flapping_around_the_threshold(clock: FakeClock, default_rules: list[Rule]) -> None:

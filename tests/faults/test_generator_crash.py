@@ -1,6 +1,7 @@
 """Fault: `python -m generator` is SIGKILLed mid-job and restarted with the same state folder.
 
-The running job is reported failed (job state persists across restarts), the job queued behind it runs, the
+The running job is reported failed (job state persists across restarts) and counted failed in the restarted
+generator's request metrics, the job queued behind it runs, the
 monitor (a real `python -m monitor` with its alerting wired) raises GeneratorUnreachable while the generator
 is gone and resolves it once it answers again, and the failure reaches the monitor as an event.
 """
@@ -65,6 +66,9 @@ def test_a_killed_generator_fails_its_job_resumes_its_queue_and_is_alerted(tmp_p
         failed = generator.job(running)
         assert failed["state"] == "failed"
         assert failed["error"]
+        # The restarted process counts the lost job, so the error ratio (GeneratorErrorRateHigh) sees crashes.
+        exposition = requests.get(f"{generator.url}/metrics", timeout=10).text
+        assert 'i2v_requests_total{status="failed"} 1.0' in exposition
         done = generator.wait_job(queued, ("succeeded", "failed", "cancelled"))
         assert done["state"] == "succeeded", done
         assert requests.get(f"{generator.url}{done['video_url']}", timeout=10).content[4:8] == b"ftyp"

@@ -103,6 +103,24 @@ def test_an_upload_over_20_mb_is_refused_with_413(generator: GeneratorServer) ->
     assert "20 MB" in answer.json()["error"]
 
 
+def test_rejections_are_counted_by_reason(generator: GeneratorServer) -> None:
+    def rejected(reason: str) -> float:
+        return metric(generator, f'i2v_requests_rejected_total{{reason="{reason}"}}')
+
+    before = {reason: rejected(reason) for reason in ("invalid_input", "too_large", "unsupported_media")}
+    total_before = metric(generator, 'i2v_requests_total{status="rejected"}')
+    assert generator.submit(steps="1000").status_code == 400
+    assert generator.submit(image=b"GIF89a" + b"\0" * 64).status_code == 415
+    assert generator.submit(image=b"\x89PNG" + b"\0" * (21 * 2**20)).status_code == 413  # refused before the route
+
+    assert {reason: rejected(reason) - count for reason, count in before.items()} == {
+        "invalid_input": 1,
+        "too_large": 1,
+        "unsupported_media": 1,
+    }
+    assert metric(generator, 'i2v_requests_total{status="rejected"}') - total_before == 3
+
+
 def test_unknown_jobs_and_unfinished_videos_get_clear_errors(generator: GeneratorServer) -> None:
     assert requests.get(f"{generator.url}/api/jobs/nope", timeout=5).status_code == 404
     assert requests.get(f"{generator.url}/api/jobs/nope/video", timeout=5).status_code == 404
@@ -143,9 +161,11 @@ def test_a_full_queue_answers_429_and_queued_jobs_cancel_at_once(generator: Gene
     wait_for(lambda: generator.job(running)["state"] == "running", 60, "the first job to start")
     queued = [generator.submit().json()["job_id"] for _ in range(2)]
     try:
+        full_before = metric(generator, 'i2v_requests_rejected_total{reason="queue_full"}')
         full = generator.submit()
         assert full.status_code == 429
         assert int(full.headers["Retry-After"]) >= 1
+        assert metric(generator, 'i2v_requests_rejected_total{reason="queue_full"}') == full_before + 1
         assert generator.job(queued[1])["position"] == 2
 
         answer = requests.post(f"{generator.url}/api/jobs/{queued[1]}/cancel", headers=ADMIN, timeout=5)
@@ -209,6 +229,7 @@ def test_health_names_the_pid_and_metrics_follow_prometheus_names(generator: Gen
     ):
         assert name in text, name
     assert 'i2v_requests_total{status="rejected"}' in text
+    assert metric(generator, "i2v_events_spool_fill_ratio") == 0.0  # no monitor configured: no spool
 
 
 def test_a_failed_export_fails_the_job_and_the_worker_keeps_serving(

@@ -39,3 +39,27 @@ def test_admission_alternates_resolution_and_frames_and_refuses_what_never_fits(
     assert "degraded 1024p/32 frames to 768p/32 frames" in tight.notes[0]
     assert "degraded 768p/32 frames to 768p/24 frames" in tight.notes[1]
     assert admit(big, lambda: (1 * GiB, 8 * GiB)).params is None
+
+
+def test_a_job_lost_to_a_crash_is_counted_failed_after_the_restart(tmp_path: Path) -> None:
+    from generator.app import Runtime
+    from generator.config import GeneratorConfig
+
+    book = JobBook(tmp_path / "state", queue_size=4)
+    book.submit("lost", "one", PARAMS, retry_after_s=1)
+    book.take(timeout_s=1)  # running when the process died
+    book.close()
+
+    # The restarted process (workers not started: no model is loaded).
+    runtime = Runtime(GeneratorConfig(outputs=tmp_path / "outputs", state_dir=tmp_path / "state", host_name="h1"))
+    try:
+        sample = runtime.metrics.registry.get_sample_value
+        assert runtime.book.get("lost").state == "failed"
+        assert sample("i2v_requests_total", {"status": "failed"}) == 1
+        assert sample("i2v_request_duration_seconds_count") == 1
+        # Every outcome and rejection reason is exported from the start, at 0 until it happens.
+        assert sample("i2v_requests_total", {"status": "succeeded"}) == 0
+        assert sample("i2v_requests_rejected_total", {"reason": "queue_full"}) == 0
+    finally:
+        runtime.events.close()
+        runtime.book.close()

@@ -301,13 +301,22 @@ function drawAlerts(result) {
   for (const alert of active) {
     const where = [alert.labels.host, alert.labels.gpu !== undefined ? `GPU ${alert.labels.gpu}` : null].filter(Boolean).join(" · ");
     const since = alert.state === "firing" ? `firing since ${clock(alert.fired_at)}` : `pending since ${clock(alert.active_at)}`;
-    const item = el("li", { class: `alert ${alert.severity} ${alert.state}`, "data-alert": alert.alertname }, [
+    const acked = (alert.acks || []).map((a) => `acknowledged by ${a.by}${a.note ? ` (${a.note})` : ""}`).join("; ");
+    // The id is the anchor notifications link to (generatorURL: /monitor/#alert-<id>).
+    const item = el("li", { id: `alert-${alert.id}`, class: `alert ${alert.severity} ${alert.state}`, "data-alert": alert.alertname }, [
       el("span", { class: "tier", text: alert.severity }),
       el("strong", { text: alert.alertname }),
       el("div", { text: (alert.annotations && (alert.annotations.summary || alert.annotations.description)) || "" }),
-      el("div", { class: "meta", text: [where, since, alert.acked_by ? `acknowledged by ${alert.acked_by}` : ""].filter(Boolean).join(" · ") }),
+      el("div", { class: "meta", text: [where, since, acked].filter(Boolean).join(" · ") }),
     ]);
     list.append(item);
+  }
+  // The list is drawn after the page loads, so the browser's own jump to the anchor found nothing: do it once.
+  const linked = location.hash.startsWith("#alert-") ? document.getElementById(location.hash.slice(1)) : null;
+  if (linked && !state.alertShown) {
+    state.alertShown = true;
+    linked.classList.add("linked");
+    linked.scrollIntoView({ block: "center" });
   }
 }
 
