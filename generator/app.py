@@ -176,6 +176,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "peak_memory_bytes": job.peak_memory_bytes,
+        "peak_memory_allocated_bytes": job.peak_memory_allocated_bytes,
         "video_url": f"/api/jobs/{job.job_id}/video" if job.state == "succeeded" else None,
         "error": job.error,
         "suggestion": job.suggestion,

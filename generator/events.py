@@ -46,6 +46,7 @@ def job_state_event(job: Job, state: str, host: str, gpu: str) -> Event:
         suggestion=job.suggestion,
         video_path=job.video_path,
         peak_memory_bytes=job.peak_memory_bytes,
+        peak_memory_allocated_bytes=job.peak_memory_allocated_bytes,
     )
 
 

@@ -45,7 +45,8 @@ class Job:
     error: str | None = None
     suggestion: str | None = None
     video_path: str | None = None
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None  # reserved: what the card had to give (generator/peak_memory.py)
+    peak_memory_allocated_bytes: int | None = None
     cancel_requested: bool = False
     gpu: str | None = None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -18,6 +17,7 @@ from generator.admission import admit, next_smaller, table_estimate
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
+from generator.peak_memory import JobMemory, PeakMemory
 from generator.pipeline import load_pipeline, parameter_counts
 from generator.stages import JobCancelled, StageTimer, StageTiming
 from generator.validation import JobParams
@@ -37,6 +37,8 @@ def oom_suggestion(params: JobParams) -> str:
         f"the GPU ran out of memory: try {smaller.resolution}p with {smaller.num_frames} frames "
         f"(this job was {params.resolution}p with {params.num_frames} frames)"
     )
+
+
 WARMUP = JobParams(resolution=256, num_frames=8, steps=1, guidance_scale=9.0, fps=8, seed=0)
 
 
@@ -65,12 +67,14 @@ class Worker:
         host_name: str,
         estimate: Callable[[JobParams], int] = table_estimate,
         memory_fraction: float | None = None,
+        job_memory: JobMemory | None = None,
     ) -> None:
         self.book, self.events, self.metrics = book, events, metrics
         self.model, self.device, self.dtype = model, device, dtype
         self.outputs, self.cache_dir, self.host_name = outputs, cache_dir, host_name
         self.estimate = estimate
         self.memory_fraction = memory_fraction
+        self.job_memory = job_memory or JobMemory(device)
         self.gpu = str(device.index or 0) if device.type == "cuda" else "cpu"
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -124,6 +128,7 @@ class Worker:
         started = time.time()
         self._call_pipeline(WARMUP, Image.new("RGB", (256, 256), (128, 128, 128)), "warm-up", lambda _: None)
         self._stage_event(STARTUP_JOB_ID, StageTiming("warmup", started, time.time() - started), WARMUP)
+        self.job_memory.release()  # the first job starts from the weights alone, as every later one does
         self.metrics.ready.set(1)
         self.ready.set()
 
@@ -180,6 +185,9 @@ class Worker:
             self._run_admitted(job)
         finally:
             self.metrics.jobs_running.dec()
+            # After the job's end is reported, so its time does not include it: the card is free for others
+            # between jobs, and the next job's measurement starts from the weights alone.
+            self.job_memory.release()
 
     def _run_admitted(self, job: Job) -> None:
         resident = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
@@ -194,8 +202,7 @@ class Worker:
             return
         if verdict.params != job.effective or verdict.notes:
             self.book.update(job, effective=verdict.params, notes=list(verdict.notes))
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        self.job_memory.begin()
         outcome: tuple[str, str | None, str | None] = ("succeeded", None, None)
         frames = None
         video: Path | None = None
@@ -223,23 +230,12 @@ class Worker:
                 outcome = ("failed", f"{error.__class__.__name__}: {str(error)[:500]}", "see the generator's log")
         # Released here, after the except block: a live traceback would keep the failed run's tensors alive.
         frames = None
+        peak = self.job_memory.peak()
         if outcome[0] != "succeeded" or video is None:
-            self._release_memory()
-            self._finish(job, outcome[0], error=outcome[1], suggestion=outcome[2])
+            self.job_memory.release()
+            self._finish(job, outcome[0], error=outcome[1], suggestion=outcome[2], peak=peak)
             return
-        self._finish(job, "succeeded", video_path=str(video.resolve()))
-
-    def _release_memory(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def _peak_memory(self) -> int | None:
-        if self.device.type != "cuda":
-            return None
-        # Reserved, not allocated: the caching allocator's high-water mark is what the card had to give (on the
-        # H100 NVML's figure ran 33-55% above torch's allocated peak), so what the predictor learns from.
-        return int(torch.cuda.max_memory_reserved(self.device))
+        self._finish(job, "succeeded", video_path=str(video.resolve()), peak=peak)
 
     def _on_stage(self, job: Job, timing: StageTiming) -> None:
         durations = dict(job.stage_durations_s)
@@ -268,7 +264,7 @@ class Worker:
                 step=timing.step,
                 total_steps=timing.total_steps,
                 params=params.to_dict(),
-                peak_memory_bytes=self._peak_memory() if timing.stage in ("denoising", "decode_video") else None,
+                **_peak_fields(self.job_memory.peak() if timing.stage in ("denoising", "decode_video") else None),
             )
         )
 
@@ -284,6 +280,7 @@ class Worker:
         error: str | None = None,
         suggestion: str | None = None,
         video_path: str | None = None,
+        peak: PeakMemory | None = None,
     ) -> None:
         self.book.update(
             job,
@@ -292,7 +289,7 @@ class Worker:
             error=error,
             suggestion=suggestion,
             video_path=video_path,
-            peak_memory_bytes=self._peak_memory(),
+            **_peak_fields(peak),
         )
         if job.peak_memory_bytes is not None:
             self.metrics.peak_memory.set(job.peak_memory_bytes)
@@ -304,3 +301,10 @@ class Worker:
         self.metrics.request_duration.observe((job.finished_at or time.time()) - job.created_at)
         self.job_event(job, state)
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
+
+
+def _peak_fields(peak: PeakMemory | None) -> dict[str, int | None]:
+    """Return a job's or an event's peak-memory fields: reserved (what the card gave) and allocated, in bytes."""
+    if peak is None:
+        return {"peak_memory_bytes": None, "peak_memory_allocated_bytes": None}
+    return {"peak_memory_bytes": peak.reserved_bytes, "peak_memory_allocated_bytes": peak.allocated_bytes}

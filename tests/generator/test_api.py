@@ -10,6 +10,7 @@ import requests
 import torch
 from PIL import Image
 
+from generator.peak_memory import JobMemory
 from generator.video import probe_mp4
 from tests.generator.conftest import GeneratorServer, png_bytes
 from tests.servers import wait_for
@@ -247,3 +248,38 @@ def test_a_failed_export_fails_the_job_and_the_worker_keeps_serving(
     assert job["video_url"] is None
     assert all(worker["ready"] for worker in requests.get(f"{generator.url}/health", timeout=5).json()["workers"])
     assert generator.runtime.workers[0]._thread.is_alive()
+
+
+def test_a_jobs_peak_memory_is_measured_from_an_emptied_cache_and_released_after_its_end(
+    generator: GeneratorServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's order, with the allocator's functions injected (the GPU proof is bench/gpu_acceptance.py)."""
+    worker = generator.runtime.workers[0]
+    calls: list[str] = []
+    states_at_release: list[str] = []
+
+    def release_memory() -> int:
+        job = generator.runtime.book.list(limit=1)[0]
+        states_at_release.append(job.state)
+        calls.append("collect")
+        return 0
+
+    recording = JobMemory(
+        worker.device,
+        empty_cache=lambda: calls.append("empty_cache"),
+        reset_peak=lambda device: calls.append("reset_peak"),
+        max_reserved=lambda device: calls.append("read") or 7_000_000_000,
+        max_allocated=lambda device: 5_000_000_000,
+        collect=release_memory,
+        on_cuda=True,
+    )
+    monkeypatch.setattr(worker, "job_memory", recording)
+
+    job = generator.wait_state(generator.submit().json()["job_id"], ("succeeded", "failed"))
+    wait_for(lambda: "collect" in calls, 10, "the worker to release the job's memory")
+
+    assert job["state"] == "succeeded", job
+    assert (job["peak_memory_bytes"], job["peak_memory_allocated_bytes"]) == (7_000_000_000, 5_000_000_000)
+    # begin before the pipeline, a read at denoising, decode and the end, the release once the job is over
+    assert calls == ["empty_cache", "reset_peak", "read", "read", "read", "collect", "empty_cache"]
+    assert states_at_release == ["succeeded"]
