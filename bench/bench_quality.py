@@ -1,7 +1,7 @@
 """Time quality scoring of one 16-frame 512x512 clip: decode, Farneback flow, CLIP (text, frames, input).
 
-The CLIP is built at full size with random weights (ViT-B/32 or ViT-L/14 dimensions), saved, and loaded back
-through `ClipScorer.from_dir`, the production path; `--clip-model DIR` uses an existing folder instead.
+The CLIP is built at full size with random weights (ViT-B/32 or ViT-L/14 dimensions, bench/clip_folder.py), saved,
+and loaded back through `ClipScorer.from_dir`, the production path; `--clip-model DIR` uses an existing folder instead.
 
     PYTHONPATH=. .venv/bin/python bench/bench_quality.py                      # CPU, ViT-B/32: < 1.5 s
     PYTHONPATH=. python bench/bench_quality.py --device cuda --model vit-l-14 # GPU: < 0.2 s
@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
+from bench.clip_folder import MODELS, save_random_clip
 from monitor.quality import motion
 from monitor.quality.clip_score import ClipScorer
 from monitor.quality.frames import read_clip
@@ -35,50 +34,7 @@ from monitor.quality.scorer import QualityScorer
 from tests.quality import synthetic
 
 TARGETS_S = {"cpu": 1.5, "cuda": 0.2}
-# OpenAI CLIP's published dimensions: (width, layers, heads) of the text and vision towers, vision patch size,
-# projection. MLPs are 4x wide; text vocabulary 49,408 with 77 positions; images 224 px.
-MODELS: dict[str, tuple[tuple[int, int, int], tuple[int, int, int], int, int]] = {
-    "vit-b-32": ((512, 12, 8), (768, 12, 12), 32, 512),
-    "vit-l-14": ((768, 12, 12), (1024, 24, 16), 14, 768),
-    "tiny": ((64, 2, 2), (64, 2, 2), 32, 64),  # a smoke test of the benchmark itself, not a measurement
-}
 PROMPT = "a red fox running through fresh snow at sunrise, cinematic"
-
-
-def _tokenizer(folder: Path) -> CLIPTokenizer:
-    """Return CLIP's real BPE tokenizer where open_clip's merges are installed, else a byte-level one."""
-    try:
-        from generator.tokenizer import build_clip_tokenizer
-
-        return build_clip_tokenizer(folder / "vocab")
-    except (ImportError, RuntimeError):
-        symbols = list(bytes_to_unicode().values())
-        symbols += [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(symbols)}))
-        (folder / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-
-
-def save_random_clip(name: str, folder: Path) -> Path:
-    """Save a random-weight CLIP of the named size, with tokenizer and image processor, into `folder`."""
-    (text_width, text_layers, text_heads), (width, layers, heads), patch, projection = MODELS[name]
-    config = CLIPConfig(
-        text_config={
-            "hidden_size": text_width, "intermediate_size": 4 * text_width, "num_hidden_layers": text_layers,
-            "num_attention_heads": text_heads, "vocab_size": 49408, "max_position_embeddings": 77,
-        },
-        vision_config={
-            "hidden_size": width, "intermediate_size": 4 * width, "num_hidden_layers": layers,
-            "num_attention_heads": heads, "patch_size": patch, "image_size": 224,
-        },
-        projection_dim=projection,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(folder)
-    _tokenizer(folder / "tokenizer-src").save_pretrained(folder)
-    CLIPImageProcessor().save_pretrained(folder)  # defaults: OpenAI's 224 px resize, crop and normalisation
-    return folder
 
 
 def _median_s(run: Callable[[], object], repeats: int) -> float:
