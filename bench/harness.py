@@ -199,9 +199,21 @@ def wait_http(url: str, deadline_s: float, process: subprocess.Popen[bytes] | No
 class MonitorProcess:
     """A real `python -m monitor` on a free loopback port, its own data folder, stopped with SIGTERM."""
 
-    def __init__(self, data_dir: Path, *, store_url: str | None = None, interval_s: float = 2.0, **env: str) -> None:
-        """Prepare the command; `start()` runs it and waits for /monitor/api/status."""
-        self.port = free_port()
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        store_url: str | None = None,
+        interval_s: float = 2.0,
+        port: int | None = None,
+        args: Sequence[str] = (),
+        **env: str,
+    ) -> None:
+        """Prepare the command (`args` are more flags, later ones winning); `start()` runs it and waits for status.
+
+        Pass the `port` of an earlier monitor to restart it where its clients (a generator) send.
+        """
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +223,7 @@ class MonitorProcess:
         ]  # fmt: skip
         if store_url:
             self.command += ["--store", store_url]
+        self.command += list(args)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.env.setdefault("GENERATOR_URL", "http://127.0.0.1:9")  # no generator unless one is named
         self.process: subprocess.Popen[bytes] | None = None

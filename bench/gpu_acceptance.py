@@ -1,0 +1,827 @@
+"""GPU acceptance: the whole stack driven through its command lines and HTTP, checked against issue 14's figures.
+
+    python -m bench.gpu_acceptance --out bench/results/gpu_acceptance.json   # one H200: about 7 minutes
+    python -m bench.gpu_acceptance --device cpu --quick --out /tmp/acc.json  # the tiny model: proves the script
+
+As an operator would: `python -m generator --model full` and `python -m monitor` (SQLite, sampling every 0.5 s,
+a full-size random-weight ViT-L/14 CLIP folder made by bench/clip_folder.py scoring every clip), jobs submitted
+and followed over HTTP, nothing imported from either process. In order:
+
+1. mixed sizes (256-1024 px, 16-32 frames, 10-25 steps), starting with a small job in the fresh generator, then
+   a big one, then the small one again: its peak must be within 5% of the fresh process's.
+2. after those ten measured jobs, the monitor's `/predict` for sizes it has not seen, then those jobs: peak
+   within 5%, time within 10%.
+3. a foreign process holding most of the card (a torch allocation in `python -m bench.foreign_memory`): a job
+   that fits with its margin must run undegraded; one that does not must be degraded or refused, never OOM.
+4. overhead: jobs of one size back to back in blocks, the monitor stopped / at 0.5 s / at 2 s (CLIP on, and
+   a dashboard-like poller, bench/dashboard_poller.py, while it runs), the order rotated each round. The first
+   job after each switch is kept apart (it runs while the monitor catches up). Each stop happens in the middle
+   of a job, so these are also the monitor restarts mid-run: the jobs run while it was down must reach it, and
+   their clips be scored, once it is back; the quality of clips scored before a restart must still be served.
+5. every small job's peak against the fresh process's, whatever ran before it; every clip scored with CLIP.
+
+Every check is judged against its target and the JSON (`--out`) is rewritten after every job, so a run cut short
+keeps what it measured. A time budget (`--budget-s`, 500 s: the whole run fits one 9-minute device call) shrinks
+or skips what would not fit, and says so. The Markdown table for the README is printed at the end. Exit status:
+0 when every check passed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.acceptance_record import Check, Record, at_most, holds, unjudged, within
+from bench.dashboard_poller import DashboardPoller
+from bench.harness import ROOT, MonitorProcess, free_port, machine
+from bench.spread import describe, ratio_of_medians
+from bench.stack import GeneratorProcess, Jobs, Shape, run_s
+
+log = logging.getLogger("gpu_acceptance")
+
+HOST = "acceptance-host"
+PEAK_TOLERANCE = 0.05  # a job's peak, whatever ran before it, against the same job in a fresh process
+PREDICT_MEMORY_TOLERANCE = 0.05
+PREDICT_TIME_TOLERANCE = 0.10
+OVERHEAD_LIMIT = 1.005  # generation time with the monitor / without
+MIN_MEASURED_JOBS = 10
+MIN_JOBS_PER_MODE = 10
+FINAL_RESERVE_S = 45.0  # the closing checks and stopping everything
+MODES: dict[str, float | None] = {"stopped": None, "0.5s": 0.5, "2s": 2.0}
+FITS = "admission under a foreign process: the job that fits runs undegraded"
+MISSES = "admission under a foreign process: the job that does not fit is degraded or refused"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run does: the model, the CLIP, and the jobs of each phase."""
+
+    model: str
+    clip: str
+    gpu: bool
+    small: Shape
+    big: Shape
+    train: tuple[Shape, ...]  # what the predictor learns from; begins small (fresh process), big, small
+    unseen: tuple[Shape, ...]  # sizes absent from `train`, predicted before they run
+    overhead: Shape
+    rounds: int
+    block: int  # jobs per mode and round; the first of each is kept apart
+
+
+SMALL, BIG = Shape(512, 16, 10), Shape(1024, 32, 10)
+H200 = Plan(
+    model="full",
+    clip="vit-l-14",
+    gpu=True,
+    small=SMALL,
+    big=BIG,
+    train=(
+        SMALL, BIG, SMALL, Shape(256, 16, 25), Shape(768, 16, 15), Shape(512, 32, 20), Shape(256, 32, 10),
+        Shape(768, 24, 10), Shape(1024, 16, 10), Shape(512, 24, 15),
+    ),
+    unseen=(Shape(768, 32, 12), Shape(1024, 24, 10), Shape(512, 20, 18), Shape(256, 28, 22)),
+    overhead=SMALL,
+    rounds=3,
+    block=5,
+)  # fmt: skip
+H200_QUICK = replace(
+    H200, train=(SMALL, BIG, SMALL, Shape(256, 16, 10), Shape(768, 16, 10)), unseen=(Shape(512, 24, 10),), rounds=1,
+    block=2,
+)  # fmt: skip
+CPU_SMALL = Shape(256, 8, 10)
+CPU = Plan(
+    model="tiny",
+    clip="tiny",
+    gpu=False,
+    small=CPU_SMALL,
+    big=Shape(256, 16, 10),
+    train=(CPU_SMALL, Shape(256, 16, 10)),
+    unseen=(Shape(256, 12, 10),),
+    overhead=CPU_SMALL,
+    rounds=1,
+    block=2,
+)
+
+
+class Budget:
+    """The run's time budget: what is left, and whether a phase of a given cost still fits."""
+
+    def __init__(self, total_s: float) -> None:
+        """Start the clock."""
+        self.total_s = total_s
+        self.started = time.monotonic()
+        self.deadline = self.started + total_s
+
+    def elapsed_s(self) -> float:
+        """Return the seconds since the start."""
+        return time.monotonic() - self.started
+
+    def left_s(self) -> float:
+        """Return the seconds left."""
+        return self.deadline - time.monotonic()
+
+    def allows(self, cost_s: float, reserve_s: float = FINAL_RESERVE_S) -> bool:
+        """Tell whether `cost_s` more still leaves `reserve_s` for the closing checks."""
+        return self.left_s() - reserve_s >= cost_s
+
+
+def wait_until(condition: Callable[[], Any], deadline_s: float, pause_s: float = 0.5) -> Any:
+    """Poll `condition` until it returns something truthy (returned) or `deadline_s` passes (None)."""
+    end = time.monotonic() + max(deadline_s, 0.0)
+    while True:
+        try:
+            value = condition()
+        except requests.RequestException:
+            value = None
+        if value:
+            return value
+        if time.monotonic() >= end:
+            return None
+        time.sleep(pause_s)
+
+
+class Acceptance:
+    """One acceptance run: the processes it started, what it measured, and its record."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan, record: Record, work: Path) -> None:
+        """Prepare the run; nothing starts before `run()`."""
+        self.args, self.plan, self.record, self.work = args, plan, record, work
+        self.budget = Budget(args.budget_s)
+        self.env = {"I2V_HOST_NAME": HOST, **({} if plan.gpu else {"CUDA_VISIBLE_DEVICES": ""})}
+        self.monitor_port = free_port()
+        self.monitor_url = f"http://127.0.0.1:{self.monitor_port}"
+        self.generator = GeneratorProcess(
+            work / "generator", model=plan.model, monitor_url=self.monitor_url, env=self.env
+        )
+        self.jobs = Jobs(self.generator.url)
+        self.monitor: MonitorProcess | None = None
+        self.poller: DashboardPoller | None = None
+        self.foreign: subprocess.Popen[str] | None = None
+        self.clip_dir = work / "clip"
+        self.gpu_tag = "0" if plan.gpu else "cpu"
+        self.monitor_start_s: list[float] = []
+        self.train_views: list[dict[str, Any]] = []
+        self.quality_before: dict[str, dict[str, Any]] = {}
+        self.down_jobs: list[str] = []
+
+    # ---- processes ---------------------------------------------------------------------------------------
+
+    def start_monitor(self, interval_s: float) -> None:
+        """Start `python -m monitor` on the run's port with its store, the CLIP folder and the generator's outputs."""
+        args = [
+            "--generator-url", self.generator.url, "--outputs", str(self.generator.outputs),
+            "--clip-model", str(self.clip_dir), "--host-name", HOST,
+        ]  # fmt: skip
+        monitor = MonitorProcess(
+            self.work / "monitor", interval_s=interval_s, port=self.monitor_port, args=args, **self.env
+        )
+        started = time.monotonic()
+        self.monitor = monitor.start(deadline_s=180)
+        self.monitor_start_s.append(round(time.monotonic() - started, 2))
+        log.info("monitor up at %s s sampling in %.1f s", interval_s, self.monitor_start_s[-1])
+
+    def stop_monitor(self) -> None:
+        """Stop the poller and the monitor (SIGTERM: it flushes its writer)."""
+        self.stop_poller()
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
+            log.info("monitor stopped")
+
+    def start_poller(self) -> None:
+        """Open the dashboard, so to speak."""
+        self.poller = DashboardPoller(self.monitor_url, host=HOST).start()
+
+    def stop_poller(self) -> dict[str, Any] | None:
+        """Close it; return its request latencies."""
+        if self.poller is None:
+            return None
+        stats = self.poller.stop()
+        self.poller = None
+        return stats
+
+    def monitor_get(self, path: str, **params: Any) -> requests.Response:
+        """GET a monitor route under /monitor/api."""
+        return requests.get(f"{self.monitor_url}/monitor/api/{path}", params=params, timeout=30)
+
+    def predict(self, shape: Shape) -> dict[str, Any]:
+        """Return the monitor's prediction for a job of `shape` on the generator's GPU."""
+        answer = self.monitor_get(
+            "predict", resolution=shape.resolution, frames=shape.frames, steps=shape.steps, host=HOST,
+            gpu=self.gpu_tag,
+        )  # fmt: skip
+        answer.raise_for_status()
+        return answer.json()
+
+    def close(self) -> None:
+        """Stop everything this run started, newest first."""
+        if self.foreign is not None:
+            self.release_foreign()
+        self.stop_monitor()
+        self.generator.stop()
+
+    # ---- budget --------------------------------------------------------------------------------------------
+
+    def job_time_s(self, shape: Shape) -> float:
+        """Return the expected seconds of one job of `shape`: measured, else predicted, else a guess."""
+        measured = [
+            j["run_s"]
+            for j in self.record.data["jobs"]
+            if j["run_s"] is not None and j["effective"] == {**j["effective"], **_params(shape)}
+        ]
+        if measured:
+            return statistics.median(measured) + 0.5
+        return 30.0 if self.plan.gpu else 60.0
+
+    def skip(self, name: str, target: str, reason: str) -> None:
+        """Record a check that the budget left out."""
+        self.record.check(holds(name, None, "skipped", reason, target))
+
+    # ---- phases --------------------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the phases in order; one that fails is recorded and the next still runs while the generator lives."""
+        for name, phase in (
+            ("setup", self.setup),
+            ("mixed", self.mixed),
+            ("predict", self.predict_unseen),
+            ("foreign", self.foreign_process),
+            ("overhead", self.overhead),
+            ("final", self.final),
+        ):
+            entry = self.record.phase(name)
+            started = time.monotonic()
+            log.info("phase %s (%.0f s into the run, %.0f s left)", name, self.budget.elapsed_s(), self.budget.left_s())
+            try:
+                phase(entry)
+            except Exception as error:  # the run goes on: a phase's failure is a finding, recorded with its trace
+                log.exception("phase %s failed", name)
+                entry["error"] = f"{error.__class__.__name__}: {error}"
+                entry["traceback"] = traceback.format_exc()[-4000:]
+                self.record.check(holds(f"phase {name} ran to its end", False, "no", entry["error"]))
+                if name == "setup" or self.generator.process is None or self.generator.process.poll() is not None:
+                    break
+            finally:
+                entry["elapsed_s"] = round(time.monotonic() - started, 1)
+                self.record.save()
+
+    def setup(self, entry: dict[str, Any]) -> None:
+        """Make the CLIP folder while the generator loads; then start the monitor at 0.5 s."""
+        clip_log = (self.work / "clip_folder.log").open("ab")
+        clip = subprocess.Popen(
+            [sys.executable, "-m", "bench.clip_folder", "--model", self.plan.clip, "--out", str(self.clip_dir)],
+            cwd=ROOT, env={**os.environ, **self.env}, stdout=clip_log, stderr=clip_log, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        started = time.monotonic()
+        try:
+            self.generator.start(deadline_s=min(300.0, self.budget.left_s()))
+            entry["generator_ready_s"] = round(time.monotonic() - started, 2)
+            if clip.wait(timeout=max(self.budget.left_s() - 60, 10)) != 0:
+                raise RuntimeError(f"bench.clip_folder failed (see {self.work / 'clip_folder.log'})")
+        finally:
+            if clip.poll() is None:
+                clip.kill()
+                clip.wait()
+            clip_log.close()
+        entry["clip_folder_s"] = round(time.monotonic() - started, 2)
+        self.start_monitor(0.5)
+        entry["monitor_start_s"] = self.monitor_start_s[-1]
+        entry["generator_health"] = self.generator.health()
+
+    def mixed(self, entry: dict[str, Any]) -> None:
+        """Run the mixed sizes: small in the fresh process, big, small again, and the rest."""
+        plan = self.plan
+        labels = ["small, fresh process", "big", "small after big"] + ["mixed"] * (len(plan.train) - 3)
+        views = self.jobs.run(
+            plan.train,
+            deadline=self.budget.deadline,
+            on_end=lambda i, view: self.record.job("mixed", view, label=labels[i] if i < len(labels) else "mixed"),
+        )
+        self.train_views = views
+        entry["jobs"] = [v["job_id"] for v in views]
+        succeeded = [v for v in views if v["state"] == "succeeded"]
+        self.record.check(
+            holds(
+                "mixed sizes: every job succeeded",
+                len(succeeded) == len(views),
+                f"{len(succeeded)} of {len(views)}",
+                ", ".join(s.label for s in plan.train),
+            )
+        )
+        if len(views) < 3:
+            self.record.check(holds("peak memory of a small job after a big one", None, "n/a", "no such jobs planned"))
+            return
+        fresh, big, after = views[0], views[1], views[2]
+        entry["monitor_views"] = {
+            label: self.monitor_job(view["job_id"])
+            for label, view in (("small_fresh", fresh), ("big", big), ("small_after_big", after))
+        }
+        check = within(
+            f"peak memory of {plan.small.label} after {plan.big.label} vs in a fresh process",
+            after.get("peak_memory_bytes"),
+            fresh.get("peak_memory_bytes"),
+            PEAK_TOLERANCE,
+            f"reserved {_gb(after.get('peak_memory_bytes'))} vs {_gb(fresh.get('peak_memory_bytes'))} "
+            f"(big job {_gb(big.get('peak_memory_bytes'))}); allocated {_gb(after.get('peak_memory_allocated_bytes'))}"
+            f" vs {_gb(fresh.get('peak_memory_allocated_bytes'))}",
+        )
+        self.record.check(check if plan.gpu else unjudged(check, "no GPU: no peak memory"))
+
+    def monitor_job(self, job_id: str) -> dict[str, Any] | None:
+        """Return the monitor's summary of a job (its events left out), or None when it has none."""
+        answer = self.monitor_get(f"jobs/{job_id}")
+        if answer.status_code != 200:
+            return None
+        body = answer.json()
+        body.pop("events", None)
+        return body
+
+    def predict_unseen(self, entry: dict[str, Any]) -> None:
+        """Predict sizes the monitor has not seen after the mixed jobs, run them, compare."""
+        plan = self.plan
+        learned = sum(1 for v in self.train_views if v["state"] == "succeeded")
+
+        def fitted() -> dict[str, Any] | None:
+            answer = self.predict(plan.unseen[0])
+            return answer if answer["time"]["jobs"] >= learned else None
+
+        started = time.monotonic()
+        answer = wait_until(fitted, min(60.0, self.budget.left_s() - FINAL_RESERVE_S), pause_s=1.0)
+        entry["predictor_caught_up_s"] = round(time.monotonic() - started, 1) if answer else None
+        answer = answer or self.predict(plan.unseen[0])
+        memory_jobs = answer["memory"]["jobs"]
+        check = at_least_jobs(memory_jobs, learned)
+        self.record.check(
+            check if plan.gpu and len(plan.train) >= MIN_MEASURED_JOBS else unjudged(check, "a short run")
+        )
+        predictions = {shape: self.predict(shape) for shape in plan.unseen}
+        entry["laws"] = self.monitor_get("predict/laws").json()
+        shapes = list(plan.unseen)
+        while shapes and not self.budget.allows(sum(p["time"]["seconds"] + 2 for p in map(predictions.get, shapes))):
+            dropped = shapes.pop()
+            self.skip(f"predicted peak of {dropped.label} (unseen)", "<= 5% off", "left out by the time budget")
+        views = self.jobs.run(
+            shapes, deadline=self.budget.deadline, on_end=lambda i, view: self.record.job("predict", view)
+        )
+        entry["predictions"] = []
+        for shape, view in zip(shapes, views, strict=True):
+            predicted = predictions[shape]
+            actual_s = run_s(view)
+            peak, predicted_peak = view.get("peak_memory_bytes"), predicted["memory"]["peak_bytes"]
+            entry["predictions"].append(
+                {"shape": asdict(shape), "state": view["state"], "effective": view["effective"], "predicted": predicted,
+                 "peak_memory_bytes": peak, "run_s": actual_s}
+            )  # fmt: skip
+            degraded = view["effective"] != view["requested"]
+            note = " (degraded: compared with what ran)" if degraded else ""
+            memory = within(
+                f"predicted peak of {shape.label} (unseen)",
+                predicted_peak,
+                peak,
+                PREDICT_MEMORY_TOLERANCE,
+                f"{_gb(predicted_peak)} predicted, {_gb(peak)} measured{note}",
+            )
+            seconds = within(
+                f"predicted time of {shape.label} (unseen)",
+                predicted["time"]["seconds"],
+                actual_s,
+                PREDICT_TIME_TOLERANCE,
+                f"{predicted['time']['seconds']:.2f} s predicted, {_s(actual_s)} measured (running to end){note}",
+            )
+            self.record.check(memory if plan.gpu else unjudged(memory, "no GPU: no peak memory"))
+            self.record.check(seconds if plan.gpu else unjudged(seconds, "a CPU smoke run: recorded only"))
+
+    def foreign_process(self, entry: dict[str, Any]) -> None:
+        """Fill most of the card from another process; admission must degrade or refuse, never OOM."""
+        plan = self.plan
+        if not plan.gpu:
+            entry["skipped"] = "no GPU"
+            for name in (FITS, MISSES):
+                self.record.check(holds(name, None, "skipped", "no GPU to share"))
+            return
+        cost = self.job_time_s(plan.small) + self.job_time_s(plan.big) + 30
+        if not self.budget.allows(cost):
+            for name in (FITS, MISSES):
+                self.skip(name, "yes", "left out by the time budget")
+            return
+        small, big = self.predict(plan.small), self.predict(plan.big)
+        need_small, need_big = small["memory"]["estimate_bytes"], big["memory"]["estimate_bytes"]
+        gpu = small["gpu"] or {}
+        own = gpu.get("generator_memory_bytes") or 0
+        # What the generator may use once the foreign process holds the rest: between the two jobs' needs
+        # (geometric mean), so one fits with room to spare and the other misses by as much.
+        room = int((need_small * need_big) ** 0.5)
+        leave = max(room - own, 0)
+        entry.update(need_small_bytes=need_small, need_big_bytes=need_big, generator_bytes=own, leave_bytes=leave)
+        used_before = gpu.get("memory_used_bytes") or 0
+        self.foreign = subprocess.Popen(
+            [sys.executable, "-m", "bench.foreign_memory", "--leave-bytes", str(leave)],
+            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=(self.work / "foreign.log").open("ab"), text=True,
+        )  # fmt: skip
+        try:
+            held = self.foreign_holding(deadline_s=120)
+            entry["foreign"] = held
+
+            def sampled_since() -> dict[str, Any] | None:
+                gpu_now = self.predict(plan.small)["gpu"]
+                taken = gpu_now and gpu_now["memory_used_bytes"] >= used_before + 0.9 * held["held_bytes"]
+                return gpu_now if taken else None
+
+            # Admission reads the card when a job starts; the monitor's view (for the record) waits for a sample.
+            seen = wait_until(sampled_since, 20)
+            entry["gpu_seen_by_monitor"] = seen
+            total = held["total_bytes"]
+            others = (seen or gpu)["memory_used_bytes"] - ((seen or gpu).get("generator_memory_bytes") or 0)
+            usable = min(total - others, int(0.8 * total))
+            entry["usable_bytes"] = usable
+            views = self.jobs.run(
+                [plan.small, plan.big], ahead=0, deadline=self.budget.deadline,
+                on_end=lambda i, view: self.record.job("foreign", view, label=("fits", "does not fit")[i]),
+            )  # fmt: skip
+        finally:
+            self.release_foreign()
+        fits, misses = views
+        detail = (
+            f"{_gb(need_small)} needed (peak + margin), {_gb(usable)} usable beside "
+            f"{_gb(held['held_bytes'])} held by the foreign process"
+        )
+        ran = "ran undegraded" if fits["effective"] == fits["requested"] else f"degraded to {fits['effective']}"
+        check = holds(
+            FITS,
+            fits["state"] == "succeeded" and fits["effective"] == fits["requested"],
+            f"{plan.small.label}: {fits['state']}, {ran}",
+            f"{detail}; notes: {fits.get('notes')}",
+        )
+        self.record.check(check if need_small <= usable else unjudged(check, "the foreign process left too little"))
+        oom = "out of memory" in (misses.get("error") or "").lower()
+        degraded = misses["state"] == "succeeded" and misses["effective"] != misses["requested"]
+        refused = misses["state"] == "failed" and not oom and (misses.get("error") or "").startswith("refused")
+        outcome = "degraded" if degraded else "refused" if refused else f"{misses['state']}: {misses.get('error')}"
+        check = holds(
+            MISSES,
+            (degraded or refused) and not oom,
+            f"{plan.big.label}: {outcome}",
+            f"{_gb(need_big)} needed, {_gb(usable)} usable; ran as {misses['effective']}; notes: {misses.get('notes')}",
+        )
+        self.record.check(check if need_big > usable else unjudged(check, "the foreign process left enough for it"))
+
+    def foreign_holding(self, deadline_s: float) -> dict[str, Any]:
+        """Return the foreign process's report once it holds its memory."""
+        assert self.foreign is not None
+        assert self.foreign.stdout is not None
+        ready, _, _ = select.select([self.foreign.stdout], [], [], deadline_s)
+        line = self.foreign.stdout.readline() if ready else ""
+        if not line:
+            raise RuntimeError(f"the foreign process did not take the memory (see {self.work / 'foreign.log'})")
+        return json.loads(line)
+
+    def release_foreign(self) -> None:
+        """End the foreign process (it exits when its stdin closes)."""
+        if self.foreign is None:
+            return
+        if self.foreign.stdin is not None:
+            self.foreign.stdin.close()
+        try:
+            self.foreign.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.foreign.kill()
+            self.foreign.wait(timeout=10)
+        self.foreign = None
+
+    def overhead(self, entry: dict[str, Any]) -> None:
+        """Blocks of jobs per mode in rotated order; the first job after each switch kept apart."""
+        plan = self.plan
+        names = list(MODES)
+        blocks: list[dict[str, Any]] = entry.setdefault("blocks", [])
+        for round_index in range(plan.rounds):
+            order = names[round_index % 3 :] + names[: round_index % 3]
+            for mode in order:
+                job_s = self.job_time_s(plan.overhead)
+                start_s = max(self.monitor_start_s or [10.0]) if MODES[mode] else 0.0
+                if not self.budget.allows(plan.block * job_s + start_s + 5):
+                    entry["cut_short"] = f"the time budget ended the phase before round {round_index}, mode {mode}"
+                    log.warning(entry["cut_short"])
+                    self.judge_overhead(entry)
+                    return
+                blocks.append(self.run_block(round_index, mode))
+                self.record.save()
+        self.judge_overhead(entry)
+
+    def run_block(self, round_index: int, mode: str) -> dict[str, Any]:
+        """Switch to `mode` and run one block of jobs; a stop happens during the block's first job."""
+        interval = MODES[mode]
+        block: dict[str, Any] = {"round": round_index, "mode": mode}
+        stop_during_first = False
+        if interval is None:
+            if self.monitor is not None and not self.quality_before:
+                self.quality_before = self.scored_quality([v["job_id"] for v in self.train_views])
+            stop_during_first = self.monitor is not None
+        else:
+            self.stop_monitor()
+            self.start_monitor(interval)
+            block["monitor_start_s"] = self.monitor_start_s[-1]
+            self.start_poller()
+        stopped_at_step: list[int] = []
+
+        def stop_mid_job(index: int, view: dict[str, Any]) -> None:
+            if stop_during_first and not stopped_at_step and index == 0 and view["progress"]["step"] >= 2:
+                stopped_at_step.append(view["progress"]["step"])
+                self.stop_monitor()
+
+        def ended(index: int, view: dict[str, Any]) -> None:
+            if stop_during_first and not stopped_at_step:  # too quick to catch mid-job: stop between jobs
+                stopped_at_step.append(view["progress"]["step"])
+                self.stop_monitor()
+            self.record.job("overhead", view, mode=mode, round=round_index, after_switch=index == 0)
+
+        views = self.jobs.run(
+            [self.plan.overhead] * self.plan.block, deadline=self.budget.deadline, on_poll=stop_mid_job, on_end=ended
+        )
+        if interval is None:
+            self.down_jobs += [v["job_id"] for v in views]
+            block["monitor_stopped_at_step"] = stopped_at_step[0] if stopped_at_step else None
+        else:
+            block["poller"] = self.stop_poller()  # the dashboard closes before the next switch
+        block["jobs"] = [v["job_id"] for v in views]
+        return block
+
+    def scored_quality(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Return the quality results the monitor serves now for `job_ids`, those scored only."""
+        out = {}
+        for job_id in job_ids:
+            answer = self.monitor_get(f"jobs/{job_id}/quality")
+            if answer.status_code == 200 and answer.json().get("status") == "scored":
+                out[job_id] = answer.json()
+        return out
+
+    def judge_overhead(self, entry: dict[str, Any]) -> None:
+        """Compare each mode's generation times with the monitor stopped: medians, spread, and the ratio's CI."""
+        jobs = [j for j in self.record.data["jobs"] if j["phase"] == "overhead" and j["state"] == "succeeded"]
+
+        def times(mode: str, after_switch: bool, key: str = "run_s") -> list[float]:
+            return [j[key] for j in jobs if j["mode"] == mode and j["after_switch"] == after_switch and j[key]]
+
+        baseline = times("stopped", False)
+        stats: dict[str, Any] = {}
+        for mode in MODES:
+            stats[mode] = {
+                "steady": describe(times(mode, False)),
+                "after_switch": describe(times(mode, True)),
+                "denoising_steady": describe(times(mode, False, "denoising_s")),
+            }
+            if MODES[mode] is not None:
+                stats[mode]["ratio"] = ratio_of_medians(times(mode, False), baseline)
+                stats[mode]["ratio_after_switch"] = ratio_of_medians(times(mode, True), baseline)
+                stats[mode]["denoising_ratio"] = ratio_of_medians(
+                    times(mode, False, "denoising_s"), times("stopped", False, "denoising_s")
+                )
+        entry["stats"] = stats
+        for mode in ("0.5s", "2s"):
+            ratio = stats[mode]["ratio"]
+            n = stats[mode]["steady"]["n"]
+            ci = ratio["ci95"]
+            shown = "n/a" if ratio["ratio"] is None else f"{ratio['ratio']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
+            detail = (
+                f"{self.plan.overhead.label}, median of {n} jobs vs {len(baseline)} with the monitor stopped; IQR "
+                f"{_pct(stats[mode]['steady']['iqr_ratio'])} / {_pct(stats['stopped']['steady']['iqr_ratio'])} of the "
+                f"median; CLIP scoring every clip, a dashboard open"
+            )
+            check = at_most(
+                f"generation time, monitor at {mode[:-1]} s / stopped", ratio["ratio"], OVERHEAD_LIMIT, shown, detail
+            )
+            self.record.check(check if self.plan.gpu else unjudged(check, "a CPU smoke run: recorded only"))
+            after = stats[mode]["ratio_after_switch"]
+            check = at_most(
+                f"generation time just after the monitor started at {mode[:-1]} s (backlog) / stopped",
+                after["ratio"],
+                OVERHEAD_LIMIT,
+                "n/a" if after["ratio"] is None else f"{after['ratio']:.4f}",
+                f"the first job after each start, median of {stats[mode]['after_switch']['n']}",
+            )
+            self.record.check(check if self.plan.gpu else unjudged(check, "a CPU smoke run: recorded only"))
+            count = holds(
+                f"overhead: at least {MIN_JOBS_PER_MODE} steady jobs with the monitor at {mode[:-1]} s and stopped",
+                min(n, len(baseline)) >= MIN_JOBS_PER_MODE,
+                f"{n} and {len(baseline)}",
+                "the first job after each switch kept apart",
+            )
+            full_run = self.plan.rounds * (self.plan.block - 1) >= MIN_JOBS_PER_MODE
+            self.record.check(count if full_run else unjudged(count, "a short run"))
+
+    def final(self, entry: dict[str, Any]) -> None:
+        """The monitor back up: caught-up events, quality kept and scored, every small job's peak, the budget."""
+        plan = self.plan
+        if self.monitor is None:
+            self.start_monitor(0.5)
+        self.stop_poller()
+
+        def left() -> float:
+            return max(self.budget.left_s() - 15, 5)  # stopping everything takes the rest
+
+        expected = {
+            j["job_id"]: j["effective"]["steps"] for j in self.record.data["jobs"] if j["job_id"] in self.down_jobs
+        }
+
+        def caught_up() -> dict[str, Any] | None:
+            views = {job_id: self.monitor_job(job_id) for job_id in expected}
+            done = all(
+                v is not None and v.get("status") == "succeeded"
+                and (v.get("stages") or {}).get("denoising", {}).get("steps") == expected[job_id]
+                for job_id, v in views.items()
+            )  # fmt: skip
+            return views if done else None
+
+        views = wait_until(caught_up, min(60.0, left()))
+        entry["down_jobs"] = {"count": len(expected), "caught_up": views is not None}
+        if views is None:
+            last = {job_id: self.monitor_job(job_id) for job_id in expected}
+            entry["down_jobs"]["monitor_views"] = last
+        self.record.check(
+            holds(
+                "monitor restart: events of the jobs run while it was down reach it",
+                None if not expected else views is not None,
+                f"{len(expected)} jobs" if views is not None else "not all",
+                "each job's end state and every denoising step, from the generator's spool, after a stop mid-job",
+            )
+        )
+        scored_down = wait_until(
+            lambda: (q := self.scored_quality(list(expected))) and len(q) == len(expected) and q, min(60.0, left())
+        )
+        self.record.check(
+            holds(
+                "monitor restart: clips made while it was down are scored after it",
+                None if not expected else scored_down is not None,
+                f"{len(scored_down or {})} of {len(expected)}",
+                "quality status `scored`",
+            )
+        )
+        kept = self.scored_quality(list(self.quality_before))
+        same = [
+            job_id for job_id, before in self.quality_before.items()
+            if job_id in kept and kept[job_id].get("clip_score") == before.get("clip_score")
+        ]  # fmt: skip
+        self.record.check(
+            holds(
+                "monitor restart: quality scored before it is still served",
+                None if not self.quality_before else len(same) == len(self.quality_before),
+                f"{len(same)} of {len(self.quality_before)}",
+                "GET /monitor/api/jobs/<id>/quality after the restarts: 200, `scored`, the same CLIP score",
+            )
+        )
+        succeeded = [j["job_id"] for j in self.record.data["jobs"] if j["state"] == "succeeded"]
+        scored = wait_until(
+            lambda: (q := self.scored_quality(succeeded)) and len(q) == len(succeeded) and q, min(30.0, left())
+        ) or self.scored_quality(succeeded)
+        with_clip = [job_id for job_id, q in scored.items() if q.get("clip_score") is not None]
+        missing = [job_id for job_id in succeeded if job_id not in with_clip]
+        entry["not_scored_with_clip"] = missing
+        self.record.check(
+            holds(
+                f"every clip scored with CLIP ({plan.clip}, random weights)",
+                not missing,
+                f"{len(with_clip)} of {len(succeeded)}",
+                "quality `scored` with a CLIP score, also for clips that waited while the monitor was stopped"
+                + (f"; not: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}" if missing else ""),
+            )
+        )
+        small_peaks = [
+            (j["peak_memory_bytes"], j["phase"], j.get("label") or j.get("mode"))
+            for j in self.record.data["jobs"]
+            if j["state"] == "succeeded" and j["effective"] == {**j["effective"], **_params(plan.small)}
+        ]
+        fresh = self.train_views[0].get("peak_memory_bytes") if self.train_views else None
+        worst = max((abs(p - fresh) / fresh for p, _, _ in small_peaks if p and fresh), default=None)
+        entry["small_peaks"] = small_peaks
+        check = Check(
+            f"peak memory of every {plan.small.label} job vs the fresh process's",
+            worst,
+            "n/a" if worst is None else f"at most {100 * worst:.1f}% off",
+            f"<= {100 * PEAK_TOLERANCE:g}% off",
+            None if worst is None else worst <= PEAK_TOLERANCE,
+            f"{len(small_peaks)} jobs after big, mixed, foreign-process and overhead jobs; fresh {_gb(fresh)}",
+        )
+        self.record.check(check if plan.gpu else unjudged(check, "no GPU: no peak memory"))
+        entry["generator_health"] = self.generator.health()
+        entry["monitor_status"] = self.monitor_get("status").json() if self.monitor else None
+        entry["monitor_start_s"] = self.monitor_start_s
+        failed = [j for j in self.record.data["jobs"] if j["state"] != "succeeded" and j["phase"] != "foreign"]
+        oom = [j for j in self.record.data["jobs"] if "out of memory" in (j.get("error") or "").lower()]
+        self.record.check(
+            holds(
+                "no job failed, none ran out of memory",
+                not failed and not oom,
+                f"{len(failed)} failed, {len(oom)} OOM",
+                f"{len(self.record.data['jobs'])} jobs (a refusal under the foreign process is not a failure)",
+            )
+        )
+
+
+def at_least_jobs(jobs: int, learned: int) -> Check:
+    """Check that the predictor learned from at least MIN_MEASURED_JOBS jobs before predicting unseen sizes."""
+    return holds(
+        f"the predictor learned from at least {MIN_MEASURED_JOBS} measured jobs",
+        jobs >= MIN_MEASURED_JOBS,
+        f"{jobs} jobs",
+        f"/predict's memory.jobs after {learned} mixed jobs succeeded",
+        f">= {MIN_MEASURED_JOBS}",
+    )
+
+
+def _params(shape: Shape) -> dict[str, int]:
+    return {"resolution": shape.resolution, "num_frames": shape.frames, "steps": shape.steps}
+
+
+def _gb(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / 1e9:.2f} GB"
+
+
+def _s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # so the processes this run started are stopped on the way out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the acceptance, write the JSON, print the table; 0 when every check passed."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, help="the JSON to write (rewritten as the run goes)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--quick", action="store_true", help="fewer jobs: proves the run, its figures mean little")
+    parser.add_argument("--budget-s", type=float, default=500.0, help="the whole run's time budget (default 500)")
+    parser.add_argument("--rounds", type=int, help="overhead rounds (each runs every mode once)")
+    parser.add_argument("--block", type=int, help="overhead jobs per mode and round (the first is kept apart)")
+    parser.add_argument("--work", type=Path, help="folder for the processes' state and logs (default: a temp dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    plan = CPU if args.device == "cpu" else H200_QUICK if args.quick else H200
+    if args.device == "cpu" and not args.quick:
+        plan = replace(plan, rounds=2, block=3)
+    plan = replace(plan, rounds=args.rounds or plan.rounds, block=args.block or plan.block)
+    if plan.block < 2:
+        parser.error("--block must be at least 2: the first job after each switch is kept apart")
+    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-acceptance-"))
+    work.mkdir(parents=True, exist_ok=True)
+    record = Record(
+        args.out,
+        benchmark="gpu_acceptance",
+        command=" ".join(["python -m bench.gpu_acceptance", *(argv if argv is not None else sys.argv[1:])]),
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        machine=machine(),
+        device=args.device,
+        quick=args.quick,
+        budget_s=args.budget_s,
+        work=str(work),
+        plan={k: ([asdict(s) for s in v] if isinstance(v, tuple) else asdict(v) if isinstance(v, Shape) else v)
+              for k, v in plan.__dict__.items()},
+        targets={"peak_after_big": PEAK_TOLERANCE, "predict_memory": PREDICT_MEMORY_TOLERANCE,
+                 "predict_time": PREDICT_TIME_TOLERANCE, "overhead_ratio": OVERHEAD_LIMIT,
+                 "measured_jobs": MIN_MEASURED_JOBS, "jobs_per_mode": MIN_JOBS_PER_MODE},
+    )  # fmt: skip
+    record.save()
+    signal.signal(signal.SIGTERM, _terminate)
+    acceptance = Acceptance(args, plan, record, work)
+    try:
+        acceptance.run()
+    finally:
+        acceptance.close()
+        elapsed = acceptance.budget.elapsed_s()
+        record.check(
+            at_most(
+                "the whole run fits its time budget",
+                round(elapsed, 1),
+                args.budget_s,
+                f"{elapsed:.0f} s",
+                "one device call of 9 minutes",
+            )
+        )
+        passed = record.finish()
+    print(record.data["table"])
+    print(f"\n{'PASSED' if passed else 'NOT PASSED'} in {elapsed:.0f} s; JSON: {args.out or '(not written)'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

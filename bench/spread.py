@@ -1,0 +1,57 @@
+"""A ratio of medians with its spread: how two sets of job times compare, and how sure that is."""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """Return the first quartile, the median and the third quartile (linear interpolation, as numpy's)."""
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        position = (len(ordered) - 1) * q
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    return at(0.25), at(0.5), at(0.75)
+
+
+def describe(values: Sequence[float]) -> dict[str, Any]:
+    """Return count, median, quartiles, the IQR relative to the median, min and max of `values` (seconds)."""
+    if not values:
+        return {"n": 0, "median": None, "q1": None, "q3": None, "iqr_ratio": None, "min": None, "max": None}
+    q1, median, q3 = quartiles(values)
+    return {
+        "n": len(values),
+        "median": round(median, 4),
+        "q1": round(q1, 4),
+        "q3": round(q3, 4),
+        "iqr_ratio": round((q3 - q1) / median, 4) if median else None,
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+    }
+
+
+def ratio_of_medians(
+    numerator: Sequence[float], denominator: Sequence[float], *, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Return median(numerator) / median(denominator) and its 95% bootstrap interval (each set resampled alone).
+
+    None values throughout when either set is empty; with one value a side the interval is the point itself.
+    """
+    if not numerator or not denominator:
+        return {"ratio": None, "ci95": None, "resamples": 0}
+    ratio = statistics.median(numerator) / statistics.median(denominator)
+    rng = random.Random(seed)
+    draws = sorted(
+        statistics.median(rng.choices(numerator, k=len(numerator)))
+        / statistics.median(rng.choices(denominator, k=len(denominator)))
+        for _ in range(resamples)
+    )
+    low, high = draws[int(0.025 * resamples)], draws[min(int(0.975 * resamples), resamples - 1)]
+    return {"ratio": round(ratio, 5), "ci95": [round(low, 5), round(high, 5)], "resamples": resamples}

@@ -1,0 +1,92 @@
+"""The GPU acceptance run's parts that a CPU can keep from rotting, in seconds.
+
+The whole run needs a GPU (`python -m bench.gpu_acceptance`); its CPU smoke (`--device cpu --quick`) runs about
+ten tiny-model jobs, minutes on two shared cores, so it is not part of the suite. What is: the dashboard-like
+poller against a real `python -m monitor` (every route it polls must answer), the record's JSON and verdict, and
+the ratio with its interval.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import gpu_acceptance
+from bench.acceptance_record import Record, at_most, holds, unjudged, within
+from bench.dashboard_poller import DashboardPoller
+from bench.harness import MonitorProcess
+from bench.spread import describe, ratio_of_medians
+from tests.servers import wait_for
+
+ROUTES = ("alerts", "jobs", "quality", "queue", "recommendation", "series", "status", "targets")
+
+
+def test_the_poller_hits_every_periodic_route_of_the_dashboard_and_none_fails(tmp_path: Path) -> None:
+    with MonitorProcess(tmp_path / "monitor", interval_s=0.5, args=["--host-name", "poll-host"]) as monitor:
+        poller = DashboardPoller(monitor.url, host="poll-host").start()
+        wait_for(lambda: len(poller.latencies_s.get("status", [])) >= 3, 30, "three polls")
+        stats = poller.stop()
+    assert set(stats) == set(ROUTES), stats
+    assert all(route["errors"] == 0 for route in stats.values()), stats
+    assert stats["series"]["count"] == 2 * stats["status"]["count"]  # the GPU and the host series each time
+
+
+def test_the_record_is_rewritten_whole_and_passes_only_when_every_check_passed(tmp_path: Path) -> None:
+    path = tmp_path / "acceptance.json"
+    record = Record(path, benchmark="gpu_acceptance")
+    record.job("mixed", {"job_id": "a", "state": "succeeded", "started_at": 10.0, "finished_at": 16.5})
+    assert json.loads(path.read_text())["jobs"][0]["run_s"] == 6.5
+
+    record.check(within("peak after big", 8.1e9, 8.0e9, 0.05, "reserved"))
+    record.check(at_most("ratio", 1.003, 1.005, "1.003", "median"))
+    assert record.finish() is True
+    record.check(unjudged(holds("foreign process", True, "yes", "degraded"), "no GPU"))
+    assert record.finish() is False
+
+    written = json.loads(path.read_text())
+    assert written["unjudged"] == ["foreign process"]
+    assert written["failed"] == []
+    assert "| peak after big | 1.2% off | <= 5% off | pass |" in written["table"]
+    assert "| foreign process | yes | yes | not judged |" in written["table"]
+    assert not path.with_suffix(".json.partial").exists()
+
+
+def test_a_check_outside_its_tolerance_fails_and_a_missing_figure_is_not_judged() -> None:
+    assert within("peak", 8.5e9, 8.0e9, 0.05, "").passed is False
+    assert within("peak", None, 8.0e9, 0.05, "").passed is None
+    assert at_most("ratio", 1.02, 1.005, "1.02", "").passed is False
+
+
+def test_the_ratio_of_medians_comes_with_an_interval_around_it() -> None:
+    stopped = [3.00, 3.02, 2.98, 3.01, 2.99, 3.00, 3.03, 2.97, 3.00, 3.01]
+    watched = [t * 1.01 for t in stopped]
+    ratio = ratio_of_medians(watched, stopped)
+    assert ratio["ratio"] == pytest.approx(1.01)
+    low, high = ratio["ci95"]
+    assert low <= ratio["ratio"] <= high
+    assert high - low < 0.03
+    assert ratio_of_medians([], stopped)["ratio"] is None
+    assert describe(stopped)["n"] == 10
+    assert describe(stopped)["iqr_ratio"] == pytest.approx(0.0066, abs=1e-3)
+
+
+def test_a_block_of_one_is_refused_since_the_first_job_after_a_switch_is_kept_apart(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        gpu_acceptance.main(["--device", "cpu", "--block", "1"])
+    assert exited.value.code == 2
+    assert "--block must be at least 2" in capsys.readouterr().err
+
+
+def test_the_h200_plan_has_ten_mixed_jobs_sizes_it_has_not_seen_and_ten_steady_jobs_per_mode() -> None:
+    plan = gpu_acceptance.H200
+    assert len(plan.train) >= gpu_acceptance.MIN_MEASURED_JOBS
+    assert plan.train[:3] == (plan.small, plan.big, plan.small)
+    assert not set(plan.unseen) & set(plan.train)
+    assert plan.rounds * (plan.block - 1) >= gpu_acceptance.MIN_JOBS_PER_MODE
+    sizes = plan.train + plan.unseen
+    assert {s.resolution for s in sizes} == {256, 512, 768, 1024}
+    assert all(16 <= s.frames <= 32 and 10 <= s.steps <= 25 for s in sizes)
