@@ -1,9 +1,10 @@
-"""An open dashboard tab as the monitor sees it: the requests monitor/static/dashboard.js makes, on its cadence.
+"""An open dashboard tab as the monitor sees it: the requests monitor/web/static/dashboard.js makes, on its cadence.
 
 Every sampling period (the interval `status` reports): `status`, the GPU and host `series` of the window, and
 `alerts`. The slower set (`jobs` over 24 h, `queue`, `quality`, `recommendation`) when the ingest count moved
-since the last time, or every 5 s; `targets` every 30 s. Follow the page when it changes its cadence: this is
-what the GPU acceptance run charges the sidecar for an open dashboard. Each route's latencies are kept.
+since the last time, or every 5 s; `targets` and a HEAD of `reports/jobs.csv` every 30 s. Follow the page when
+it changes its cadence: this is what the GPU acceptance run charges the sidecar for an open dashboard. Each
+route's latencies are kept.
 """
 
 from __future__ import annotations
@@ -35,16 +36,18 @@ class DashboardPoller:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dashboard-poller", daemon=True)
 
-    def _get(self, route: str, **params: Any) -> dict[str, Any] | None:
+    def _get(self, route: str, method: str = "GET", **params: Any) -> dict[str, Any] | None:
         started = time.perf_counter()
         try:
-            answer = self.session.get(f"{self.api}/{route}", params=params, timeout=30)
+            answer = self.session.request(method, f"{self.api}/{route}", params=params, timeout=30)
         except requests.RequestException:
             self.errors[route] = self.errors.get(route, 0) + 1
             return None
         self.latencies_s.setdefault(route, []).append(time.perf_counter() - started)
         if answer.status_code >= 500:
             self.errors[route] = self.errors.get(route, 0) + 1
+        if method == "HEAD":
+            return None
         try:
             body = answer.json()
         except ValueError:
@@ -60,7 +63,8 @@ class DashboardPoller:
                 interval_s = max(0.25, (status.get("sampler") or {}).get("interval_s") or interval_s)
             ingest = ((status or {}).get("ingest") or {}).get("events_accepted_total")
             if started - targets_at >= TARGETS_EVERY_S:
-                self._get("targets")
+                self._get("targets", window="24h")
+                self._get("reports/jobs.csv", "HEAD", since="5m")
                 targets_at = started
             self._get("series", measurement="gpu_sample", fields=GPU_FIELDS, window=self.window, host=self.host)
             self._get("series", measurement="host_sample", fields=HOST_FIELDS, window=self.window, host=self.host)

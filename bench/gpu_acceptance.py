@@ -179,6 +179,7 @@ class Acceptance:
         self.train_views: list[dict[str, Any]] = []
         self.quality_before: dict[str, dict[str, Any]] = {}
         self.down_jobs: list[str] = []
+        self.phases_done: list[str] = []
 
     # ---- processes ---------------------------------------------------------------------------------------
 
@@ -277,6 +278,8 @@ class Acceptance:
                 self.record.check(holds(f"phase {name} ran to its end", False, "no", entry["error"]))
                 if name == "setup" or self.generator.process is None or self.generator.process.poll() is not None:
                     break
+            else:
+                self.phases_done.append(name)
             finally:
                 entry["elapsed_s"] = round(time.monotonic() - started, 1)
                 self.record.save()
@@ -808,6 +811,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         acceptance.close()
         elapsed = acceptance.budget.elapsed_s()
+        done = acceptance.phases_done
+        record.check(
+            holds("every phase ran to its end", len(done) == 6, f"{len(done)} of 6", f"done: {', '.join(done)}")
+        )
         record.check(
             at_most(
                 "the whole run fits its time budget",

@@ -9,7 +9,8 @@ writes one point:
   same point); fields: `job_id`, `submitted_at_us`/`started_at_us` (epoch µs), `queued_s`, `run_s`
   (running → end: the generation time), `total_s`, the effective parameters (`resolution`, `num_frames`,
   `steps`, `guidance_scale`, `fps`, `seed`) and the requested ones (`requested_*`, equal when nothing was
-  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, `peak_memory_bytes`,
+  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, `peak_memory_bytes` (the
+  most torch reserved: what the card gave the job) and `peak_memory_allocated_bytes` (the most in live tensors),
   `prompt`, `error`, `suggestion`, `video_path`, and `complete` (false when some of the job's events were
   not seen, e.g. it began before this monitor started and the store could not supply them).
 
@@ -52,6 +53,7 @@ FIELD_TYPES: dict[str, str] = {
     "denoising_steps": "int",
     "mean_step_s": "float",
     "peak_memory_bytes": "int",
+    "peak_memory_allocated_bytes": "int",
     "prompt": "str",
     "error": "str",
     "suggestion": "str",
@@ -87,6 +89,7 @@ def summary_point(job_id: str, events: Sequence[dict[str, Any]], end: dict[str, 
         "denoising_steps": denoising.get("steps"),
         "mean_step_s": denoising.get("mean_step_s"),
         "peak_memory_bytes": summary["peak_memory_bytes"],
+        "peak_memory_allocated_bytes": summary["peak_memory_allocated_bytes"],
         "prompt": summary["prompt"],
         "error": summary["error"],
         "suggestion": summary["suggestion"],

@@ -20,7 +20,7 @@ from bench.harness import MonitorProcess
 from bench.spread import describe, ratio_of_medians
 from tests.servers import wait_for
 
-ROUTES = ("alerts", "jobs", "quality", "queue", "recommendation", "series", "status", "targets")
+ROUTES = ("alerts", "jobs", "quality", "queue", "recommendation", "reports/jobs.csv", "series", "status", "targets")
 
 
 def test_the_poller_hits_every_periodic_route_of_the_dashboard_and_none_fails(tmp_path: Path) -> None:
