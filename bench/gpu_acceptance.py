@@ -433,26 +433,27 @@ class Acceptance:
         leave = max(room - own, 0)
         entry.update(need_small_bytes=need_small, need_big_bytes=need_big, generator_bytes=own, leave_bytes=leave)
         used_before = gpu.get("memory_used_bytes") or 0
-        self.foreign = subprocess.Popen(
-            [sys.executable, "-m", "bench.foreign_memory", "--leave-bytes", str(leave)],
-            cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=(self.work / "foreign.log").open("ab"), text=True,
-        )  # fmt: skip
+        with (self.work / "foreign.log").open("ab") as foreign_log:
+            self.foreign = subprocess.Popen(
+                [sys.executable, "-m", "bench.foreign_memory", "--leave-bytes", str(leave)],
+                cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=foreign_log, text=True,
+            )  # fmt: skip
         try:
             held = self.foreign_holding(deadline_s=120)
             entry["foreign"] = held
+
+            # What admission can give a job now: the card's free memory plus what the generator holds (its
+            # weights are part of every job's peak), within the usable share, as generator/admission.py reckons.
+            total = held["total_bytes"]
+            usable = min(held["free_after_bytes"] + own, int(0.8 * total))
 
             def sampled_since() -> dict[str, Any] | None:
                 gpu_now = self.predict(plan.small)["gpu"]
                 taken = gpu_now and gpu_now["memory_used_bytes"] >= used_before + 0.9 * held["held_bytes"]
                 return gpu_now if taken else None
 
-            # Admission reads the card when a job starts; the monitor's view (for the record) waits for a sample.
-            seen = wait_until(sampled_since, 20)
-            entry["gpu_seen_by_monitor"] = seen
-            total = held["total_bytes"]
-            others = (seen or gpu)["memory_used_bytes"] - ((seen or gpu).get("generator_memory_bytes") or 0)
-            usable = min(total - others, int(0.8 * total))
+            entry["gpu_seen_by_monitor"] = wait_until(sampled_since, 10)  # for the record: what /predict saw
             entry["usable_bytes"] = usable
             views = self.jobs.run(
                 [plan.small, plan.big], ahead=0, deadline=self.budget.deadline,
