@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import select
 import signal
@@ -197,11 +198,11 @@ class Acceptance:
         self.monitor_start_s.append(round(time.monotonic() - started, 2))
         log.info("monitor up at %s s sampling in %.1f s", interval_s, self.monitor_start_s[-1])
 
-    def stop_monitor(self) -> None:
+    def stop_monitor(self, timeout_s: float = 30.0) -> None:
         """Stop the poller and the monitor (SIGTERM: it flushes its writer)."""
         self.stop_poller()
         if self.monitor is not None:
-            self.monitor.stop()
+            self.monitor.stop(timeout_s)
             self.monitor = None
             log.info("monitor stopped")
 
@@ -231,11 +232,12 @@ class Acceptance:
         return answer.json()
 
     def close(self) -> None:
-        """Stop everything this run started, newest first."""
+        """Stop everything this run started, newest first; past the budget, kill rather than wait."""
         if self.foreign is not None:
             self.release_foreign()
-        self.stop_monitor()
-        self.generator.stop()
+        grace_s = min(max(self.budget.left_s() + 20, 3.0), 30.0)
+        self.stop_monitor(grace_s)
+        self.generator.stop(grace_s)
 
     # ---- budget --------------------------------------------------------------------------------------------
 
@@ -249,6 +251,12 @@ class Acceptance:
         if measured:
             return statistics.median(measured) + 0.5
         return 30.0 if self.plan.gpu else 60.0
+
+    def overhead_cost_s(self) -> float:
+        """Return the expected seconds of the overhead phase: what the phases before it must leave."""
+        job_s = self.job_time_s(self.plan.overhead)
+        start_s = max(self.monitor_start_s or [10.0]) + 3.0  # a start, and the stop before it
+        return self.plan.rounds * len(MODES) * (self.plan.block * job_s + start_s)
 
     def skip(self, name: str, target: str, reason: str) -> None:
         """Record a check that the budget left out."""
@@ -376,9 +384,14 @@ class Acceptance:
         predictions = {shape: self.predict(shape) for shape in plan.unseen}
         entry["laws"] = self.monitor_get("predict/laws").json()
         shapes = list(plan.unseen)
-        while shapes and not self.budget.allows(sum(p["time"]["seconds"] + 2 for p in map(predictions.get, shapes))):
+        later_s = self.overhead_cost_s()
+        while shapes and not self.budget.allows(
+            sum(predictions[shape]["time"]["seconds"] + 2 for shape in shapes) + later_s
+        ):
             dropped = shapes.pop()
-            self.skip(f"predicted peak of {dropped.label} (unseen)", "<= 5% off", "left out by the time budget")
+            for what, tolerance in (("peak", PREDICT_MEMORY_TOLERANCE), ("time", PREDICT_TIME_TOLERANCE)):
+                name = f"predicted {what} of {dropped.label} (unseen)"
+                self.skip(name, f"<= {100 * tolerance:g}% off", "left out by the time budget")
         views = self.jobs.run(
             shapes, deadline=self.budget.deadline, on_end=lambda i, view: self.record.job("predict", view)
         )
@@ -419,7 +432,7 @@ class Acceptance:
                 self.record.check(holds(name, None, "skipped", "no GPU to share"))
             return
         cost = self.job_time_s(plan.small) + self.job_time_s(plan.big) + 30
-        if not self.budget.allows(cost):
+        if not self.budget.allows(cost + self.overhead_cost_s()):
             for name in (FITS, MISSES):
                 self.skip(name, "yes", "left out by the time budget")
             return
@@ -679,7 +692,7 @@ class Acceptance:
         kept = self.scored_quality(list(self.quality_before))
         same = [
             job_id for job_id, before in self.quality_before.items()
-            if job_id in kept and kept[job_id].get("clip_score") == before.get("clip_score")
+            if job_id in kept and _same(kept[job_id].get("clip_score"), before.get("clip_score"))
         ]  # fmt: skip
         self.record.check(
             holds(
@@ -756,6 +769,10 @@ def at_least_jobs(jobs: int, learned: int) -> Check:
         f"/predict's memory.jobs after {learned} mixed jobs succeeded",
         f">= {MIN_MEASURED_JOBS}",
     )
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-6)
 
 
 def _params(shape: Shape) -> dict[str, int]:

@@ -245,13 +245,13 @@ class MonitorProcess:
         """Return /monitor/api/status."""
         return requests.get(f"{self.url}/monitor/api/status", timeout=30).json()
 
-    def stop(self) -> None:
-        """SIGTERM (the monitor flushes its writer), then SIGKILL after 30 s."""
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (the monitor flushes its writer), then SIGKILL after `timeout_s`."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)

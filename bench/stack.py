@@ -88,13 +88,13 @@ class GeneratorProcess:
         """Return /health (the PID, the workers, the events still spooled)."""
         return requests.get(f"{self.url}/health", timeout=10).json()
 
-    def stop(self) -> None:
-        """SIGTERM (the generator flushes its events), then SIGKILL after 60 s."""
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM (the generator finishes its job and flushes its events), then SIGKILL after `timeout_s`."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=60)
+            self.process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
