@@ -242,7 +242,7 @@ class Acceptance:
     # ---- budget --------------------------------------------------------------------------------------------
 
     def job_time_s(self, shape: Shape) -> float:
-        """Return the expected seconds of one job of `shape`: measured, else predicted, else a guess."""
+        """Return the expected seconds of one job of `shape`: the median measured so far, else a guess."""
         measured = [
             j["run_s"]
             for j in self.record.data["jobs"]
