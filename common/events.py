@@ -83,7 +83,8 @@ class Event:
     suggestion: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     requested: dict[str, Any] = field(default_factory=dict)
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None  # the job's peak reserved by torch: what the card gave it
+    peak_memory_allocated_bytes: int | None = None  # the job's peak held by live tensors
     prompt: str | None = None
     video_path: str | None = None
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -130,7 +131,7 @@ class Event:
             raise EventError(f"'stage' must be one of {', '.join(STAGES)}, got {data.get('stage')!r}")
         if data["kind"] == "job" and data.get("status") not in JOB_STATES:
             raise EventError(f"'status' must be one of {', '.join(JOB_STATES)}, got {data.get('status')!r}")
-        for name in ("step", "total_steps", "peak_memory_bytes"):
+        for name in ("step", "total_steps", "peak_memory_bytes", "peak_memory_allocated_bytes"):
             value = data.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise EventError(f"'{name}' must be a non-negative integer or null")

@@ -52,6 +52,7 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return next((e[name] for e in reversed(ordered) if e.get(name)), None)
 
     peaks = [e["peak_memory_bytes"] for e in ordered if e.get("peak_memory_bytes") is not None]
+    allocated = [e["peak_memory_allocated_bytes"] for e in ordered if e.get("peak_memory_allocated_bytes") is not None]
     return {
         "id": job_id,
         "host": last["host"],
@@ -64,6 +65,7 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "error": latest("error"),
         "suggestion": latest("suggestion"),
         "peak_memory_bytes": max(peaks) if peaks else None,
+        "peak_memory_allocated_bytes": max(allocated) if allocated else None,
         "submitted_at": submitted,
         "started_at": started,
         "finished_at": finished,

@@ -67,6 +67,7 @@ FIELD_TYPES: dict[str, Mapping[str, str]] = {
         "prompt": "str",
         "video_path": "str",
         "peak_memory_bytes": "int",
+        "peak_memory_allocated_bytes": "int",
         **{name: "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
         **{f"requested_{name}": "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
     },
@@ -163,6 +164,7 @@ def event_to_point(event: Event) -> Point:
         "prompt": event.prompt,
         "video_path": event.video_path,
         "peak_memory_bytes": event.peak_memory_bytes,
+        "peak_memory_allocated_bytes": event.peak_memory_allocated_bytes,
     }
     for name in PARAM_NAMES:
         fields[name] = event.params.get(name)
@@ -203,6 +205,7 @@ def point_to_event(point: Point) -> dict[str, Any]:
         "prompt": f.get("prompt"),
         "video_path": f.get("video_path"),
         "peak_memory_bytes": f.get("peak_memory_bytes"),
+        "peak_memory_allocated_bytes": f.get("peak_memory_allocated_bytes"),
         "params": params,
         "requested": requested,
     }
