@@ -107,6 +107,10 @@ class ModelNames:
             self._names[key] = self._lookup(host, gpu)
         return self._names[key]
 
+    def known(self, host: str, gpu: str) -> bool:
+        """Return whether the sampler named this GPU (after `name` looked it up): `cpu` counts as named."""
+        return self.name(host, gpu) != f"gpu {gpu}"
+
     def _lookup(self, host: str, gpu: str) -> str:
         if gpu == "cpu":
             return "cpu"

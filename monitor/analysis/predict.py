@@ -101,7 +101,7 @@ class Prediction:
         }
 
 
-def observation(point: Point, gpu_model: str) -> Observation | None:
+def observation(point: Point, gpu_model: str = "") -> Observation | None:
     """Read one succeeded job's `job_summary` point as an observation; None when its parameters are incomplete."""
     f = point.fields
     resolution, frames, steps = f.get("resolution"), f.get("num_frames"), f.get("steps")
@@ -146,6 +146,7 @@ class Predictor:
         max_jobs: at most this many of the newest succeeded jobs are learned from.
         refit_after_s: read the store again at least this often (while predictions are asked for).
         min_refit_interval_s: fit at most this often when jobs end.
+        retry_after_s: after a fit failed (the store is down), wait this long before the next try.
     """
 
     def __init__(
@@ -157,11 +158,13 @@ class Predictor:
         window_s: int = 30 * 86_400,
         max_jobs: int = 5000,
         refit_after_s: float = 300.0,
-        min_refit_interval_s: float = 5.0,
+        min_refit_interval_s: float = 1.0,
+        retry_after_s: float = 10.0,
     ) -> None:
         self._store, self._clock_ns, self._monotonic = store, clock_ns, monotonic
         self.window_s, self.max_jobs = window_s, max_jobs
         self.refit_after_s, self.min_refit_interval_s = refit_after_s, min_refit_interval_s
+        self.retry_after_s = retry_after_s
         self._fit = Fit()
         # The jobs learned from, by arrival: oldest first after a read of the store; a late replay joins at the end
         # and leaves a little late, until the next read puts it in its place.
@@ -261,8 +264,8 @@ class Predictor:
                 wait = 0.0 if last is None else last + self.min_refit_interval_s - self._monotonic()
             if wait > 0:
                 self._stop.wait(wait)
-                continue
-            self._fit_once()
+            elif not self._fit_once():
+                self._stop.wait(self.retry_after_s)
 
     def _fit_once(self) -> bool:
         """Take in what is new (reading the store when due), fit, and replace the last fit; keep it on failure."""
@@ -318,15 +321,10 @@ class Predictor:
 
     def _take(self, points: list[Point]) -> None:
         """Add job summaries to the jobs held; drop those past the window or beyond `max_jobs`."""
-        names: ModelNames | None = None
         for point in points:
-            host, gpu = point.tags.get("host", ""), point.tags.get("gpu", "")
-            if (host, gpu) not in self._names:
-                names = names or ModelNames(self._store, self._clock_ns() + 60 * S)
-                self._names[(host, gpu)] = names.name(host, gpu)
-            seen = observation(point, self._names[(host, gpu)])
+            seen = observation(point)
             if seen is not None:
-                key = (host, gpu, point.time_ns)
+                key = (point.tags.get("host", ""), point.tags.get("gpu", ""), point.time_ns)
                 self._jobs.pop(key, None)
                 self._jobs[key] = (point.time_ns, seen)
         oldest_ns = self._clock_ns() - self.window_s * S
@@ -334,7 +332,14 @@ class Predictor:
             self._jobs.popitem(last=False)
 
     def _fit_laws(self) -> dict[str, Laws]:
+        """Fit each GPU model's laws to its jobs held (the model named by the sampler where the job ran)."""
+        names = ModelNames(self._store, self._clock_ns() + 60 * S)
         by_model: dict[str, list[Observation]] = {}
-        for _, seen in self._jobs.values():
-            by_model.setdefault(seen.gpu_model, []).append(seen)
+        for (host, gpu, _), (_, seen) in self._jobs.items():
+            model = self._names.get((host, gpu))
+            if model is None:
+                model = names.name(host, gpu)
+                if names.known(host, gpu):  # a GPU not sampled yet is looked up again at the next fit
+                    self._names[(host, gpu)] = model
+            by_model.setdefault(model, []).append(seen)
         return {model: Laws(seen) for model, seen in by_model.items()}
