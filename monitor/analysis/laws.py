@@ -84,11 +84,25 @@ def _errors(pairs: list[tuple[float, float]]) -> dict[str, Any]:
     }
 
 
+def _by_size_and_unit(items: list[tuple[JobShape, Any]]) -> dict[Size, dict[JobShape, list[tuple[JobShape, Any]]]]:
+    """Group (shape, item) pairs by size, then by the one-step shape the laws' values depend on (steps multiply)."""
+    grouped: dict[Size, dict[JobShape, list[tuple[JobShape, Any]]]] = {}
+    units: dict[tuple[int, int, bool], JobShape] = {}
+    for shape, item in items:
+        key = (shape.resolution, shape.num_frames, shape.guidance_scale > 1)
+        unit = units.get(key)
+        if unit is None:
+            unit = units[key] = JobShape(shape.resolution, shape.num_frames, 1, 9.0 if key[2] else 1.0)
+        grouped.setdefault((key[0], key[1]), {}).setdefault(unit, []).append((shape, item))
+    return grouped
+
+
 class Laws:
     """The memory and time laws of one GPU model."""
 
     def __init__(self, observations: Sequence[Observation] = ()) -> None:
         """Fit every law to the observations that measured its quantity."""
+        self.jobs = len(observations)
         self._peaks = [(o.shape, float(o.peak_memory_bytes)) for o in observations if o.peak_memory_bytes]
         self._timed = [o for o in observations if o.outside_s is not None and o.step_s]
         self.memory = Law(MEMORY, self._peaks)
@@ -99,23 +113,21 @@ class Laws:
     def held_out(self) -> dict[str, Any]:
         """Return the leave-one-size-out error of peak memory and of generation time (see the module docstring)."""
         memory: list[tuple[float, float]] = []
-        by_size: dict[Size, list[tuple[JobShape, float]]] = {}
-        for shape, peak in self._peaks:
-            by_size.setdefault(shape.size, []).append((shape, peak))
-        for size, jobs in by_size.items():
+        for size, by_unit in _by_size_and_unit([(shape, peak) for shape, peak in self._peaks]).items():
             theta = self.memory.without(size)
-            memory += [(self.memory.value(shape, theta), peak) for shape, peak in jobs]
+            for unit, peaks in by_unit.items():
+                predicted = self.memory.value(unit, theta)
+                memory += [(predicted, peak) for _, peak in peaks]
         time: list[tuple[float, float]] = []
-        timed_by_size: dict[Size, list[Observation]] = {}
-        for o in self._timed:
-            timed_by_size.setdefault(o.shape.size, []).append(o)
-        for size, seen in timed_by_size.items():
+        for size, by_unit in _by_size_and_unit([(o.shape, o) for o in self._timed]).items():
             outside, step = self.time.outside.without(size), self.time.step.without(size)
-            time += [(self.time.value(o.shape, outside, step), o.run_s) for o in seen]  # type: ignore[misc]
+            for unit, seen in by_unit.items():
+                fixed, per_step = self.time.outside.value(unit, outside), self.time.step.value(unit, step)
+                time += [(fixed + o.shape.steps * per_step, o.run_s) for _, o in seen]
         return {
             "method": HELD_OUT_METHOD,
-            "memory": {"sizes": len(by_size), **_errors(memory)},
-            "time": {"sizes": len(timed_by_size), **_errors(time)},
+            "memory": {"sizes": len({shape.size for shape, _ in self._peaks}), **_errors(memory)},
+            "time": {"sizes": len({o.shape.size for o in self._timed}), **_errors(time)},
         }
 
     def describe(self) -> dict[str, Any]:

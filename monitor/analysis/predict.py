@@ -224,7 +224,7 @@ class Predictor:
             "fits_total": self.fits_total,
             "fit_errors_total": self.fit_errors_total,
             "models": {
-                model: {"jobs": laws.memory.n, **laws.describe(), "held_out": fit.held_out[model]}
+                model: {"jobs": laws.jobs, **laws.describe(), "held_out": fit.held_out[model]}
                 for model, laws in sorted(fit.laws.items())
             },
         }

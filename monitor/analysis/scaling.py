@@ -210,10 +210,13 @@ class Law:
         self.form = form
         self._value_scale = form.prior_value(REFERENCE)
         self._feature_scale = form.features(REFERENCE)
-        groups: dict[tuple[Size, Vector], Group] = {}
+        groups: dict[tuple[int, int, bool], Group] = {}  # by what the features depend on: size and guidance
         for shape, value in observations:
-            phi = self._phi(shape)
-            groups.setdefault((shape.size, phi), Group(shape.size, phi)).values.append(value / self._value_scale)
+            key = (shape.resolution, shape.num_frames, shape.guidance_scale > 1)
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(shape.size, self._phi(shape))
+            group.values.append(value / self._value_scale)
         self.groups = list(groups.values())
         self.n = sum(len(g.values) for g in self.groups)
         # The prior as precisions on the normalised coefficients: a term may be off by prior_share of the

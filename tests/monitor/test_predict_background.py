@@ -82,8 +82,15 @@ def test_the_laws_route_reports_each_models_held_out_error(tmp_path: Path) -> No
     app = create_app(config, store=store, clock_ns=lambda: NOW_NS)  # type: ignore[arg-type]
     try:
         body = app.test_client().get("/monitor/api/predict/laws").get_json()
+        schemas = app.test_client().get("/openapi.json").get_json()["components"]["schemas"]
     finally:
         get_context(app).close()
+
+    # The answer has what the OpenAPI document promises, at every level.
+    assert set(schemas["PredictLaws"]["required"]) <= set(body)
+    assert set(schemas["ModelLaws"]["required"]) <= set(body["models"][H100])
+    for quantity in ("memory", "time"):
+        assert set(schemas["HeldOutError"]["required"]) <= set(body["models"][H100]["held_out"][quantity])
 
     model = body["models"][H100]
     assert model["jobs"] == 40
