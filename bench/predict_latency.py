@@ -30,10 +30,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 import requests
 
 from bench import fixtures
-from bench.harness import ROOT, Context, Result, at_most, free_port, info, summary, wait_http
+from bench.harness import ROOT, Context, Result, at_most, free_port, info, load_average, summary, wait_http
 from monitor.storage import Point, Store, open_store
 from monitor.storage.schema import GPU_SAMPLE, JOB_SUMMARY
 
@@ -141,8 +142,13 @@ def background(period_s: float, action: Any, stop: threading.Event) -> threading
     return thread
 
 
-def measure(url: str, count: int, jobs: int) -> dict[str, Any]:
-    """Send `count` /predict requests back to back; return latencies (ms) and the answers that were not learned."""
+def measure(server: Server, count: int, jobs: int) -> dict[str, Any]:
+    """Send `count` /predict requests back to back; return latencies (ms), the server's CPU per request (ms, all
+    its work in the phase included) and how many answers were not learned from every job."""
+    url = server.url
+    process = psutil.Process(server.process.pid)
+    cpu_s = sum(process.cpu_times()[:2])
+    load = load_average()[0]
     session = requests.Session()
     shapes = itertools.cycle([(r, f, s) for (r, f) in SIZES for s in (25, 50)])
     latencies, wrong = [], 0
@@ -154,7 +160,13 @@ def measure(url: str, count: int, jobs: int) -> dict[str, Any]:
         latencies.append(time.perf_counter() - started)
         memory = response.json()["memory"] if response.status_code == 200 else {}
         wrong += memory.get("source") != "learned" or memory.get("jobs", 0) < jobs
-    return {"latency_ms": summary(latencies, 1000), "not_learned_from_every_job": wrong}
+    cpu_per_request_ms = (sum(process.cpu_times()[:2]) - cpu_s) / count * 1000
+    return {
+        "latency_ms": summary(latencies, 1000),
+        "server_cpu_per_request_ms": round(cpu_per_request_ms, 3),
+        "load_average_1m": [load, load_average()[0]],
+        "not_learned_from_every_job": wrong,
+    }
 
 
 def run(ctx: Context) -> Result:
@@ -170,7 +182,7 @@ def run(ctx: Context) -> Result:
 
     server = Server(ctx, url, refit_after_s=300.0)
     before = server.laws()
-    data["idle"] = measure(server.url, count, jobs)
+    data["idle"] = measure(server, count, jobs)
     job_ids = (f"bench-{i}" for i in itertools.count())
 
     def end_a_job() -> None:
@@ -179,7 +191,7 @@ def run(ctx: Context) -> Result:
 
     ending = threading.Event()
     background(0.5, end_a_job, ending)
-    data["jobs_ending"] = measure(server.url, count, jobs)
+    data["jobs_ending"] = measure(server, count, jobs)
     ending.set()
     after = server.laws()
     data["jobs_ending"]["fits"] = after["fits_total"] - before["fits_total"]
@@ -190,7 +202,7 @@ def run(ctx: Context) -> Result:
 
     rereading = Server(ctx, url, refit_after_s=1.0)
     before = rereading.laws()
-    data["store_reread"] = measure(rereading.url, count, jobs)
+    data["store_reread"] = measure(rereading, count, jobs)
     after = rereading.laws()
     data["store_reread"]["fits"] = after["fits_total"] - before["fits_total"]
     data["store_reread"]["last_fit_s"] = after["fit_duration_s"]
@@ -211,6 +223,10 @@ def run(ctx: Context) -> Result:
         stats = data[phase]["latency_ms"]
         wrong = data[phase]["not_learned_from_every_job"]
         figures.append(info(f"/predict p50, {label}", stats["p50"], "ms", how))
+        cpu = data[phase]["server_cpu_per_request_ms"]
+        figures.append(
+            info(f"/predict: the monitor's CPU per request, {label} (its other work included)", cpu, "ms", how)
+        )
         figures.append(
             at_most(f"/predict p99, {label} ({wrong} answers not from the fit)", stats["p99"], TARGET_P99_MS, "ms", how)
         )
