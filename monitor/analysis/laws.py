@@ -58,7 +58,7 @@ class TimeLaw:
         self, shape: JobShape, outside: Sequence[float] | None = None, step: Sequence[float] | None = None
     ) -> float:
         """Return the predicted seconds (optionally with other coefficients, for held-out errors)."""
-        return self.outside.value(shape, outside) + shape.steps * self.step.value(shape, step)  # type: ignore[arg-type]
+        return self.outside.value(shape, outside) + shape.steps * self.step.value(shape, step)
 
     def estimate(self, shape: JobShape) -> Estimate:
         """Return the predicted seconds and margin: the parts' margins added in quadrature."""
@@ -104,11 +104,16 @@ class Laws:
         """Fit every law to the observations that measured its quantity."""
         self.jobs = len(observations)
         self._peaks = [(o.shape, float(o.peak_memory_bytes)) for o in observations if o.peak_memory_bytes]
-        self._timed = [o for o in observations if o.outside_s is not None and o.step_s]
+        # (shape, outside, per step, run) of the jobs that measured every part of their time
+        self._timed = [
+            (o.shape, outside, o.step_s, o.run_s)
+            for o in observations
+            if (outside := o.outside_s) is not None and o.step_s is not None and o.run_s is not None
+        ]
         self.memory = Law(MEMORY, self._peaks)
-        outside = Law(OUTSIDE, [(o.shape, o.outside_s) for o in self._timed])  # type: ignore[misc]
-        step = Law(STEP, [(o.shape, o.step_s) for o in self._timed])  # type: ignore[misc]
-        self.time = TimeLaw(outside, step)
+        outside_law = Law(OUTSIDE, [(shape, outside) for shape, outside, _, _ in self._timed])
+        step_law = Law(STEP, [(shape, step) for shape, _, step, _ in self._timed])
+        self.time = TimeLaw(outside_law, step_law)
 
     def held_out(self) -> dict[str, Any]:
         """Return the leave-one-size-out error of peak memory and of generation time (see the module docstring)."""
@@ -119,15 +124,15 @@ class Laws:
                 predicted = self.memory.value(unit, theta)
                 memory += [(predicted, peak) for _, peak in peaks]
         time: list[tuple[float, float]] = []
-        for size, by_unit in _by_size_and_unit([(o.shape, o) for o in self._timed]).items():
+        for size, by_unit in _by_size_and_unit([(shape, run_s) for shape, _, _, run_s in self._timed]).items():
             outside, step = self.time.outside.without(size), self.time.step.without(size)
-            for unit, seen in by_unit.items():
+            for unit, runs in by_unit.items():
                 fixed, per_step = self.time.outside.value(unit, outside), self.time.step.value(unit, step)
-                time += [(fixed + o.shape.steps * per_step, o.run_s) for _, o in seen]
+                time += [(fixed + shape.steps * per_step, run_s) for shape, run_s in runs]
         return {
             "method": HELD_OUT_METHOD,
             "memory": {"sizes": len({shape.size for shape, _ in self._peaks}), **_errors(memory)},
-            "time": {"sizes": len({o.shape.size for o in self._timed}), **_errors(time)},
+            "time": {"sizes": len({shape.size for shape, _, _, _ in self._timed}), **_errors(time)},
         }
 
     def describe(self) -> dict[str, Any]:

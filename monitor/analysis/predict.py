@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.sizing import RESOLUTIONS
+from common.units import NS_PER_S
 from monitor.analysis.devices import ModelNames
 from monitor.analysis.laws import PRIOR_LAWS, Laws, Observation
 from monitor.analysis.scaling import Estimate, JobShape
@@ -35,7 +36,6 @@ from monitor.storage.schema import JOB_SUMMARY, iso_from_us
 
 log = logging.getLogger(__name__)
 
-S = 1_000_000_000
 LAW = (
     "peak memory = weights + a·c·P·F + b·c·P²·F; time = outside + steps x (t0 + t1·c·P·F + t2·c·P²·F), "
     "outside = f0 + f1·P·F + f2·P²·F (P: megapixels per frame, F: frames, c: 1 with guidance, 0.5 without)"
@@ -105,10 +105,12 @@ def observation(point: Point, gpu_model: str = "") -> Observation | None:
     """Read one succeeded job's `job_summary` point as an observation; None when its parameters are incomplete."""
     f = point.fields
     resolution, frames, steps = f.get("resolution"), f.get("num_frames"), f.get("steps")
-    if resolution not in RESOLUTIONS or not isinstance(frames, int) or not isinstance(steps, int) or steps < 1:
+    if not isinstance(resolution, int) or resolution not in RESOLUTIONS:
+        return None
+    if not isinstance(frames, int) or not isinstance(steps, int) or steps < 1:
         return None
     guidance = f.get("guidance_scale")
-    shape = JobShape(resolution, frames, steps, float(guidance) if isinstance(guidance, int | float) else 9.0)  # type: ignore[arg-type]
+    shape = JobShape(resolution, frames, steps, float(guidance) if isinstance(guidance, int | float) else 9.0)
     peak, run_s, step_s = f.get("peak_memory_bytes"), f.get("run_s"), f.get("mean_step_s")
     every_step = f.get("denoising_steps") == steps  # a mean over some steps is fine, but a cut-short run is not
     return Observation(
@@ -241,8 +243,7 @@ class Predictor:
 
     def _current(self) -> Fit:
         fit = self._fit
-        never = fit.read_at_s is None
-        if never or self._monotonic() - fit.read_at_s > self.refit_after_s:  # type: ignore[operator]
+        if fit.read_at_s is None or self._monotonic() - fit.read_at_s > self.refit_after_s:
             with self._lock:
                 self._reload = True
                 self._wake_locked()
@@ -306,10 +307,10 @@ class Predictor:
 
     def _read_store(self) -> None:
         """Replace the jobs held with the newest `max_jobs` succeeded ones of the window, from the store."""
-        end_ns = self._clock_ns() + 60 * S
+        end_ns = self._clock_ns() + 60 * NS_PER_S
         points = self._store.query_points(
             JOB_SUMMARY,
-            end_ns - self.window_s * S,
+            end_ns - self.window_s * NS_PER_S,
             end_ns,
             tags={"status": "succeeded"},
             limit=self.max_jobs,
@@ -327,13 +328,13 @@ class Predictor:
                 key = (point.tags.get("host", ""), point.tags.get("gpu", ""), point.time_ns)
                 self._jobs.pop(key, None)
                 self._jobs[key] = (point.time_ns, seen)
-        oldest_ns = self._clock_ns() - self.window_s * S
+        oldest_ns = self._clock_ns() - self.window_s * NS_PER_S
         while self._jobs and (len(self._jobs) > self.max_jobs or next(iter(self._jobs.values()))[0] < oldest_ns):
             self._jobs.popitem(last=False)
 
     def _fit_laws(self) -> dict[str, Laws]:
         """Fit each GPU model's laws to its jobs held (the model named by the sampler where the job ran)."""
-        names = ModelNames(self._store, self._clock_ns() + 60 * S)
+        names = ModelNames(self._store, self._clock_ns() + 60 * NS_PER_S)
         by_model: dict[str, list[Observation]] = {}
         for (host, gpu, _), (_, seen) in self._jobs.items():
             model = self._names.get((host, gpu))

@@ -116,12 +116,16 @@ class LawForm:
     prior: Vector  # the prior law's coefficients
     prior_share: Vector  # how far each term may be off: a share of the prior's value at REFERENCE
     noise: float  # the assumed relative spread of one measurement
-    unmeasured: Callable[[JobShape], float]  # the answer before any job was measured
-    unmeasured_spread: float  # ... and its assumed relative spread
+    unmeasured_spread: float  # the assumed relative spread of the answer before any job was measured
+    table: Callable[[JobShape], float] | None = None  # that answer, when not the prior law itself
 
     def prior_value(self, shape: JobShape) -> float:
         """Return the prior law's value."""
         return sum(c * f for c, f in zip(self.prior, self.features(shape), strict=True))
+
+    def unmeasured(self, shape: JobShape) -> float:
+        """Return the answer before any job was measured: the table where there is one, else the prior law."""
+        return self.table(shape) if self.table is not None else self.prior_value(shape)
 
 
 MEMORY = LawForm(
@@ -131,8 +135,8 @@ MEMORY = LawForm(
     prior=(4.6e9, 0.62e9, 0.0),
     prior_share=(0.3, 0.3, 0.1),
     noise=0.02,
-    unmeasured=lambda shape: float(table_peak_bytes(shape.resolution, shape.num_frames)),
     unmeasured_spread=0.15,  # the table is a guess per card (on the H100 and H200 it is 50% high at 512p)
+    table=lambda shape: float(table_peak_bytes(shape.resolution, shape.num_frames)),
 )
 STEP = LawForm(
     name="time per step",
@@ -141,7 +145,6 @@ STEP = LawForm(
     prior=(0.0148, 0.0553, 0.0),
     prior_share=(0.5, 0.5, 0.3),
     noise=0.05,
-    unmeasured=lambda shape: STEP.prior_value(shape),
     unmeasured_spread=0.5,  # cards differ in speed several-fold
 )
 OUTSIDE = LawForm(
@@ -151,7 +154,6 @@ OUTSIDE = LawForm(
     prior=(0.57, 0.054, 0.0),
     prior_share=(0.5, 0.5, 0.3),
     noise=0.1,  # the encoders' first call after a start is slow
-    unmeasured=lambda shape: OUTSIDE.prior_value(shape),
     unmeasured_spread=0.5,
 )
 
@@ -267,7 +269,7 @@ class Law:
         dof = max(self.n - effective, 0.0)
         return math.sqrt((squared + PRIOR_JOBS * self.form.noise**2) / (dof + PRIOR_JOBS))
 
-    def value(self, shape: JobShape, theta: Vector | None = None) -> float:
+    def value(self, shape: JobShape, theta: Sequence[float] | None = None) -> float:
         """Return the fitted law's value (no margin; the prior law's when nothing was measured)."""
         raw = sum(t * f for t, f in zip(theta or self._theta, self._phi(shape), strict=True)) * self._value_scale
         return max(raw, 0.1 * self.form.unmeasured(shape))  # a wild extrapolation never goes near zero

@@ -76,7 +76,7 @@ def test_admission_uses_the_monitors_learned_estimate_and_says_so(monitor: str) 
 
 def test_admission_gets_the_learned_estimate_while_the_monitor_is_stuck_in_a_slow_fit(tmp_path: Path) -> None:
     gated = GatedStore(open_store(f"sqlite:///{tmp_path}/m.db"))
-    app = measured_monitor(tmp_path, gated)  # type: ignore[arg-type]
+    app = measured_monitor(tmp_path, gated.as_store())
     server = AppServer(app).start()
     try:
         gated.hold()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
 from monitor.storage import Store
 from monitor.storage.base import StoreUnavailable
@@ -22,6 +22,10 @@ class GatedStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
+
+    def as_store(self) -> Store:
+        """Return this wrapper typed as the Store it stands for (everything not gated passes through)."""
+        return cast(Store, self)
 
     def hold(self) -> None:
         """Hold back every later read of the measurement until `release()`."""

@@ -138,7 +138,9 @@ def test_nvml_and_sampler_health_are_exported(sampler: tuple[Sampler, CountingGp
 
     energy = {"call": "nvmlDeviceGetTotalEnergyConsumption"}
     assert value("i2v_nvml_available") == 1
-    assert value("i2v_nvml_errors_total", {"call": "nvmlDeviceGetTotalEccErrors", "error": "NotSupported"}) == 2
+    assert (
+        value("i2v_nvml_errors_total", {"call": "nvmlDeviceGetTotalEccErrors", "error": "NotSupported"}) == 2
+    )
     assert value("i2v_nvml_call_duration_seconds_count", energy) == 2
     assert value("i2v_nvml_call_duration_seconds_sum", energy) == 0.021
     assert value("i2v_nvml_call_duration_seconds_bucket", {**energy, "le": "0.0025"}) == 1
@@ -192,7 +194,9 @@ def test_before_the_first_tick_only_health_is_exported() -> None:
 
 def test_the_view_serves_parseable_text_and_openmetrics(sampler: tuple[Sampler, CountingGpus]) -> None:
     app = Flask(__name__)
-    app.add_url_rule("/metrics", "metrics", metrics_view(make_registry(sampler[0], writer_health=WriterHealth)))
+    app.add_url_rule(
+        "/metrics", "metrics", metrics_view(make_registry(sampler[0], writer_health=WriterHealth))
+    )
     client = app.test_client()
 
     text = client.get("/metrics")

@@ -323,12 +323,16 @@ def test_the_probe_records_answers_in_the_format_the_fake_replays(tmp_path: Path
     assert replayed == original
 
 
-def test_the_probe_runs_end_to_end_on_recorded_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_probe_runs_end_to_end_on_recorded_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     probe = _load_probe()
     monkeypatch.setattr(probe, "real_nvml", lambda: FakeNvml(load("h100")))
     out, recorded = tmp_path / "probe.json", tmp_path / "answers.json"
 
-    assert probe.main(["--ticks", "3", "--interval", "0.001", "--out", str(out), "--record", str(recorded)]) == 0
+    assert (
+        probe.main(["--ticks", "3", "--interval", "0.001", "--out", str(out), "--record", str(recorded)]) == 0
+    )
 
     result = json.loads(out.read_text())
     assert result["available"] is True

@@ -156,7 +156,7 @@ def test_it_reads_the_store_at_start_and_on_the_cadence_and_learns_each_ended_jo
     counting.store.write([gpu_sample(used=10**9)])
     now = [100.0]
     predictor = Predictor(
-        counting,  # type: ignore[arg-type]
+        counting,  # type: ignore[arg-type]  # a wrapper passing the rest to a real Store
         clock_ns=lambda: NOW_NS,
         monotonic=lambda: now[0],
         refit_after_s=300,

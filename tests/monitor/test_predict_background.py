@@ -31,7 +31,7 @@ def test_a_slow_fit_never_blocks_predict_which_answers_from_the_last_fit_at_once
     config = replace(
         MonitorConfig(), store_url=f"sqlite:///{tmp_path}/monitor.db", spool_dir=tmp_path / "spool", data_dir=tmp_path
     )
-    app = create_app(config, store=store, clock_ns=lambda: NOW_NS)  # type: ignore[arg-type]
+    app = create_app(config, store=store.as_store(), clock_ns=lambda: NOW_NS)
     ctx = get_context(app)
     client = app.test_client()
     try:
@@ -58,7 +58,7 @@ def test_a_slow_fit_never_blocks_predict_which_answers_from_the_last_fit_at_once
 
 def test_a_failing_store_keeps_the_last_fit_and_a_later_try_recovers(tmp_path: Path) -> None:
     store = measured_store(tmp_path, 20)
-    predictor = Predictor(store, clock_ns=lambda: NOW_NS, min_refit_interval_s=0, retry_after_s=0.05)  # type: ignore[arg-type]
+    predictor = Predictor(store.as_store(), clock_ns=lambda: NOW_NS, min_refit_interval_s=0, retry_after_s=0.05)
     predictor.start()
     shape = JobShape(512, 16, 50)
     assert predictor.predict(shape, H100).memory.jobs == 20
@@ -79,7 +79,7 @@ def test_the_laws_route_reports_each_models_held_out_error(tmp_path: Path) -> No
     config = replace(
         MonitorConfig(), store_url=f"sqlite:///{tmp_path}/monitor.db", spool_dir=tmp_path / "spool", data_dir=tmp_path
     )
-    app = create_app(config, store=store, clock_ns=lambda: NOW_NS)  # type: ignore[arg-type]
+    app = create_app(config, store=store.as_store(), clock_ns=lambda: NOW_NS)
     try:
         body = app.test_client().get("/monitor/api/predict/laws").get_json()
         schemas = app.test_client().get("/openapi.json").get_json()["components"]["schemas"]
