@@ -5,10 +5,11 @@ what the card had to give it), and time when it reports its denoising steps: the
 per-step law and the rest of its run (running to end, less the steps) the law of what happens outside the loop
 (see monitor/analysis/scaling.py). Generation time = outside + steps x per step.
 
-Held-out error: what the laws would have predicted for the jobs of each size had they not seen that size
-(leave one size out: every job of one (resolution, frames) taken out of the fit at once, for each size in turn),
-against what those jobs measured. It answers "how wrong is a prediction for a size never run here", the case
-admission cares about; leaving out one job at a time would let its twins of the same size answer for it.
+Held-out error: what the laws would have predicted for the jobs of each size had they not seen that size (leave
+one size out: every job of one (resolution, frames) taken out of the fit at once, for each size in turn), against
+what those jobs measured (the measurements the laws kept: outliers are counted apart). It answers "how wrong is a
+prediction for a size never run here", the case admission cares about; leaving out one job at a time would let
+its twins of the same size answer for it.
 """
 
 from __future__ import annotations
@@ -118,27 +119,38 @@ class Laws:
     def held_out(self) -> dict[str, Any]:
         """Return the leave-one-size-out error of peak memory and of generation time (see the module docstring)."""
         memory: list[tuple[float, float]] = []
-        for size, by_unit in _by_size_and_unit([(shape, peak) for shape, peak in self._peaks]).items():
+        peaks = [(shape, peak) for shape, peak in self._peaks if self.memory.kept(shape, peak)]
+        timed = [
+            (shape, run_s)
+            for shape, outside, step, run_s in self._timed
+            if self.time.outside.kept(shape, outside) and self.time.step.kept(shape, step)
+        ]
+        for size, by_unit in _by_size_and_unit(peaks).items():
             theta = self.memory.without(size)
-            for unit, peaks in by_unit.items():
+            for unit, measured in by_unit.items():
                 predicted = self.memory.value(unit, theta)
-                memory += [(predicted, peak) for _, peak in peaks]
+                memory += [(predicted, peak) for _, peak in measured]
         time: list[tuple[float, float]] = []
-        for size, by_unit in _by_size_and_unit([(shape, run_s) for shape, _, _, run_s in self._timed]).items():
+        for size, by_unit in _by_size_and_unit(timed).items():
             outside, step = self.time.outside.without(size), self.time.step.without(size)
             for unit, runs in by_unit.items():
                 fixed, per_step = self.time.outside.value(unit, outside), self.time.step.value(unit, step)
                 time += [(fixed + shape.steps * per_step, run_s) for shape, run_s in runs]
         return {
             "method": HELD_OUT_METHOD,
-            "memory": {"sizes": len({shape.size for shape, _ in self._peaks}), **_errors(memory)},
-            "time": {"sizes": len({shape.size for shape, _, _, _ in self._timed}), **_errors(time)},
+            "memory": {"sizes": len({shape.size for shape, _ in peaks}), **_errors(memory)},
+            "time": {"sizes": len({shape.size for shape, _ in timed}), **_errors(time)},
         }
 
     def describe(self) -> dict[str, Any]:
         """Return the fitted coefficients, spreads and job counts (the laws route's view of one GPU model)."""
         return {
             "memory_jobs": self.memory.n,
+            "outliers_dropped": {
+                "memory": self.memory.outliers,
+                "time_per_step": self.time.step.outliers,
+                "time_outside_steps": self.time.outside.outliers,
+            },
             "time_jobs": self.time.n,
             "memory_bytes": self.memory.coefficients(),
             "time_per_step_s": self.time.step.coefficients(),

@@ -27,6 +27,11 @@ an assumed measurement spread `noise`: one job outweighs the prior many times ov
 prior only decides what the jobs cannot tell apart (the slope when every job had one size). With no job at all
 the answer is not this law but the design's table (memory) or the H100's law (time): what the generator uses too.
 
+Outliers: with five jobs or more, a measurement more than 5 robust spreads (1.4826 x the median relative residual)
+and more than 20% off the first fit is dropped and the law fitted again: a peak stored before the generator
+reported each job's own (every job after a 1024p/32 one reported its 28 GB) or a job slowed by a neighbour must
+not bend the law for everyone else. How many were dropped is reported.
+
 The margin is the predictive spread: the relative residual spread s of the fit (blended with `noise` as one
 more job, so a few lucky jobs do not claim 0%) times sqrt(1 + h), h = the leverage of the asked-for size
 (phi' A^-1 phi / value^2, A the fit's precision matrix): wide far from every measured size, narrow near them.
@@ -48,6 +53,9 @@ Z = 2.0  # about 98% one-sided under a normal spread
 MIN_MARGIN_RATIO = 0.03
 MAX_MARGIN_RATIO = 1.0  # far from every measured size: at most double the value
 PRIOR_JOBS = 1.0  # the assumed spread counts as this many jobs in the residual spread
+MIN_JOBS_FOR_OUTLIERS = 5  # below this, no measurement is called an outlier
+OUTLIER_SPREADS = 5.0
+OUTLIER_RATIO = 0.2  # a measurement within 20% of the law is never dropped
 Size = tuple[int, int]  # (resolution, frames): what "a size not seen" means
 Vector = tuple[float, ...]
 
@@ -180,10 +188,18 @@ def _quadratic(phi: Vector, matrix: Sequence[Sequence[float]]) -> float:
     return sum(phi[i] * matrix[i][j] * phi[j] for i in range(len(phi)) for j in range(len(phi)))
 
 
+GroupKey = tuple[int, int, bool]  # resolution, frames, guided: what a law's features depend on
+
+
+def _key(shape: JobShape) -> GroupKey:
+    return (shape.resolution, shape.num_frames, shape.guidance_scale > 1)
+
+
 @dataclass
 class Group:
     """The jobs of one size and guidance: their shared (normalised) features and their measured values."""
 
+    key: GroupKey
     size: Size
     phi: Vector
     values: list[float] = field(default_factory=list)  # normalised by the prior's value at REFERENCE
@@ -212,26 +228,55 @@ class Law:
         self.form = form
         self._value_scale = form.prior_value(REFERENCE)
         self._feature_scale = form.features(REFERENCE)
-        groups: dict[tuple[int, int, bool], Group] = {}  # by what the features depend on: size and guidance
+        groups: dict[GroupKey, Group] = {}  # by what the features depend on: size and guidance
+        self._dropped: set[tuple[GroupKey, float]] = set()
         for shape, value in observations:
-            key = (shape.resolution, shape.num_frames, shape.guidance_scale > 1)
+            key = _key(shape)
             group = groups.get(key)
             if group is None:
-                group = groups[key] = Group(shape.size, self._phi(shape))
+                group = groups[key] = Group(key, shape.size, self._phi(shape))
             group.values.append(value / self._value_scale)
         self.groups = list(groups.values())
-        self.n = sum(len(g.values) for g in self.groups)
         # The prior as precisions on the normalised coefficients: a term may be off by prior_share of the
         # value at REFERENCE, where every normalised feature is 1, so the normalised coefficient's std is it.
         self._prior_theta = tuple(
             c * s / self._value_scale for c, s in zip(form.prior, self._feature_scale, strict=True)
         )
         self._prior_precision = tuple(form.noise**2 / share**2 for share in form.prior_share)
+        self._fit()
+        self.outliers = self._drop_outliers()
+        if self.outliers:
+            self._fit()
+        self.spread = self._spread()
+
+    def _fit(self) -> None:
+        self.n = sum(len(g.values) for g in self.groups)
         self._contributions = [self._contribution(g) for g in self.groups]
         gram, moment = self._totals(range(len(self.groups)))
         self._inverse = invert(gram)
         self._theta = self._solve(self._inverse, moment)
-        self.spread = self._spread()
+
+    def _drop_outliers(self) -> int:
+        """Drop measurements far off the law (a peak from before jobs reported their own, a job slowed by a
+        neighbour): beyond OUTLIER_SPREADS robust spreads and OUTLIER_RATIO of the value. Return how many."""
+        if self.n < MIN_JOBS_FOR_OUTLIERS:
+            return 0
+        fitted = [sum(t * f for t, f in zip(self._theta, g.phi, strict=True)) for g in self.groups]
+        residuals = sorted(abs(1.0 - mu / y) for g, mu in zip(self.groups, fitted, strict=True) for y in g.values)
+        robust_spread = 1.4826 * residuals[len(residuals) // 2]  # the median's, as a normal spread
+        limit = max(OUTLIER_SPREADS * robust_spread, OUTLIER_RATIO)
+        dropped = 0
+        for group, mu in zip(self.groups, fitted, strict=True):
+            kept = [y for y in group.values if abs(1.0 - mu / y) <= limit]
+            self._dropped |= {(group.key, y) for y in group.values if abs(1.0 - mu / y) > limit}
+            dropped += len(group.values) - len(kept)
+            group.values = kept
+        self.groups = [g for g in self.groups if g.values]
+        return dropped
+
+    def kept(self, shape: JobShape, value: float) -> bool:
+        """Return whether a measurement the law was given counts (it was not dropped as an outlier)."""
+        return not self._dropped or (_key(shape), value / self._value_scale) not in self._dropped
 
     def _phi(self, shape: JobShape) -> Vector:
         return tuple(f / s for f, s in zip(self.form.features(shape), self._feature_scale, strict=True))

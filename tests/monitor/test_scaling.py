@@ -9,6 +9,7 @@ size; the held-out size must come out within 5% (peak) and 10% (time), as on the
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -89,3 +90,17 @@ def test_step_time_grows_faster_than_pixels_times_frames_and_the_attention_term_
     assert coefficients["attention_s"] > 0
     attention_share = coefficients["attention_s"] * features(JobShape(1024, 32, 1))[2] / STEP_S[(1024, 32)]
     assert 0.05 < attention_share < 0.4
+
+
+def test_peaks_stored_before_jobs_reported_their_own_are_dropped_not_learned() -> None:
+    rng = random.Random(6)
+    jobs = [measured(size, 25, rng) for size in PEAK_BYTES for _ in range(4)]
+    # Before the generator emptied its cache between jobs, every job after a 1024p/32 one reported 28 GB.
+    jobs += [replace(measured(size, 25, rng), peak_memory_bytes=28 * 10**9) for size in ((512, 16), (512, 24)) * 2]
+
+    laws = Laws(jobs)
+
+    assert laws.memory.outliers == 4
+    assert laws.memory.estimate(JobShape(512, 16, 25)).value == pytest.approx(PEAK_BYTES[(512, 16)], rel=0.02)
+    assert laws.describe()["outliers_dropped"]["memory"] == 4
+    assert laws.held_out()["memory"]["jobs"] == 16  # the outliers are not counted as held-out misses either
