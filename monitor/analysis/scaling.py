@@ -161,7 +161,7 @@ OUTSIDE = LawForm(
     features=outside_features,
     prior=(0.57, 0.054, 0.0),
     prior_share=(0.5, 0.5, 0.3),
-    noise=0.1,  # the encoders' first call after a start is slow
+    noise=0.1,  # encoders, decode and export vary more from run to run than a denoising step
     unmeasured_spread=0.5,
 )
 
