@@ -14,6 +14,7 @@ nothing and its files say so. Benchmarks, in the issue's order:
 - quality:  scoring one 16-frame 512x512 clip on the CPU
 - reports:  jobs.csv of 100,000 jobs: rows/s and peak memory
 - api:      the dashboard's API under load from a loopback client: p50/p99 and errors per endpoint
+- predict:  /monitor/api/predict p50/p99 with 5,000 jobs stored: idle, while jobs end, while the store is re-read
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ BENCHMARKS: dict[str, str] = {
     "quality": "bench.quality_cost",
     "reports": "bench.reports_export",
     "api": "bench.api_load",
+    "predict": "bench.predict_latency",
 }
 
 

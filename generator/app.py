@@ -20,6 +20,7 @@ from common import openapi
 from common.auth import bearer_allows
 from common.sizing import LIMITS, RESOLUTIONS
 from generator import eta
+from generator.admission import table_estimate
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event
 from generator.jobs import Job, JobBook, QueueFull
@@ -64,7 +65,7 @@ class Runtime:
                 cache_dir=config.state_dir / "cache",
                 host_name=config.host_name,
                 memory_fraction=config.gpu_memory_fraction,
-                **({"estimate": self.predictor.for_gpu(str(d.index or 0))} if self.predictor else {}),
+                estimate=self.predictor.for_gpu(str(d.index or 0)) if self.predictor else table_estimate,
             )
             for d in devices
         ]

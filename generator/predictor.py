@@ -2,9 +2,11 @@
 
 `MonitorPredictor.estimate(params, gpu)` calls the monitor's `GET /monitor/api/predict` with a short timeout
 and keeps each answer for `ttl_s` per parameter set, so admission control asks at most once a minute per
-shape. When the monitor does not answer (or answers nonsense), the design's table answers instead and the
-monitor is left alone for `retry_after_s`, so a job waits for at most one timeout. Either way the estimate
-says where it came from, and admission writes that in the job's notes.
+shape. When the monitor does not answer (or answers nonsense), the monitor is left alone for `retry_after_s`,
+so a job waits for at most one timeout, and meanwhile the monitor's last answer for the same job (up to
+`max_stale_s` old) answers, or else the design's table. The monitor answers from its last fit at once, however
+long a fit takes, so a slow fit never sends admission to the table. Either way the estimate says where it came
+from, and admission writes that in the job's notes.
 
 The blueprint proxies the monitor's recommendation and prediction for the generator's page (one origin):
 - `GET /api/recommendation[?guidance=&max_time_s=&gpu=]`: the best parameters that fit this generator's GPU
@@ -45,7 +47,8 @@ class MonitorPredictor:
         host_name: this generator's host tag (the monitor finds the GPU by host and index).
         timeout_s: connect and read timeouts of one request.
         ttl_s: how long an answer is reused for the same parameters and GPU.
-        retry_after_s: after a failure, how long the table answers without asking.
+        retry_after_s: after a failure, how long the monitor is not asked (its last answers or the table answer).
+        max_stale_s: the oldest answer of the monitor that still answers for the same job while it is down.
         session: the HTTP session (tests may pass their own).
         clock: monotonic seconds.
     """
@@ -58,12 +61,14 @@ class MonitorPredictor:
         timeout_s: tuple[float, float] = TIMEOUT_S,
         ttl_s: float = 60.0,
         retry_after_s: float = 30.0,
+        max_stale_s: float = 3600.0,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = monitor_url.rstrip("/")
         self.host_name = host_name
         self.timeout_s, self.ttl_s, self.retry_after_s = timeout_s, ttl_s, retry_after_s
+        self.max_stale_s = max_stale_s
         self._session = session or requests.Session()
         self._clock = clock
         self._cache: OrderedDict[tuple, tuple[float, MemoryEstimate]] = OrderedDict()
@@ -85,15 +90,15 @@ class MonitorPredictor:
                 return cached[1]
             down = now < self._down_until
         if down:
-            return self._fallback(params, self._down_reason)
+            return self._fallback(params, self._down_reason, cached, now)
         try:
             answer = self._predict(params, gpu)
         except (requests.RequestException, ValueError, KeyError, TypeError) as e:
             reason = f"the monitor did not answer ({type(e).__name__}); asking again in {self.retry_after_s:.0f} s"
             with self._lock:
                 self._down_until, self._down_reason = now + self.retry_after_s, reason
-            log.warning("memory estimate from the table: %s", reason)
-            return self._fallback(params, reason)
+            log.warning("memory estimate without the monitor: %s", reason)
+            return self._fallback(params, reason, cached, now)
         with self._lock:
             self._cache[key] = (now + self.ttl_s, answer)
             while len(self._cache) > MAX_CACHED:
@@ -125,8 +130,13 @@ class MonitorPredictor:
         )
         return MemoryEstimate(need, source)
 
-    @staticmethod
-    def _fallback(params: JobParams, reason: str) -> MemoryEstimate:
+    def _fallback(
+        self, params: JobParams, reason: str, cached: tuple[float, MemoryEstimate] | None, now: float
+    ) -> MemoryEstimate:
+        """Return the monitor's last answer for this job when recent enough, else the table's estimate."""
+        if cached is not None and now - (cached[0] - self.ttl_s) <= self.max_stale_s:
+            age_s = now - (cached[0] - self.ttl_s)
+            return MemoryEstimate(cached[1], f"{cached[1].source}; its answer from {age_s:.0f} s ago ({reason})")
         need = table_estimate(params)
         return MemoryEstimate(need, f"memory estimate from the table: {need / GiB:.1f} GB ({reason})")
 

@@ -252,6 +252,7 @@ class Worker:
         self._stage_event(job.job_id, timing, job.effective, job)
 
     def _stage_event(self, job_id: str, timing: StageTiming, params: JobParams, job: Job | None = None) -> None:
+        peak = self.job_memory.peak() if timing.stage in ("denoising", "decode_video") else None
         self.events.emit(
             Event(
                 job_id=job_id,
@@ -264,7 +265,8 @@ class Worker:
                 step=timing.step,
                 total_steps=timing.total_steps,
                 params=params.to_dict(),
-                **_peak_fields(self.job_memory.peak() if timing.stage in ("denoising", "decode_video") else None),
+                peak_memory_bytes=None if peak is None else peak.reserved_bytes,
+                peak_memory_allocated_bytes=None if peak is None else peak.allocated_bytes,
             )
         )
 
@@ -289,7 +291,8 @@ class Worker:
             error=error,
             suggestion=suggestion,
             video_path=video_path,
-            **_peak_fields(peak),
+            peak_memory_bytes=None if peak is None else peak.reserved_bytes,
+            peak_memory_allocated_bytes=None if peak is None else peak.allocated_bytes,
         )
         if job.peak_memory_bytes is not None:
             self.metrics.peak_memory.set(job.peak_memory_bytes)
@@ -301,10 +304,3 @@ class Worker:
         self.metrics.request_duration.observe((job.finished_at or time.time()) - job.created_at)
         self.job_event(job, state)
         log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
-
-
-def _peak_fields(peak: PeakMemory | None) -> dict[str, int | None]:
-    """Return a job's or an event's peak-memory fields: reserved (what the card gave) and allocated, in bytes."""
-    if peak is None:
-        return {"peak_memory_bytes": None, "peak_memory_allocated_bytes": None}
-    return {"peak_memory_bytes": peak.reserved_bytes, "peak_memory_allocated_bytes": peak.allocated_bytes}

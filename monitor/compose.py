@@ -149,7 +149,7 @@ def create_app(
     # Durable like the events it is made from: a summary only buffered would be lost with a killed monitor.
     summarizer = JobSummarizer(writer.write_durable, store, on_summary=bus.publisher(topics.JOB_SUMMARY))
     bus.subscribe(topics.EVENTS, summarizer.listen)
-    bus.subscribe(topics.JOB_SUMMARY, lambda _summary: predictor.mark_dirty())
+    bus.subscribe(topics.JOB_SUMMARY, predictor.mark_dirty)  # refitted in the background with the new job
     if quality is not None:
         bus.subscribe(topics.EVENTS, quality.listen)
     context = MonitorContext(
@@ -165,6 +165,7 @@ def create_app(
         clock_ns=clock_ns,
         bus=bus,
     )
+    predictor.start()  # one fit before serving, so that the first predictions are learned ones
     return make_app(context)
 
 

@@ -14,6 +14,10 @@ from monitor.storage.schema import GPU_SAMPLE, iso_from_us
 MAX_SAMPLE_AGE_S = 120
 #: What share of a card a job may use, with what other processes hold (common/sizing.py, as the generator's
 #: admission control): the rest covers the allocator's cache and fragmentation, which torch's peak omits.
+#: The sampler writes every GPU of a host in each tick (every 0.5-2 s), so a host's samples of the last few seconds
+#: hold each of its GPUs' latest state: /predict reads those (a few rows) rather than the 120 s span (240 rows per
+#: GPU at 0.5 s sampling, most of the request's time).
+RECENT_S = 10
 NAME_LOOKBACK_S = 30 * 86_400
 
 
@@ -64,11 +68,21 @@ class DeviceState:
 
 
 def live_devices(store: Store, now_ns: int, host: str | None = None) -> list[DeviceState]:
-    """Return each GPU sampled in the last `MAX_SAMPLE_AGE_S` that is up and reports its memory, by host and GPU."""
-    tags = {"host": host} if host else None
-    points = store.query_points(
-        GPU_SAMPLE, now_ns - MAX_SAMPLE_AGE_S * NS_PER_S, now_ns + NS_PER_S, tags=tags, limit=256, descending=True
-    )
+    """Return each GPU sampled in the last `MAX_SAMPLE_AGE_S` that is up and reports its memory, by host and GPU.
+
+    With a host named, its last `RECENT_S` are read first (see there); the rest of the span only when they hold
+    no GPU of it.
+    """
+    if host:
+        recent = _latest(store, now_ns - RECENT_S * NS_PER_S, now_ns, {"host": host})
+        if recent:
+            return recent
+    return _latest(store, now_ns - MAX_SAMPLE_AGE_S * NS_PER_S, now_ns, {"host": host} if host else None)
+
+
+def _latest(store: Store, start_ns: int, now_ns: int, tags: dict[str, str] | None) -> list[DeviceState]:
+    """Return each GPU's latest up sample with its memory in [start_ns, now_ns], by host and GPU."""
+    points = store.query_points(GPU_SAMPLE, start_ns, now_ns + NS_PER_S, tags=tags, limit=256, descending=True)
     latest: dict[tuple[str, str], DeviceState] = {}
     for point in points:
         key = (point.tags.get("host", ""), point.tags.get("gpu", ""))
@@ -106,6 +120,10 @@ class ModelNames:
         if key not in self._names:
             self._names[key] = self._lookup(host, gpu)
         return self._names[key]
+
+    def known(self, host: str, gpu: str) -> bool:
+        """Return whether the sampler named this GPU (after `name` looked it up): `cpu` counts as named."""
+        return self.name(host, gpu) != f"gpu {gpu}"
 
     def _lookup(self, host: str, gpu: str) -> str:
         if gpu == "cpu":

@@ -9,10 +9,20 @@ writes one point:
   same point); fields: `job_id`, `submitted_at_us`/`started_at_us` (epoch µs), `queued_s`, `run_s`
   (running → end: the generation time), `total_s`, the effective parameters (`resolution`, `num_frames`,
   `steps`, `guidance_scale`, `fps`, `seed`) and the requested ones (`requested_*`, equal when nothing was
-  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, `peak_memory_bytes` (the
-  most torch reserved: what the card gave the job) and `peak_memory_allocated_bytes` (the most in live tensors),
-  `prompt`, `error`, `suggestion`, `video_path`, and `complete` (false when some of the job's events were
-  not seen, e.g. it began before this monitor started and the store could not supply them).
+  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, the job's peak memory
+  three ways (below), `prompt`, `error`, `suggestion`, `video_path`, and `complete` (false when some of the
+  job's events were not seen, e.g. it began before this monitor started and the store could not supply them).
+
+Peak memory, in bytes:
+- `peak_memory_bytes`: what the generator reports, torch's reserved peak during this job alone (it empties the
+  allocator's cache between jobs): what the card had to give the job, weights included. The predictor learns
+  from this one.
+- `peak_memory_allocated_bytes`: the generator's peak held by live tensors (below the reserved peak by the
+  allocator's cache and fragmentation).
+- `nvml_peak_memory_bytes`: the most NVML saw the generator's process use between the job's running and end
+  events (`gpu_sample` `generator_memory_bytes`): the driver's view, which adds the CUDA context and anything
+  outside torch, but is sampled (every sample interval, so a short peak can fall between two samples, and the
+  samples of the last second may not be stored yet when the job's end arrives).
 
 When the end event arrives for a job whose first events this process never saw (the monitor restarted in
 between), its events are read back from the store (one small query over the job's own time span).
@@ -32,13 +42,15 @@ from common.units import NS_PER_S
 from monitor.analysis import jobs
 from monitor.storage import schema
 from monitor.storage.base import FieldValue, Point, Store, StoreRejected, StoreUnavailable
-from monitor.storage.schema import JOB_EVENT, JOB_SUMMARY, event_time_ns, event_to_point, point_to_event
+from monitor.storage.schema import GPU_SAMPLE, JOB_EVENT, JOB_SUMMARY, event_time_ns, event_to_point, point_to_event
 
 log = logging.getLogger(__name__)
 
 STAGES = ("text_encoding", "image_encoding", "image_latents", "denoising", "decode_video", "export")
 TERMINAL = jobs.TERMINAL
 NOT_JOBS = ("model_load", "warmup")  # the worker's start-up stages, under the job id "startup"
+NVML_FIELD = "generator_memory_bytes"
+NVML_BUCKET_S = 3600  # a job's span in a bucket or two, read from the 12 s rollups in between
 
 FIELD_TYPES: dict[str, str] = {
     "job_id": "str",
@@ -54,6 +66,7 @@ FIELD_TYPES: dict[str, str] = {
     "mean_step_s": "float",
     "peak_memory_bytes": "int",
     "peak_memory_allocated_bytes": "int",
+    "nvml_peak_memory_bytes": "int",
     "prompt": "str",
     "error": "str",
     "suggestion": "str",
@@ -69,7 +82,13 @@ def _us(iso: str | None) -> int | None:
     return None if iso is None else schema._to_us(parse_iso(iso))
 
 
-def summary_point(job_id: str, events: Sequence[dict[str, Any]], end: dict[str, Any], end_ns: int) -> Point:
+def summary_point(
+    job_id: str,
+    events: Sequence[dict[str, Any]],
+    end: dict[str, Any],
+    end_ns: int,
+    nvml_peak_bytes: int | None = None,
+) -> Point:
     """Summarise a finished job's events (dicts as `point_to_event` makes them) as its `job_summary` point."""
     summary = jobs.summarize(job_id, events)
     params = summary["params"]
@@ -90,6 +109,7 @@ def summary_point(job_id: str, events: Sequence[dict[str, Any]], end: dict[str, 
         "mean_step_s": denoising.get("mean_step_s"),
         "peak_memory_bytes": summary["peak_memory_bytes"],
         "peak_memory_allocated_bytes": summary["peak_memory_allocated_bytes"],
+        "nvml_peak_memory_bytes": nvml_peak_bytes,
         "prompt": summary["prompt"],
         "error": summary["error"],
         "suggestion": summary["suggestion"],
@@ -184,7 +204,25 @@ class JobSummarizer:
             last = max(events, key=lambda e: e["ended_at"])
             end_ns = _us(last["ended_at"]) * 1000  # type: ignore[operator]  # every stored event has ended_at
             return summary_point(job_id, events, {**last, "status": "unfinished"}, end_ns)
-        return summary_point(job_id, events, point_to_event(event_to_point(end)), event_time_ns(end))
+        end_ns = event_time_ns(end)
+        running = next((e for e in events if e["kind"] == "job" and e.get("status") == "running"), None)
+        nvml_peak = None if running is None else self._nvml_peak(end.host, end.gpu, _us(running["started_at"]), end_ns)
+        return summary_point(job_id, events, point_to_event(event_to_point(end)), end_ns, nvml_peak)
+
+    def _nvml_peak(self, host: str, gpu: str, running_us: int | None, end_ns: int) -> int | None:
+        """Return the most NVML saw the generator's process hold on the job's GPU while it ran (None: unknown)."""
+        if self._store is None or running_us is None or gpu == "cpu":
+            return None
+        try:
+            rows = self._store.query_window(
+                GPU_SAMPLE, [NVML_FIELD], running_us * 1000, end_ns + 1, {"host": host, "gpu": gpu}, NVML_BUCKET_S
+            )
+        except (StoreUnavailable, StoreRejected) as e:
+            log.warning("job on %s/%s: NVML's peak for it could not be read (%s); left empty", host, gpu, e)
+            return None
+        peaks = [row.max.get(NVML_FIELD) for row in rows]
+        known = [int(peak) for peak in peaks if peak is not None]
+        return max(known) if known else None
 
     def _read_back(self, job_id: str, end: Event) -> dict[str, dict[str, Any]]:
         start_ns = _us(end.started_at) * 1000 - 60 * NS_PER_S  # type: ignore[operator]  # validated at ingest

@@ -62,7 +62,8 @@ class MonitorContext:
         return redact_url(self.config.store_url)
 
     def close(self) -> None:
-        """Flush and stop the writer (undelivered points stay in the spool), then close the store."""
+        """Stop the predictor's fits, flush and stop the writer (undelivered points stay spooled), close the store."""
+        self.predictor.close()
         self.writer.close()
         self.store.close()
 

@@ -19,9 +19,11 @@ from generator.validation import JobParams
 from monitor.analysis.predict import JobShape
 from monitor.compose import create_app
 from monitor.config import MonitorConfig
+from monitor.storage import Store, open_store
 from monitor.web.context import get_context
+from tests.monitor.gated_store import GatedStore
 from tests.monitor.history import NOW_NS, gpu_sample, history, random_shapes, summarize_into, true_peak_bytes
-from tests.servers import AppServer, free_port
+from tests.servers import AppServer, free_port, wait_for
 
 HOST = "gen-host"
 DEFAULT_JOB = JobParams(resolution=512, num_frames=16, steps=50, guidance_scale=9.0, fps=8)
@@ -43,16 +45,21 @@ class CountingSession(requests.Session):
 @pytest.fixture(scope="module")
 def monitor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real monitor (SQLite) that has measured 30 jobs on this generator's H100, served over HTTP."""
-    tmp = tmp_path_factory.mktemp("monitor")
-    config = replace(MonitorConfig(), store_url=f"sqlite:///{tmp}/m.db", spool_dir=tmp / "spool", data_dir=tmp)
-    app = create_app(config, clock_ns=lambda: NOW_NS)
-    store = get_context(app).store
-    summarize_into(store, history(random_shapes(30), host=HOST))
-    store.write([gpu_sample(used=20 * 10**9, own=15 * 10**9, host=HOST)])
+    app = measured_monitor(tmp_path_factory.mktemp("monitor"))
     server = AppServer(app).start()
     yield server.url
     server.stop()
     get_context(app).close()
+
+
+def measured_monitor(tmp: Path, store: Store | None = None) -> Flask:
+    """Return a monitor app whose store (SQLite, or `store` over it) holds 30 jobs measured on an H100."""
+    url = f"sqlite:///{tmp}/m.db"
+    store = store or open_store(url)
+    summarize_into(store, history(random_shapes(30), host=HOST))
+    store.write([gpu_sample(used=20 * 10**9, own=15 * 10**9, host=HOST)])
+    config = replace(MonitorConfig(), store_url=url, spool_dir=tmp / "spool", data_dir=tmp)
+    return create_app(config, store=store, clock_ns=lambda: NOW_NS)  # fits the 30 jobs before serving
 
 
 def test_admission_uses_the_monitors_learned_estimate_and_says_so(monitor: str) -> None:
@@ -65,6 +72,26 @@ def test_admission_uses_the_monitors_learned_estimate_and_says_so(monitor: str) 
     assert verdict.notes[0].startswith("memory estimate from the monitor:")
     assert "learned from 30 job(s) measured on NVIDIA H100 80GB HBM3" in verdict.notes[0]
     assert admit(DEFAULT_JOB, lambda: TIGHT).params != DEFAULT_JOB
+
+
+def test_admission_gets_the_learned_estimate_while_the_monitor_is_stuck_in_a_slow_fit(tmp_path: Path) -> None:
+    gated = GatedStore(open_store(f"sqlite:///{tmp_path}/m.db"))
+    app = measured_monitor(tmp_path, gated.as_store())
+    server = AppServer(app).start()
+    try:
+        gated.hold()
+        get_context(app).predictor.mark_dirty()  # the next fit reads a store that does not answer
+        wait_for(gated.waiting.is_set, 10, "the monitor's fit to be stuck reading the store")
+
+        verdict = admit(DEFAULT_JOB, lambda: TIGHT, MonitorPredictor(server.url, HOST).for_gpu("0"))
+
+        assert verdict.params == DEFAULT_JOB  # not degraded by the table's 12 GiB
+        assert "learned from 30 job(s) measured on NVIDIA H100 80GB HBM3" in verdict.notes[0]
+        assert gated.waiting.is_set()  # the fit is still stuck
+    finally:
+        gated.release()
+        server.stop()
+        get_context(app).close()
 
 
 def test_answers_are_cached_per_parameter_set_for_a_while(monitor: str) -> None:
@@ -95,6 +122,29 @@ def test_without_the_monitor_the_table_answers_at_once_and_says_why() -> None:
     now[0] = 31
     predictor.estimate(DEFAULT_JOB, "0")
     assert session.gets == 2
+
+
+def test_while_the_monitor_is_down_its_last_answer_for_the_job_beats_the_table(tmp_path: Path) -> None:
+    app = measured_monitor(tmp_path)
+    server = AppServer(app).start()
+    now = [0.0]
+    predictor = MonitorPredictor(server.url, HOST, ttl_s=60, retry_after_s=30, max_stale_s=3600, clock=lambda: now[0])
+    try:
+        learned = predictor.estimate(DEFAULT_JOB, "0")
+    finally:
+        server.stop()
+        get_context(app).close()
+    now[0] = 61  # the answer has expired and the monitor is gone
+
+    stale = predictor.estimate(DEFAULT_JOB, "0")
+    assert stale == learned
+    assert "learned from 30 job(s)" in stale.source
+    assert "its answer from 61 s ago (the monitor did not answer (Connection" in stale.source
+    assert predictor.estimate(replace(DEFAULT_JOB, num_frames=24), "0") == table_estimate(
+        replace(DEFAULT_JOB, num_frames=24)
+    )  # never asked for: the table
+    now[0] = 3700
+    assert predictor.estimate(DEFAULT_JOB, "0") == table_estimate(DEFAULT_JOB)  # too old to trust
 
 
 def test_a_monitor_that_answers_nonsense_is_not_believed(monitor: str) -> None:

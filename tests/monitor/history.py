@@ -32,9 +32,14 @@ def true_peak_bytes(shape: JobShape) -> float:
     return 5.04e9 + 0.6e9 * shape.x
 
 
+def true_step_s(shape: JobShape) -> float:
+    """Return the known time per denoising step of the synthetic history."""
+    return 0.015 + 0.055 * shape.x
+
+
 def true_run_s(shape: JobShape) -> float:
-    """Return the known time law of the synthetic history."""
-    return 0.6 + 0.05 * shape.x + shape.steps * (0.015 + 0.055 * shape.x)
+    """Return the known time law of the synthetic history: outside the loop plus the steps."""
+    return 0.6 + 0.05 * shape.x + shape.steps * true_step_s(shape)
 
 
 def iso(epoch_s: float) -> str:
@@ -56,8 +61,13 @@ def job_events(
     requested: dict[str, Any] | None = None,
     error: str | None = None,
     queued_s: float = 0.5,
+    step_s: float | None = None,
 ) -> list[Event]:
-    """Return one job's events in the order and shape the generator emits them (see generator/worker.py)."""
+    """Return one job's events in the order and shape the generator emits them (see generator/worker.py).
+
+    Without `step_s`, the run outside the denoising loop takes 0.8 s and the steps the rest of `run_s`; with it,
+    the steps take `step_s` each and the VAE decode the rest.
+    """
     params = {**shape.to_dict(), "fps": 8, "seed": None}
     started = submitted_s + queued_s
     common = {"job_id": job_id, "host": host, "gpu": gpu, "params": params}
@@ -75,7 +85,11 @@ def job_events(
         events.append(Event(kind="stage", stage=stage, started_at=iso(at), duration_s=seconds, **common))
         at += seconds
     steps = shape.steps if status == "succeeded" else max(shape.steps // 2, 1)
-    step_s = (run_s - 0.8) / shape.steps
+    decode_s = 0.37
+    if step_s is None:
+        step_s = (run_s - 0.8) / shape.steps
+    else:
+        decode_s = max(run_s - 0.11 - 0.2 - shape.steps * step_s - 0.01, 0.01)
     loop_start = at
     for step in range(1, steps + 1):
         events.append(
@@ -107,12 +121,12 @@ def job_events(
                 kind="stage",
                 stage="decode_video",
                 started_at=iso(at),
-                duration_s=0.37,
+                duration_s=decode_s,
                 peak_memory_bytes=peak_bytes,
                 **common,
             )
         )
-        at += 0.37
+        at += decode_s
         events.append(Event(kind="stage", stage="export", started_at=iso(at), duration_s=0.2, **common))
     finished = started + run_s
     events.append(
@@ -155,11 +169,14 @@ def history(
     rng = random.Random(seed)
     events = []
     for i, shape in enumerate(shapes):
+        outside_s = (true_run_s(shape) - shape.steps * true_step_s(shape)) * (1 + rng.gauss(0, noise))
+        step_s = true_step_s(shape) * (1 + rng.gauss(0, noise))
         events += job_events(
             f"job-{seed}-{i}",
             submitted_s=start_s + 40 * i,
             shape=shape,
-            run_s=true_run_s(shape) * (1 + rng.gauss(0, noise)),
+            run_s=outside_s + shape.steps * step_s,
+            step_s=step_s,
             peak_bytes=round(peak(shape) * (1 + rng.gauss(0, noise))),
             gpu=gpu,
             host=host,

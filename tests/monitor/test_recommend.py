@@ -27,10 +27,14 @@ from tests.monitor.history import (
     store_url,
     true_peak_bytes,
     true_run_s,
+    true_step_s,
 )
+from tests.servers import wait_for
 
 GB = 10**9
-LEARNED = Laws([Observation(H100, s, round(true_peak_bytes(s)), true_run_s(s)) for s in random_shapes(80)])
+LEARNED = Laws(
+    [Observation(H100, s, round(true_peak_bytes(s)), true_run_s(s), true_step_s(s)) for s in random_shapes(80)]
+)
 
 
 def device(total_gb: float, used_gb: float, own_gb: float | None = None, model: str = H100) -> DeviceState:
@@ -129,12 +133,14 @@ def monitor_app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Flas
 
 def test_the_recommendation_route_learns_from_ingested_jobs(monitor_app: Flask) -> None:
     client = monitor_app.test_client()
+    writer = get_context(monitor_app).writer
+    writer.write([gpu_sample(used=30 * GB, own=10 * GB), gpu_sample(used=1 * GB, gpu="1", name="Other GPU")])
+    assert writer.flush()  # the sampler names the GPUs before jobs run
     events = [e.to_dict() for e in history(random_shapes(20))]
     for start in range(0, len(events), 1000):
         assert client.post("/monitor/api/events", json={"events": events[start : start + 1000]}).status_code == 200
-    writer = get_context(monitor_app).writer
-    writer.write([gpu_sample(used=30 * GB, own=10 * GB), gpu_sample(used=1 * GB, gpu="1", name="Other GPU")])
-    assert writer.flush()
+    predictor = get_context(monitor_app).predictor
+    wait_for(lambda: predictor.laws(H100).memory.n == 20, 20, "the 20 jobs to be learned in the background")
 
     body = client.get("/monitor/api/recommendation?gpu=0").get_json()
 

@@ -1,0 +1,164 @@
+"""One GPU model's laws: peak memory and generation time fitted to its succeeded jobs, and their held-out error.
+
+A job teaches memory when it reports its peak (`peak_memory_bytes`: torch's reserved peak for that job alone,
+what the card had to give it), and time when it reports its denoising steps: the mean step time teaches the
+per-step law and the rest of its run (running to end, less the steps) the law of what happens outside the loop
+(see monitor/analysis/scaling.py). Generation time = outside + steps x per step.
+
+Held-out error: what the laws would have predicted for the jobs of each size had they not seen that size (leave
+one size out: every job of one (resolution, frames) taken out of the fit at once, for each size in turn), against
+what those jobs measured (the measurements the laws kept: outliers are counted apart). It answers "how wrong is a
+prediction for a size never run here", the case admission cares about; leaving out one job at a time would let
+its twins of the same size answer for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from monitor.analysis.scaling import MEMORY, OUTSIDE, STEP, Estimate, JobShape, Law, Size, Z
+
+HELD_OUT_METHOD = "leave one size out: the jobs of each (resolution, frames) predicted by a fit without that size"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One succeeded job as the predictor learns from it."""
+
+    gpu_model: str
+    shape: JobShape
+    peak_memory_bytes: int | None
+    run_s: float | None
+    step_s: float | None = None  # mean seconds per denoising step, when every step ran
+
+    @property
+    def outside_s(self) -> float | None:
+        """Return the run's seconds outside the denoising loop (None when either part is unknown)."""
+        if self.run_s is None or self.step_s is None:
+            return None
+        outside = self.run_s - self.shape.steps * self.step_s
+        return outside if outside > 0 else None
+
+
+class TimeLaw:
+    """Generation time: the outside law plus steps times the per-step law."""
+
+    def __init__(self, outside: Law, step: Law) -> None:
+        """Combine the two fitted laws."""
+        self.outside, self.step = outside, step
+
+    @property
+    def n(self) -> int:
+        """Return how many jobs taught it."""
+        return self.step.n
+
+    def value(
+        self, shape: JobShape, outside: Sequence[float] | None = None, step: Sequence[float] | None = None
+    ) -> float:
+        """Return the predicted seconds (optionally with other coefficients, for held-out errors)."""
+        return self.outside.value(shape, outside) + shape.steps * self.step.value(shape, step)
+
+    def estimate(self, shape: JobShape) -> Estimate:
+        """Return the predicted seconds and margin: the parts' margins added in quadrature."""
+        outside, step = self.outside.estimate(shape), self.step.estimate(shape)
+        looped = shape.steps * step.value
+        value = outside.value + looped
+        if step.jobs == 0:
+            return Estimate(value, value * Z * STEP.unmeasured_spread, 0, "prior", 1.0)
+        margin = math.hypot(outside.margin, shape.steps * step.margin)
+        prior_weight = (outside.value * outside.prior_weight + looped * step.prior_weight) / value
+        return Estimate(value, margin, step.jobs, "learned", prior_weight)
+
+
+def _errors(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    """Return the count, mean and max relative error of (predicted, measured) pairs."""
+    errors = [abs(predicted - measured) / measured for predicted, measured in pairs]
+    if not errors:
+        return {"jobs": 0, "mean_relative_error": None, "max_relative_error": None}
+    return {
+        "jobs": len(errors),
+        "mean_relative_error": round(sum(errors) / len(errors), 4),
+        "max_relative_error": round(max(errors), 4),
+    }
+
+
+def _by_size_and_unit(items: list[tuple[JobShape, Any]]) -> dict[Size, dict[JobShape, list[tuple[JobShape, Any]]]]:
+    """Group (shape, item) pairs by size, then by the one-step shape the laws' values depend on (steps multiply)."""
+    grouped: dict[Size, dict[JobShape, list[tuple[JobShape, Any]]]] = {}
+    units: dict[tuple[int, int, bool], JobShape] = {}
+    for shape, item in items:
+        key = (shape.resolution, shape.num_frames, shape.guidance_scale > 1)
+        unit = units.get(key)
+        if unit is None:
+            unit = units[key] = JobShape(shape.resolution, shape.num_frames, 1, 9.0 if key[2] else 1.0)
+        grouped.setdefault((key[0], key[1]), {}).setdefault(unit, []).append((shape, item))
+    return grouped
+
+
+class Laws:
+    """The memory and time laws of one GPU model."""
+
+    def __init__(self, observations: Sequence[Observation] = ()) -> None:
+        """Fit every law to the observations that measured its quantity."""
+        self.jobs = len(observations)
+        self._peaks = [(o.shape, float(o.peak_memory_bytes)) for o in observations if o.peak_memory_bytes]
+        # (shape, outside, per step, run) of the jobs that measured every part of their time
+        self._timed = [
+            (o.shape, outside, o.step_s, o.run_s)
+            for o in observations
+            if (outside := o.outside_s) is not None and o.step_s is not None and o.run_s is not None
+        ]
+        self.memory = Law(MEMORY, self._peaks)
+        outside_law = Law(OUTSIDE, [(shape, outside) for shape, outside, _, _ in self._timed])
+        step_law = Law(STEP, [(shape, step) for shape, _, step, _ in self._timed])
+        self.time = TimeLaw(outside_law, step_law)
+
+    def held_out(self) -> dict[str, Any]:
+        """Return the leave-one-size-out error of peak memory and of generation time (see the module docstring)."""
+        memory: list[tuple[float, float]] = []
+        peaks = [(shape, peak) for shape, peak in self._peaks if self.memory.kept(shape, peak)]
+        timed = [
+            (shape, run_s)
+            for shape, outside, step, run_s in self._timed
+            if self.time.outside.kept(shape, outside) and self.time.step.kept(shape, step)
+        ]
+        for size, by_unit in _by_size_and_unit(peaks).items():
+            theta = self.memory.without(size)
+            for unit, measured in by_unit.items():
+                predicted = self.memory.value(unit, theta)
+                memory += [(predicted, peak) for _, peak in measured]
+        time: list[tuple[float, float]] = []
+        for size, by_unit in _by_size_and_unit(timed).items():
+            outside, step = self.time.outside.without(size), self.time.step.without(size)
+            for unit, runs in by_unit.items():
+                fixed, per_step = self.time.outside.value(unit, outside), self.time.step.value(unit, step)
+                time += [(fixed + shape.steps * per_step, run_s) for shape, run_s in runs]
+        return {
+            "method": HELD_OUT_METHOD,
+            "memory": {"sizes": len({shape.size for shape, _ in peaks}), **_errors(memory)},
+            "time": {"sizes": len({shape.size for shape, _ in timed}), **_errors(time)},
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Return the fitted coefficients, spreads and job counts (the laws route's view of one GPU model)."""
+        return {
+            "memory_jobs": self.memory.n,
+            "outliers_dropped": {
+                "memory": self.memory.outliers,
+                "time_per_step": self.time.step.outliers,
+                "time_outside_steps": self.time.outside.outliers,
+            },
+            "time_jobs": self.time.n,
+            "memory_bytes": self.memory.coefficients(),
+            "time_per_step_s": self.time.step.coefficients(),
+            "time_outside_steps_s": self.time.outside.coefficients(),
+            "memory_spread": round(self.memory.spread, 4),
+            "time_per_step_spread": round(self.time.step.spread, 4),
+            "time_outside_steps_spread": round(self.time.outside.spread, 4),
+        }
+
+
+PRIOR_LAWS = Laws()
