@@ -69,6 +69,18 @@ _JOB_FIXED = {
         "torch's peak reserved memory during the job: what the card had to give it",
         "not measured (a CPU run, or it failed before the pipeline ran)",
     ),
+    "peak_memory_allocated_bytes": Column(
+        "peak_memory_allocated_bytes",
+        "bytes",
+        "torch's peak memory held by live tensors during the job",
+        "not measured (a CPU run, or it failed before the pipeline ran)",
+    ),
+    "nvml_peak_memory_bytes": Column(
+        "nvml_peak_memory_bytes",
+        "bytes",
+        "the most NVML saw the generator's process use during the job (sampled: a short peak can fall between samples)",
+        "no GPU sample of the generator's process in the job's span (a CPU run, or the monitor was down)",
+    ),
     "clip_score": Column(
         "clip_score",
         "0-100",

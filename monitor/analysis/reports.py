@@ -70,6 +70,8 @@ JOB_COLUMNS = (
     "denoising_steps",
     "mean_step_s",
     "peak_memory_bytes",
+    "peak_memory_allocated_bytes",
+    "nvml_peak_memory_bytes",
     *QUALITY_COLUMNS,
     "prompt",
     "error",
