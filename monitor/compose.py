@@ -97,30 +97,38 @@ def build_quality(
     writer: Writer,
     sampler: Sampler,
     on_result: Callable[[Any], None] | None = None,
+    store: Store | None = None,
 ) -> QualityScorer:
-    """Build the clip scorer; with CLIP weights, CLIP takes the GPU only while the generator is idle or it fits.
+    """Build the clip scorer: scored between jobs (or on the CPU after the longest wait), read back from `store`.
 
     Raises:
         ClipLoadError: the configured CLIP folder cannot be loaded.
     """
     from monitor.quality import scorer as quality
     from monitor.quality.clip_score import ClipScorer, free_memory_reader, gpu_policy
+    from monitor.quality.history import QualityHistory
+    from monitor.quality.schedule import GpuActivity
 
     schema.declare_fields(quality.MEASUREMENT, quality.FIELD_TYPES)
     clip = ClipScorer.from_dir(config.clip_model) if config.clip_model is not None else None
+    device = clip.device_tag if clip is not None else "cpu"
+    activity = GpuActivity(device, max_wait_s=config.quality_max_wait_s, startup_quiet_s=config.quality_startup_quiet_s)
     scorer = quality.QualityScorer(
         clip=clip,
         write=writer.write,
         host_name=config.host_name,
+        activity=activity,
+        history=None if store is None else QualityHistory(store, config.host_name),
         outputs_dir=config.outputs_dir,
         threshold=config.quality_threshold,
         on_result=on_result,
     )
-    if clip is not None:
+    if clip is not None and device != "cpu":
+        resident = clip
         clip.gpu_allows = gpu_policy(
-            generator_busy=scorer.generator_busy,
-            free_memory_bytes=free_memory_reader(lambda: sampler.latest),
+            free_memory_bytes=free_memory_reader(lambda: sampler.latest, gpu_index=int(device)),
             required_bytes=clip.gpu_memory_estimate_bytes,
+            resident=lambda: resident.on_gpu,
         )
     return scorer
 
@@ -209,7 +217,7 @@ def build_monitor(
     bus = Bus()
     alerts = build_alerts(config, writer, run_command)
     sampler = build_sampler(config, writer, on_snapshot=bus.publisher(topics.SNAPSHOT), gpus=gpus)
-    quality = build_quality(config, writer, sampler, on_result=bus.publisher(topics.QUALITY_RESULT))
+    quality = build_quality(config, writer, sampler, on_result=bus.publisher(topics.QUALITY_RESULT), store=store)
     bus.subscribe(topics.SNAPSHOT, alerts.on_snapshot)
     bus.subscribe(topics.QUALITY_RESULT, alerts.record_quality)
     # What the sampler and the scorer lost or refused, read on the alerts' tick (SamplerErrors, QualityQueueFull).

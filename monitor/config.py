@@ -15,6 +15,10 @@ Setting (flag; environment; default):
 - store_wait_s: --store-wait; MONITOR_STORE_WAIT; 30 seconds to wait for the store at start
 - clip_model: --clip-model; CLIP_MODEL_DIR; none (CLIP and image-to-video scores are null, saying why)
 - quality_threshold: --quality-threshold; MONITOR_QUALITY_THRESHOLD; 0.6 (combined score below it: low quality)
+- quality_max_wait_s: --quality-max-wait; MONITOR_QUALITY_MAX_WAIT; 300 seconds a clip waits for a gap between
+  jobs before it is scored on the CPU (monitor/quality/schedule.py)
+- quality_startup_quiet_s: MONITOR_QUALITY_STARTUP_QUIET; 40 seconds after start before clips are scored between
+  jobs (the generator's replay of what it spooled may say a job runs)
 - alert_rules: --alert-rules; I2V_ALERT_RULES; the shipped alerts/rules.yml
 - alert_state_path: I2V_ALERT_STATE (empty: not kept); <data_dir>/alerts-state.json
 - alertmanager_urls: ALERTMANAGER_URLS (comma-separated); none
@@ -69,6 +73,8 @@ class MonitorConfig:
     store_wait_s: float = 30.0
     clip_model: Path | None = None
     quality_threshold: float = 0.6
+    quality_max_wait_s: float = 300.0
+    quality_startup_quiet_s: float = 40.0
     alert_rules: Path | None = None
     alert_state_path: Path | None = Path("var/monitor/alerts-state.json")
     alertmanager_urls: tuple[str, ...] = ()
@@ -122,6 +128,12 @@ class MonitorConfig:
             raise ConfigError(f"--store-wait must be >= 0 seconds, got {self.store_wait_s}")
         if not 0 <= self.quality_threshold <= 1:
             raise ConfigError(f"--quality-threshold must be 0-1, got {self.quality_threshold}")
+        if not 0 <= self.quality_max_wait_s <= 86_400:
+            raise ConfigError(f"--quality-max-wait must be 0-86400 seconds, got {self.quality_max_wait_s}")
+        if not 0 <= self.quality_startup_quiet_s <= 3600:
+            raise ConfigError(
+                f"MONITOR_QUALITY_STARTUP_QUIET must be 0-3600 seconds, got {self.quality_startup_quiet_s}"
+            )
         for source, urls in (
             ("ALERTMANAGER_URLS", self.alertmanager_urls),
             ("ALERT_WEBHOOK_URLS", self.alert_webhook_urls),
@@ -178,6 +190,8 @@ class MonitorConfig:
         pick("store_wait_s", args.store_wait, "MONITOR_STORE_WAIT", convert=float)
         pick("clip_model", args.clip_model, "CLIP_MODEL_DIR", convert=Path)
         pick("quality_threshold", args.quality_threshold, "MONITOR_QUALITY_THRESHOLD", convert=float)
+        pick("quality_max_wait_s", args.quality_max_wait, "MONITOR_QUALITY_MAX_WAIT", convert=float)
+        pick("quality_startup_quiet_s", None, "MONITOR_QUALITY_STARTUP_QUIET", convert=float)
         pick("alert_rules", args.alert_rules, "I2V_ALERT_RULES", convert=Path)
         pick("alertmanager_urls", None, "ALERTMANAGER_URLS", convert=url_list)
         pick("alert_webhook_urls", None, "ALERT_WEBHOOK_URLS", convert=url_list)
@@ -235,6 +249,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--clip-model", help="folder of a CLIP model for quality scores (env CLIP_MODEL_DIR)")
     parser.add_argument(
         "--quality-threshold", type=str, help="combined quality below this is flagged low (default 0.6)"
+    )
+    parser.add_argument(
+        "--quality-max-wait",
+        type=str,
+        help="seconds a clip waits for a gap between jobs before it is scored on the CPU (default 300)",
     )
     parser.add_argument(
         "--external-url", help="the monitor's address as people reach it, for alert links (env MONITOR_EXTERNAL_URL)"

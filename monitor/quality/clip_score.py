@@ -5,12 +5,12 @@ folder (`--clip-model DIR` or `CLIP_MODEL_DIR`); nothing is fetched. The score i
 reports it, 100·max(cos, 0), for the mean over frames and for the worst frame. (A softmax over one prompt is
 always 1.0.)
 
-Device: on a CUDA machine the frames run on the GPU in fp16 only while `gpu_allows()` says so (the generator
-is idle, or free memory covers the model with a margin); otherwise on the CPU, in bf16 where the CPU computes
-it natively (AVX512-BF16 or AMX: about twice as fast as fp32 there, cosines within 1e-3 of fp32's) and in fp32
-elsewhere (fp16 on a CPU is ~20x slower). The fp16 copy stays on the GPU between clips while allowed, and is
-dropped (and the cache emptied) the first time it is not, or after an out-of-memory error, after which that clip
-is scored on the CPU.
+Device: on a CUDA machine the frames run on the GPU in fp16 only when the caller allows it for this clip (the
+scorer does between jobs) and `gpu_allows()` says so (free memory covers the model with a margin); otherwise on
+the CPU, in bf16 where the CPU computes it natively (AVX512-BF16 or AMX: about twice as fast as fp32 there,
+cosines within 1e-3 of fp32's) and in fp32 elsewhere (fp16 on a CPU is ~20x slower). The fp16 copy stays on the
+GPU between clips while allowed, and is dropped (and the cache emptied) the first time it is not, when the
+scorer sees a job start, or after an out-of-memory error, after which that clip is scored on the CPU.
 
 CPU threads: the scorer runs beside the generator, so it takes half the cores by default (at least one), set
 around each CPU pass and restored after. Measured on 2 shared cores with another process busy on one: ViT-B/32
@@ -101,17 +101,19 @@ def never() -> bool:
 
 def gpu_policy(
     *,
-    generator_busy: Callable[[], bool],
     free_memory_bytes: Callable[[], int | None],
     required_bytes: int,
+    resident: Callable[[], bool] = never,
 ) -> Callable[[], bool]:
-    """Build a `gpu_allows()`: yes while the generator is idle or free memory covers `required_bytes`.
+    """Build a `gpu_allows()`: yes while CLIP's copy is on the GPU already or free memory covers `required_bytes`.
 
-    `free_memory_bytes` returning None (no NVML reading) counts as not enough: never risk a generation OOM.
+    When a clip may use the GPU at all is the scheduler's decision (between jobs: monitor/quality/schedule.py);
+    this only keeps CLIP off a card that another process has filled. `free_memory_bytes` returning None (no NVML
+    reading) counts as not enough.
     """
 
     def allows() -> bool:
-        if not generator_busy():
+        if resident():
             return True
         free = free_memory_bytes()
         return free is not None and free >= required_bytes
@@ -218,11 +220,24 @@ class ClipScorer:
         gc.collect()
         torch.cuda.empty_cache()
 
-    def embed(self, images: Sequence[np.ndarray], prompt: str | None = None) -> Embeddings:
-        """Embed the images (RGB uint8 arrays, batched) and the prompt on one device, normalised."""
+    @property
+    def device_tag(self) -> str:
+        """Return the `gpu` tag of the device CLIP prefers, as the generator tags its jobs: "0", or "cpu"."""
+        if not self._cuda_available():
+            return "cpu"
         import torch
 
-        use_gpu = self._cuda_available() and self.gpu_allows()
+        return str(torch.device(self._cuda_device).index or 0)
+
+    def embed(self, images: Sequence[np.ndarray], prompt: str | None = None, *, allow_gpu: bool = True) -> Embeddings:
+        """Embed the images (RGB uint8 arrays, batched) and the prompt on one device, normalised.
+
+        `allow_gpu=False` keeps this pass on the CPU (and gives back a GPU copy): the scorer's decision for a clip
+        scored while a job runs.
+        """
+        import torch
+
+        use_gpu = allow_gpu and self._cuda_available() and self.gpu_allows()
         if not use_gpu:
             self.release_gpu()
             return self._embed_on(self._model, "cpu", self.cpu_dtype, images, prompt)

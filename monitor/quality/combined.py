@@ -61,17 +61,23 @@ class ClipCalibration:
         """Return how many cosines the baseline holds."""
         return len(self._recent)
 
+    @property
+    def capacity(self) -> int:
+        """Return how many cosines the baseline keeps at most (the rolling window)."""
+        return self._recent.maxlen or 0
+
     def observe(self, cosine: float) -> None:
         """Add one scored clip's mean cosine to the baseline (after it has been judged)."""
         self._recent.append(cosine)
 
     def part(self, cosine: float) -> float:
         """Return the CLIP part in [0, 1] for a mean cosine."""
-        if len(self._recent) < self._min_samples:
+        recent = list(self._recent)  # a copy: a rating may ask from a request thread while the worker observes
+        if len(recent) < self._min_samples:
             low, high = FIXED_BAND
             return _clip01((cosine - low) / (high - low))
-        median = statistics.median(self._recent)
-        spread = max(MIN_SPREAD, 1.4826 * statistics.median(abs(c - median) for c in self._recent))
+        median = statistics.median(recent)
+        spread = max(MIN_SPREAD, 1.4826 * statistics.median(abs(c - median) for c in recent))
         return _clip01(BASELINE_MEDIAN_PART + 0.25 * (cosine - median) / spread)
 
 

@@ -91,12 +91,14 @@ def test_a_gpu_refused_by_policy_or_absent_means_cpu(clip_dir: Path, clips: dict
 
 
 @pytest.mark.parametrize(
-    ("busy", "free", "allowed"),
-    [(False, None, True), (True, 8 << 30, True), (True, 1 << 30, False), (True, None, False)],
-    ids=["idle", "busy-enough-memory", "busy-short-of-memory", "busy-no-reading"],
+    ("resident", "free", "allowed"),
+    [(False, 8 << 30, True), (False, 1 << 30, False), (False, None, False), (True, 1 << 30, True)],
+    ids=["enough-memory", "short-of-memory", "no-reading", "already-on-the-gpu"],
 )
-def test_gpu_policy_allows_an_idle_generator_or_enough_free_memory(busy: bool, free: int | None, allowed: bool) -> None:
-    policy = gpu_policy(generator_busy=lambda: busy, free_memory_bytes=lambda: free, required_bytes=2 << 30)
+def test_gpu_policy_allows_clip_where_free_memory_covers_it_or_it_is_there(
+    resident: bool, free: int | None, allowed: bool
+) -> None:
+    policy = gpu_policy(free_memory_bytes=lambda: free, required_bytes=2 << 30, resident=lambda: resident)
     assert policy() is allowed
 
 
@@ -150,6 +152,18 @@ def test_gpu_copy_is_kept_while_allowed_and_dropped_when_not(clip_dir: Path, cli
     assert clip.on_gpu
     allows.append(False)
     clip.embed(frames, PROMPT)
+    assert not clip.on_gpu
+
+
+def test_a_pass_refused_the_gpu_by_the_caller_runs_on_the_cpu_and_gives_the_gpu_back(
+    clip_dir: Path, clips: dict[str, Path]
+) -> None:
+    frames = read_clip(clips["smooth"], clip_frames=2).sampled_frames
+    clip = _gpu_standin(ClipScorer, clip_dir, [True])
+    clip.embed(frames, PROMPT)
+    assert clip.on_gpu
+    embeddings = clip.embed(frames, PROMPT, allow_gpu=False)
+    assert embeddings.images.shape[0] == 2
     assert not clip.on_gpu
 
 

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from common.events import Event, utc_now_iso
 from monitor.quality.clip_score import ClipScorer
 from monitor.quality.frames import read_clip
+from monitor.quality.schedule import GpuActivity
 from monitor.quality.scorer import FIELD_TYPES, MEASUREMENT, STORED_FIELDS, QualityResult, QualityScorer
 from monitor.storage.base import Point
 
@@ -303,16 +304,16 @@ def test_a_monitor_without_clip_weights_never_loads_torch() -> None:
 
 
 def test_listening_to_events_follows_running_jobs_and_queues_finished_clips(make: Make, clips: Clips) -> None:
-    scorer = make()
+    scorer = make(activity=GpuActivity("0", startup_quiet_s=0.0))
 
     def job(job_id: str, status: str, **kwargs: object) -> Event:
         fields: dict[str, Any] = {"host": "h", "gpu": "0", "kind": "job", "started_at": utc_now_iso()}
-        return Event(job_id=job_id, status=status, **fields, **kwargs)
+        return Event(job_id=job_id, status=status, **{**fields, **kwargs})
 
-    scorer.listen([job("a", "queued"), job("a", "running"), job("b", "running")])
-    assert scorer.generator_busy()
+    scorer.listen([job("a", "queued"), job("a", "running"), job("b", "running"), job("c", "running", gpu="1")])
+    assert scorer.activity.running() == ["a", "b"]  # GPU 1 is not the one scoring uses
     scorer.listen([job("a", "succeeded", video_path=str(clips["smooth"]), prompt=PROMPT), job("b", "failed")])
-    assert not scorer.generator_busy()
+    assert scorer.activity.running() == []
     assert scorer.result("a") is not None
     assert scorer.result("b") is None
 

@@ -1,0 +1,135 @@
+"""When a finished clip is scored: between jobs on the device scoring uses, or after a bounded wait on the CPU.
+
+Scoring a clip while the generator denoises slows the job down (on an H200, the backlog scored after a monitor
+restart made the running job 1.8% slower), so each clip waits for a gap between jobs. The rule, one decision
+per clip, taken by the scorer's worker:
+
+- A clip waits while a job runs on the device scoring uses (`device`: the GPU CLIP runs on, "0" by default;
+  "cpu" when scoring has no GPU, so that a generator running on the CPU is not slowed either), as the ingested
+  events say. A job's `running` event or any of its stage events marks it running there; its end event clears
+  it; a job silent for `SILENT_AFTER_S` counts as gone (its end event was lost, it must not block forever).
+- Once the device has been idle for `SETTLE_S`, the clip is scored, and CLIP may take the GPU. The settle time
+  covers the next queued job's `running` event, which the generator sends within about a second of the
+  previous job's end, possibly in the next batch.
+- A clip that has waited `max_wait_s` is scored anyway with CLIP refused the GPU (on the scorer's share of
+  the CPU cores): a generator that never idles still gets every clip scored within a bounded delay, and its
+  GPU is never shared.
+- For `startup_quiet_s` after the scorer starts, nothing is scored between jobs: the generator replays what it
+  spooled while the monitor was down (retrying at most every 30 s), and a job running now may be in it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from common.events import FINAL_STATES, STARTUP_JOB_ID, Event
+
+SETTLE_S = 2.0
+SILENT_AFTER_S = 600.0  # a denoising step is seconds at most: ten minutes without an event is no running job
+STARTUP_QUIET_S = 40.0  # above the generator's longest retry back-off (30 s)
+MAX_WAIT_S = 300.0
+MAX_TRACKED_JOBS = 64
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to score the oldest waiting clip now, whether CLIP may use the GPU, and why (in words)."""
+
+    run: bool
+    allow_gpu: bool
+    reason: str
+    wait_s: float = 0.0  # when not run: the longest the decision can stay the same without a new event
+
+
+class GpuActivity:
+    """Follow which jobs run on the scoring device from the ingested events, and decide when a clip is scored.
+
+    Args:
+        device: the `gpu` tag of the device scoring uses ("0" for CLIP on cuda:0, "cpu" without a GPU).
+        max_wait_s: the longest a clip waits for a gap between jobs before it is scored on the CPU.
+        startup_quiet_s: how long after `start()` no clip is scored between jobs (see the module's notes).
+        clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        device: str,
+        *,
+        max_wait_s: float = MAX_WAIT_S,
+        startup_quiet_s: float = STARTUP_QUIET_S,
+        settle_s: float = SETTLE_S,
+        silent_after_s: float = SILENT_AFTER_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.device = device
+        self.max_wait_s = max_wait_s
+        self._startup_quiet_s = startup_quiet_s
+        self._settle_s = settle_s
+        self._silent_after_s = silent_after_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._running: dict[str, float] = {}  # job id → when it was last heard, on this device
+        self._idle_since = -float("inf")  # when the last job here ended
+        self._quiet_until = -float("inf")
+
+    def start(self) -> None:
+        """Begin the start-up quiet period (the scorer's start)."""
+        with self._lock:
+            self._quiet_until = self._clock() + self._startup_quiet_s
+
+    def hear(self, events: Sequence[Event]) -> bool:
+        """Follow a batch of ingested events; return whether a job started or ended on the device."""
+        changed = False
+        now = self._clock()
+        with self._lock:
+            for event in events:
+                if event.gpu != self.device or event.job_id == STARTUP_JOB_ID:
+                    continue
+                if event.kind == "job" and event.status in FINAL_STATES:
+                    if self._running.pop(event.job_id, None) is not None:
+                        self._idle_since = now
+                        changed = True
+                elif event.kind == "stage" or event.status == "running":
+                    changed |= event.job_id not in self._running
+                    self._running[event.job_id] = now
+                    while len(self._running) > MAX_TRACKED_JOBS:  # a bound for lost end events
+                        del self._running[next(iter(self._running))]
+        return changed
+
+    def running(self) -> list[str]:
+        """Return the jobs running on the device now, as the events say."""
+        with self._lock:
+            return self._live(self._clock())
+
+    def decide(self, waited_s: float) -> Decision:
+        """Decide for a clip that has waited `waited_s` (the oldest waiting one)."""
+        now = self._clock()
+        with self._lock:
+            running = self._live(now)
+            ready_at = max(self._quiet_until, self._idle_since + self._settle_s)
+            oldest_seen = min((self._running[j] for j in running), default=now)
+        if waited_s >= self.max_wait_s:
+            reason = f"waited {self.max_wait_s:g} s for a gap between jobs on {self._where()}: scored on the CPU"
+            return Decision(run=True, allow_gpu=False, reason=reason)
+        left_s = self.max_wait_s - waited_s
+        if running:
+            reason = (
+                f"job {', '.join(running)} running on {self._where()}: scored when it ends, or on the CPU "
+                f"within {left_s:.0f} s"
+            )
+            silent_in_s = oldest_seen + self._silent_after_s - now
+            return Decision(run=False, allow_gpu=False, reason=reason, wait_s=max(0.0, min(left_s, silent_in_s)))
+        if now < ready_at:
+            what = "the monitor started" if ready_at == self._quiet_until else "a job ended"
+            reason = f"{what} on {self._where()} moments ago: waiting {ready_at - now:.0f} s for the next job to show"
+            return Decision(run=False, allow_gpu=False, reason=reason, wait_s=min(left_s, ready_at - now))
+        return Decision(run=True, allow_gpu=True, reason=f"scored between jobs ({self._where()} idle)")
+
+    def _live(self, now: float) -> list[str]:
+        return [job for job, seen in self._running.items() if now - seen < self._silent_after_s]
+
+    def _where(self) -> str:
+        return "the CPU" if self.device == "cpu" else f"GPU {self.device}"

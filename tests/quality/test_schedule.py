@@ -1,0 +1,226 @@
+"""When clips are scored, decided from real ingested events, with the real scorer on the tiny CLIP.
+
+The CPU stands in for CUDA (`cuda_available=True`, `cuda_device="cpu"`), so "CLIP took the GPU" is observable
+here as `clip.on_gpu`: between jobs CLIP keeps its GPU copy; a clip scored after the longest wait runs with the
+GPU refused, and a job that starts takes the copy back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+
+from common.events import STARTUP_JOB_ID, Event, utc_now_iso
+from monitor.compose import create_app, open_writer
+from monitor.config import MonitorConfig
+from monitor.quality.clip_score import ClipScorer
+from monitor.quality.history import QualityHistory
+from monitor.quality.schedule import Decision, GpuActivity
+from monitor.quality.scorer import QualityResult, QualityScorer
+from monitor.storage import open_store
+from monitor.web.context import get_context
+from tests.servers import wait_for
+
+from . import synthetic
+
+PROMPT = "a cat and a dog"
+
+
+class Clock:
+    """A monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_rule_waits_for_a_gap_settles_after_a_job_and_bounds_the_wait() -> None:
+    clock = Clock()
+    activity = GpuActivity("0", max_wait_s=300.0, startup_quiet_s=40.0, clock=clock)
+    assert activity.decide(0.0).run  # never started: no quiet period
+    activity.start()
+    quiet = activity.decide(0.0)
+    assert (quiet.run, quiet.wait_s) == (False, 40.0)
+    clock.now += 40.0
+    assert activity.decide(0.0) == GpuActivity("0", clock=clock).decide(0.0)  # quiet period over: idle
+
+    assert activity.hear([event("a", "running"), event("b", "running", gpu="1"), event(STARTUP_JOB_ID, stage="warmup")])
+    busy = activity.decide(100.0)
+    assert (busy.run, busy.allow_gpu, busy.wait_s) == (False, False, 200.0)
+    assert busy.reason == "job a running on GPU 0: scored when it ends, or on the CPU within 200 s"
+    deferred = activity.decide(300.0)
+    assert (deferred.run, deferred.allow_gpu) == (True, False)
+
+    assert activity.hear([event("a", "succeeded")])
+    clock.now += 1.0
+    assert not activity.decide(0.0).run  # the next job's running event may be a second behind
+    clock.now += 1.0
+    assert activity.decide(0.0) == Decision(run=True, allow_gpu=True, reason="scored between jobs (GPU 0 idle)")
+
+
+def test_a_job_silent_for_ten_minutes_no_longer_blocks_scoring() -> None:
+    clock = Clock()
+    activity = GpuActivity("0", startup_quiet_s=0.0, clock=clock)
+    activity.hear([event("lost", stage="denoising_step", step=3)])  # its end event never comes
+    assert activity.decide(0.0).wait_s == 300.0
+    clock.now += 599.0
+    assert activity.running() == ["lost"]
+    clock.now += 1.0
+    assert activity.running() == []
+    assert activity.decide(0.0).run
+
+
+@dataclass
+class Rig:
+    """A monitor app with a started scorer, its CLIP and registry, and a client to ingest through."""
+
+    client: FlaskClient
+    scorer: QualityScorer
+    clip: ClipScorer
+    registry: CollectorRegistry
+    outputs: Path
+    results: list[QualityResult]
+    closed: bool = False
+
+    def ingest(self, *events: Event) -> None:
+        response = self.client.post("/monitor/api/events", json={"events": [e.to_dict() for e in events]})
+        assert response.status_code == 200, response.get_json()
+
+    def quality(self, job_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/monitor/api/jobs/{job_id}/quality")
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the scorer, flush the writer and close the store (once): the monitor stopping."""
+        if not self.closed:
+            self.closed = True
+            self.scorer.stop()
+            get_context(self.client.application).close()
+
+
+def event(job_id: str, status: str | None = None, *, gpu: str = "0", **kwargs: Any) -> Event:
+    """Return one of a job's events on a GPU of node-a (a state change, or a stage with `stage=`)."""
+    kind = "job" if status is not None else "stage"
+    return Event(job_id=job_id, host="node-a", gpu=gpu, kind=kind, status=status, started_at=utc_now_iso(), **kwargs)
+
+
+def finished(rig: Rig, job_id: str, clips: dict[str, Path], input_png: Path) -> Event:
+    """Lay out the job's clip and return its succeeded event."""
+    video = synthetic.job_folder(rig.outputs, job_id, clips["smooth"], input_png)
+    return event(job_id, "succeeded", prompt=PROMPT, video_path=str(video))
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path, clip_dir: Path) -> Iterator[Any]:
+    """Build rigs on one SQLite store (each its own monitor app and scorer); close them after the test."""
+    built: list[Rig] = []
+    config = replace(
+        MonitorConfig(),
+        store_url=f"sqlite:///{tmp_path}/monitor.db",
+        spool_dir=tmp_path / "spool",
+        data_dir=tmp_path,
+        host_name="node-a",
+        outputs_dir=tmp_path / "outputs",
+    )
+
+    def build(*, max_wait_s: float = 60.0, startup_quiet_s: float = 0.0, history: bool = False) -> Rig:
+        clip = ClipScorer.from_dir(
+            clip_dir, gpu_allows=lambda: True, cuda_available=lambda: True, cuda_device="cpu", cpu_dtype=torch.float32
+        )
+        registry = CollectorRegistry()
+        results: list[QualityResult] = []
+        store = open_store(config.store_url)
+        writer = open_writer(config, store)
+        scorer = QualityScorer(
+            clip=clip, write=writer.write, host_name="node-a", registry=registry, on_result=results.append,
+            activity=GpuActivity(clip.device_tag, max_wait_s=max_wait_s, startup_quiet_s=startup_quiet_s),
+            history=QualityHistory(store, "node-a") if history else None,
+        )  # fmt: skip
+        app = create_app(config, store=store, writer=writer, quality=scorer)
+        scorer.start()
+        rig = Rig(app.test_client(), scorer, clip, registry, config.outputs_dir, results)
+        built.append(rig)
+        return rig
+
+    yield build
+    for rig in built:
+        rig.close()
+
+
+def test_a_clip_that_finished_as_the_next_job_started_waits_for_that_job_to_end(
+    make_rig: Any, clips: dict[str, Path], input_png: Path
+) -> None:
+    rig: Rig = make_rig()
+    # One batch, as the generator sends it: job a ends, job b (queued behind it) starts at once.
+    rig.ingest(event("a", "queued"), event("a", "running"), finished(rig, "a", clips, input_png))
+    rig.ingest(event("b", "queued"), event("b", "running"), event("b", stage="text_encoding"))
+
+    waiting = rig.quality("a")
+    assert waiting["status"] == "queued"
+    assert waiting["pending"] is True
+    assert "job b running on GPU 0" in waiting["schedule"]
+    assert rig.client.get("/monitor/api/status").get_json()["quality"]["pending"] == 1
+    assert not rig.scorer.wait_idle(1.0)  # b still denoises: a stays queued
+    assert rig.quality("a")["status"] == "queued"
+
+    rig.ingest(finished(rig, "b", clips, input_png))
+    assert rig.scorer.wait_idle(30.0)
+    scored = rig.quality("a")
+    assert scored["status"] == "scored"
+    assert scored["pending"] is False
+    assert scored["schedule"] == "scored between jobs (GPU 0 idle)"
+    assert scored["clip_score"] is not None
+    assert rig.clip.on_gpu  # allowed the GPU between jobs
+    assert rig.registry.get_sample_value("i2v_quality_deferred_total") == 0
+
+    rig.ingest(event("c", "queued"), event("c", "running"))  # the next job takes the GPU copy back
+    wait_for(lambda: not rig.clip.on_gpu, 10, "the scorer to give CLIP's GPU copy back when job c started")
+
+
+def test_a_clip_waits_at_most_the_bound_then_is_scored_with_the_gpu_refused(
+    make_rig: Any, clips: dict[str, Path], input_png: Path
+) -> None:
+    rig: Rig = make_rig(max_wait_s=1.0)
+    rig.ingest(event("busy", "queued"), event("busy", "running"), event("busy", stage="denoising_step", step=1))
+    rig.ingest(event("a", "running"), finished(rig, "a", clips, input_png))
+
+    assert rig.scorer.wait_idle(30.0)  # the job never ends; the clip is scored after about a second anyway
+    scored = rig.quality("a")
+    assert scored["status"] == "scored"
+    assert scored["schedule"] == "waited 1 s for a gap between jobs on GPU 0: scored on the CPU"
+    assert not rig.clip.on_gpu
+    assert rig.scorer.activity.running() == ["busy"]
+    assert rig.registry.get_sample_value("i2v_quality_deferred_total") == 1
+    assert rig.registry.get_sample_value("i2v_quality_queue_pending") == 0
+
+
+def test_after_a_restart_the_backlog_waits_for_the_running_job_then_is_scored_oldest_first(
+    make_rig: Any, clips: dict[str, Path], input_png: Path
+) -> None:
+    first: Rig = make_rig()
+    # x and y succeed while z runs; the monitor stops before it scores them.
+    first.ingest(event("z", "queued"), event("z", "running"))
+    first.ingest(event("x", "running"), finished(first, "x", clips, input_png))
+    first.ingest(event("y", "running"), finished(first, "y", clips, input_png))
+    first.close()
+
+    second: Rig = make_rig(history=True, startup_quiet_s=3.0)  # the quiet period covers the generator's replay
+    second.ingest(event("z", stage="denoising_step", step=3))  # z still denoises, as its events say
+    wait_for(lambda: second.scorer.pending() == 2, 10, "the backlog of x and y to be queued")
+    assert "job z running on GPU 0" in second.quality("x")["schedule"]
+    assert not second.scorer.wait_idle(1.0)
+
+    second.ingest(finished(second, "z", clips, input_png))
+    assert second.scorer.wait_idle(30.0)
+    assert [r.job_id for r in second.results] == ["x", "y", "z"]
+    assert all(r.schedule == "scored between jobs (GPU 0 idle)" for r in second.results)
