@@ -26,6 +26,9 @@ Peak memory, in bytes:
 
 When the end event arrives for a job whose first events this process never saw (the monitor restarted in
 between), its events are read back from the store (one small query over the job's own time span).
+
+`summary_row` reads a point back as the jobs list's row, and the summarizer's `live_rows` gives the rows of
+the jobs still open: the jobs list (monitor/analysis/job_list.py) is built from these, never from events.
 """
 
 from __future__ import annotations
@@ -33,24 +36,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from common.events import PARAM_NAMES, Event, parse_iso
+from common.events import FINAL_STATES, PARAM_NAMES, Event, parse_iso
 from common.units import NS_PER_S
 from monitor.analysis import jobs
 from monitor.storage import schema
 from monitor.storage.base import FieldValue, Point, Store, StoreRejected, StoreUnavailable
-from monitor.storage.schema import GPU_SAMPLE, JOB_EVENT, JOB_SUMMARY, event_time_ns, event_to_point, point_to_event
+from monitor.storage.schema import (
+    GPU_SAMPLE,
+    JOB_EVENT,
+    JOB_SUMMARY,
+    event_time_ns,
+    event_to_point,
+    iso_from_us,
+    point_to_event,
+)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("text_encoding", "image_encoding", "image_latents", "denoising", "decode_video", "export")
-TERMINAL = jobs.TERMINAL
 NOT_JOBS = ("model_load", "warmup")  # the worker's start-up stages, under the job id "startup"
 NVML_FIELD = "generator_memory_bytes"
 NVML_BUCKET_S = 3600  # a job's span in a bucket or two, read from the 12 s rollups in between
+RECENTLY_WRITTEN = 32  # summaries kept for the jobs list while the writer delivers them
 
 FIELD_TYPES: dict[str, str] = {
     "job_id": "str",
@@ -120,6 +131,51 @@ def summary_point(
     return schema.conform(Point(JOB_SUMMARY, tags, fields, end_ns))
 
 
+def _iso(us: FieldValue) -> str | None:
+    return iso_from_us(us) if isinstance(us, int) else None
+
+
+def _stages(fields: Mapping[str, FieldValue]) -> dict[str, dict[str, Any]]:
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        seconds = fields.get(f"{stage}_s")
+        if seconds is not None:
+            stages[stage] = {"duration_s": seconds, "count": 1}  # the generator reports each stage once
+    if "denoising" in stages and fields.get("denoising_steps") is not None:
+        stages["denoising"].update(steps=fields["denoising_steps"], mean_step_s=fields.get("mean_step_s"))
+    return stages
+
+
+def summary_row(point: Point) -> dict[str, Any]:
+    """Return the job's row as `jobs.summarize` gives it (the jobs list's row), read back from its point."""
+    f = point.fields
+    status = point.tags.get("status")
+    ended = iso_from_us(point.time_ns // 1000)  # the summary's time is its end event's
+    params = {name: f[name] for name in PARAM_NAMES if f.get(name) is not None}
+    requested = {name: f[f"requested_{name}"] for name in PARAM_NAMES if f.get(f"requested_{name}") is not None}
+    return {
+        "id": f.get("job_id"),
+        "host": point.tags.get("host"),
+        "gpu": point.tags.get("gpu"),
+        "status": status,
+        "params": params,
+        "requested": {} if requested == params else requested,  # as the events say it: only when degraded
+        "prompt": f.get("prompt"),
+        "video_path": f.get("video_path"),
+        "error": f.get("error"),
+        "suggestion": f.get("suggestion"),
+        "peak_memory_bytes": f.get("peak_memory_bytes"),
+        "submitted_at": _iso(f.get("submitted_at_us")),
+        "started_at": _iso(f.get("started_at_us")),
+        "finished_at": ended if status in FINAL_STATES else None,
+        "queued_s": f.get("queued_s"),
+        "run_s": f.get("run_s"),
+        "total_s": f.get("total_s"),
+        "stages": _stages(f),
+        "last_event_at": ended,
+    }
+
+
 class JobSummarizer:
     """Hear ingested events (an ingest listener); write one `job_summary` point when each job ends.
 
@@ -146,6 +202,8 @@ class JobSummarizer:
         self._max_open, self._stale_after_s, self._clock = max_open_jobs, stale_after_s, clock
         self._open: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._state_changes = 0
+        self._written: deque[Point] = deque(maxlen=RECENTLY_WRITTEN)
         self._lock = threading.Lock()
 
     def open_jobs(self) -> int:
@@ -153,17 +211,47 @@ class JobSummarizer:
         with self._lock:
             return len(self._open)
 
+    @property
+    def state_changes(self) -> int:
+        """Return how many job state events (queued, running, an end) this process has heard.
+
+        The dashboard reads it from /status and refetches the jobs list only when it moved.
+        """
+        with self._lock:
+            return self._state_changes
+
+    def live_rows(self, host: str | None = None) -> list[dict[str, Any]]:
+        """Return the jobs list's rows this summarizer holds: the jobs it wrote last, then every job still open.
+
+        The summaries written last may still be on their way to the store when the dashboard, told that a job
+        changed state, asks for the list. An open job whose state events were not heard (the monitor started
+        while it ran) shows as running: only a running job sends stage events.
+        """
+        with self._lock:
+            held = [(job_id, list(events)) for job_id, (_, events) in self._open.items()]
+            written = list(self._written)
+        rows = [summary_row(p) for p in written if host is None or p.tags.get("host") == host]
+        for job_id, events in held:
+            if host is not None and events[-1].host != host:
+                continue
+            row = jobs.summarize(job_id, [point_to_event(event_to_point(e)) for e in events])
+            row["status"] = row["status"] or "running"
+            rows.append(row)
+        return rows
+
     def listen(self, events: Sequence[Event]) -> None:
         """Follow each event's job; summarise and write the jobs that ended in this batch."""
         ended: list[tuple[str, list[Event], Event]] = []
         now = self._clock()
         with self._lock:
             for event in events:
+                if event.kind == "job" and event.status is not None:
+                    self._state_changes += 1
                 if event.stage in NOT_JOBS or event.job_id in self._done:
                     continue
                 _, held = self._open.pop(event.job_id, (now, []))
                 held.append(event)
-                if event.kind == "job" and event.status in TERMINAL:
+                if event.kind == "job" and event.status in FINAL_STATES:
                     ended.append((event.job_id, held, event))
                     self._remember_done(event.job_id)
                 else:
@@ -173,6 +261,8 @@ class JobSummarizer:
         points += [self._summarise(job_id, held, None) for job_id, held in stale]
         if points:
             self._write(points)
+            with self._lock:
+                self._written.extend(points)
             for point in points:
                 if self._on_summary is not None:
                     self._on_summary(point)

@@ -2,9 +2,11 @@
 
 - `GET series?measurement=gpu_sample|host_sample&window=5m&host=&gpu=&fields=a,b`: per tag set, buckets of
   mean and max, downsampled by the store so any window returns at most about `MAX_BUCKETS` buckets.
-- `GET jobs?window=24h&host=&limit=50`: jobs with an event in the window, newest first.
+- `GET jobs?window=24h&host=&limit=50`: jobs that ended in the window (their stored summaries) and those still
+  open, newest first (monitor/analysis/job_list.py).
 - `GET jobs/<id>?window=7d`: one job's events in order, its stage breakdown, error and suggestion.
-- `GET status`: store, spool, writer and sampler health.
+- `GET status`: store, spool, writer and sampler health; job state changes heard (the dashboard refetches the
+  jobs list when they move); the clips waiting to be scored.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from flask.typing import ResponseReturnValue
 
 from common import openapi
 from common.units import NS_PER_S
-from monitor.analysis import jobs
+from monitor.analysis import job_list, jobs
 from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, NUMERIC_FIELDS, iso_from_us, point_to_event
 from monitor.web.context import MonitorContext, get_context
 from monitor.web.params import BadRequest, arg_int, arg_tags, arg_window_s
@@ -79,22 +81,20 @@ def series() -> ResponseReturnValue:
 def _events(ctx: MonitorContext, window_s: int, **filters: Any) -> list[dict[str, Any]]:
     end_ns = ctx.clock_ns() + 60 * NS_PER_S  # events carry the generator's clock: allow a little skew
     start_ns = end_ns - (window_s + 60) * NS_PER_S
-    # Newest first, so that a window holding more than MAX_JOB_EVENTS events loses its oldest jobs, not its newest
-    # (the jobs list is newest first; a job's events are ordered again where it is summarised).
+    # Newest first, so that past MAX_JOB_EVENTS the oldest are the ones left out (`jobs.detail` orders them again).
     points = ctx.store.query_points(JOB_EVENT, start_ns, end_ns, limit=MAX_JOB_EVENTS, descending=True, **filters)
     return [point_to_event(p) for p in points]
 
 
 @bp.get("/jobs")
 def list_jobs() -> ResponseReturnValue:
-    """Return the jobs with events in the window, newest first, each with its stage breakdown."""
+    """Return the jobs that ended in the window and those still open, newest first, with their stage breakdown."""
     ctx = get_context()
     window_s = arg_window_s("24h")
     limit = arg_int("limit", 50, 1, 500)
-    events = _events(ctx, window_s, tags=arg_tags("host"))
-    summaries = [jobs.summarize(job_id, evs) for job_id, evs in jobs.group_by_job(events).items()]
-    summaries.sort(key=lambda j: j["last_event_at"], reverse=True)
-    return jsonify(window_s=window_s, count=len(summaries[:limit]), jobs=summaries[:limit])
+    host = arg_tags("host").get("host")
+    rows = job_list.recent_jobs(ctx.store, ctx.summarizer.live_rows, ctx.clock_ns(), window_s, limit, host)
+    return jsonify(window_s=window_s, count=len(rows), jobs=rows)
 
 
 @bp.get("/jobs/<job_id>")
@@ -134,4 +134,6 @@ def status() -> ResponseReturnValue:
         sampler=sampler,
         ingest=ctx.ingest.counts(),
         event_hosts=sorted(ctx.ingest.event_hosts),
+        job_state_changes=ctx.summarizer.state_changes,
+        quality=None if ctx.quality is None else ctx.quality.status(),
     )

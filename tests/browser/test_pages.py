@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import requests
 import torch
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Request, expect
 
+from common.events import Event, utc_now_iso
 from common.sizing import LIMITS, RESOLUTIONS
 from generator.validation import MAX_PROMPT_CHARS
 from monitor.alerts import label_set
@@ -142,6 +143,42 @@ def test_the_window_selector_changes_every_time_chart(page: Page, stack: Stack) 
         page.wait_for_function(f"Math.abs(({span})('{chart}') - 86400000) < 5000", timeout=10_000)
     page.get_by_label("Window").select_option("5m")
     page.wait_for_function(f"Math.abs(({span})('chart-host') - 300000) < 5000", timeout=10_000)
+
+
+def test_the_jobs_list_is_fetched_when_a_job_changes_state_not_on_every_event(page: Page, stack: Stack) -> None:
+    fetched: list[str] = []
+
+    def record(request: Request) -> None:
+        if "/monitor/api/" in request.url:
+            fetched.append(request.url.split("/monitor/api/", 1)[1].split("?", 1)[0])
+
+    def ingest(**kwargs: Any) -> None:
+        kind = "job" if "status" in kwargs else "stage"
+        event = Event(job_id="probe", host=HOST, gpu="probe", kind=kind, started_at=utc_now_iso(), **kwargs)
+        requests.post(f"{stack.monitor_url}/monitor/api/events", json=[event.to_dict()], timeout=10).raise_for_status()
+
+    def next_status_poll() -> Any:
+        return page.expect_request(lambda request: "/monitor/api/status" in request.url, timeout=15_000)
+
+    page.on("request", record)
+    try:
+        with next_status_poll():
+            ingest(status="running")
+        with next_status_poll():  # the tick that saw the state change has fetched the list
+            pass
+        start = len(fetched)
+        for step in range(1, 5):  # denoising steps: every poll sees new events, no job changes state
+            with next_status_poll():
+                ingest(stage="denoising_step", step=step, total_steps=4, duration_s=0.1)
+        with next_status_poll():
+            pass
+        during = fetched[start:]
+        assert during.count("status") >= 5
+        assert during.count("jobs") <= 1, during  # at most its 15 s refresh, not one per poll with new events
+        with page.expect_request(lambda request: "/monitor/api/jobs?" in request.url, timeout=15_000):
+            ingest(status="cancelled")
+    finally:
+        page.remove_listener("request", record)
 
 
 def test_an_alert_from_the_engine_appears_in_the_panel_coloured_by_tier(page: Page, stack: Stack) -> None:

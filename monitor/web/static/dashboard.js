@@ -1,6 +1,9 @@
 // The monitor tab: polls the monitor's API once per sampling period (the interval comes from /status) and
 // redraws. Chart.js is the UMD build the monitor serves from node_modules (window.Chart). When the monitor or
 // its store stops answering, a banner says since when and the charts are greyed out, never silently frozen.
+// Each period costs a window of samples: status, the two series and the alerts. The jobs list and the queue
+// change only when a job changes state, which /status counts (job_state_changes), so they are fetched then, or
+// every JOBS_EVERY_MS (a running job's stages grow, old jobs leave the window); never on every ingested event.
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 const API = config.api;
@@ -14,7 +17,8 @@ const STAGE_COLOURS = {
 const SERIES_COLOURS = ["#0969da", "#bf3989", "#1a7f37", "#bc4c00", "#8250df", "#9a6700", "#0e7490", "#57606a"];
 const GPU_FIELDS = ["utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w"];
 const TICK_MS = { "5m": 60e3, "1h": 15 * 60e3, "24h": 4 * 3600e3 };
-const SLOW_EVERY_MS = 5000; // jobs, queue, quality: at once after an ingest, else at least this often
+const SLOW_EVERY_MS = 5000; // quality and the recommendation: at least this often
+const JOBS_EVERY_MS = 15000; // jobs and queue: at once after a job changes state, else at least this often
 const TARGETS_EVERY_MS = 30000;
 const REPORTS = ["jobs.csv", "gpu.csv"];
 const REPORT_BUCKETS = { "5m": "10s", "1h": "1m", "24h": "5m" }; // gpu.csv rows per GPU: 30, 60, 288
@@ -27,7 +31,8 @@ const state = {
   intervalMs: Math.max(250, (config.sample_interval_s || 2) * 1000),
   lastGood: null, // Date of the last refresh where the monitor and its store answered
   failingSince: null,
-  ingestSeen: null,
+  jobStatesSeen: null,
+  jobsAt: 0,
   slowAt: 0,
   targetsAt: 0,
   reportsAt: 0,
@@ -411,38 +416,40 @@ async function refresh(force = false) {
   state.status = status.body;
   const interval = status.body.sampler && status.body.sampler.interval_s;
   if (interval) state.intervalMs = Math.max(250, interval * 1000);
-  const ingest = status.body.ingest ? status.body.ingest.events_accepted_total : null;
-  const slow = force || ingest !== state.ingestSeen || Date.now() - state.slowAt >= SLOW_EVERY_MS;
+  const jobStates = status.body.job_state_changes ?? null;
+  const jobsDue = force || jobStates !== state.jobStatesSeen || Date.now() - state.jobsAt >= JOBS_EVERY_MS;
+  const slow = jobsDue || Date.now() - state.slowAt >= SLOW_EVERY_MS;
 
   await refreshTargets(force);
   const gpuFilter = { window: state.window, host: state.host, gpu: state.gpu };
-  const requests = [
+  const skipped = Promise.resolve(null);
+  const [gpu, host, alerts, jobs, queue, quality, recommendation] = await Promise.all([
     getJSON("series", { measurement: "gpu_sample", fields: GPU_FIELDS.join(","), ...gpuFilter }),
     getJSON("series", { measurement: "host_sample", fields: "cpu_ratio,memory_used_bytes,memory_total_bytes", window: state.window, host: state.host }),
     getJSON("alerts"),
-  ];
-  if (slow) {
-    requests.push(
-      getJSON("jobs", { window: "24h", host: state.host, limit: 20 }),
-      getJSON("queue", { window: state.window, host: state.host }),
-      getJSON("quality", gpuFilter),
-      getJSON("recommendation", { gpu: state.gpu, host: state.host }),
-    );
-  }
-  const [gpu, host, alerts, jobs, queue, quality, recommendation] = await Promise.all(requests);
+    jobsDue ? getJSON("jobs", { window: "24h", host: state.host, limit: 20 }) : skipped,
+    jobsDue ? getJSON("queue", { window: state.window, host: state.host }) : skipped,
+    slow ? getJSON("quality", gpuFilter) : skipped,
+    slow ? getJSON("recommendation", { gpu: state.gpu, host: state.host }) : skipped,
+  ]);
   const storeFailures = [gpu, host, jobs, queue, quality].filter((r) => r && r.status === 503);
   if (gpu.ok) drawGpus(gpu.body);
   if (host.ok) drawHost(host.body);
   drawAlerts(alerts);
-  if (slow) {
+  if (jobsDue) {
     if (jobs.ok) drawJobs(jobs.body);
     if (queue.ok) drawQueue(queue.body);
-    if (quality.ok) drawQuality(quality.body);
-    drawRecommendation(recommendation);
-    if ([jobs, queue, quality].every((r) => r.ok)) {
-      state.slowAt = Date.now();
-      state.ingestSeen = ingest;
+    if (jobs.ok && queue.ok) {
+      state.jobsAt = Date.now();
+      state.jobStatesSeen = jobStates;
     }
+  }
+  if (slow) {
+    if (quality.ok) {
+      drawQuality(quality.body);
+      state.slowAt = Date.now();
+    }
+    drawRecommendation(recommendation);
     refreshReports();
   }
 
