@@ -1,9 +1,10 @@
 """The dashboard's API under load from a loopback client: p50/p99 latency and errors per endpoint.
 
 Each store (SQLite, a real influxd) is filled with 24 h of 1 s samples (one GPU + the host) and 24 h of jobs
-(a job's ~57 events every few minutes), then served by a real `python -m monitor` (waitress, its sampler and
-writer running). A few client threads send the live tab's requests round-robin: `series` for the GPU chart at
-1 h and 24 h, `jobs`, `status`; bounded in count and time. Stores alternate in two halves each.
+(a job's ~57 events every few minutes, and its `job_summary` point), then served by a real `python -m monitor`
+(waitress, its sampler and writer running). A few client threads send the live tab's requests round-robin:
+`series` for the GPU chart at 1 h and 24 h, `jobs`, `status`; bounded in count and time. Stores alternate in two
+halves each. (bench/jobs_list.py times the jobs list alone, one request at a time.)
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import requests
 from bench import fixtures
 from bench.harness import Context, MonitorProcess, Result, info, summary
 from bench.store_speed import DASHBOARD_FIELDS, fill
-from monitor.storage import Store, open_store
-from monitor.storage.schema import GPU_SAMPLE, event_to_point
+from monitor.analysis.job_summary import summary_point
+from monitor.storage import Point, Store, open_store
+from monitor.storage.schema import GPU_SAMPLE, event_time_ns, event_to_point, point_to_event
 
 S = fixtures.S
 THREADS = 4
@@ -37,15 +39,22 @@ ENDPOINTS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def _fill_jobs(store: Store, jobs: int, end_s: float) -> int:
-    """Write `jobs` finished jobs' events spread over the 24 h before `end_s`; return the events written."""
-    points = []
+def fill_jobs(store: Store, jobs: int, end_s: float) -> int:
+    """Write `jobs` finished jobs spread over the 24 h before `end_s`, as the monitor stores them: each job's
+    events and its `job_summary` point (what the jobs list reads). Return the events written."""
+    points: list[Point] = []
+    events_written = 0
     for i in range(jobs):
         created = end_s - 86_400 + (i + 0.5) * 86_400 / jobs - 30
-        points += [event_to_point(e) for e in fixtures.job_events(f"job-{i:05d}", created)]
+        events = fixtures.job_events(f"job-{i:05d}", created)
+        points += [event_to_point(e) for e in events]
+        events_written += len(events)
+        end = events[-1]
+        dicts = [point_to_event(p) for p in points[-len(events) :]]
+        points.append(summary_point(end.job_id, dicts, point_to_event(event_to_point(end)), event_time_ns(end)))
     for i in range(0, len(points), 5000):
         store.write(points[i : i + 5000])
-    return len(points)
+    return events_written
 
 
 def _load(url: str, requests_total: int, max_s: float) -> dict[str, list[Any]]:
@@ -92,7 +101,7 @@ def run(ctx: Context) -> Result:
     stores: dict[str, Store] = {name: open_store(url) for name, url in urls.items()}  # as the monitor writes
     end_ns = time.time_ns()
     fill(stores, ticks, end_ns)
-    events = {name: _fill_jobs(store, jobs, end_ns / S) for name, store in stores.items()}
+    events = {name: fill_jobs(store, jobs, end_ns / S) for name, store in stores.items()}
     for store in stores.values():
         store.close()
     if not ctx.quick:

@@ -15,6 +15,7 @@ nothing and its files say so. Benchmarks, in the issue's order:
 - reports:  jobs.csv of 100,000 jobs: rows/s and peak memory
 - api:      the dashboard's API under load from a loopback client: p50/p99 and errors per endpoint
 - predict:  /monitor/api/predict p50/p99 with 5,000 jobs stored: idle, while jobs end, while the store is re-read
+- jobs:     the dashboard's jobs list at 300 jobs a day, one request at a time, beside a window of samples
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, str] = {
     "reports": "bench.reports_export",
     "api": "bench.api_load",
     "predict": "bench.predict_latency",
+    "jobs": "bench.jobs_list",
 }
 
 
