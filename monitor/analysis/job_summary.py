@@ -165,6 +165,7 @@ def summary_row(point: Point) -> dict[str, Any]:
         "error": f.get("error"),
         "suggestion": f.get("suggestion"),
         "peak_memory_bytes": f.get("peak_memory_bytes"),
+        "peak_memory_allocated_bytes": f.get("peak_memory_allocated_bytes"),
         "submitted_at": _iso(f.get("submitted_at_us")),
         "started_at": _iso(f.get("started_at_us")),
         "finished_at": ended if status in FINAL_STATES else None,

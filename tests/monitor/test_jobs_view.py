@@ -45,6 +45,7 @@ def job(
             for i in range(3)
         ],
         Event(kind="stage", stage="denoising", started_at=at(1.5), duration_s=0.6, peak_memory_bytes=7 << 30,
+              peak_memory_allocated_bytes=6 << 30,
               **common),
     ]  # fmt: skip
     if end == "failed":
