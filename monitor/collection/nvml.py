@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from monitor.collection import xid as xid_catalogue
+
 log = logging.getLogger(__name__)
 
 # NVML return codes (nvml.h); stable across driver versions.
@@ -138,7 +140,7 @@ class GpuSnapshot:
     cadences: they are the last values read, `*_age_s` seconds old (0.0 on the tick that read them).
     `just_lost` is True only on the tick the GPU was found gone. `xid_events` are the Xids heard since the
     last snapshot; `xid_total` counts every Xid heard since the monitor started (None: this GPU cannot report
-    them, or the listener is off).
+    them, or the listener is off) and `xid_counts` splits it by code, (xid, count) in code order.
     """
 
     index: int
@@ -174,6 +176,7 @@ class GpuSnapshot:
     health_age_s: float | None = None
     xid_events: tuple[XidEvent, ...] = ()
     xid_total: int | None = None
+    xid_counts: tuple[tuple[int, int], ...] = ()
     just_lost: bool = False
     lost_reason: str | None = None
 
@@ -248,6 +251,7 @@ class _Device:
     health_tried_at: float | None = None
     xid_registered: bool = False
     xid_total: int = 0
+    xid_counts: dict[int, int] = field(default_factory=dict)
     xid_pending: deque[XidEvent] = field(default_factory=lambda: deque(maxlen=XID_BACKLOG))
 
 
@@ -605,7 +609,7 @@ class NvmlReader:
             self._said = {key for key in self._said if key[:2] != ("lost", device.index)}
 
     def _read_device(self, device: _Device, now: float) -> GpuSnapshot:
-        xids = self._drain_xids(device)
+        xids, xid_counts = self._drain_xids(device)
         xid_total = device.xid_total if device.xid_registered else None
         if device.lost_reason:
             return GpuSnapshot(
@@ -616,6 +620,7 @@ class NvmlReader:
                 pci_bus_id=device.pci_bus_id,
                 xid_events=xids,
                 xid_total=xid_total,
+                xid_counts=xid_counts,
                 lost_reason=device.lost_reason,
             )
         nvml = self._nvml
@@ -664,6 +669,7 @@ class NvmlReader:
                 pci_bus_id=device.pci_bus_id,
                 xid_events=xids,
                 xid_total=xid_total,
+                xid_counts=xid_counts,
                 just_lost=True,
                 lost_reason=device.lost_reason,
             )
@@ -702,6 +708,7 @@ class NvmlReader:
             health_age_s=None if device.health_read_at is None else now - device.health_read_at,
             xid_events=xids,
             xid_total=xid_total,
+            xid_counts=xid_counts,
         )
 
     def _processes(self, device: _Device) -> tuple[GpuProcess, ...] | None:
@@ -855,20 +862,23 @@ class NvmlReader:
         with self._xid_lock:
             device.xid_pending.append(XidEvent(xid, heard_ns))
             device.xid_total += 1
-        log.error(
-            "GPU %d (%s) reported Xid %d",
+            device.xid_counts[xid] = device.xid_counts.get(xid, 0) + 1
+        log.log(
+            logging.ERROR if xid_catalogue.tier(xid) != "warning" else logging.WARNING,
+            "GPU %d (%s) reported %s",
             device.index,
             device.uuid,
-            xid,
+            xid_catalogue.describe(xid),
             extra={"gpu": str(device.index), "gpu_uuid": device.uuid, "xid": xid},
         )
         return 1
 
-    def _drain_xids(self, device: _Device) -> tuple[XidEvent, ...]:
+    def _drain_xids(self, device: _Device) -> tuple[tuple[XidEvent, ...], tuple[tuple[int, int], ...]]:
         with self._xid_lock:
             events = tuple(device.xid_pending)
             device.xid_pending.clear()
-        return events
+            counts = tuple(sorted(device.xid_counts.items()))
+        return events, counts
 
     def _xid_loop(self) -> None:
         backoff_s = 5.0

@@ -459,7 +459,7 @@ def test_the_probe_runs_end_to_end_on_recorded_answers(tmp_path: Path, monkeypat
 
 def test_xids_heard_by_the_listener_thread_reach_the_next_snapshot_once(caplog: pytest.LogCaptureFixture) -> None:
     reader, fake, _ = reader_for("h100", xid_thread=True, xid_wait_ms=20, wall_clock_ns=lambda: 7)
-    caplog.set_level(logging.ERROR, logger="monitor.collection.nvml")
+    caplog.set_level(logging.WARNING, logger="monitor.collection.nvml")
     assert reader.read()[0].xid_events == ()
     assert reader.xid_listening
 
@@ -473,12 +473,14 @@ def test_xids_heard_by_the_listener_thread_reach_the_next_snapshot_once(caplog: 
 
     assert gpu.xid_events == (XidEvent(79, 7), XidEvent(13, 7))
     assert gpu.xid_total == 2
+    assert gpu.xid_counts == ((13, 1), (79, 1))
     assert again.xid_events == ()
     assert again.xid_total == 2
     assert "nvmlEventSetFree" in fake.calls
     assert "nvmlEventSetFree" not in fake.calls[fake.calls.index("nvmlShutdown") :]
     heard = [r for r in caplog.records if "reported Xid" in r.getMessage()]
-    assert [getattr(r, "xid", None) for r in heard] == [79, 13]
+    assert [(getattr(r, "xid", None), r.levelname) for r in heard] == [(79, "ERROR"), (13, "WARNING")]
+    assert "fallen off the bus" in heard[0].getMessage()
     assert heard[0].gpu_uuid == "GPU-5e0c9a53-6b1f-2a0e-8f43-1d2c3b4a5968"
 
 
