@@ -497,3 +497,28 @@ def test_a_capture_older_than_the_health_calls_reports_them_unsupported() -> Non
     assert gpu.pcie_replay_total is None
     assert gpu.xid_total is None  # no event set: Xids cannot be heard, which is not "no Xid"
     assert not reader.xid_listening
+
+
+def test_the_health_proof_reports_each_field_or_unsupported_and_the_listener(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import nvml_health
+
+    monkeypatch.setattr(nvml_health, "real_nvml", lambda: FakeNvml(load("h100")))
+    out = tmp_path / "health.json"
+
+    assert nvml_health.main(["--reads", "3", "--interval", "0.01", "--out", str(out)]) == 0
+
+    result = json.loads(out.read_text())
+    assert result["xid"]["event_set"] is True
+    assert result["xid"]["registered"] == {"0": True}
+    assert result["xid"]["supported_event_types"]["0"]["xid_supported"] is True
+    assert result["listener_stopped_on_shutdown"] is True
+    fields = result["gpus"][0]["fields"]
+    assert fields["retired_pages_sbe"] == "unsupported"
+    assert fields["remapped_rows_correctable"] == 2
+    assert fields["power_throttle_s"] == 1.25
+    assert fields["pci_bus_id"] == "00000000:19:00.0"
+    assert result["calls"]["nvmlDeviceGetViolationStatus"]["count"] == 6  # power and thermal, 3 reads
+    assert "nvmlEventSetWait" not in result["calls"]  # its time is the wait, not a cost
+    assert "nvmlDeviceGetRetiredPages NotSupported" in result["errors"]
