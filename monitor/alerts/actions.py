@@ -52,7 +52,7 @@ class ActionOutcome:
                 "host": host,
                 "action": self.action,
                 "result": self.result,
-                "severity": self.labels.get("severity", ""),
+                "severity": self.labels.get("tier", self.labels.get("severity", "")),  # the tier, as stored before
             },
             fields={
                 "alertname": self.alertname,

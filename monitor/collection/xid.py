@@ -17,6 +17,7 @@ GPU healthy) and GPUd's catalogue:
 
 from __future__ import annotations
 
+TIERS = ("warning", "severe", "fatal")
 RESET_REQUIRED: frozenset[int] = frozenset({48, 63, 64, 74, 79, 94, 95, 119, 120, 140})
 SEVERE: frozenset[int] = frozenset({92})
 

@@ -167,11 +167,11 @@ class MonitorCollector:
             labels,
         )
         listening = _gauge("i2v_gpu_xid_listening", "1 while Xid errors of this GPU can be heard.", labels)
-        xids = CounterMetricFamily("i2v_gpu_xid_errors", "Xid errors heard since the monitor started.", labels=labels)
-        resets = CounterMetricFamily(
-            "i2v_gpu_xid_reset_required_errors",
-            "Xid errors heard since the monitor started whose code means the GPU needs a reset or reboot.",
-            labels=labels,
+        # One series per tier for every GPU that can report Xids, from 0: PromQL's increase() then sees the first.
+        xids = CounterMetricFamily(
+            "i2v_gpu_xid_errors",
+            "Xid errors heard since the monitor started, by tier (fatal: the GPU needs a reset or reboot).",
+            labels=[*labels, "tier"],
         )
         by_code = CounterMetricFamily(
             "i2v_gpu_xid_errors_by_code",
@@ -207,13 +207,15 @@ class MonitorCollector:
                 other_sm.add_metric(values, theirs)
             listening.add_metric(values, 0.0 if gpu.xid_total is None else 1.0)
             if gpu.xid_total is not None:
-                xids.add_metric(values, float(gpu.xid_total))
-                needing_reset = sum(n for code, n in gpu.xid_counts if xid_catalogue.reset_required(code))
-                resets.add_metric(values, float(needing_reset))
+                by_tier = dict.fromkeys(xid_catalogue.TIERS, 0)
+                for code, count in gpu.xid_counts:
+                    by_tier[xid_catalogue.tier(code)] += count
+                for tier, count in by_tier.items():
+                    xids.add_metric([*values, tier], float(count))
                 for code, count in gpu.xid_counts:
                     by_code.add_metric([*values, str(code), xid_catalogue.tier(code)], float(count))
         yield from (retired, retired_pending, rows, rows_pending, rows_failed, replays, throttled)
-        yield from (generator_sm, other_sm, listening, xids, resets, by_code)
+        yield from (generator_sm, other_sm, listening, xids, by_code)
 
     def _host_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
         host = snapshot.host

@@ -171,11 +171,12 @@ def test_gpu_identity_and_health_are_exported_and_what_a_card_lacks_is_absent(
     assert value("i2v_gpu_generator_utilization_ratio", gpu0) == 0.9
     assert value("i2v_gpu_other_processes_utilization_ratio", gpu0) == 0.25
     assert value("i2v_gpu_xid_listening", gpu0) == 1
-    assert value("i2v_gpu_xid_errors_total", gpu0) == 3
-    assert value("i2v_gpu_xid_reset_required_errors_total", gpu0) == 2
+    assert value("i2v_gpu_xid_errors_total", {**gpu0, "tier": "fatal"}) == 2
+    assert value("i2v_gpu_xid_errors_total", {**gpu0, "tier": "warning"}) == 1
+    assert value("i2v_gpu_xid_errors_total", {**gpu0, "tier": "severe"}) == 0  # present from 0 for increase()
     assert value("i2v_gpu_xid_errors_by_code_total", {**gpu0, "xid": "79", "tier": "fatal"}) == 2
     assert value("i2v_gpu_xid_listening", gpu1) == 0  # cannot hear Xids: not "no Xid"
-    assert value("i2v_gpu_xid_errors_total", gpu1) is None
+    assert value("i2v_gpu_xid_errors_total", {**gpu1, "tier": "fatal"}) is None
     assert value("i2v_gpu_pcie_replays_total", gpu1) is None
 
 
