@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from common.version import version_line
+
 MiB = 1024 * 1024
 
 
@@ -80,6 +82,7 @@ class GeneratorConfig:
         parser.add_argument("--outputs", type=Path, help="folder for clips (env GENERATOR_OUTPUTS)")
         parser.add_argument("--state-dir", type=Path, help="job database and event spool (env GENERATOR_STATE_DIR)")
         parser.add_argument("--queue-size", type=int, help="jobs waiting before 429 (env GENERATOR_QUEUE_SIZE)")
+        parser.add_argument("--version", action="version", version=version_line("generator"))
         args = parser.parse_args(argv)
         overrides.update({k: v for k, v in vars(args).items() if v is not None})
         return replace(config, **overrides)  # type: ignore[arg-type]  # values are checked by validate(), not here

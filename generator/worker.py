@@ -306,7 +306,7 @@ class Worker:
             peak_memory_allocated_bytes=None if peak is None else peak.allocated_bytes,
         )
         if job.peak_memory_bytes is not None:
-            self.metrics.peak_memory.set(job.peak_memory_bytes)
+            self.metrics.peak_memory.labels(self.gpu).set(job.peak_memory_bytes)
         if state == "succeeded":
             self.metrics.consecutive_ooms.set(0)
         elif error and error.startswith(OOM_PREFIX):

@@ -46,6 +46,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from common.redact import redact_url
+from common.version import version_line
 
 MiB = 1024 * 1024
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -232,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
         description="The monitoring sidecar: samples the GPUs and host, ingests the generator's events, "
         "serves the API. Every flag also has an environment variable (see monitor/config.py).",
     )
+    parser.add_argument("--version", action="version", version=version_line("monitor"))
     parser.add_argument("--host", help="address to bind (env MONITOR_BIND; default 127.0.0.1)")
     parser.add_argument("--port", type=str, help="port (env MONITOR_PORT; default 7861)")
     parser.add_argument(

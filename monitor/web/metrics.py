@@ -23,6 +23,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from common.http_metrics import add_standard_metrics
 from monitor.collection import xid as xid_catalogue
 from monitor.collection.nvml import DURATION_BUCKETS_S, THROTTLE_REASONS, CallStats
 from monitor.collection.sampler import Snapshot, process_utilization
@@ -341,9 +342,11 @@ _STORE_METRICS: tuple[tuple[str, str, str, type[GaugeMetricFamily] | type[Counte
 
 
 def make_registry(sampler: SamplerView, writer_health: Callable[[], Any] | None = None) -> CollectorRegistry:
-    """Build the monitor's registry: one collector over the sampler and, if given, the store writer."""
+    """Build the monitor's registry: one collector over the sampler and, if given, the store writer; the process,
+    platform and build-info metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MonitorCollector(sampler, writer_health))
+    add_standard_metrics(registry, "monitor")
     return registry
 
 

@@ -1,4 +1,4 @@
-"""Logs a shipper can parse: both services, started as real processes, write only JSON lines."""
+"""Logs a shipper can parse and standard metrics: both services as real processes, JSON lines only."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.logs import LogConfigError, configure_logging, extra, log_settings, set_log_host
+from common.version import VERSION
 from tests.faults.procs import GeneratorProcess, MonitorProcess
 
 FIELDS = {"time", "level", "logger", "message", "service", "host"}
@@ -55,7 +57,10 @@ def test_both_services_write_every_line_as_json_with_the_fields_shippers_index(t
                 started.result()
         # A refused request and a scrape: Flask's and waitress' paths log too.
         assert requests.post(f"{generator.url}/api/jobs", data={}, timeout=10).status_code == 400
-        assert requests.get(f"{monitor.url}/metrics", timeout=10).status_code == 200
+        scrapes = {
+            "generator": requests.get(f"{generator.url}/metrics", timeout=10).text,
+            "monitor": requests.get(f"{monitor.url}/metrics", timeout=10).text,
+        }
     finally:
         assert generator.stop() == 0
         assert monitor.stop() == 0
@@ -72,6 +77,16 @@ def test_both_services_write_every_line_as_json_with_the_fields_shippers_index(t
     assert {r["host"] for r in monitor_records} >= {"fault-host"}  # the configured host name, once read
     assert any(r["level"] == "DEBUG" for r in monitor_records)  # LOG_LEVEL reaches the monitor
     assert any(r["logger"] == "waitress" for r in generator_records)
+    # Standard metrics, from the same real processes: process and platform collectors, build info, routes.
+    for service, text in scrapes.items():
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        assert {"process_resident_memory_bytes", "process_cpu_seconds", "python_info"} <= set(families), service
+        (build,) = families[f"i2v_{service}_build_info"].samples
+        assert build.labels == {"version": VERSION}
+        assert "i2v_http_requests" in families, service
+    refused = 'i2v_http_requests_total{method="POST",route="/api/jobs",status="400"} 1.0'
+    assert refused in scrapes["generator"]
+    assert 'route="/monitor/api/status"' in scrapes["monitor"]  # the harness's readiness polls
     (failed_load,) = [r for r in generator_records if "failed to load" in r["message"]]
     assert failed_load["level"] == "ERROR"
     assert "Traceback" in failed_load["exc_info"]  # a multi-line traceback stays inside its one JSON line
