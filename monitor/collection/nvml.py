@@ -540,7 +540,7 @@ class NvmlReader:
         Returns None when unanswered; raises _NotAnswered for a code in `expected` (the caller's answer).
         """
         for name in (names,) if isinstance(names, str) else names:
-            key = (name, args[:1] if name in _UNKEYED_ARGUMENTS else args)
+            key = (name, () if name in _UNKEYED_ARGUMENTS else args)
             func = getattr(self._nvml, name, None)
             if key in device.unanswered or func is None:
                 continue
