@@ -8,24 +8,17 @@ the scheme is still read under its old name for one release, with a warning that
     SETTINGS = (Setting("port", "--port", ("GENERATOR_PORT",), "7860", "port to listen on"), ...)
     raw = env_value(SETTINGS_BY_FIELD["port"], os.environ)      # new name first, then old ones (warned)
 
-`python -m common.settings` rewrites README.md's tables from the declarations (`--check` only compares);
+`python scripts/settings_table.py` rewrites README.md's tables from the declarations (`--check` only compares);
 tests/ops/test_settings.py fails when the README and the code disagree.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import re
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-_BLOCK = re.compile(r"(<!-- settings:(?P<name>\w+) -->\n).*?(<!-- /settings -->)", re.S)
 
 
 @dataclass(frozen=True)
@@ -76,36 +69,3 @@ def markdown_table(settings: Sequence[Setting]) -> str:
         old = ", ".join(f"`{name}`" for name in s.old_env) or "-"
         rows.append(f"| {env} | {flag} | {s.default} | {s.help} | {old} |")
     return "\n".join(rows) + "\n"
-
-
-def tables() -> dict[str, str]:
-    """Return each process's settings table by name, from the processes' own declarations."""
-    from generator.config import SETTINGS as GENERATOR
-    from monitor.config import SETTINGS as MONITOR
-
-    return {"generator": markdown_table(GENERATOR), "monitor": markdown_table(MONITOR)}
-
-
-def render_readme(text: str, generated: Mapping[str, str]) -> str:
-    """Replace every `<!-- settings:NAME -->` ... `<!-- /settings -->` block of `text` with its table."""
-    return _BLOCK.sub(lambda m: m.group(1) + generated[m.group("name")] + m.group(3), text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite README.md's settings tables, or with --check say whether they are current (exit 1 if not)."""
-    parser = argparse.ArgumentParser(description="Write the settings tables into README.md from the code.")
-    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is stale")
-    args = parser.parse_args(argv)
-    text = README.read_text()
-    fresh = render_readme(text, tables())
-    if args.check:
-        if fresh != text:
-            print("README.md's settings tables are stale: run python -m common.settings", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(fresh)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

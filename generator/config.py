@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -65,11 +65,12 @@ class GeneratorConfig:
         parser.add_argument("--version", action="version", version=version_line("generator"))
         for setting in SETTINGS:
             if setting.flag is not None:
-                kind = types[setting.field]
+                kind = str(types[setting.field])
+                parse: Callable[[str], object] = int if kind == "int" else Path if "Path" in kind else str
                 parser.add_argument(
                     setting.flag,
                     dest=setting.field,
-                    type=int if kind == "int" else Path if "Path" in str(kind) else None,
+                    type=parse,
                     help=f"{setting.help} (env {setting.env[0]}; default {setting.default})",
                 )
         args = parser.parse_args(argv)
@@ -77,7 +78,7 @@ class GeneratorConfig:
         return replace(cls(), **overrides)  # type: ignore[arg-type]
 
 
-#: Every setting of the generator: the README's table is generated from these (python -m common.settings).
+#: Every setting of the generator: the README's table is generated from these (python scripts/settings_table.py).
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", "--host", ("GENERATOR_BIND",), "127.0.0.1", "address to listen on"),
     Setting("port", "--port", ("GENERATOR_PORT",), "7860", "port to listen on"),
