@@ -42,6 +42,8 @@ from monitor.collection.nvml import GpuSnapshot, NvmlReader, real_nvml
 from monitor.collection.sampler import Sampler, Snapshot, snapshot_points
 
 FORMAT = "i2v-nvml-answers/1"
+#: Calls recorded under their name alone: their later arguments change every call (a timestamp, an event set).
+UNKEYED = frozenset({"nvmlDeviceGetProcessUtilization", "nvmlDeviceRegisterEvents"})
 SYSTEM_CALLS = ("nvmlInit", "nvmlDeviceGetCount", "nvmlSystemGetDriverVersion")
 
 
@@ -108,11 +110,13 @@ class Instrumented:
         return call
 
     def _keep(self, name: str, args: tuple[Any, ...], answer: Any) -> None:
-        if not self._record or name == "nvmlShutdown":
+        if not self._record or name in ("nvmlShutdown", "nvmlEventSetFree", "nvmlEventSetWait"):
             return
+        if name == "nvmlEventSetCreate":
+            answer = "event-set"  # an opaque pointer: the replay needs only that one was made
         if args and id(args[0]) in self._handles:
             index = self._handles[id(args[0])][0]
-            rest = args[1:]
+            rest = () if name in UNKEYED else args[1:]
             key = f"{name}:{','.join(map(str, rest))}" if rest else name
             self.devices.setdefault(index, {})[key] = answer
         elif name == "nvmlDeviceGetHandleByIndex":
@@ -133,7 +137,9 @@ class Instrumented:
 def record(nvml: Any, path: Path) -> dict[str, Any]:
     """Read every GPU once through NvmlReader (every call, slow ones too) and save the answers NVML gave."""
     instrumented = Instrumented(nvml, record=True)
-    reader = NvmlReader(instrumented, processes_interval_s=0, energy_interval_s=0)
+    reader = NvmlReader(
+        instrumented, processes_interval_s=0, energy_interval_s=0, health_interval_s=0, xid_thread=False
+    )
     reader.read()
     reader.shutdown()
     source = f"nvml_probe.py --record on {socket.gethostname()}, driver {reader.driver_version}, {time.ctime()}"

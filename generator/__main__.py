@@ -10,6 +10,7 @@ from types import FrameType
 
 from waitress import serve
 
+from common.logs import LogConfigError, configure_logging, fail, set_log_host
 from common.redact import redact_url
 from generator.app import create_app
 from generator.config import GeneratorConfig
@@ -22,16 +23,18 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve until interrupted; a bad configuration exits with one line saying what to change."""
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    try:
+        configure_logging("generator")
+    except LogConfigError as error:
+        print(f"generator: {error}", file=sys.stderr)
+        return 2
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         config = GeneratorConfig.from_sources(argv)
         config.validate()
     except ValueError as error:
-        print(f"generator: {error}", file=sys.stderr)
-        return 2
+        return fail("generator", str(error))
+    set_log_host(config.host_name)
     signal.signal(signal.SIGTERM, _stop)
     app = create_app(config)
     logging.getLogger("generator").info(

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from common import openapi
 from common.auth import bearer_allows
+from common.http_metrics import instrument
 from common.sizing import LIMITS, RESOLUTIONS
 from generator import eta
 from generator.admission import table_estimate
@@ -108,6 +109,7 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes + 64 * 1024
     rt = runtime_factory(config)
     app.extensions["generator"] = rt
+    instrument(app, rt.metrics.registry)
     app.register_blueprint(api)
     openapi.register(app, Path(__file__).with_name("openapi.yaml"))
     app.register_blueprint(advice)  # /api/recommendation and /api/predict, proxied to the monitor

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+
+from common.settings import Setting, env_value
+from common.version import version_line
 
 MiB = 1024 * 1024
 
@@ -43,46 +46,82 @@ class GeneratorConfig:
             raise ValueError(f"--monitor-url must start with http:// or https://, got {self.monitor_url!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.admin_token:
             raise ValueError(
-                f"binding to {self.host} exposes cancel to the network: set ADMIN_TOKEN, or bind to 127.0.0.1"
+                f"binding to {self.host} exposes cancel to the network: set I2V_ADMIN_TOKEN, or bind to 127.0.0.1"
             )
 
     @classmethod
     def from_sources(
         cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
     ) -> GeneratorConfig:
-        """Build the configuration from the environment, overridden by flags."""
+        """Build the configuration from the environment, overridden by flags (SETTINGS names both)."""
         env = os.environ if environ is None else environ
-        config = cls()
-        env_names = {
-            "host": "GENERATOR_BIND",
-            "port": "GENERATOR_PORT",
-            "model": "GENERATOR_MODEL",
-            "monitor_url": "MONITOR_URL",
-            "outputs": "GENERATOR_OUTPUTS",
-            "state_dir": "GENERATOR_STATE_DIR",
-            "queue_size": "GENERATOR_QUEUE_SIZE",
-            "admin_token": "ADMIN_TOKEN",
-            "ingest_token": "INGEST_TOKEN",
-            "host_name": "I2V_HOST_NAME",
-            "threads": "GENERATOR_THREADS",
-            "gpu_memory_fraction": "GENERATOR_GPU_MEMORY_FRACTION",
-        }
         types = {f.name: f.type for f in fields(cls)}
         overrides: dict[str, object] = {}
-        for name, variable in env_names.items():
-            if env.get(variable):
-                overrides[name] = _convert(types[name], env[variable], variable)
+        for setting in SETTINGS:
+            raw = env_value(setting, env)
+            if raw is not None:
+                overrides[setting.field] = _convert(types[setting.field], raw, setting.env[0])
         parser = argparse.ArgumentParser(prog="python -m generator", description="The I2VGen-XL generation service.")
-        parser.add_argument("--host", help="address to bind (env GENERATOR_BIND; default 127.0.0.1)")
-        parser.add_argument("--port", type=int, help="port (env GENERATOR_PORT; default 7860)")
-        parser.add_argument("--model", help="tiny | full | a folder of saved weights (env GENERATOR_MODEL)")
-        parser.add_argument("--monitor-url", help="where events go, e.g. http://127.0.0.1:7861 (env MONITOR_URL)")
-        parser.add_argument("--outputs", type=Path, help="folder for clips (env GENERATOR_OUTPUTS)")
-        parser.add_argument("--state-dir", type=Path, help="job database and event spool (env GENERATOR_STATE_DIR)")
-        parser.add_argument("--queue-size", type=int, help="jobs waiting before 429 (env GENERATOR_QUEUE_SIZE)")
+        parser.add_argument("--version", action="version", version=version_line("generator"))
+        for setting in SETTINGS:
+            if setting.flag is not None:
+                kind = str(types[setting.field])
+                parse: Callable[[str], object] = int if kind == "int" else Path if "Path" in kind else str
+                parser.add_argument(
+                    setting.flag,
+                    dest=setting.field,
+                    type=parse,
+                    help=f"{setting.help} (env {setting.env[0]}; default {setting.default})",
+                )
         args = parser.parse_args(argv)
         overrides.update({k: v for k, v in vars(args).items() if v is not None})
-        return replace(config, **overrides)  # type: ignore[arg-type]  # values are checked by validate(), not here
+        return replace(cls(), **overrides)  # type: ignore[arg-type]
+
+
+#: Every setting of the generator: the README's table is generated from these (python scripts/settings_table.py).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "--host", ("GENERATOR_BIND",), "127.0.0.1", "address to listen on"),
+    Setting("port", "--port", ("GENERATOR_PORT",), "7860", "port to listen on"),
+    Setting("model", "--model", ("GENERATOR_MODEL",), "tiny", "`tiny`, `full`, or a folder of saved weights"),
+    Setting(
+        "monitor_url",
+        "--monitor-url",
+        ("GENERATOR_MONITOR_URL",),
+        "none",
+        "the monitor that events go to, e.g. `http://127.0.0.1:7861`",
+        old_env=("MONITOR_URL",),
+    ),
+    Setting("outputs", "--outputs", ("GENERATOR_OUTPUTS",), "outputs", "folder for the clips"),
+    Setting("state_dir", "--state-dir", ("GENERATOR_STATE_DIR",), "var/generator", "job database and event spool"),
+    Setting("queue_size", "--queue-size", ("GENERATOR_QUEUE_SIZE",), "8", "jobs waiting before new ones get 429"),
+    Setting("threads", None, ("GENERATOR_THREADS",), "8", "HTTP server threads"),
+    Setting(
+        "gpu_memory_fraction",
+        None,
+        ("GENERATOR_GPU_MEMORY_FRACTION",),
+        "none",
+        "cap on torch's share of a card shared with others, (0, 1]",
+    ),
+    Setting("host_name", None, ("I2V_HOST_NAME",), "this machine's name", "the `host` tag of events and metrics"),
+    Setting(
+        "admin_token",
+        None,
+        ("I2V_ADMIN_TOKEN",),
+        "none",
+        "required by cancel when set, and to listen anywhere but loopback",
+        old_env=("ADMIN_TOKEN",),
+        secret=True,
+    ),
+    Setting(
+        "ingest_token",
+        None,
+        ("I2V_INGEST_TOKEN",),
+        "none",
+        "sent to the monitor with every event batch",
+        old_env=("INGEST_TOKEN",),
+        secret=True,
+    ),
+)
 
 
 def _convert(kind: object, value: str, variable: str) -> object:

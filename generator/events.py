@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -86,8 +85,14 @@ class EventSender:
             self._thread.start()
 
     def emit(self, event: Event) -> None:
-        """Log the event as one JSON line and queue it for delivery."""
-        event_log.info(json.dumps(event.to_dict(), separators=(",", ":")))
+        """Log the event (whole, as the record's `event`) and queue it for delivery."""
+        event_log.info(
+            "job %s %s %s",
+            event.job_id,
+            event.kind,
+            event.stage or event.status or "",
+            extra={"event": event.to_dict(), "job_id": event.job_id, "gpu": event.gpu},
+        )
         if self._url:
             self._inbox.put(event)
             self._wake.set()

@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from common.http_metrics import add_standard_metrics
+
 JOB_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
 STATUSES = ("succeeded", "failed", "cancelled", "rejected")
 # Why a submission was refused at once: by HTTP status of the refusal, or a full queue (429).
@@ -20,6 +22,7 @@ class GeneratorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        add_standard_metrics(r, "generator")
         # A "request" is one generation job, counted when it ends (succeeded, failed, cancelled) or is refused
         # (rejected: invalid input, too large, full queue): the error rate is failed / jobs (all but rejected) in
         # PromQL. A job lost to a crash is counted failed by the restarted process.
@@ -53,7 +56,10 @@ class GeneratorMetrics:
         )
         self.ready = Gauge("i2v_model_ready", "1 when the model is loaded and warmed.", registry=r)
         self.peak_memory = Gauge(
-            "i2v_job_peak_memory_bytes", "Peak GPU memory torch's allocator reserved during the last job.", registry=r
+            "i2v_job_peak_memory_bytes",
+            "Peak GPU memory torch's allocator reserved during the last job on each GPU.",
+            ["gpu"],
+            registry=r,
         )
         self.events_spooled = Gauge("i2v_events_spooled", "Events waiting in the spool for the monitor.", registry=r)
         self.events_spool_fill = Gauge(

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, I2VGenXLPipeline, I2VGenXLUNet
+from diffusers.utils import logging as diffusers_logging
 from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
@@ -23,10 +24,17 @@ from transformers import (
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
 )
+from transformers.utils import logging as transformers_logging
 
 from generator.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
+
+# diffusers and transformers write to stderr through handlers of their own, which bypass the service's log
+# format (a plain-text line in a JSON log): send their records through the root logger's handler instead.
+for _library in (diffusers_logging, transformers_logging):
+    _library.disable_default_handler()
+    _library.enable_propagation()
 
 MODES = ("tiny", "full")
 

@@ -156,7 +156,7 @@ def _proxy(path: str, names: tuple[str, ...]) -> tuple[Response, int]:
     runtime = current_app.extensions["generator"]
     predictor: MonitorPredictor | None = getattr(runtime, "predictor", None)
     if predictor is None:
-        message = "no monitor is configured: start the generator with --monitor-url (env MONITOR_URL)"
+        message = "no monitor is configured: start the generator with --monitor-url (env GENERATOR_MONITOR_URL)"
         return jsonify(error=message), 503
     gpus = [worker.gpu for worker in runtime.workers]
     gpu = request.args.get("gpu") or gpus[0]

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from common.events import STARTUP_JOB_ID, Event
+from common.logs import extra
 from generator.admission import admit, next_smaller, table_estimate
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
@@ -111,7 +112,11 @@ class Worker:
             try:
                 self.run_job(job)
             except Exception as error:  # the loop boundary: a failed report must not stop the worker
-                log.exception("job %s could not be completed or reported", job.job_id)
+                log.exception(
+                    "job %s could not be completed or reported",
+                    job.job_id,
+                    extra=extra(job_id=job.job_id, gpu=self.gpu),
+                )
                 if job.state == "running":
                     self.book.update(job, state="failed", error=f"internal error: {error.__class__.__name__}")
 
@@ -123,7 +128,13 @@ class Worker:
         self.pipe = load_pipeline(self.model, self.device, self.dtype, self.cache_dir)
         self._synchronize()
         self._stage_event(STARTUP_JOB_ID, StageTiming("model_load", started, time.time() - started), WARMUP)
-        log.info("model %s loaded on %s: %s parameters", self.model, self.device, parameter_counts(self.pipe))
+        log.info(
+            "model %s loaded on %s: %s parameters",
+            self.model,
+            self.device,
+            parameter_counts(self.pipe),
+            extra=extra(gpu=self.gpu),
+        )
         self.timer = StageTimer(self.pipe, self._synchronize)
         started = time.time()
         self._call_pipeline(WARMUP, Image.new("RGB", (256, 256), (128, 128, 128)), "warm-up", lambda _: None)
@@ -226,7 +237,7 @@ class Worker:
                 message = text if text.startswith(OOM_PREFIX) else f"{OOM_PREFIX}: {text}"
                 outcome = ("failed", message, oom_suggestion(job.effective))
             else:
-                log.exception("job %s failed", job.job_id)
+                log.exception("job %s failed", job.job_id, extra=extra(job_id=job.job_id, gpu=self.gpu))
                 outcome = ("failed", f"{error.__class__.__name__}: {str(error)[:500]}", "see the generator's log")
         # Released here, after the except block: a live traceback would keep the failed run's tensors alive.
         frames = None
@@ -295,7 +306,7 @@ class Worker:
             peak_memory_allocated_bytes=None if peak is None else peak.allocated_bytes,
         )
         if job.peak_memory_bytes is not None:
-            self.metrics.peak_memory.set(job.peak_memory_bytes)
+            self.metrics.peak_memory.labels(self.gpu).set(job.peak_memory_bytes)
         if state == "succeeded":
             self.metrics.consecutive_ooms.set(0)
         elif error and error.startswith(OOM_PREFIX):
@@ -303,4 +314,10 @@ class Worker:
         self.metrics.requests.labels(state).inc()
         self.metrics.request_duration.observe((job.finished_at or time.time()) - job.created_at)
         self.job_event(job, state)
-        log.info("job %s %s%s", job.job_id, state, f": {error}" if error else "")
+        log.info(
+            "job %s %s%s",
+            job.job_id,
+            state,
+            f": {error}" if error else "",
+            extra=extra(job_id=job.job_id, gpu=self.gpu, state=state),
+        )

@@ -15,6 +15,7 @@ from types import FrameType
 
 import waitress
 
+from common.logs import LogConfigError, configure_logging, fail, set_log_host
 from common.redact import redact_url
 from monitor.compose import build_monitor, open_writer
 from monitor.config import ConfigError, MonitorConfig
@@ -36,8 +37,7 @@ def wait_for_store(store: Store, deadline_s: float) -> bool:
 
 
 def _fail(message: str) -> int:
-    print(f"monitor: {message}", file=sys.stderr)
-    return 2
+    return fail("monitor", message)
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -51,10 +51,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from monitor.report_command import main as report
 
         return report(args[1:])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it logs every tick at INFO
+    try:
+        configure_logging("monitor")
+    except LogConfigError as e:
+        print(f"monitor: {e}", file=sys.stderr)
+        return 2
     try:
         config = MonitorConfig.from_sources(argv).validate()
+        set_log_host(config.host_name)
         store = open_store(config.store_url)
     except (ConfigError, ValueError) as e:
         return _fail(str(e))

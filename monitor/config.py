@@ -1,37 +1,12 @@
 """The monitor's configuration: defaults, then environment variables, then command-line flags.
 
-Setting (flag; environment; default):
-- host: --host; MONITOR_BIND; 127.0.0.1
-- port: --port; MONITOR_PORT; 7861
-- store_url: --store; MONITOR_STORE, else INFLUX_URL; sqlite:///<data_dir>/monitor.db
-- generator_url: --generator-url; GENERATOR_URL; http://127.0.0.1:7860
-- sample_interval_s: --sample-interval; MONITOR_SAMPLE_INTERVAL; 2.0
-- data_dir: --data-dir; MONITOR_DATA_DIR; var/monitor
-- spool_dir: --spool-dir; MONITOR_SPOOL_DIR; <data_dir>/spool
-- spool_max_bytes: MONITOR_SPOOL_MAX_BYTES; 256 MiB
-- ingest_token: INGEST_TOKEN; none (ingest is open, which validate() allows only on loopback)
-- host_name: --host-name; MONITOR_HOST_NAME, else I2V_HOST_NAME; this machine's hostname
-- outputs_dir: --outputs; GENERATOR_OUTPUTS; outputs
-- store_wait_s: --store-wait; MONITOR_STORE_WAIT; 30 seconds to wait for the store at start
-- clip_model: --clip-model; CLIP_MODEL_DIR; none (CLIP and image-to-video scores are null, saying why)
-- quality_threshold: --quality-threshold; MONITOR_QUALITY_THRESHOLD; 0.6 (combined score below it: low quality)
-- quality_max_wait_s: --quality-max-wait; MONITOR_QUALITY_MAX_WAIT; 300 seconds a clip waits for a gap between
-  jobs before it is scored on the CPU (monitor/quality/schedule.py)
-- quality_startup_quiet_s: MONITOR_QUALITY_STARTUP_QUIET; 40 seconds after start before clips are scored between
-  jobs (the generator's replay of what it spooled may say a job runs)
-- alert_rules: --alert-rules; I2V_ALERT_RULES; the shipped alerts/rules.yml
-- alert_state_path: I2V_ALERT_STATE (empty: not kept); <data_dir>/alerts-state.json
-- alertmanager_urls: ALERTMANAGER_URLS (comma-separated); none
-- alert_webhook_urls: ALERT_WEBHOOK_URLS (comma-separated; webhook URLs often embed a secret); none
-- restart_command: --restart-command; GENERATOR_RESTART_CMD; none (the fatal OOM-streak alert then only pages)
-- admin_token: ADMIN_TOKEN; none (the generator's cancel token; also guards acknowledging alerts)
-- external_url: --external-url; MONITOR_EXTERNAL_URL; http://<bind address, or this host's name>:<port> (the
-  monitor's address as people reach it: alert notifications link to the alert on its dashboard)
-- expected_gpus: --expected-gpus; MONITOR_EXPECTED_GPUS; 0 (GPUs this host should have: NvmlUnavailable fires
-  when NVML lists fewer; 0 turns that alert off)
+`SETTINGS` declares every setting (flag, environment variables, default, help); README.md's configuration table
+is generated from it (`python scripts/settings_table.py`). Variables renamed to the GENERATOR_/MONITOR_/I2V_ scheme are
+still read under their old names for one release, with a warning.
 
-`INFLUX_URL` may be given as `http://host:8086/db` (InfluxDB's own form); it is read as `influxdb://...`.
-Secrets (the ingest token, store passwords) come from the environment only, never flags (flags show in `ps`).
+`MONITOR_STORE` may also be given as InfluxDB's own `http://host:8086/db` form (the old `INFLUX_URL` too); it is
+read as `influxdb://...`. Secrets (the tokens, store passwords) come from the environment only, never flags
+(flags show in `ps`).
 """
 
 from __future__ import annotations
@@ -46,6 +21,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from common.redact import redact_url
+from common.settings import Setting, env_value
+from common.version import version_line
 
 MiB = 1024 * 1024
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -135,8 +112,8 @@ class MonitorConfig:
                 f"MONITOR_QUALITY_STARTUP_QUIET must be 0-3600 seconds, got {self.quality_startup_quiet_s}"
             )
         for source, urls in (
-            ("ALERTMANAGER_URLS", self.alertmanager_urls),
-            ("ALERT_WEBHOOK_URLS", self.alert_webhook_urls),
+            ("MONITOR_ALERTMANAGER_URLS", self.alertmanager_urls),
+            ("MONITOR_ALERT_WEBHOOK_URLS", self.alert_webhook_urls),
         ):
             for url in urls:
                 if not url.startswith(("http://", "https://")):
@@ -155,8 +132,8 @@ class MonitorConfig:
             raise ConfigError(f"--expected-gpus must be 0-1024, got {self.expected_gpus}")
         if self.host not in LOOPBACK and not (self.ingest_token and self.admin_token):
             raise ConfigError(
-                f"binding to {self.host} opens ingest, ratings and alert acks to the network: set INGEST_TOKEN and "
-                "ADMIN_TOKEN, or bind to 127.0.0.1"
+                f"binding to {self.host} opens ingest, ratings and alert acks to the network: set I2V_INGEST_TOKEN and "
+                "I2V_ADMIN_TOKEN, or bind to 127.0.0.1"
             )
         return self
 
@@ -167,44 +144,45 @@ class MonitorConfig:
         args = _parser().parse_args(argv)
         values: dict[str, object] = {}
 
-        def pick(name: str, flag: str | None, *variables: str, convert: Callable[[str], object] = str) -> None:
-            raw = flag if flag is not None else next((env[v] for v in variables if env.get(v)), None)
+        def pick(name: str, flag: str | None, convert: Callable[[str], object] = str) -> None:
+            setting = BY_FIELD[name]
+            raw = flag if flag is not None else env_value(setting, env)
             if raw is None:
                 return
             try:
                 values[name] = convert(raw)
             except ValueError:
-                source = f"--{name.removesuffix('_s').replace('_', '-')}" if flag is not None else variables[0]
+                source = setting.flag if flag is not None and setting.flag else setting.env[0]
                 raise ConfigError(f"{source} must be a number, got {raw!r}") from None
 
-        pick("host", args.host, "MONITOR_BIND")
-        pick("port", args.port, "MONITOR_PORT", convert=int)
-        pick("generator_url", args.generator_url, "GENERATOR_URL")
-        pick("sample_interval_s", args.sample_interval, "MONITOR_SAMPLE_INTERVAL", convert=float)
-        pick("data_dir", args.data_dir, "MONITOR_DATA_DIR", convert=Path)
-        pick("spool_dir", args.spool_dir, "MONITOR_SPOOL_DIR", convert=Path)
-        pick("spool_max_bytes", None, "MONITOR_SPOOL_MAX_BYTES", convert=int)
-        pick("ingest_token", None, "INGEST_TOKEN")
-        pick("host_name", args.host_name, "MONITOR_HOST_NAME", "I2V_HOST_NAME")
-        pick("outputs_dir", args.outputs, "GENERATOR_OUTPUTS", convert=Path)
-        pick("store_wait_s", args.store_wait, "MONITOR_STORE_WAIT", convert=float)
-        pick("clip_model", args.clip_model, "CLIP_MODEL_DIR", convert=Path)
-        pick("quality_threshold", args.quality_threshold, "MONITOR_QUALITY_THRESHOLD", convert=float)
-        pick("quality_max_wait_s", args.quality_max_wait, "MONITOR_QUALITY_MAX_WAIT", convert=float)
-        pick("quality_startup_quiet_s", None, "MONITOR_QUALITY_STARTUP_QUIET", convert=float)
-        pick("alert_rules", args.alert_rules, "I2V_ALERT_RULES", convert=Path)
-        pick("alertmanager_urls", None, "ALERTMANAGER_URLS", convert=url_list)
-        pick("alert_webhook_urls", None, "ALERT_WEBHOOK_URLS", convert=url_list)
-        pick("restart_command", args.restart_command, "GENERATOR_RESTART_CMD")
-        pick("admin_token", None, "ADMIN_TOKEN")
-        pick("external_url", args.external_url, "MONITOR_EXTERNAL_URL")
-        pick("expected_gpus", args.expected_gpus, "MONITOR_EXPECTED_GPUS", convert=int)
-        if "I2V_ALERT_STATE" in env:
-            values["alert_state_path"] = Path(env["I2V_ALERT_STATE"]) if env["I2V_ALERT_STATE"] else None
-        if args.store is not None or env.get("MONITOR_STORE"):
-            values["store_url"] = args.store if args.store is not None else env["MONITOR_STORE"]
-        elif env.get("INFLUX_URL"):
-            values["store_url"] = influx_url(env["INFLUX_URL"])
+        pick("host", args.host)
+        pick("port", args.port, convert=int)
+        pick("generator_url", args.generator_url)
+        pick("sample_interval_s", args.sample_interval, convert=float)
+        pick("data_dir", args.data_dir, convert=Path)
+        pick("spool_dir", args.spool_dir, convert=Path)
+        pick("spool_max_bytes", None, convert=int)
+        pick("ingest_token", None)
+        pick("host_name", args.host_name)
+        pick("outputs_dir", args.outputs, convert=Path)
+        pick("store_wait_s", args.store_wait, convert=float)
+        pick("clip_model", args.clip_model, convert=Path)
+        pick("quality_threshold", args.quality_threshold, convert=float)
+        pick("quality_max_wait_s", args.quality_max_wait, convert=float)
+        pick("quality_startup_quiet_s", None, convert=float)
+        pick("alert_rules", args.alert_rules, convert=Path)
+        pick("alertmanager_urls", None, convert=url_list)
+        pick("alert_webhook_urls", None, convert=url_list)
+        pick("restart_command", args.restart_command)
+        pick("admin_token", None)
+        pick("external_url", args.external_url)
+        pick("expected_gpus", args.expected_gpus, convert=int)
+        state = env_value(BY_FIELD["alert_state_path"], env, empty_counts=True)
+        if state is not None:
+            values["alert_state_path"] = Path(state) if state else None
+        store = args.store if args.store is not None else env_value(BY_FIELD["store_url"], env)
+        if store is not None:
+            values["store_url"] = influx_url(store)
         data_dir = Path(values.get("data_dir", cls.data_dir))  # type: ignore[arg-type]  # a str or Path by then
         values.setdefault("store_url", f"sqlite:///{data_dir / 'monitor.db'}")
         values.setdefault("spool_dir", data_dir / "spool")
@@ -218,7 +196,7 @@ def url_list(text: str) -> tuple[str, ...]:
 
 
 def influx_url(url: str) -> str:
-    """Read INFLUX_URL as a store URL: `http(s)://host:port/db` becomes `influxdb(s)://host:port/db`."""
+    """Read InfluxDB's own URL form as a store URL: `http(s)://host:port/db` becomes `influxdb(s)://host:port/db`."""
     if url.startswith("http://"):
         return "influxdb://" + url.removeprefix("http://")
     if url.startswith("https://"):
@@ -230,43 +208,160 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m monitor",
         description="The monitoring sidecar: samples the GPUs and host, ingests the generator's events, "
-        "serves the API. Every flag also has an environment variable (see monitor/config.py).",
+        "serves the API. Every flag also has an environment variable (README's configuration table).",
     )
-    parser.add_argument("--host", help="address to bind (env MONITOR_BIND; default 127.0.0.1)")
-    parser.add_argument("--port", type=str, help="port (env MONITOR_PORT; default 7861)")
-    parser.add_argument(
-        "--store",
-        help="sqlite:///path or influxdb://[user:pass@]host:port/db (env MONITOR_STORE or INFLUX_URL; "
-        "default sqlite:///var/monitor/monitor.db)",
-    )
-    parser.add_argument("--generator-url", help="the generator's base URL (env GENERATOR_URL)")
-    parser.add_argument("--sample-interval", type=str, help="seconds between samples (default 2)")
-    parser.add_argument("--data-dir", help="folder for the SQLite store and the spool (default var/monitor)")
-    parser.add_argument("--spool-dir", help="folder of the store's disk spool (default <data-dir>/spool)")
-    parser.add_argument("--host-name", help="the host tag of every point (default: this machine's name)")
-    parser.add_argument("--outputs", help="the generator's outputs folder (env GENERATOR_OUTPUTS)")
-    parser.add_argument("--store-wait", type=str, help="seconds to wait for the store at start (default 30)")
-    parser.add_argument("--clip-model", help="folder of a CLIP model for quality scores (env CLIP_MODEL_DIR)")
-    parser.add_argument(
-        "--quality-threshold", type=str, help="combined quality below this is flagged low (default 0.6)"
-    )
-    parser.add_argument(
-        "--quality-max-wait",
-        type=str,
-        help="seconds a clip waits for a gap between jobs before it is scored on the CPU (default 300)",
-    )
-    parser.add_argument(
-        "--external-url", help="the monitor's address as people reach it, for alert links (env MONITOR_EXTERNAL_URL)"
-    )
-    parser.add_argument(
-        "--expected-gpus",
-        type=str,
-        help="GPUs this host should have: an alert fires when NVML lists fewer (env MONITOR_EXPECTED_GPUS; default 0)",
-    )
-    parser.add_argument("--alert-rules", help="alert rule file (env I2V_ALERT_RULES; default alerts/rules.yml)")
-    parser.add_argument(
-        "--restart-command",
-        help="command that restarts the generator on the fatal OOM-streak alert, run without a shell "
-        "(env GENERATOR_RESTART_CMD; default none)",
-    )
+    parser.add_argument("--version", action="version", version=version_line("monitor"))
+    for setting in SETTINGS:
+        if setting.flag is not None:  # values stay text here: from_sources converts them, naming the flag
+            parser.add_argument(
+                setting.flag,
+                dest=setting.flag.removeprefix("--").replace("-", "_"),
+                help=f"{setting.help} (env {setting.env[0]}; default {setting.default})".replace("%", "%%"),
+            )
     return parser
+
+
+#: Every setting of the monitor: the README's table is generated from these (python scripts/settings_table.py).
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "--host", ("MONITOR_BIND",), "127.0.0.1", "address to listen on"),
+    Setting("port", "--port", ("MONITOR_PORT",), "7861", "port to listen on"),
+    Setting(
+        "store_url",
+        "--store",
+        ("MONITOR_STORE",),
+        "`sqlite:///<data dir>/monitor.db`",
+        "`sqlite:///path` or `influxdb://[user:pass@]host:port/db` (`influxdbs://` for HTTPS)",
+        old_env=("INFLUX_URL",),
+    ),
+    Setting(
+        "generator_url",
+        "--generator-url",
+        ("MONITOR_GENERATOR_URL",),
+        "`http://127.0.0.1:7860`",
+        "the generator's base URL (its PID, health and metrics; cancel)",
+        old_env=("GENERATOR_URL",),
+    ),
+    Setting("sample_interval_s", "--sample-interval", ("MONITOR_SAMPLE_INTERVAL",), "2", "seconds between samples"),
+    Setting("data_dir", "--data-dir", ("MONITOR_DATA_DIR",), "var/monitor", "folder of the SQLite store and the spool"),
+    Setting("spool_dir", "--spool-dir", ("MONITOR_SPOOL_DIR",), "`<data dir>/spool`", "folder of the disk spool"),
+    Setting("spool_max_bytes", None, ("MONITOR_SPOOL_MAX_BYTES",), "268435456 (256 MiB)", "bound of the disk spool"),
+    Setting(
+        "host_name",
+        "--host-name",
+        ("MONITOR_HOST_NAME", "I2V_HOST_NAME"),
+        "this machine's name",
+        "the `host` tag of every point",
+    ),
+    Setting(
+        "outputs_dir",
+        "--outputs",
+        ("MONITOR_OUTPUTS",),
+        "outputs",
+        "the generator's clips folder, as the monitor sees it (quality scores)",
+        old_env=("GENERATOR_OUTPUTS",),
+    ),
+    Setting("store_wait_s", "--store-wait", ("MONITOR_STORE_WAIT",), "30", "seconds to wait for the store at start"),
+    Setting(
+        "clip_model",
+        "--clip-model",
+        ("MONITOR_CLIP_MODEL",),
+        "none (CLIP scores are null, saying why)",
+        "folder of a transformers CLIP model for quality scores",
+        old_env=("CLIP_MODEL_DIR",),
+    ),
+    Setting(
+        "quality_threshold",
+        "--quality-threshold",
+        ("MONITOR_QUALITY_THRESHOLD",),
+        "0.6",
+        "combined quality below it is low",
+    ),
+    Setting(
+        "quality_max_wait_s",
+        "--quality-max-wait",
+        ("MONITOR_QUALITY_MAX_WAIT",),
+        "300",
+        "seconds a clip waits for a gap between jobs before it is scored on the CPU",
+    ),
+    Setting(
+        "quality_startup_quiet_s",
+        None,
+        ("MONITOR_QUALITY_STARTUP_QUIET",),
+        "40",
+        "seconds after start before clips are scored between jobs (the generator's replay may say a job runs)",
+    ),
+    Setting(
+        "alert_rules",
+        "--alert-rules",
+        ("MONITOR_ALERT_RULES",),
+        "`alerts/rules.yml`",
+        "the alert rule file",
+        old_env=("I2V_ALERT_RULES",),
+    ),
+    Setting(
+        "alert_state_path",
+        None,
+        ("MONITOR_ALERT_STATE",),
+        "`<data dir>/alerts-state.json`",
+        "where alert state survives restarts (empty: not kept)",
+        old_env=("I2V_ALERT_STATE",),
+    ),
+    Setting(
+        "alertmanager_urls",
+        None,
+        ("MONITOR_ALERTMANAGER_URLS",),
+        "none",
+        "Alertmanager URLs, comma-separated (every cluster member)",
+        old_env=("ALERTMANAGER_URLS",),
+    ),
+    Setting(
+        "alert_webhook_urls",
+        None,
+        ("MONITOR_ALERT_WEBHOOK_URLS",),
+        "none",
+        "webhook URLs, comma-separated (they often embed a secret)",
+        old_env=("ALERT_WEBHOOK_URLS",),
+        secret=True,
+    ),
+    Setting(
+        "restart_command",
+        "--restart-command",
+        ("MONITOR_RESTART_COMMAND",),
+        "none (the fatal OOM-streak alert then only pages)",
+        "command that restarts the generator, run without a shell",
+        old_env=("GENERATOR_RESTART_CMD",),
+    ),
+    Setting(
+        "external_url",
+        "--external-url",
+        ("MONITOR_EXTERNAL_URL",),
+        "`http://<bind address, or this host's name>:<port>`",
+        "the monitor's address as people reach it: alert notifications link to the alert on its dashboard",
+    ),
+    Setting(
+        "expected_gpus",
+        "--expected-gpus",
+        ("MONITOR_EXPECTED_GPUS",),
+        "0",
+        "GPUs this host should have: NvmlUnavailable fires when NVML lists fewer; 0 turns that alert off",
+    ),
+    Setting(
+        "ingest_token",
+        None,
+        ("I2V_INGEST_TOKEN",),
+        "none (ingest open: allowed on loopback only)",
+        "token the generator's event batches must carry",
+        old_env=("INGEST_TOKEN",),
+        secret=True,
+    ),
+    Setting(
+        "admin_token",
+        None,
+        ("I2V_ADMIN_TOKEN",),
+        "none",
+        "the generator's cancel token; also guards ratings and alert acknowledgement",
+        old_env=("ADMIN_TOKEN",),
+        secret=True,
+    ),
+)
+BY_FIELD = {setting.field: setting for setting in SETTINGS}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the generator and the monitor side by side, wired to each other; Ctrl-C stops both.
-# GENERATOR_MODEL (tiny|full|folder), INFLUX_URL or MONITOR_STORE, and the other variables in README.md apply.
+# GENERATOR_MODEL (tiny|full|folder), MONITOR_STORE (http://host:8086/db for InfluxDB) and the other variables in
+# README.md apply.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -52,7 +52,7 @@ class ActionOutcome:
                 "host": host,
                 "action": self.action,
                 "result": self.result,
-                "severity": self.labels.get("severity", ""),
+                "severity": self.labels.get("tier", self.labels.get("severity", "")),  # the tier, as stored before
             },
             fields={
                 "alertname": self.alertname,
@@ -267,7 +267,9 @@ class RestartGeneratorAction:
         if not self.argv:
             self._done_alerts.add(alert.id)
             return [
-                ActionOutcome(result="failure", detail="no restart command configured (GENERATOR_RESTART_CMD)", **base)
+                ActionOutcome(
+                    result="failure", detail="no restart command configured (MONITOR_RESTART_COMMAND)", **base
+                )
             ]
         while self._restarts and now - self._restarts[0] > self._window_s:
             self._restarts.popleft()

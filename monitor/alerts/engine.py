@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from monitor.alerts.record import FIRING, PENDING, RESOLVED, Alert, Labels, render
-from monitor.alerts.rules import PIPELINE, Rule
+from monitor.alerts.rules import PIPELINE, ROUTING_LABELS, Rule, routing_labels
 from monitor.alerts.state import StateFile
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class AlertEngine:
             **dict(labels),
             **rule.labels,
             "alertname": rule.alert,
-            "severity": rule.severity,
+            **routing_labels(rule.severity),
             "pipeline": PIPELINE,
         }
         alert = Alert(
@@ -266,16 +266,14 @@ class AlertEngine:
             if alert.rule_key not in self._rules_by_key:
                 log.info("dropping restored alert %s: its rule %s is gone", alert.id, alert.rule_key)
                 continue
+            rule = self._rules_by_key[alert.rule_key]
             labels = tuple(
-                sorted(
-                    (k, v)
-                    for k, v in alert.labels.items()
-                    if k not in ("alertname", "severity", "pipeline")
-                    and k not in self._rules_by_key[alert.rule_key].labels
-                )
+                sorted((k, v) for k, v in alert.labels.items() if k not in ROUTING_LABELS and k not in rule.labels)
             )
             alert.last_seen_at = now
             alert.labels.setdefault("pipeline", PIPELINE)  # state saved before alerts carried it
+            if "tier" not in alert.labels:  # saved before alerts carried routing labels: severity was the tier
+                alert.labels.update(routing_labels(rule.severity))
             self._active[(alert.rule_key, labels)] = alert
         self._history.extend(history)
         if active or history:
@@ -283,4 +281,4 @@ class AlertEngine:
 
 
 def _labels_text(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ("alertname", "severity", "pipeline"))
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()) if k not in ROUTING_LABELS)

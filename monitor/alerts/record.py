@@ -110,8 +110,8 @@ class Alert:
 
     @property
     def severity(self) -> str:
-        """Return the tier (the `severity` label)."""
-        return self.labels["severity"]
+        """Return the tier: warning, severe or fatal (the `tier` label; `severity` is the routing one)."""
+        return self.labels.get("tier") or self.labels["severity"]
 
     def to_dict(self) -> dict[str, Any]:
         """Serialise for the state file (Unix times, exact)."""

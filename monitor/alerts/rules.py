@@ -11,6 +11,14 @@ from typing import Any
 import yaml
 
 SEVERITIES = ("warning", "severe", "fatal")
+#: The labels each tier gives its alerts, so that common routes work: Alertmanager routes and pagers key on
+#: severity="critical" (and kube-prometheus' warning/critical), while the tier stays in its own label and
+#: page="true" marks what must wake someone (docs/alerting.md).
+ROUTING: dict[str, dict[str, str]] = {
+    "warning": {"severity": "warning", "tier": "warning"},
+    "severe": {"severity": "critical", "tier": "severe"},
+    "fatal": {"severity": "critical", "tier": "fatal", "page": "true"},
+}
 OPS = (">", ">=", "<", "<=")
 ACTIONS = ("none", "cancel_job", "restart_generator")
 
@@ -20,6 +28,15 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "gpu_memory_ratio": ("gpu", "GPU memory used / total, 0 to 1 (NVML)"),
     "gpu_temperature_c": ("gpu", "GPU core temperature in degrees Celsius (NVML)"),
     "gpu_up": ("gpu", "1 while NVML answers for the GPU, 0 once it fails or the GPU is lost"),
+    "gpu_xid_reset_required": ("gpu", "Xid errors needing a GPU reset or reboot heard in the last 15 minutes"),
+    "gpu_xid_severe": ("gpu", "Xid errors of the severe tier (92: high single-bit ECC rate) in the last 15 min"),
+    "gpu_xid_other": ("gpu", "other Xid errors (mostly application faults) heard in the last 15 minutes"),
+    "gpu_memory_rows_pending": ("gpu", "1 while a remapped row or retired page waits for a GPU reset"),
+    "gpu_memory_rows_failed": ("gpu", "1 once a memory row remap failed"),
+    "gpu_pcie_replays_per_min": ("gpu", "PCIe replays per minute between the last two health reads"),
+    "gpu_power_throttle_ratio": ("gpu", "share of time clocks were held down by the power cap (0-1)"),
+    "gpu_thermal_throttle_ratio": ("gpu", "share of time clocks were held down for heat (0-1)"),
+    "gpu_foreign_utilization_ratio": ("gpu", "SM share of every process but the generator (0-1)"),
     "sampler_age_s": ("host", "seconds since the sampler's last completed tick"),
     "store_up": ("host", "1 while the store accepts writes, 0 while it is unreachable"),
     "spool_records": ("host", "points waiting in the store's disk spool"),
@@ -67,7 +84,9 @@ CONTEXT: dict[str, str] = {
 # The engine labels every alert with the pipeline that raised it, so the monitor's alerts (and its Watchdog)
 # stay apart from Prometheus' copies of them in Alertmanager.
 PIPELINE = "monitor"
-RESERVED_LABELS = ("alertname", "severity", "host", "gpu", "pipeline")
+#: Labels the engine sets on every alert; rules may not set them.
+ROUTING_LABELS = ("alertname", "severity", "tier", "page", "pipeline")
+RESERVED_LABELS = (*ROUTING_LABELS, "host", "gpu")
 _TEMPLATE_NAMES = ("value", "threshold", "clear", "alertname", "severity", "host", "gpu", "pipeline")
 PLACEHOLDER = re.compile(r"\{\{\s*\$?(?:labels\.)?([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 UNITS = ("", "ratio", "seconds", "celsius", "count")
@@ -130,6 +149,11 @@ class Rule:
     def clears(self, value: float) -> bool:
         """Return whether the value is back past the clear threshold (so a firing alert ends)."""
         return not _compare(self.op, value, self.clear)
+
+
+def routing_labels(tier: str) -> dict[str, str]:
+    """Return the labels an alert of this tier carries: severity (warning or critical), tier, and page."""
+    return dict(ROUTING[tier])
 
 
 def _compare(op: str, value: float, bound: float) -> bool:

@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.alerts.actions import ActionOutcome, ActionRunner, CancelJobAction, RestartGeneratorAction
 from monitor.alerts.engine import AlertEngine
+from monitor.alerts.gpu_values import GpuValues
 from monitor.alerts.metrics import AlertMetrics
 from monitor.alerts.notify import Notifier, NotifierWorker, build_notifier
 from monitor.alerts.poller import GeneratorPoller
@@ -41,19 +42,8 @@ LOW_QUALITY_JOBS_SHOWN = 10  # the streak's newest jobs named in LowQualityStrea
 
 
 def snapshot_values(snapshot: Any, host: str) -> dict[Labels, dict[str, float | None]]:
-    """Turn a sampler snapshot (`.gpus` of GpuSnapshot-like records, or the sequence itself) into values."""
-    gpus: Iterable[Any] = getattr(snapshot, "gpus", snapshot) or ()
-    values: dict[Labels, dict[str, float | None]] = {}
-    for gpu in gpus:
-        used, total = getattr(gpu, "memory_used_bytes", None), getattr(gpu, "memory_total_bytes", None)
-        ratio = used / total if used is not None and total else None
-        temperature = getattr(gpu, "temperature_c", None)
-        values[label_set(host=host, gpu=str(gpu.index))] = {
-            "gpu_up": 1.0 if gpu.up else 0.0,
-            "gpu_memory_ratio": ratio,
-            "gpu_temperature_c": None if temperature is None else float(temperature),
-        }
-    return values
+    """Turn one sampler snapshot (`.gpus`, or the sequence itself) into GPU values, with no earlier ticks."""
+    return GpuValues()(snapshot, host)
 
 
 def build_notifiers(settings: AlertSettings, session: requests.Session | None = None) -> list[Notifier]:
@@ -201,6 +191,7 @@ class AlertService:
         if self.poller is not None:
             self.poller.restore(inputs.get("poller", {}))
         self.engine.add_listener(self._after_evaluation)
+        self.gpu_values = GpuValues()
         self._fed: dict[str, float | None] = {}
         self._started_at = clock()
         self._last_snapshot_at: float | None = None
@@ -305,7 +296,7 @@ class AlertService:
     def on_snapshot(self, snapshot: Any) -> None:
         """Evaluate the GPU rules, and the GPUs NVML lists, on a sampler snapshot (the sampler's on_snapshot hook)."""
         self._last_snapshot_at = self._clock()
-        values = snapshot_values(snapshot, self.host)
+        values = self.gpu_values(snapshot, self.host)
         available = getattr(snapshot, "nvml_available", True)
         gpus = getattr(snapshot, "gpus", snapshot) or ()
         self._gpus_visible = len(gpus) if available else 0

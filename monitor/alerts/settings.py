@@ -95,7 +95,7 @@ class AlertSettings:
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"alerting: {url!r} is not an http(s) URL")
         if self.restart_command is not None and not shlex.split(self.restart_command):
-            raise ValueError("alerting: GENERATOR_RESTART_CMD is empty")
+            raise ValueError("alerting: MONITOR_RESTART_COMMAND is empty")
         if self.interval_s <= 0 or self.resend_s <= 0:
             raise ValueError("alerting: interval_s and resend_s must be positive")
         if self.firing_valid_s <= self.resend_s or self.watchdog_valid_s <= self.watchdog_resend_s:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from monitor.collection import xid as xid_catalogue
 from monitor.collection.host import HostReader, HostSnapshot
 from monitor.collection.nvml import CallStats, GpuSnapshot, NvmlReader
 from monitor.storage.base import FieldValue, Point
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 GPU_MEASUREMENT = "gpu_sample"
 HOST_MEASUREMENT = "host_sample"
+XID_MEASUREMENT = "gpu_xid"
 
 
 class GpuReader(Protocol):
@@ -40,6 +42,11 @@ class GpuReader(Protocol):
     @property
     def reason(self) -> str | None:
         """Say why GPUs cannot be read."""
+        ...
+
+    @property
+    def driver_version(self) -> str | None:
+        """Return the GPU driver's version, when known."""
         ...
 
     def read(self) -> tuple[GpuSnapshot, ...]:
@@ -78,17 +85,43 @@ class Snapshot:
     generator_pid: int | None
     nvml_available: bool
     nvml_reason: str | None
+    driver_version: str | None = None
 
 
 def _without_none(fields: Mapping[str, FieldValue]) -> dict[str, FieldValue]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
+def gpu_tags(gpu: GpuSnapshot, host_name: str) -> dict[str, str]:
+    """Return a GPU's tags: host, index and (when known) UUID, which follows the card when its index changes.
+
+    One UUID per card is a handful of series per host: low cardinality, as InfluxDB's tags must be.
+    """
+    tags = {"host": host_name, "gpu": str(gpu.index)}
+    if gpu.uuid:
+        tags["uuid"] = gpu.uuid
+    return tags
+
+
+def process_utilization(gpu: GpuSnapshot, generator_pid: int | None) -> tuple[float | None, float | None]:
+    """Split a GPU's per-process SM share into (the generator's, every other process's), each 0 to 1.
+
+    Both are None when NVML cannot give per-process utilisation or the generator's PID is unknown (every
+    process would then look foreign).
+    """
+    if gpu.process_utilization is None or generator_pid is None:
+        return None, None
+    ours = sum(p.sm_ratio for p in gpu.process_utilization if p.pid == generator_pid)
+    theirs = sum(p.sm_ratio for p in gpu.process_utilization if p.pid != generator_pid)
+    return min(1.0, ours), min(1.0, theirs)
+
+
 def gpu_point(gpu: GpuSnapshot, *, host_name: str, generator_pid: int | None, time_ns: int) -> Point:
     """Turn one GPU snapshot into a `gpu_sample` point; fields NVML could not give are left out.
 
-    The energy counter is written only on the tick that read it: a counter's deltas must be paired with the
-    time it was read, so repeating a carried value would put its whole increase into one later interval.
+    Counters (energy, and the health counters: retired pages, remapped rows, PCIe replays, throttle time) are
+    written only on the tick that read them: a counter's deltas must be paired with the time it was read, so
+    repeating a carried value would put its whole increase into one later interval.
     """
     generator_memory: int | None = None
     other_memory: int | None = None
@@ -97,12 +130,15 @@ def gpu_point(gpu: GpuSnapshot, *, host_name: str, generator_pid: int | None, ti
         theirs = [p.used_memory_bytes or 0 for p in gpu.processes if p.pid != generator_pid]
         generator_memory = sum(ours) if generator_pid is not None else None
         other_memory = sum(theirs)
+    generator_sm, other_sm = process_utilization(gpu, generator_pid)
+    fresh_health = gpu.health_age_s == 0
     return Point(
         measurement=GPU_MEASUREMENT,
-        tags={"host": host_name, "gpu": str(gpu.index)},
+        tags=gpu_tags(gpu, host_name),
         fields=_without_none(
             {
                 "name": gpu.name or None,
+                "pci_bus_id": gpu.pci_bus_id,
                 "up": gpu.up,
                 "utilization_ratio": gpu.utilization_ratio,
                 "memory_used_bytes": gpu.memory_used_bytes,
@@ -117,10 +153,48 @@ def gpu_point(gpu: GpuSnapshot, *, host_name: str, generator_pid: int | None, ti
                 "generator_memory_bytes": generator_memory,
                 "other_processes_memory_bytes": other_memory,
                 "process_count": None if gpu.processes is None else len(gpu.processes),
+                "generator_utilization_ratio": generator_sm,
+                "other_processes_utilization_ratio": other_sm,
+                **(_health_fields(gpu) if fresh_health else {}),
+                "xid_errors_total": gpu.xid_total,
             }
         ),
         time_ns=time_ns,
     )
+
+
+def _health_fields(gpu: GpuSnapshot) -> dict[str, FieldValue]:
+    return {
+        "retired_pages_sbe": gpu.retired_pages_sbe,
+        "retired_pages_dbe": gpu.retired_pages_dbe,
+        "retired_pages_pending": gpu.retired_pages_pending,
+        "remapped_rows_correctable": gpu.remapped_rows_correctable,
+        "remapped_rows_uncorrectable": gpu.remapped_rows_uncorrectable,
+        "remapped_rows_pending": gpu.remapped_rows_pending,
+        "remapped_rows_failed": gpu.remapped_rows_failed,
+        "pcie_replay_total": gpu.pcie_replay_total,
+        "power_throttle_s": gpu.power_throttle_s,
+        "thermal_throttle_s": gpu.thermal_throttle_s,
+    }
+
+
+def xid_points(gpu: GpuSnapshot, *, host_name: str) -> list[Point]:
+    """Turn the Xids a GPU reported since the last tick into `gpu_xid` points, one each, at the time heard.
+
+    Two Xids heard in one nanosecond would be one point: each later one is moved a nanosecond on.
+    """
+    points: list[Point] = []
+    last_ns: int | None = None
+    for event in gpu.xid_events:
+        time_ns = event.time_ns if last_ns is None or event.time_ns > last_ns else last_ns + 1
+        last_ns = time_ns
+        fields: dict[str, FieldValue] = {
+            "xid": event.xid,
+            "reset_required": xid_catalogue.reset_required(event.xid),
+            "tier": xid_catalogue.tier(event.xid),
+        }
+        points.append(Point(XID_MEASUREMENT, gpu_tags(gpu, host_name), fields, time_ns))
+    return points
 
 
 def host_point(host: HostSnapshot, *, host_name: str, time_ns: int) -> Point:
@@ -142,11 +216,13 @@ def host_point(host: HostSnapshot, *, host_name: str, time_ns: int) -> Point:
 
 
 def snapshot_points(snapshot: Snapshot) -> list[Point]:
-    """Turn one tick's snapshot into its store points: one per GPU, one for the host."""
+    """Turn one tick's snapshot into its store points: one per GPU, one per Xid heard, one for the host."""
     points = [
         gpu_point(g, host_name=snapshot.host_name, generator_pid=snapshot.generator_pid, time_ns=snapshot.time_ns)
         for g in snapshot.gpus
     ]
+    for gpu in snapshot.gpus:
+        points += xid_points(gpu, host_name=snapshot.host_name)
     if snapshot.host is not None:
         points.append(host_point(snapshot.host, host_name=snapshot.host_name, time_ns=snapshot.time_ns))
     return points
@@ -246,8 +322,16 @@ class Sampler:
         with self._tick_lock:
             started, cpu_started = self._clock(), self._thread_time()
             time_ns = self._wall_clock()
-            gpus_ok, read = self._guarded("gpu", lambda: (self._gpus.read(), self._gpus.available, self._gpus.reason))
-            gpus, nvml_available, nvml_reason = read if gpus_ok else ((), False, "the GPU reader failed")
+            gpus_ok, read = self._guarded(
+                "gpu",
+                lambda: (
+                    self._gpus.read(),
+                    self._gpus.available,
+                    self._gpus.reason,
+                    getattr(self._gpus, "driver_version", None),
+                ),
+            )
+            gpus, nvml_available, nvml_reason, driver = read if gpus_ok else ((), False, "the GPU reader failed", None)
             _, pid = self._guarded("generator_pid", self._generator_pid)
             _, host = self._guarded("host", lambda: self._host.read(pid))
             snapshot = Snapshot(
@@ -258,6 +342,7 @@ class Sampler:
                 generator_pid=pid,
                 nvml_available=nvml_available,
                 nvml_reason=nvml_reason,
+                driver_version=driver,
             )
             self._latest = snapshot
             written, _ = self._guarded("write", lambda: self._write(snapshot_points(snapshot)))

@@ -1,7 +1,7 @@
 """CLIP text-video consistency: the prompt's and each frame's normalised embeddings, compared by cosine.
 
 The model is transformers' CLIPModel with its tokenizer and CLIPImageProcessor, loaded from a local
-folder (`--clip-model DIR` or `CLIP_MODEL_DIR`); nothing is fetched. The score is reported as torchmetrics
+folder (`--clip-model DIR` or `MONITOR_CLIP_MODEL`); nothing is fetched. The score is reported as torchmetrics
 reports it, 100·max(cos, 0), for the mean over frames and for the worst frame. (A softmax over one prompt is
 always 1.0.)
 
@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from common.settings import env_value
+
 if TYPE_CHECKING:
     import torch
 
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 # torch is imported where a model runs, so a monitor without CLIP weights never loads it (~190 MB, 1.3 s).
 
 NO_WEIGHTS_REASON = "no CLIP weights configured"
-CLIP_MODEL_ENV = "CLIP_MODEL_DIR"
 
 
 class ClipLoadError(Exception):
@@ -138,8 +139,10 @@ def free_memory_reader(latest: Callable[[], Any], gpu_index: int = 0) -> Callabl
 
 
 def resolve_model_dir(flag_value: str | None, environ: Mapping[str, str] = os.environ) -> Path | None:
-    """Return the CLIP folder from the flag, else `CLIP_MODEL_DIR`, else None (no weights configured)."""
-    value = flag_value or environ.get(CLIP_MODEL_ENV) or None
+    """Return the CLIP folder from the flag, else `MONITOR_CLIP_MODEL` (or its old name), else None."""
+    from monitor.config import BY_FIELD  # the setting's one declaration
+
+    value = flag_value or env_value(BY_FIELD["clip_model"], environ)
     return Path(value) if value else None
 
 

@@ -5,7 +5,9 @@ explode InfluxDB's series index). No name is both a tag and a field (InfluxDB 3 
 one type forever, since InfluxDB refuses a float into an integer field: `conform` casts known fields to their
 declared type before a point reaches the writer.
 
-- `gpu_sample` {host, gpu}: one GPU at one tick (the sampler).
+- `gpu_sample` {host, gpu, uuid}: one GPU at one tick (the sampler). `uuid` is the card's NVML UUID (absent
+  while a GPU that never answered has none): query by it to follow one card across index changes.
+- `gpu_xid` {host, gpu, uuid}: one Xid error NVML reported, at the time it was heard (the sampler).
 - `host_sample` {host}: the host at one tick (the sampler).
 - `job_event` {host, gpu, kind, stage?, status?}: one generator event. Its time is `started_at + duration_s`
   in ns with the last 3 digits taken from a hash of `event_id`, so two events of one microsecond do not
@@ -24,6 +26,7 @@ from common.events import PARAM_NAMES, Event, parse_iso
 from monitor.storage.base import FieldValue, Point
 
 GPU_SAMPLE = "gpu_sample"
+GPU_XID = "gpu_xid"
 HOST_SAMPLE = "host_sample"
 JOB_EVENT = "job_event"
 JOB_SUMMARY = "job_summary"  # one per finished job (monitor/analysis/job_summary.py)
@@ -47,8 +50,23 @@ FIELD_TYPES: dict[str, Mapping[str, str]] = {
         "generator_memory_bytes": "int",
         "other_processes_memory_bytes": "int",
         "process_count": "int",
+        "generator_utilization_ratio": "float",
+        "other_processes_utilization_ratio": "float",
+        "retired_pages_sbe": "int",
+        "retired_pages_dbe": "int",
+        "retired_pages_pending": "bool",
+        "remapped_rows_correctable": "int",
+        "remapped_rows_uncorrectable": "int",
+        "remapped_rows_pending": "bool",
+        "remapped_rows_failed": "bool",
+        "pcie_replay_total": "int",
+        "power_throttle_s": "float",
+        "thermal_throttle_s": "float",
+        "xid_errors_total": "int",
         "name": "str",
+        "pci_bus_id": "str",
     },
+    GPU_XID: {"xid": "int", "reset_required": "bool", "tier": "str"},
     HOST_SAMPLE: {
         "cpu_ratio": "float",
         "memory_used_bytes": "int",

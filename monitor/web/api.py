@@ -1,6 +1,6 @@
 """The read API under /monitor/api/: series, jobs, one job, status; every error is JSON saying what to do.
 
-- `GET series?measurement=gpu_sample|host_sample&window=5m&host=&gpu=&fields=a,b`: per tag set, buckets of
+- `GET series?measurement=gpu_sample|host_sample&window=5m&host=&gpu=&uuid=&fields=a,b`: per tag set, buckets of
   mean and max, downsampled by the store so any window returns at most about `MAX_BUCKETS` buckets.
 - `GET jobs?window=24h&host=&limit=50`: jobs that ended in the window (their stored summaries) and those still
   open, newest first (monitor/analysis/job_list.py).
@@ -53,7 +53,8 @@ def series() -> ResponseReturnValue:
     bucket_s = max(1, math.ceil(window_s / MAX_BUCKETS))
     end_ns = ctx.clock_ns()
     start_ns = end_ns - window_s * NS_PER_S
-    tags = arg_tags("host", "gpu") if measurement == GPU_SAMPLE else arg_tags("host")
+    # uuid follows one card whatever its index: a card moved between slots is one history (two index tags).
+    tags = arg_tags("host", "gpu", "uuid") if measurement == GPU_SAMPLE else arg_tags("host")
     rows = ctx.store.query_window(measurement, fields, start_ns, end_ns, tags=tags, bucket_s=bucket_s)
     out: dict[tuple, dict[str, Any]] = {}
     for row in rows:

@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
+from common.http_metrics import instrument
 from monitor.web import advice, api, dashboard, errors, ingest, reports
 from monitor.web.context import MonitorContext, attach
 
@@ -51,4 +52,5 @@ def make_app(context: MonitorContext) -> Flask:
             if part is not None:
                 registry.register(part.registry)
         app.add_url_rule("/metrics", "metrics", metrics_view(registry))
+        instrument(app, registry)
     return app

@@ -23,8 +23,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
+from common.http_metrics import add_standard_metrics
+from monitor.collection import xid as xid_catalogue
 from monitor.collection.nvml import DURATION_BUCKETS_S, THROTTLE_REASONS, CallStats
-from monitor.collection.sampler import Snapshot
+from monitor.collection.sampler import Snapshot, process_utilization
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +105,14 @@ class MonitorCollector:
             "i2v_gpu_ecc_errors", "ECC errors since the driver loaded (volatile).", labels=[*labels, "type"]
         )
         throttle = _gauge("i2v_gpu_throttle_reason", "1 while a clocks-throttle reason holds.", [*labels, "reason"])
+        info = _gauge(
+            "i2v_gpu_info",
+            "Always 1: a GPU's identity (join on host and gpu; uuid follows the card across slots).",
+            [*labels, "uuid", "name", "pci_bus_id", "driver_version"],
+        )
         for gpu in snapshot.gpus:
             values = [snapshot.host_name, str(gpu.index)]
+            info.add_metric([*values, gpu.uuid, gpu.name, gpu.pci_bus_id or "", snapshot.driver_version or ""], 1.0)
             up.add_metric(values, 1.0 if gpu.up else 0.0)
             for attribute, (family, scale) in gauges.items():
                 value = getattr(gpu, attribute)
@@ -124,10 +132,91 @@ class MonitorCollector:
             if gpu.processes is not None and snapshot.generator_pid is not None:
                 held = sum(p.used_memory_bytes or 0 for p in gpu.processes if p.pid == snapshot.generator_pid)
                 generator.add_metric(values, float(held))
+        yield info
         yield up
         for family, _ in gauges.values():
             yield family
         yield from (generator, energy, ecc, throttle)
+        yield from self._gpu_health_metrics(snapshot)
+
+    def _gpu_health_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Yield the health metrics: each only for the GPUs whose card and driver report it (never a 0)."""
+        labels = ["host", "gpu"]
+        retired = _gauge("i2v_gpu_retired_pages", "Memory pages retired (before Ampere), by cause.", [*labels, "cause"])
+        retired_pending = _gauge(
+            "i2v_gpu_retired_pages_pending", "1 while a page waits for a reset to be retired.", labels
+        )
+        rows = _gauge(
+            "i2v_gpu_remapped_rows", "Memory rows remapped (Ampere and later), by error type.", [*labels, "type"]
+        )
+        rows_pending = _gauge("i2v_gpu_remapped_rows_pending", "1 while a row remap waits for a GPU reset.", labels)
+        rows_failed = _gauge("i2v_gpu_remapped_rows_failed", "1 once a row remap failed (replace the GPU).", labels)
+        replays = CounterMetricFamily(
+            "i2v_gpu_pcie_replays", "PCIe packets replayed since the driver loaded (link errors).", labels=labels
+        )
+        throttled = CounterMetricFamily(
+            "i2v_gpu_throttled_seconds",
+            "Time the clocks were held below the requested ones, by reason (power cap, thermal).",
+            labels=[*labels, "reason"],
+        )
+        generator_sm = _gauge(
+            "i2v_gpu_generator_utilization_ratio", "The generator process's share of the SMs (0-1).", labels
+        )
+        other_sm = _gauge(
+            "i2v_gpu_other_processes_utilization_ratio",
+            "Every other process's share of the SMs (0-1): a foreign process competing with the generator.",
+            labels,
+        )
+        listening = _gauge("i2v_gpu_xid_listening", "1 while Xid errors of this GPU can be heard.", labels)
+        # One series per tier for every GPU that can report Xids, from 0: PromQL's increase() then sees the first.
+        xids = CounterMetricFamily(
+            "i2v_gpu_xid_errors",
+            "Xid errors heard since the monitor started, by tier (fatal: the GPU needs a reset or reboot).",
+            labels=[*labels, "tier"],
+        )
+        by_code = CounterMetricFamily(
+            "i2v_gpu_xid_errors_by_code",
+            "Xid errors heard since the monitor started, by code and tier.",
+            labels=[*labels, "xid", "tier"],
+        )
+        for gpu in snapshot.gpus:
+            values = [snapshot.host_name, str(gpu.index)]
+            for cause, count in (("single_bit_ecc", gpu.retired_pages_sbe), ("double_bit_ecc", gpu.retired_pages_dbe)):
+                if count is not None:
+                    retired.add_metric([*values, cause], float(count))
+            for kind, count in (
+                ("correctable", gpu.remapped_rows_correctable),
+                ("uncorrectable", gpu.remapped_rows_uncorrectable),
+            ):
+                if count is not None:
+                    rows.add_metric([*values, kind], float(count))
+            for family, flag in (
+                (retired_pending, gpu.retired_pages_pending),
+                (rows_pending, gpu.remapped_rows_pending),
+                (rows_failed, gpu.remapped_rows_failed),
+            ):
+                if flag is not None:
+                    family.add_metric(values, 1.0 if flag else 0.0)
+            if gpu.pcie_replay_total is not None:
+                replays.add_metric(values, float(gpu.pcie_replay_total))
+            for reason, seconds in (("power", gpu.power_throttle_s), ("thermal", gpu.thermal_throttle_s)):
+                if seconds is not None:
+                    throttled.add_metric([*values, reason], seconds)
+            ours, theirs = process_utilization(gpu, snapshot.generator_pid)
+            if ours is not None and theirs is not None:
+                generator_sm.add_metric(values, ours)
+                other_sm.add_metric(values, theirs)
+            listening.add_metric(values, 0.0 if gpu.xid_total is None else 1.0)
+            if gpu.xid_total is not None:
+                by_tier = dict.fromkeys(xid_catalogue.TIERS, 0)
+                for code, count in gpu.xid_counts:
+                    by_tier[xid_catalogue.tier(code)] += count
+                for tier, count in by_tier.items():
+                    xids.add_metric([*values, tier], float(count))
+                for code, count in gpu.xid_counts:
+                    by_code.add_metric([*values, str(code), xid_catalogue.tier(code)], float(count))
+        yield from (retired, retired_pending, rows, rows_pending, rows_failed, replays, throttled)
+        yield from (generator_sm, other_sm, listening, xids, by_code)
 
     def _host_metrics(self, snapshot: Snapshot) -> Iterator[Metric]:
         host = snapshot.host
@@ -253,9 +342,11 @@ _STORE_METRICS: tuple[tuple[str, str, str, type[GaugeMetricFamily] | type[Counte
 
 
 def make_registry(sampler: SamplerView, writer_health: Callable[[], Any] | None = None) -> CollectorRegistry:
-    """Build the monitor's registry: one collector over the sampler and, if given, the store writer."""
+    """Build the monitor's registry: one collector over the sampler and, if given, the store writer; the process,
+    platform and build-info metrics."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(MonitorCollector(sampler, writer_health))
+    add_standard_metrics(registry, "monitor")
     return registry
 
 

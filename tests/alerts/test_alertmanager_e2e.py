@@ -59,7 +59,7 @@ def am_alert(am: Alertmanager, gpu: str, severity: str) -> dict[str, Any] | None
     response = requests.get(
         am.url + "/api/v2/alerts",
         params={
-            "filter": [f'gpu="{gpu}"', f'severity="{severity}"'],
+            "filter": [f'gpu="{gpu}"', f'tier="{severity}"'],
             "active": "true",
             "silenced": "true",
             "inhibited": "true",
@@ -75,7 +75,7 @@ def received(receiver: Receiver, path: str, gpu: str, severity: str, status: str
     return [
         a
         for a in receiver.alerts(path)
-        if a["labels"].get("gpu") == gpu and a["labels"]["severity"] == severity and a["status"] == status
+        if a["labels"].get("gpu") == gpu and a["labels"]["tier"] == severity and a["status"] == status
     ]
 
 
@@ -102,6 +102,7 @@ def test_alerts_route_by_severity_severe_inhibits_warning_and_resolves_arrive(
         assert warning["labels"] == {
             "alertname": "GpuMemoryHigh",
             "severity": "warning",
+            "tier": "warning",
             "host": "h1",
             "gpu": "0",
             "pipeline": "monitor",

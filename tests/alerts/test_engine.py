@@ -43,6 +43,7 @@ def test_fires_only_after_for_holds(clock: FakeClock, default_rules: list[Rule])
     assert fired.labels == {
         "alertname": "GpuMemoryHigh",
         "severity": "warning",
+        "tier": "warning",
         "host": "h1",
         "gpu": "0",
         "pipeline": "monitor",
@@ -208,5 +209,7 @@ def test_sampler_snapshots_become_gpu_values() -> None:
         SimpleNamespace(index=1, up=False, memory_used_bytes=None, memory_total_bytes=None, temperature_c=None),
     ]
     values = snapshot_values(SimpleNamespace(gpus=gpus, host=SimpleNamespace()), "h1")
-    assert values[GPU0] == {"gpu_up": 1.0, "gpu_memory_ratio": 0.95, "gpu_temperature_c": 71.0}
-    assert values[GPU1] == {"gpu_up": 0.0, "gpu_memory_ratio": None, "gpu_temperature_c": None}
+    load = ("gpu_up", "gpu_memory_ratio", "gpu_temperature_c")
+    assert {k: values[GPU0][k] for k in load} == {"gpu_up": 1.0, "gpu_memory_ratio": 0.95, "gpu_temperature_c": 71.0}
+    assert {k: values[GPU1][k] for k in load} == {"gpu_up": 0.0, "gpu_memory_ratio": None, "gpu_temperature_c": None}
+    assert values[GPU0]["gpu_xid_reset_required"] is None  # cannot hear Xids: unknown, not 0

@@ -133,6 +133,7 @@ def test_alertmanager_payload_follows_the_v2_api(clock: FakeClock, engine: Alert
     assert item["labels"] == {
         "alertname": "GpuMemoryHigh",
         "severity": "warning",
+        "tier": "warning",
         "host": "h1",
         "gpu": "0",
         "pipeline": "monitor",
@@ -217,7 +218,7 @@ def test_the_webhook_sends_alertmanagers_version_4_payload_one_document_per_grou
     assert gpu0["commonLabels"] == {"alertname": "GpuMemoryHigh", "host": "h1", "gpu": "0", "pipeline": "monitor"}
     assert gpu0["externalURL"] == "http://mon:7861"
     assert gpu0["groupKey"] == '{}:{alertname="GpuMemoryHigh", gpu="0", host="h1"}'
-    severe = next(a for a in gpu0["alerts"] if a["labels"]["severity"] == "severe")
+    severe = next(a for a in gpu0["alerts"] if a["labels"]["tier"] == "severe")
     assert set(severe) == {"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"}
     assert severe["status"] == "firing"
     assert severe["startsAt"] == iso(began)

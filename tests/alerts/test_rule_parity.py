@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitor.alerts.rules import VOCABULARY, Rule, load_rules, parse_duration
+from monitor.alerts.rules import VOCABULARY, Rule, load_rules, parse_duration, routing_labels
 
 ALERTS = Path(__file__).resolve().parents[2] / "alerts"
 PROMETHEUS_ONLY = {"MonitorDown"}  # only something outside the monitor can say it is down
@@ -77,7 +77,7 @@ def test_each_recorded_series_keeps_the_labels_its_level_names(name: str) -> Non
 
 def test_both_files_hold_the_same_alerts() -> None:
     ours = set(monitor_rules())
-    theirs = {(rule["alert"], rule["labels"]["severity"]) for rule in prometheus_alerts()}
+    theirs = {(rule["alert"], rule["labels"]["tier"]) for rule in prometheus_alerts()}
     assert {a for a, _ in theirs - ours} == PROMETHEUS_ONLY, "in Prometheus' rules only"
     assert ours - theirs == set(), "in the monitor's rules only"
 
@@ -85,10 +85,10 @@ def test_both_files_hold_the_same_alerts() -> None:
 @pytest.mark.parametrize(
     "rule",
     [r for r in prometheus_alerts() if r["alert"] not in PROMETHEUS_ONLY | {WATCHDOG}],
-    ids=lambda r: f"{r['alert']}-{r['labels']['severity']}",
+    ids=lambda r: f"{r['alert']}-{r['labels']['tier']}",
 )
 def test_each_alert_has_the_monitors_threshold_clear_and_for(rule: dict[str, Any]) -> None:
-    ours = monitor_rules()[(rule["alert"], rule["labels"]["severity"])]
+    ours = monitor_rules()[(rule["alert"], rule["labels"]["tier"])]
     parsed = parse(rule["expr"])
     assert (parsed["op"], float(parsed["fire"])) == (ours.op, ours.threshold)
     assert parse_duration(rule.get("for", 0)) == ours.for_s
@@ -101,13 +101,13 @@ def test_each_alert_has_the_monitors_threshold_clear_and_for(rule: dict[str, Any
         # Only a firing alert is held by the clear threshold; a pending one ends below the firing threshold.
         assert parsed["selector"] == {
             "alertname": rule["alert"],
-            "severity": rule["labels"]["severity"],
+            "tier": rule["labels"]["tier"],
             "alertstate": "firing",
         }
         assert {label.strip() for label in parsed["on"].split(",")} == by_labels(parsed["x"])
 
 
-@pytest.mark.parametrize("rule", prometheus_alerts(), ids=lambda r: f"{r['alert']}-{r['labels']['severity']}")
+@pytest.mark.parametrize("rule", prometheus_alerts(), ids=lambda r: f"{r['alert']}-{r['labels']['tier']}")
 def test_each_alert_labels_hosts_as_the_monitor_does(rule: dict[str, Any]) -> None:
     assert rule["labels"]["pipeline"] == "prometheus"
     if rule["alert"] == WATCHDOG:
@@ -115,7 +115,7 @@ def test_each_alert_labels_hosts_as_the_monitor_does(rule: dict[str, Any]) -> No
     x = parse(rule["expr"])["x"]
     scope = {"host", "gpu"} if rule["alert"] in PROMETHEUS_ONLY else None
     if scope is None:
-        expr = monitor_rules()[(rule["alert"], rule["labels"]["severity"])].expr
+        expr = monitor_rules()[(rule["alert"], rule["labels"]["tier"])].expr
         scope = {"host", "gpu"} if VOCABULARY[expr][0] == "gpu" else {"host"}
     assert by_labels(x) <= scope, f"{rule['alert']} keeps labels the monitor's copy lacks (instance?)"
     assert "instance" not in rule["expr"]
@@ -127,7 +127,7 @@ def test_no_inhibit_rule_is_dead() -> None:
     alerts = []
     for rule in monitor_rules().values():
         scope = {"host", "gpu"} if VOCABULARY[rule.expr][0] == "gpu" else {"host"}
-        alerts.append({**dict.fromkeys(scope, "x"), "alertname": rule.alert, "severity": rule.severity})
+        alerts.append({**dict.fromkeys(scope, "x"), "alertname": rule.alert, **routing_labels(rule.severity)})
     assert config["inhibit_rules"]
     for inhibit in config["inhibit_rules"]:
         sources = [a for a in alerts if matches(a, inhibit["source_matchers"])]
@@ -151,3 +151,9 @@ def matches(labels: dict[str, str], matchers: list[str]) -> bool:
         if op == "=~" and not re.fullmatch(value, actual):
             return False
     return True
+
+
+@pytest.mark.parametrize("rule", prometheus_alerts(), ids=lambda r: f"{r['alert']}-{r['labels']['tier']}")
+def test_each_prometheus_alert_carries_the_documented_routing_labels(rule: dict[str, Any]) -> None:
+    routing = {k: v for k, v in rule["labels"].items() if k in ("severity", "tier", "page")}
+    assert routing == routing_labels(rule["labels"]["tier"])

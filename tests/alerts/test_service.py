@@ -123,7 +123,7 @@ def test_severe_memory_cancels_the_running_job_once(
         assert fake_generator.cancel_calls == ["j1"]
         (event,) = events
         assert (event.action, event.result, event.job_id) == ("cancel_job", "success", "j1")
-        assert event.labels["severity"] == "severe"
+        assert (event.labels["tier"], event.labels["severity"]) == ("severe", "critical")
         sample = registry.get_sample_value
         assert sample("i2v_remediation_actions_total", {"action": "cancel_job", "result": "success"}) == 1
         assert sample("i2v_alerts", {"state": "firing", "severity": "severe"}) == 1
@@ -196,7 +196,7 @@ def test_the_api_lists_and_acknowledges_alerts(
     (watchdog,) = [a for a in body["active"] if a["alertname"] == "Watchdog"]
     assert watchdog["state"] == "firing"
     assert body["history"] == []
-    assert body["rules"] == 23
+    assert body["rules"] == 32
     assert body["actions"]["restart_generator"]["gave_up"] is False
 
     assert client.post(f"/monitor/api/alerts/{watchdog['id']}/ack", json={"by": "bob"}).status_code == 401

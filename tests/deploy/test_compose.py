@@ -18,8 +18,8 @@ from tests.deploy.compose import COMPOSE_FILE, ENV_EXAMPLE, ROOT, filled_env, lo
 
 SERVICES = {"influxdb", "generator", "monitor", "prometheus", "alertmanager", "grafana"}
 SECRETS = (
-    "ADMIN_TOKEN",
-    "INGEST_TOKEN",
+    "I2V_ADMIN_TOKEN",
+    "I2V_INGEST_TOKEN",
     "INFLUXDB_ADMIN_PASSWORD",
     "INFLUXDB_READ_USER_PASSWORD",
     "MONITOR_STORE",
@@ -55,8 +55,9 @@ def test_compose_file_validates_with_the_example_env_filled_in(resolved: tuple[d
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
         assert service.get("restart") == "unless-stopped", name
     # The secrets reached the services that need them, and the two tokens are shared as they must be.
-    assert services["generator"]["environment"]["INGEST_TOKEN"] == services["monitor"]["environment"]["INGEST_TOKEN"]
-    assert services["generator"]["environment"]["ADMIN_TOKEN"] == values["ADMIN_TOKEN"]
+    generator_env, monitor_env = services["generator"]["environment"], services["monitor"]["environment"]
+    assert generator_env["I2V_INGEST_TOKEN"] == monitor_env["I2V_INGEST_TOKEN"]
+    assert services["generator"]["environment"]["I2V_ADMIN_TOKEN"] == values["I2V_ADMIN_TOKEN"]
     assert services["monitor"]["environment"]["MONITOR_STORE"] == values["MONITOR_STORE"]
     assert services["influxdb"]["environment"]["INFLUXDB_DB"] == "i2v"
     # Published ports stay on loopback unless I2V_PUBLISH_ADDR says otherwise.
@@ -156,8 +157,8 @@ def test_the_generator_container_runs_python_m_generator_with_a_config_it_accept
     assert config.host_name == "gpu-host-1"
     assert f":{config.port}/health" in " ".join(service["healthcheck"]["test"])
     # Binding 0.0.0.0 is refused without the token: that is why compose requires it.
-    without_token = GeneratorConfig.from_sources(command[3:], environ={**environ, "ADMIN_TOKEN": ""})
-    with pytest.raises(ValueError, match="ADMIN_TOKEN"):
+    without_token = GeneratorConfig.from_sources(command[3:], environ={**environ, "I2V_ADMIN_TOKEN": ""})
+    with pytest.raises(ValueError, match="I2V_ADMIN_TOKEN"):
         without_token.validate()
 
 
@@ -176,7 +177,7 @@ def test_the_monitor_container_runs_python_m_monitor_with_a_config_it_accepts(
     assert config.data_dir == Path("/data/monitor")
     assert config.alert_state_path == Path("/data/monitor/alerts-state.json")  # on the monitor's volume
     assert config.alertmanager_urls == ("http://alertmanager:9093",)
-    assert config.admin_token == environ["ADMIN_TOKEN"]
+    assert config.admin_token == environ["I2V_ADMIN_TOKEN"]
     assert f":{config.port}/monitor/api/status" in " ".join(service["healthcheck"]["test"])
-    with pytest.raises(ConfigError, match="INGEST_TOKEN"):
-        MonitorConfig.from_sources(command[3:], environ={**environ, "INGEST_TOKEN": ""}).validate()
+    with pytest.raises(ConfigError, match="I2V_INGEST_TOKEN"):
+        MonitorConfig.from_sources(command[3:], environ={**environ, "I2V_INGEST_TOKEN": ""}).validate()

@@ -172,12 +172,14 @@ class GeneratorProcess(ServiceProcess):
         return requests.get(f"{self.url}/health", timeout=10).json()
 
     def logged_events(self) -> list[dict[str, Any]]:
-        """Return every event the generator emitted, from its JSON event log lines (all runs)."""
+        """Return every event the generator emitted, from its JSON log lines (all runs)."""
         events = []
         for line in self.log_text().splitlines():
-            marker = " generator.event "
-            if marker in line:
-                events.append(json.loads(line.split(marker, 1)[1]))
+            if not line.startswith("{"):
+                continue  # this harness's "---- start" lines
+            record = json.loads(line)
+            if record.get("logger") == "generator.event":
+                events.append(record["event"])
         return events
 
 

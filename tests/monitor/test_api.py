@@ -94,6 +94,28 @@ def test_series_returns_one_series_per_gpu_for_the_window(monitor: Monitor) -> N
     assert set(only_gpu1["series"][0]["points"][0]["max"]) == {"memory_used_bytes"}
 
 
+def test_a_cards_history_follows_its_uuid_across_an_index_change(monitor: Monitor) -> None:
+    moved, other = "GPU-aaaaaaaa-0000-0000-0000-000000000001", "GPU-bbbbbbbb-0000-0000-0000-000000000002"
+    # The first 100 s the card sits at index 0; then it is moved to index 1 and another card takes index 0.
+    placements = [(moved, "0", other, "1")] * 50 + [(other, "0", moved, "1")] * 50
+    points = [
+        Point(
+            GPU_SAMPLE,
+            {"host": "node-a", "gpu": gpu, "uuid": uuid},
+            {"utilization_ratio": 0.5},
+            NOW_NS - (200 - 2 * i) * S,
+        )
+        for i, (uuid_a, gpu_a, uuid_b, gpu_b) in enumerate(placements)
+        for uuid, gpu in ((uuid_a, gpu_a), (uuid_b, gpu_b))
+    ]
+    monitor.write(points)
+
+    body = monitor.get("series", window="5m", uuid=moved).json()
+
+    assert [(s["tags"]["gpu"], len(s["points"])) for s in body["series"]] == [("0", 50), ("1", 50)]
+    assert {s["tags"]["uuid"] for s in body["series"]} == {moved}
+
+
 def test_a_day_is_downsampled_to_at_most_about_300_buckets(monitor: Monitor) -> None:
     monitor.write(gpu_samples(86_400, every_s=60))
     body = monitor.get("series", window="24h", gpu="0").json()

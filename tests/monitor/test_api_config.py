@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,13 @@ def test_bad_settings_fail_with_one_line_that_says_what_to_change(argv: list, en
     assert "\n" not in str(caught.value)
 
 
+def startup_failure(stderr: str) -> str:
+    """Return the message of the one log record a failed start writes (JSON, as every log line)."""
+    record = json.loads(stderr)
+    assert record["level"] == "CRITICAL"
+    return record["message"]
+
+
 def test_python_m_monitor_fails_fast_on_a_bad_store_url() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "monitor", "--store", "postgres://db/x"],
@@ -81,7 +89,7 @@ def test_python_m_monitor_fails_fast_on_a_bad_store_url() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
-    assert result.stderr.startswith("monitor: --store must be")
+    assert startup_failure(result.stderr).startswith("monitor: --store must be")
 
 
 @pytest.mark.parametrize(
@@ -89,7 +97,11 @@ def test_python_m_monitor_fails_fast_on_a_bad_store_url() -> None:
     [
         (["--alert-rules", "{tmp}/rules.yml"], {}, "monitor: {tmp}/rules.yml:2: rule 'X'"),
         (["--clip-model", "{tmp}/no-clip"], {}, "monitor: CLIP model folder {tmp}/no-clip does not exist"),
-        ([], {"ALERT_WEBHOOK_URLS": "hooks.example/x"}, "monitor: ALERT_WEBHOOK_URLS takes http(s) URLs"),
+        (
+            [],
+            {"MONITOR_ALERT_WEBHOOK_URLS": "hooks.example/x"},
+            "monitor: MONITOR_ALERT_WEBHOOK_URLS takes http(s) URLs",
+        ),
     ],
 )
 def test_python_m_monitor_fails_fast_on_bad_alerting_or_quality_settings(
@@ -107,7 +119,7 @@ def test_python_m_monitor_fails_fast_on_bad_alerting_or_quality_settings(
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0, result.stderr
-    assert result.stderr.startswith(start.format(tmp=tmp_path)), result.stderr
+    assert startup_failure(result.stderr).startswith(start.format(tmp=tmp_path)), result.stderr
 
 
 def test_python_m_monitor_serves_ingests_and_flushes_on_sigterm(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.collection.host import HostSnapshot
-from monitor.collection.nvml import CallStats, GpuProcess, GpuSnapshot
+from monitor.collection.nvml import CallStats, GpuProcess, GpuProcessUtilization, GpuSnapshot
 from monitor.collection.sampler import Sampler
 from monitor.web.metrics import make_registry, metrics_view
 
@@ -32,6 +32,19 @@ GPU = GpuSnapshot(
     energy_age_s=4.0,
     processes=(GpuProcess(4242, 13_000_000_000), GpuProcess(777, 500)),
     processes_age_s=0.0,
+    pci_bus_id="00000000:19:00.0",
+    process_utilization=(GpuProcessUtilization(4242, 0.9, 0.4), GpuProcessUtilization(777, 0.25, 0.1)),
+    process_utilization_age_s=0.0,
+    remapped_rows_correctable=2,
+    remapped_rows_uncorrectable=0,
+    remapped_rows_pending=True,
+    remapped_rows_failed=False,
+    pcie_replay_total=7,
+    power_throttle_s=12.5,
+    thermal_throttle_s=0.0,
+    health_age_s=3.0,
+    xid_total=3,
+    xid_counts=((13, 1), (79, 2)),
 )
 LOST = GpuSnapshot(index=1, uuid="GPU-1", name="NVIDIA H100 80GB HBM3", up=False)
 
@@ -41,6 +54,7 @@ class CountingGpus:
 
     available = True
     reason = None
+    driver_version = "580.65.06"
 
     def __init__(self) -> None:
         self.reads = 0
@@ -130,6 +144,42 @@ def test_gpu_and_host_gauges_come_from_the_last_snapshot(sampler: tuple[Sampler,
     assert value("i2v_outputs_disk_free_bytes", {"host": "h1"}) is None
 
 
+def test_gpu_identity_and_health_are_exported_and_what_a_card_lacks_is_absent(
+    sampler: tuple[Sampler, CountingGpus],
+) -> None:
+    registry = make_registry(sampler[0])
+    gpu0, gpu1 = {"host": "h1", "gpu": "0"}, {"host": "h1", "gpu": "1"}
+
+    def value(name: str, labels: dict[str, str]) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    identity = {"uuid": "GPU-0", "name": "NVIDIA H100 80GB HBM3", "pci_bus_id": "00000000:19:00.0"}
+    assert value("i2v_gpu_info", {**gpu0, **identity, "driver_version": "580.65.06"}) == 1
+    assert (
+        value(
+            "i2v_gpu_info",
+            {**gpu1, "uuid": "GPU-1", "name": "NVIDIA H100 80GB HBM3", "pci_bus_id": "", "driver_version": "580.65.06"},
+        )
+        == 1
+    )
+    assert value("i2v_gpu_remapped_rows", {**gpu0, "type": "correctable"}) == 2
+    assert value("i2v_gpu_remapped_rows_pending", gpu0) == 1
+    assert value("i2v_gpu_remapped_rows_failed", gpu0) == 0
+    assert value("i2v_gpu_retired_pages", {**gpu0, "cause": "double_bit_ecc"}) is None  # unsupported: absent
+    assert value("i2v_gpu_pcie_replays_total", gpu0) == 7
+    assert value("i2v_gpu_throttled_seconds_total", {**gpu0, "reason": "power"}) == 12.5
+    assert value("i2v_gpu_generator_utilization_ratio", gpu0) == 0.9
+    assert value("i2v_gpu_other_processes_utilization_ratio", gpu0) == 0.25
+    assert value("i2v_gpu_xid_listening", gpu0) == 1
+    assert value("i2v_gpu_xid_errors_total", {**gpu0, "tier": "fatal"}) == 2
+    assert value("i2v_gpu_xid_errors_total", {**gpu0, "tier": "warning"}) == 1
+    assert value("i2v_gpu_xid_errors_total", {**gpu0, "tier": "severe"}) == 0  # present from 0 for increase()
+    assert value("i2v_gpu_xid_errors_by_code_total", {**gpu0, "xid": "79", "tier": "fatal"}) == 2
+    assert value("i2v_gpu_xid_listening", gpu1) == 0  # cannot hear Xids: not "no Xid"
+    assert value("i2v_gpu_xid_errors_total", {**gpu1, "tier": "fatal"}) is None
+    assert value("i2v_gpu_pcie_replays_total", gpu1) is None
+
+
 def test_nvml_and_sampler_health_are_exported(sampler: tuple[Sampler, CountingGpus]) -> None:
     registry = make_registry(sampler[0])
 
@@ -138,9 +188,7 @@ def test_nvml_and_sampler_health_are_exported(sampler: tuple[Sampler, CountingGp
 
     energy = {"call": "nvmlDeviceGetTotalEnergyConsumption"}
     assert value("i2v_nvml_available") == 1
-    assert (
-        value("i2v_nvml_errors_total", {"call": "nvmlDeviceGetTotalEccErrors", "error": "NotSupported"}) == 2
-    )
+    assert value("i2v_nvml_errors_total", {"call": "nvmlDeviceGetTotalEccErrors", "error": "NotSupported"}) == 2
     assert value("i2v_nvml_call_duration_seconds_count", energy) == 2
     assert value("i2v_nvml_call_duration_seconds_sum", energy) == 0.021
     assert value("i2v_nvml_call_duration_seconds_bucket", {**energy, "le": "0.0025"}) == 1
@@ -194,9 +242,7 @@ def test_before_the_first_tick_only_health_is_exported() -> None:
 
 def test_the_view_serves_parseable_text_and_openmetrics(sampler: tuple[Sampler, CountingGpus]) -> None:
     app = Flask(__name__)
-    app.add_url_rule(
-        "/metrics", "metrics", metrics_view(make_registry(sampler[0], writer_health=WriterHealth))
-    )
+    app.add_url_rule("/metrics", "metrics", metrics_view(make_registry(sampler[0], writer_health=WriterHealth)))
     client = app.test_client()
 
     text = client.get("/metrics")

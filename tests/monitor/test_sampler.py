@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from monitor.collection.host import HostSnapshot
-from monitor.collection.nvml import CallStats, GpuProcess, GpuSnapshot
+from monitor.collection.nvml import CallStats, GpuProcess, GpuProcessUtilization, GpuSnapshot, XidEvent
 from monitor.collection.sampler import GeneratorPidProvider, Sampler, Snapshot
 from monitor.storage.base import Point
 
@@ -123,7 +123,7 @@ def test_a_tick_writes_one_point_per_gpu_and_one_for_the_host() -> None:
     gpu0, gpu1, host_point = points
     assert gpu0 == Point(
         measurement="gpu_sample",
-        tags={"host": "h1", "gpu": "0"},
+        tags={"host": "h1", "gpu": "0", "uuid": "GPU-0"},
         fields={
             "name": "NVIDIA H100 80GB HBM3",
             "up": True,
@@ -143,7 +143,7 @@ def test_a_tick_writes_one_point_per_gpu_and_one_for_the_host() -> None:
         },
         time_ns=1_700_000_000_000_000_000,
     )
-    assert gpu1.tags == {"host": "h1", "gpu": "1"}
+    assert gpu1.tags == {"host": "h1", "gpu": "1", "uuid": "GPU-1"}
     assert gpu1.fields == {"name": "NVIDIA H100 80GB HBM3", "up": False}  # None fields are left out
     assert host_point == Point(
         measurement="host_sample",
@@ -168,6 +168,65 @@ def test_a_carried_energy_reading_is_not_written_again_and_an_unknown_pid_attrib
     assert "energy_j" not in fields
     assert "generator_memory_bytes" not in fields
     assert fields["other_processes_memory_bytes"] == 500 + 13_000
+
+
+HEALTHY = GpuSnapshot(
+    **{
+        **H100.__dict__,
+        "pci_bus_id": "00000000:19:00.0",
+        "process_utilization": (GpuProcessUtilization(GENERATOR_PID, 0.9, 0.4), GpuProcessUtilization(777, 0.3, 0.1)),
+        "process_utilization_age_s": 0.0,
+        "remapped_rows_correctable": 2,
+        "remapped_rows_uncorrectable": 0,
+        "remapped_rows_pending": True,
+        "remapped_rows_failed": False,
+        "pcie_replay_total": 5,
+        "power_throttle_s": 1.25,
+        "thermal_throttle_s": 0.0,
+        "health_age_s": 0.0,
+        "xid_events": (XidEvent(79, 1_700_000_000_000_000_123), XidEvent(13, 1_700_000_000_000_000_123)),
+        "xid_total": 2,
+    }
+)
+
+
+def test_health_identity_and_per_process_share_are_written_and_each_xid_becomes_a_point() -> None:
+    sampler, points = make_sampler(StubGpus((HEALTHY,)))
+
+    sampler.tick()
+
+    sample, xid79, xid13, _host = points
+    assert sample.tags == {"host": "h1", "gpu": "0", "uuid": "GPU-0"}
+    fields = sample.fields
+    assert fields["pci_bus_id"] == "00000000:19:00.0"
+    assert fields["generator_utilization_ratio"] == 0.9
+    assert fields["other_processes_utilization_ratio"] == 0.3
+    assert fields["remapped_rows_correctable"] == 2
+    assert fields["remapped_rows_pending"] is True
+    assert fields["pcie_replay_total"] == 5
+    assert fields["power_throttle_s"] == 1.25
+    assert fields["xid_errors_total"] == 2
+    assert "retired_pages_sbe" not in fields  # unsupported (Hopper): absent, never 0
+    assert (xid79.measurement, xid79.tags, xid79.fields) == (
+        "gpu_xid",
+        {"host": "h1", "gpu": "0", "uuid": "GPU-0"},
+        {"xid": 79, "reset_required": True, "tier": "fatal"},
+    )
+    assert xid13.fields == {"xid": 13, "reset_required": False, "tier": "warning"}
+    assert xid13.time_ns == xid79.time_ns + 1  # heard in one nanosecond, kept as two points
+
+
+def test_carried_health_counters_are_not_written_again_and_an_unknown_pid_splits_no_share() -> None:
+    carried = GpuSnapshot(**{**HEALTHY.__dict__, "health_age_s": 4.0, "xid_events": ()})
+    sampler, points = make_sampler(StubGpus((carried,)), generator_pid=lambda: None)
+
+    sampler.tick()
+
+    (sample, _host) = points
+    for counter in ("remapped_rows_correctable", "pcie_replay_total", "power_throttle_s", "thermal_throttle_s"):
+        assert counter not in sample.fields
+    assert "generator_utilization_ratio" not in sample.fields
+    assert "other_processes_utilization_ratio" not in sample.fields
 
 
 def test_without_nvml_the_host_is_still_sampled() -> None:
