@@ -104,7 +104,8 @@ def _fleet(root: Path, redis_url: str, model: str, workers: int) -> list[Generat
     processes = [api.start()]
     for i in range(workers):
         args = ["worker", "--queue", redis_url, "--model", model, "--outputs", outputs]
-        processes.append(Generator(root / f"w{i}", [*args, "--state-dir", str(root / f"w{i}")], {}, f"w{i}"))
+        env = {"I2V_HOST_NAME": f"worker-{i}"}
+        processes.append(Generator(root / f"w{i}", [*args, "--state-dir", str(root / f"w{i}")], env, f"w{i}"))
     for process in processes[1:]:
         process.start(deadline_s=300)
     return processes

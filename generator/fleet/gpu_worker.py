@@ -275,7 +275,9 @@ class Housekeeper:
                 self._failing = False
             except REDIS_ERRORS as error:
                 if not self._failing:
-                    log.warning("housekeeping cannot reach Redis (%s): retrying every %.1f s", error, 1)
+                    log.warning(
+                        "housekeeping cannot reach Redis (%s): retrying every %.1f s", error, self.config.lease_s / 3
+                    )
                 self._failing = True
             except Exception:  # the loop boundary: one bad round must not end the worker's lease renewals
                 log.exception("housekeeping round failed; the next one runs as usual")
