@@ -64,7 +64,7 @@ class Runtime:
                 config.queue_url, config.queue_size, visibility_timeout_s=config.visibility_timeout_s
             )
         else:
-            self.book = JobBook(config.state_dir, config.queue_size, config.priority_max_wait_s)
+            self.book = local_book = JobBook(config.state_dir, config.queue_size, config.priority_max_wait_s)
         self.metrics.watch_queue(self.depths)
         self.events = EventSender(
             config.monitor_url,
@@ -84,7 +84,7 @@ class Runtime:
             devices = [torch.device("cuda", index) for index in range(count)] or [device]
         self.workers = [
             Worker(
-                book=self.book,
+                book=local_book,
                 events=self.events,
                 metrics=self.metrics,
                 model=config.model,
@@ -98,7 +98,7 @@ class Runtime:
             )
             for d in devices
         ]
-        for job in self.book.recovered:
+        for job in local_book.recovered:
             # Lost to a crash: failed in the API, so failed in the request metrics too, or the error ratio
             # (GeneratorErrorRateHigh) could never see crashes.
             self.metrics.requests.labels("failed").inc()

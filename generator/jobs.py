@@ -160,7 +160,7 @@ class JobBook:
         with self._lock:
             return [self._jobs[job_id] for job_id in self._serving_order()]
 
-    def _serving_order(self) -> list[str]:
+    def _serving_order(self) -> builtins.list[str]:
         """Order the queue by priority, oldest first within one; a job waiting too long counts as high."""
         now = time.time()
 

@@ -8,6 +8,7 @@ client's connect and read timeouts and the publish retry policy bound each call 
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 from collections.abc import Callable
 from typing import Any
@@ -101,7 +102,7 @@ class CeleryQueue:
         """Return the job, or None."""
         return self._call(self.store.get, job_id)
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[Job]:
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[Job]:
         """Return the newest jobs first, optionally only those in `state`."""
         return self._call(self.store.list, state, limit)
 
@@ -117,7 +118,7 @@ class CeleryQueue:
         """Return per priority how many jobs wait and the oldest one's age in seconds."""
         return self._call(self.store.depths)
 
-    def queued_jobs(self) -> list[Job]:
+    def queued_jobs(self) -> builtins.list[Job]:
         """Return the queued jobs in serving order."""
         return self._call(self.store.queued_jobs)
 
@@ -125,7 +126,7 @@ class CeleryQueue:
         """Cancel a queued job at once, or ask the worker running it to stop at its next step."""
         return self._call(self.store.cancel, job_id)
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> builtins.list[dict[str, Any]]:
         """Return the live workers' announcements (host, GPU, model, readiness, current job)."""
         return self._call(self.store.workers)
 

@@ -30,13 +30,14 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from waitress.server import create_server
 
+from common.events import FINAL_STATES
 from generator.admission import GiB, admit, next_smaller
 from generator.config import GeneratorConfig
 from generator.events import EventSender
 from generator.fleet.api_queue import REDIS_ERRORS, redis_client
 from generator.fleet.broker import QUEUE_NAME, TASK_NAME, make_celery, publish
 from generator.fleet.store import Claim, RedisJobStore
-from generator.jobs import FINAL_STATES, Job
+from generator.jobs import Job
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
 from generator.predictor import MonitorPredictor
@@ -193,7 +194,7 @@ class QueueWorker(Worker):
         self.job_event(job, "failed")
         return True
 
-    def _finish(self, job: Job, state: str, **fields: Any) -> None:  # type: ignore[override]
+    def _finish(self, job: Job, state: str, **fields: Any) -> None:
         if job.job_id in self.fleet_book.lost:
             raise LostJob(f"job {job.job_id} was handed to another worker while it ran here")
         error = fields.get("error") or ""

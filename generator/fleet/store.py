@@ -18,6 +18,7 @@ Finished jobs expire after `retention_s`; `trim` drops their index entries.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Callable
@@ -26,7 +27,8 @@ from typing import Any
 
 import redis
 
-from generator.jobs import FINAL_STATES, Job, QueueFull
+from common.events import FINAL_STATES
+from generator.jobs import Job, QueueFull
 from generator.validation import PRIORITIES, JobParams
 
 PREFIX = "i2v"
@@ -78,7 +80,8 @@ class RedisJobStore:
     def __init__(
         self, client: redis.Redis, *, retention_s: float = 7 * 86400, clock: Callable[[], float] = time.time
     ) -> None:
-        self.r = client
+        # Any: redis-py types its answers as bytes-or-str unions; with decode_responses they are str.
+        self.r: Any = client
         self.retention_s = retention_s
         self.clock = clock
         self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
@@ -136,26 +139,26 @@ class RedisJobStore:
         fields = self.r.hgetall(self.key(job_id))
         return job_from_fields(fields) if fields else None
 
-    def _many(self, job_ids: list[str]) -> list[Job]:
+    def _many(self, job_ids: builtins.list[str]) -> builtins.list[Job]:
         pipe = self.r.pipeline(transaction=False)
         for job_id in job_ids:
             pipe.hgetall(self.key(job_id))
         return [job_from_fields(fields) for fields in pipe.execute() if fields]
 
-    def queued_jobs(self) -> list[Job]:
+    def queued_jobs(self) -> builtins.list[Job]:
         """Return the waiting jobs in the order they will be served: by priority, then oldest first."""
-        ids: list[str] = []
+        ids: builtins.list[str] = []
         for p in PRIORITIES:
             ids += self.r.zrange(self.queued_key(p), 0, -1)
         return self._many(ids)
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[Job]:
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[Job]:
         """Return the newest jobs first, optionally only those in `state` (scanning at most 10,000)."""
         if state == "queued":
             return sorted(self.queued_jobs(), key=lambda job: job.created_at, reverse=True)[:limit]
         if state in ("running", "succeeded"):
             return self._many(self.r.zrevrange(f"{PREFIX}:{state}", 0, limit - 1))
-        jobs: list[Job] = []
+        jobs: builtins.list[Job] = []
         for start in range(0, LIST_SCAN_MAX, LIST_PAGE):
             ids = self.r.zrevrange(f"{PREFIX}:jobs", start, start + LIST_PAGE - 1)
             jobs += [job for job in self._many(ids) if state is None or job.state == state]
@@ -320,9 +323,9 @@ class RedisJobStore:
 
     # ---- housekeeping, run by every worker (each step is a transaction, so two sweepers agree) -------
 
-    def sweep_running(self, grace_s: float) -> list[Swept]:
+    def sweep_running(self, grace_s: float) -> builtins.list[Swept]:
         """Hand back (or end) running jobs whose lease has been gone for `grace_s`; fail unpublished ones."""
-        swept: list[Swept] = []
+        swept: builtins.list[Swept] = []
         for job_id in self.r.zrange(f"{PREFIX}:running", 0, -1):
             if not self.r.exists(self.lease_key(job_id)):
                 result = self._sweep_one(job_id, grace_s)
@@ -388,7 +391,7 @@ class RedisJobStore:
 
         return self.r.transaction(fail_in, key, value_from_callable=True)
 
-    def promote(self, max_wait_s: float) -> list[Job]:
+    def promote(self, max_wait_s: float) -> builtins.list[Job]:
         """Serve jobs that waited `max_wait_s` below high priority as high from now: the lowest never starves."""
         promoted = []
         for p in PRIORITIES[1:]:
@@ -438,7 +441,7 @@ class RedisJobStore:
         pipe.zrem(f"{PREFIX}:workers", name)
         pipe.execute()
 
-    def workers(self) -> list[dict[str, Any]]:
+    def workers(self) -> builtins.list[dict[str, Any]]:
         """Return the live workers' announcements, by name."""
         names = self.r.zrange(f"{PREFIX}:workers", 0, -1)
         if not names:
