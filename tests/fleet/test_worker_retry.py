@@ -38,7 +38,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture(scope="module")
-def worker(redis_server: RedisServer, micro_model: Path, tmp_path_factory: pytest.TempPathFactory) -> QueueWorker:
+def one_torch_thread() -> Iterator[None]:
+    """Run this module's pipelines on one thread, as the worker processes do: on two shared cores, torch's
+    default threads spin against each other and a one-second job takes a minute."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def worker(
+    redis_server: RedisServer, micro_model: Path, tmp_path_factory: pytest.TempPathFactory, one_torch_thread: None
+) -> QueueWorker:
     """One queue worker in this process, its model loaded and warmed."""
     root = tmp_path_factory.mktemp("worker")
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
