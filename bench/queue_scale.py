@@ -2,8 +2,9 @@
 
 Full run (`python -m bench.run --only queue`, or `python -m bench.queue_scale [--model tiny] [--jobs 100]`):
 a real redis-server (AOF on), `python -m generator --queue` and N `python -m generator worker` processes, each
-on one torch thread. For each N a burst of jobs is submitted at once and timed from the first submission to the
-last job's end: jobs per minute, and the ratio to one worker. The latency the queue adds is measured on jobs
+on one torch thread, a worker added for each N (Redis and the API stay up). For each N a burst of jobs is
+submitted at once and timed from the first submission to the last job's end: jobs per minute, and the ratio to
+one worker. The latency the queue adds is measured on jobs
 run one at a time on an idle system, queue mode (one worker) against `python -m generator` in-process: the
 pickup delay (submission to the job's start, from the jobs' own records) and submission to end.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import signal
 import statistics
 import sys
 import time
@@ -97,22 +99,14 @@ def _one_at_a_time(url: str, image: bytes, count: int) -> dict[str, list[float]]
     return {"pickup_s": pickup, "total_s": total}
 
 
-def _fleet(root: Path, redis_url: str, model: str, workers: int) -> list[Generator]:
-    outputs = str(root / "outputs")
-    api = Generator(root / "api", ["--queue", redis_url, "--outputs", outputs, "--state-dir", str(root / "api")],
-                    {"GENERATOR_QUEUE_SIZE": "1000"}, "api")  # fmt: skip
-    processes = [api.start()]
-    for i in range(workers):
-        args = ["worker", "--queue", redis_url, "--model", model, "--outputs", outputs]
-        env = {"I2V_HOST_NAME": f"worker-{i}"}
-        processes.append(Generator(root / f"w{i}", [*args, "--state-dir", str(root / f"w{i}")], env, f"w{i}"))
-    for process in processes[1:]:
-        process.start(deadline_s=300)
-    return processes
+def _worker(root: Path, index: int, redis_url: str, model: str, outputs: str) -> Generator:
+    args = ["worker", "--queue", redis_url, "--model", model, "--outputs", outputs]
+    args += ["--state-dir", str(root / f"w{index}")]
+    return Generator(root / f"w{index}", args, {"I2V_HOST_NAME": f"worker-{index}"}, f"w{index}")
 
 
 def run_full(ctx: Context, model: str, jobs: int) -> Result:
-    """Time bursts on 1, 2 and 3 workers and the one-at-a-time latency of both modes."""
+    """Time the one-at-a-time latency of both modes, then bursts on 1, 2 and 3 workers (one added each time)."""
     image = _png()
     data: dict[str, Any] = {"model": model, "jobs_per_burst": jobs, "bursts": {}, "latency": {}}
     args = ["--model", model, "--outputs", str(ctx.scratch("out")), "--state-dir", str(ctx.scratch("state"))]
@@ -122,12 +116,20 @@ def run_full(ctx: Context, model: str, jobs: int) -> Result:
         data["latency"]["in-process"] = _one_at_a_time(inprocess.url, image, SEQUENTIAL_JOBS)
     finally:
         inprocess.stop()
-    for workers in WORKER_COUNTS:
-        root = ctx.scratch(f"fleet{workers}")
-        redis = RedisServer(root / "redis").start()
-        processes = _fleet(root, redis.url, model, workers)
-        try:
-            api = processes[0].url
+    root = ctx.scratch("fleet")
+    outputs = str(root / "outputs")
+    redis = RedisServer(root / "redis").start()
+    api_args = ["--queue", redis.url, "--outputs", outputs, "--state-dir", str(root / "api")]
+    processes = [Generator(root / "api", api_args, {"GENERATOR_QUEUE_SIZE": str(jobs + 10)}, "api").start()]
+    api = processes[0].url
+    try:
+        for workers in WORKER_COUNTS:
+            processes.append(_worker(root, workers - 1, redis.url, model, outputs).start(deadline_s=300))
+            wait_for(
+                lambda n=workers: len(requests.get(f"{api}/health", timeout=10).json()["workers"]) == n,
+                60,
+                f"{workers} worker(s) to announce themselves",
+            )
             if workers == 1:
                 data["latency"]["queue"] = _one_at_a_time(api, image, SEQUENTIAL_JOBS)
             started = time.time()
@@ -141,10 +143,10 @@ def run_full(ctx: Context, model: str, jobs: int) -> Result:
                 "per_host": {h: sum(job["host"] == h for job in done) for h in {job["host"] for job in done}},
             }
             ctx.log(f"  {workers} worker(s): {data['bursts'][workers]}")
-        finally:
-            for process in reversed(processes):
-                process.stop()
-            redis.stop()
+    finally:
+        for process in reversed(processes):
+            process.stop()
+        redis.stop()
     return _figures(data, how_latency="one job at a time, idle system, medians of the jobs' own timestamps")
 
 
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="micro", help="micro (default), tiny, or a folder of saved weights")
     parser.add_argument("--jobs", type=int, default=100, help="jobs per burst (default 100)")
     args = parser.parse_args(argv)
+    # A SIGTERM (a timeout) unwinds like an error, so Redis and the generator processes are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
     from bench.run import main as run_main  # the runner writes the JSON and the table the same way
 
     if args.model == "micro" and args.jobs == 100:
