@@ -143,7 +143,9 @@ class QueueWorker(Worker):
         except Exception as error:  # the task's boundary: the job ends failed with the reason, the worker goes on
             log.exception("job %s could not be completed or reported", job_id)
             if job.state == "running" and job_id not in self.fleet_book.lost:
-                self.fleet_book.update(job, state="failed", error=f"internal error: {error.__class__.__name__}")
+                self.fleet_book.update(
+                    job, state="failed", finished_at=time.time(), error=f"internal error: {error.__class__.__name__}"
+                )
         finally:
             self.current = None
             self.fleet_book.tokens.pop(job_id, None)
@@ -177,8 +179,9 @@ class QueueWorker(Worker):
         reason = verdict.notes[-1]
         if others and handbacks < MAX_HANDBACKS:
             job.notes.append(f"{self.host_name} GPU {self.gpu} {reason}: handed back to the queue for another GPU")
-            if self.store.requeue(job, claim.token or ""):
-                publish(self.celery, job.job_id, job.priority)
+            serve_as = self.store.requeue(job, claim.token or "")
+            if serve_as is not None:
+                publish(self.celery, job.job_id, serve_as)
                 self.job_event(job, "queued")
             return True
         fits = max((w.get("usable_bytes") or 0 for w in others), default=0)
@@ -219,10 +222,10 @@ class QueueWorker(Worker):
         return bool(self.store.r.hsetnx(self.store.key(job.job_id), "oom_retried", 1))
 
     def _hand_back(self, job: Job) -> None:
-        token = self.fleet_book.tokens[job.job_id]
-        if not self.store.requeue(job, token):
+        serve_as = self.store.requeue(job, self.fleet_book.tokens[job.job_id])
+        if serve_as is None:
             raise LostJob(f"job {job.job_id} was handed to another worker while it ran here")
-        publish(self.celery, job.job_id, job.priority)
+        publish(self.celery, job.job_id, serve_as)
         self.job_event(job, "queued")
         log.info("job %s handed back to the queue: %s", job.job_id, job.notes[-1])
 
@@ -259,7 +262,7 @@ class Housekeeper:
         for swept in store.sweep_running(grace_s=lease_s):
             log.warning("job %s %s: %s", swept.job.job_id, swept.action, swept.job.notes[-1:] or swept.job.error)
             if swept.action == "requeued":
-                publish(w.celery, swept.job.job_id, swept.job.priority)
+                publish(w.celery, swept.job.job_id, swept.serve_as)
                 w.job_event(swept.job, "queued")
             else:
                 w.job_event(swept.job, swept.action)

@@ -64,6 +64,7 @@ class Swept:
 
     job: Job
     action: str
+    serve_as: str = "normal"  # the priority list to publish a requeued job to
 
 
 def job_from_fields(fields: dict[str, str]) -> Job:
@@ -280,17 +281,21 @@ class RedisJobStore:
 
         return self.r.transaction(finish_in, key, value_from_callable=True)
 
-    def requeue(self, job: Job, token: str, serve_as: str | None = None) -> bool:
-        """Put a job this attempt owns back in the queue (its notes and parameters as they are now)."""
+    def requeue(self, job: Job, token: str) -> str | None:
+        """Put a job this attempt owns back in the queue (its notes and parameters as they are now).
+
+        Return the priority it waits at (publish its task there), or None when the attempt no longer owns it.
+        """
         key = self.key(job.job_id)
 
-        def requeue_in(pipe: Any) -> bool:
+        def requeue_in(pipe: Any) -> str | None:
             fields = pipe.hgetall(key)
             if not fields or fields.get("token") != token:
-                return False
+                return None
+            serve_as: str = fields.get("serve_as") or job.priority
             pipe.multi()
-            self._back_to_queue(pipe, job, serve_as or fields.get("serve_as") or job.priority)
-            return True
+            self._back_to_queue(pipe, job, serve_as)
+            return serve_as
 
         return self.r.transaction(requeue_in, key, value_from_callable=True)
 
@@ -368,10 +373,11 @@ class RedisJobStore:
                 f"attempt {attempt} stopped with its worker ({fields.get('token')}: its lease lapsed over "
                 f"{now - float(suspect):.0f} s ago): queued again"
             )
+            serve_as = fields.get("serve_as") or job.priority
             pipe.multi()
             pipe.hset(key, "lost", lost)
-            self._back_to_queue(pipe, job, fields.get("serve_as") or job.priority)
-            return Swept(job, "requeued")
+            self._back_to_queue(pipe, job, serve_as)
+            return Swept(job, "requeued", serve_as)
 
         return self.r.transaction(sweep_in, key, lease, value_from_callable=True)
 
