@@ -16,6 +16,7 @@ nothing and its files say so. Benchmarks, in the issue's order:
 - api:      the dashboard's API under load from a loopback client: p50/p99 and errors per endpoint
 - predict:  /monitor/api/predict p50/p99 with 5,000 jobs stored: idle, while jobs end, while the store is re-read
 - jobs:     the dashboard's jobs list at 300 jobs a day, one request at a time, beside a window of samples
+- queue:    queue mode's throughput with 1, 2 and 3 worker processes, and the latency the queue adds per job
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, str] = {
     "api": "bench.api_load",
     "predict": "bench.predict_latency",
     "jobs": "bench.jobs_list",
+    "queue": "bench.queue_scale",
 }
 
 

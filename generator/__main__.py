@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from types import FrameType
 
 from waitress import serve
@@ -22,13 +23,19 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until interrupted; a bad configuration exits with one line saying what to change."""
+    """Serve until interrupted; a bad configuration exits with one line saying what to change.
+
+    `python -m generator worker ...` runs one GPU worker of queue mode instead (generator/fleet/gpu_worker.py).
+    """
     try:
         configure_logging("generator")
     except LogConfigError as error:
         print(f"generator: {error}", file=sys.stderr)
         return 2
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return worker_main(argv[1:])
     try:
         config = GeneratorConfig.from_sources(argv)
         config.validate()
@@ -49,6 +56,39 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         app.extensions["generator"].close()
     return 0
+
+
+def worker_main(argv: list[str]) -> int:
+    """Run one queue-mode GPU worker; its probe port defaults to 7870 + its GPU index, its state to its own folder."""
+    from generator.fleet.gpu_worker import redis_reachable, run_worker  # Celery loads only in queue mode
+
+    try:
+        config = GeneratorConfig.from_sources(argv)
+        defaults = GeneratorConfig()
+        config = replace(
+            config,
+            port=7870 + config.gpu if config.port == defaults.port else config.port,
+            state_dir=config.state_dir / f"worker-gpu{config.gpu}"
+            if config.state_dir == defaults.state_dir
+            else config.state_dir,
+        )
+        config.validate()
+    except ValueError as error:
+        print(f"generator worker: {error}", file=sys.stderr)
+        return 2
+    if not config.queue_url:
+        print(
+            "generator worker: a worker needs --queue redis://host:port/db (env GENERATOR_QUEUE_URL)", file=sys.stderr
+        )
+        return 2
+    unreachable = redis_reachable(config.queue_url)
+    if unreachable:
+        print(
+            f"generator worker: the queue at {redact_url(config.queue_url)} does not answer: {unreachable}",
+            file=sys.stderr,
+        )
+        return 3
+    return run_worker(config)
 
 
 if __name__ == "__main__":

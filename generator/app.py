@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 import torch
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file
+from PIL import Image
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
@@ -19,28 +21,52 @@ from werkzeug.exceptions import HTTPException
 from common import openapi
 from common.auth import bearer_allows
 from common.http_metrics import instrument
+from common.redact import redact_url
 from common.sizing import LIMITS, RESOLUTIONS
 from generator import eta
 from generator.admission import table_estimate
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event
+from generator.fleet.api_queue import CeleryQueue, QueueUnavailable
 from generator.jobs import Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
 from generator.predictor import MonitorPredictor, advice
-from generator.validation import MAX_PROMPT_CHARS, ValidationError, parse_image, parse_params, parse_prompt
+from generator.validation import (
+    MAX_PROMPT_CHARS,
+    PRIORITIES,
+    JobParams,
+    ValidationError,
+    parse_image,
+    parse_params,
+    parse_priority,
+    parse_prompt,
+)
 from generator.worker import Worker
 
 api = Blueprint("generator", __name__)
 
 
 class Runtime:
-    """What the routes share: the job book, the workers, the event sender and the metrics."""
+    """What the routes share: the job book, the workers, the event sender and the metrics.
+
+    Two backends behind one set of verbs: single-host mode (no queue URL) keeps the SQLite `JobBook` and one
+    in-process worker per local GPU; queue mode keeps jobs in Redis and publishes them to Celery for the
+    `python -m generator worker` processes (`CeleryQueue`), and this process runs no model.
+    """
 
     def __init__(self, config: GeneratorConfig, devices: list[torch.device] | None = None) -> None:
         self.config = config
         self.metrics = GeneratorMetrics()
-        self.book = JobBook(config.state_dir, config.queue_size)
+        self.fleet: CeleryQueue | None = None
+        self.book: JobBook | CeleryQueue
+        if config.queue_url:
+            self.book = self.fleet = CeleryQueue(
+                config.queue_url, config.queue_size, visibility_timeout_s=config.visibility_timeout_s
+            )
+        else:
+            self.book = local_book = JobBook(config.state_dir, config.queue_size, config.priority_max_wait_s)
+        self.metrics.watch_queue(self.depths)
         self.events = EventSender(
             config.monitor_url,
             config.state_dir / "event-spool",
@@ -50,13 +76,16 @@ class Runtime:
         self.metrics.watch_events_dropped(lambda: self.events.dropped_total)
         # Admission asks the monitor for estimates learned from measured jobs, else uses the table.
         self.predictor = MonitorPredictor(config.monitor_url, config.host_name) if config.monitor_url else None
+        self.workers: list[Worker] = []
+        if self.fleet is not None:
+            return
         device, dtype = pick_device()
         if devices is None:
             count = torch.cuda.device_count() if device.type == "cuda" else 0
             devices = [torch.device("cuda", index) for index in range(count)] or [device]
         self.workers = [
             Worker(
-                book=self.book,
+                book=local_book,
                 events=self.events,
                 metrics=self.metrics,
                 model=config.model,
@@ -70,7 +99,7 @@ class Runtime:
             )
             for d in devices
         ]
-        for job in self.book.recovered:
+        for job in local_book.recovered:
             # Lost to a crash: failed in the API, so failed in the request metrics too, or the error ratio
             # (GeneratorErrorRateHigh) could never see crashes.
             self.metrics.requests.labels("failed").inc()
@@ -95,6 +124,31 @@ class Runtime:
         """Return recent succeeded jobs, the basis of every time estimate."""
         return self.book.list(state="succeeded", limit=20)
 
+    def worker_count(self) -> int:
+        """Return how many workers serve the queue: local ones, or the live ones announced in Redis."""
+        if self.fleet is None:
+            return len(self.workers)
+        return max(sum(1 for w in self.fleet.workers() if w.get("ready")), 1)
+
+    @property
+    def event_gpu(self) -> str:
+        """The GPU tag of events this process emits itself (queued, cancelled while queued)."""
+        return self.workers[0].gpu if self.workers else "queue"
+
+    def depths(self) -> dict[str, tuple[int, float | None]]:
+        """Return per priority the jobs waiting and the oldest one's age in seconds."""
+        if self.fleet is not None:
+            try:
+                return self.fleet.depths()
+            except QueueUnavailable:
+                return {}
+        now = time.time()
+        out: dict[str, tuple[int, float | None]] = {p: (0, None) for p in PRIORITIES}
+        for job in self.book.queued_jobs():
+            count, age = out.get(job.priority, (0, None))
+            out[job.priority] = (count + 1, max(age or 0.0, now - job.created_at))
+        return out
+
 
 def runtime() -> Runtime:
     """Return the app's runtime."""
@@ -114,6 +168,7 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
     openapi.register(app, Path(__file__).with_name("openapi.yaml"))
     app.register_blueprint(advice)  # /api/recommendation and /api/predict, proxied to the monitor
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(QueueUnavailable, _queue_unavailable)
     app.register_error_handler(Exception, _unexpected_error)
     rt.start()
     return app
@@ -130,6 +185,12 @@ def _http_error(error: HTTPException) -> tuple[Response, int]:
             f"and the prompt at most {MAX_PROMPT_CHARS} characters"
         )
     return jsonify(error=message, status=error.code), error.code or 500
+
+
+def _queue_unavailable(error: QueueUnavailable) -> tuple[Response, int]:
+    response = jsonify(error=str(error), status=503)
+    response.headers["Retry-After"] = "10"
+    return response, 503
 
 
 def _unexpected_error(error: Exception) -> tuple[Response, int]:
@@ -158,13 +219,15 @@ def job_view(job: Job) -> dict[str, Any]:
         queued = rt.book.queued_jobs()
         ahead = queued[: (position or 1) - 1]
         running = rt.book.list(state="running")
-        wait = eta.queue_wait_s(ahead, running, history, len(rt.workers))
+        wait = eta.queue_wait_s(ahead, running, history, rt.worker_count())
         own = eta.duration_estimate_s(job.effective, history)
         eta_s = None if wait is None or own is None else wait + own
     total = job.total_steps or job.effective.steps
     return {
         "job_id": job.job_id,
         "state": job.state,
+        "priority": job.priority,
+        "host": job.host,
         "gpu": job.gpu,
         "status_url": f"/api/jobs/{job.job_id}",
         "position": position,
@@ -208,12 +271,23 @@ def submit_job() -> tuple[Response, int] | Response:
         image = parse_image(upload.read() if upload else b"", rt.config.max_upload_bytes)
         prompt = parse_prompt(request.form.get("prompt"))
         params = parse_params(request.form)
+        priority = parse_priority(request.form)
     except ValidationError as error:
         rt.metrics.reject(error.status)
         return jsonify(error.to_dict()), error.status
+    try:
+        return _queue_job(rt, image, prompt, params, priority)
+    except QueueUnavailable:
+        rt.metrics.requests.labels("rejected").inc()
+        raise
+
+
+def _queue_job(
+    rt: Runtime, image: Image.Image, prompt: str, params: JobParams, priority: str
+) -> tuple[Response, int] | Response:
     history = rt.history()
     per_job = eta.duration_estimate_s(params, history) or 60.0
-    retry_after = max(int(per_job * rt.book.pending() / len(rt.workers)), 1)
+    retry_after = max(int(per_job * rt.book.pending() / rt.worker_count()), 1)
     if rt.book.is_full():
         return _queue_full(QueueFull(retry_after))
     # The input is on disk before the job is queued: a worker may take it the moment it is.
@@ -229,12 +303,16 @@ def submit_job() -> tuple[Response, int] | Response:
             params,
             retry_after_s=retry_after,
             on_queued=lambda queued: rt.events.emit(
-                job_state_event(queued, "queued", rt.config.host_name, rt.workers[0].gpu)
+                job_state_event(queued, "queued", rt.config.host_name, rt.event_gpu)
             ),
+            priority=priority,
         )
     except QueueFull as full:
         shutil.rmtree(job_dir, ignore_errors=True)
         return _queue_full(full)
+    except QueueUnavailable:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
     rt.metrics.queue_pending.set(rt.book.pending())
     response = jsonify(job_view(job))
     response.headers["Location"] = f"/api/jobs/{job.job_id}"
@@ -294,7 +372,7 @@ def cancel_job(job_id: str) -> tuple[Response, int] | Response:
     if job.state == "cancelled":
         rt.metrics.requests.labels("cancelled").inc()
         rt.metrics.queue_pending.set(rt.book.pending())
-        rt.events.emit(job_state_event(job, "cancelled", rt.config.host_name, rt.workers[0].gpu))
+        rt.events.emit(job_state_event(job, "cancelled", rt.config.host_name, rt.event_gpu))
         return jsonify(job_view(job))
     return jsonify(job_view(job)), 202
 
@@ -305,22 +383,37 @@ def job_video(job_id: str) -> tuple[Response, int] | Response:
     job = _find(job_id)
     if isinstance(job, tuple):
         return job
-    if job.state != "succeeded" or not job.video_path or not Path(job.video_path).is_file():
+    if job.state != "succeeded" or not job.video_path:
         return jsonify(error=f"job is {job.state}: the video exists once it has succeeded"), 409
-    return send_file(job.video_path, mimetype="video/mp4", conditional=True, max_age=3600)
+    path = Path(job.video_path)
+    if not path.is_file():  # queue mode: the worker wrote it to the shared outputs, maybe mounted elsewhere
+        path = runtime().config.outputs / job.job_id / path.name
+    if not path.is_file():
+        return jsonify(error=f"the video of job {job.job_id} is not in this generator's outputs"), 404
+    return send_file(path, mimetype="video/mp4", conditional=True, max_age=3600)
 
 
 @api.get("/health")
 def health() -> Response:
     """Liveness, with the PID the monitor attributes GPU memory to."""
     rt = runtime()
+    workers = [{"gpu": w.gpu, "ready": w.ready.is_set(), "error": w.load_error} for w in rt.workers]
+    queue: dict[str, Any] = {"mode": "in-process"}
+    if rt.fleet is not None:
+        queue = {"mode": "celery", "url": redact_url(rt.config.queue_url or "")}
+        try:
+            workers = rt.fleet.workers()
+            queue["depths"] = {p: {"pending": n, "oldest_age_s": age} for p, (n, age) in rt.fleet.depths().items()}
+        except QueueUnavailable as error:
+            queue["error"] = str(error)
     return jsonify(
         status="ok",
         pid=os.getpid(),
         host=rt.config.host_name,
         model=rt.config.model,
-        workers=[{"gpu": w.gpu, "ready": w.ready.is_set(), "error": w.load_error} for w in rt.workers],
-        queue_pending=rt.book.pending(),
+        workers=workers,
+        queue=queue,
+        queue_pending=sum(n for n, _ in rt.depths().values()) if "error" not in queue else None,
         events_spooled=rt.events.pending(),
         time=time.time(),
     )
@@ -328,8 +421,15 @@ def health() -> Response:
 
 @api.get("/ready")
 def ready() -> tuple[Response, int]:
-    """200 once every worker's model is loaded and warmed, else 503 with the reason."""
-    workers = runtime().workers
+    """200 once every worker's model is loaded and warmed (queue mode: once Redis answers), else 503 and why."""
+    rt = runtime()
+    if rt.fleet is not None:
+        try:
+            rt.fleet.ping()
+        except QueueUnavailable as error:
+            return jsonify(ready=False, reason=str(error)), 503
+        return jsonify(ready=True), 200
+    workers = rt.workers
     if all(worker.ready.is_set() for worker in workers):
         return jsonify(ready=True), 200
     errors = [worker.load_error for worker in workers if worker.load_error]
@@ -340,7 +440,8 @@ def ready() -> tuple[Response, int]:
 def metrics() -> Response:
     """Prometheus exposition of the generator's metrics."""
     rt = runtime()
-    rt.metrics.queue_pending.set(rt.book.pending())
+    with contextlib.suppress(QueueUnavailable):  # Redis away: the queue's gauges are left out of this scrape
+        rt.metrics.queue_pending.set(rt.book.pending())
     rt.metrics.events_spooled.set(rt.events.pending())
     rt.metrics.events_spool_fill.set(rt.events.spool_fill_ratio())
     return Response(generate_latest(rt.metrics.registry), mimetype=CONTENT_TYPE_LATEST)

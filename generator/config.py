@@ -33,6 +33,12 @@ class GeneratorConfig:
     event_spool_bytes: int = 64 * MiB
     threads: int = 8
     gpu_memory_fraction: float | None = None
+    # Queue mode (redis://host:port/db): the API enqueues, `python -m generator worker` processes run the jobs.
+    queue_url: str | None = field(default=None, repr=False)
+    gpu: int = 0  # the CUDA device a worker runs on
+    lease_s: float = 30.0  # a worker that shows no sign of life for this long (twice) has its job handed on
+    visibility_timeout_s: float = 6 * 3600.0  # must exceed the longest job: see generator/fleet/broker.py
+    priority_max_wait_s: float = 600.0  # a job waiting longer below high priority is served as high
 
     def validate(self) -> None:
         """Raise ValueError with one line that says what to change; makes no network call."""
@@ -42,6 +48,14 @@ class GeneratorConfig:
             raise ValueError(f"GENERATOR_QUEUE_SIZE must be at least 1, got {self.queue_size}")
         if self.gpu_memory_fraction is not None and not 0 < self.gpu_memory_fraction <= 1:
             raise ValueError(f"GENERATOR_GPU_MEMORY_FRACTION must be in (0, 1], got {self.gpu_memory_fraction}")
+        if self.queue_url and not self.queue_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"--queue must be a redis://host:port/db URL, got {self.queue_url!r}")
+        if self.lease_s <= 0 or self.visibility_timeout_s <= 0 or self.priority_max_wait_s <= 0:
+            raise ValueError(
+                "GENERATOR_LEASE_S, GENERATOR_VISIBILITY_TIMEOUT_S, GENERATOR_PRIORITY_MAX_WAIT_S must be > 0"
+            )
+        if self.gpu < 0:
+            raise ValueError(f"--gpu must be a CUDA device index (0 or more), got {self.gpu}")
         if self.monitor_url and not self.monitor_url.startswith(("http://", "https://")):
             raise ValueError(f"--monitor-url must start with http:// or https://, got {self.monitor_url!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1") and not self.admin_token:
@@ -101,6 +115,23 @@ SETTINGS: tuple[Setting, ...] = (
         ("GENERATOR_GPU_MEMORY_FRACTION",),
         "none",
         "cap on torch's share of a card shared with others, (0, 1]",
+    ),
+    Setting("queue_url", "--queue", ("GENERATOR_QUEUE_URL",), "none", "`redis://host:port/db`: queue mode (Celery)"),
+    Setting("gpu", "--gpu", ("GENERATOR_GPU",), "0", "queue-mode worker only: the CUDA device index"),
+    Setting("lease_s", None, ("GENERATOR_LEASE_S",), "30", "queue mode: seconds a worker's job lease lasts"),
+    Setting(
+        "visibility_timeout_s",
+        None,
+        ("GENERATOR_VISIBILITY_TIMEOUT_S",),
+        "21600",
+        "queue mode: Redis redelivery timeout, above the longest job",
+    ),
+    Setting(
+        "priority_max_wait_s",
+        None,
+        ("GENERATOR_PRIORITY_MAX_WAIT_S",),
+        "600",
+        "seconds a job waits below high priority before it is served as high",
     ),
     Setting("host_name", None, ("I2V_HOST_NAME",), "this machine's name", "the `host` tag of events and metrics"),
     Setting(

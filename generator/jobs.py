@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generator.validation import JobParams
+from generator.validation import PRIORITIES, JobParams
 
 ACTIVE_STATES = ("queued", "running")
 
@@ -49,6 +49,9 @@ class Job:
     peak_memory_allocated_bytes: int | None = None
     cancel_requested: bool = False
     gpu: str | None = None
+    # The class it is served in (high, normal, batch) and, in queue mode, the host whose worker ran it.
+    priority: str = "normal"
+    host: str | None = None
 
     def to_row(self) -> str:
         """Serialise for the job database."""
@@ -64,9 +67,9 @@ class Job:
 
 
 class JobBook:
-    """The jobs, persisted in SQLite, and the FIFO of queued ones; safe to use from any thread."""
+    """The jobs, persisted in SQLite, and the queued ones in serving order; safe to use from any thread."""
 
-    def __init__(self, state_dir: Path, queue_size: int) -> None:
+    def __init__(self, state_dir: Path, queue_size: int, priority_max_wait_s: float = 600.0) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(state_dir / "jobs.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -75,6 +78,7 @@ class JobBook:
         self._jobs: dict[str, Job] = {}
         self._queue: deque[str] = deque()
         self._queue_size = queue_size
+        self._priority_max_wait_s = priority_max_wait_s
         self.recovered: list[Job] = []
         self._recover()
 
@@ -110,6 +114,7 @@ class JobBook:
         params: JobParams,
         retry_after_s: int,
         on_queued: Callable[[Job], None] = lambda job: None,
+        priority: str = "normal",
     ) -> Job:
         """Queue a new job (its input must already be on disk), or raise QueueFull.
 
@@ -118,7 +123,7 @@ class JobBook:
         with self._lock:
             if len(self._queue) >= self._queue_size:
                 raise QueueFull(retry_after_s)
-            job = Job(job_id=job_id, prompt=prompt, requested=params, effective=params)
+            job = Job(job_id=job_id, prompt=prompt, requested=params, effective=params, priority=priority)
             self._jobs[job.job_id] = job
             self._queue.append(job.job_id)
             self._persist(job)
@@ -141,7 +146,7 @@ class JobBook:
         """Return the 1-based place of a queued job, or None when it is not queued."""
         with self._lock:
             try:
-                return self._queue.index(job_id) + 1
+                return self._serving_order().index(job_id) + 1
             except ValueError:
                 return None
 
@@ -153,14 +158,28 @@ class JobBook:
     def queued_jobs(self) -> builtins.list[Job]:
         """Return the queued jobs in order."""
         with self._lock:
-            return [self._jobs[job_id] for job_id in self._queue]
+            return [self._jobs[job_id] for job_id in self._serving_order()]
+
+    def _serving_order(self) -> builtins.list[str]:
+        """Order the queue by priority, oldest first within one; a job waiting too long counts as high."""
+        now = time.time()
+
+        def rank(job_id: str) -> int:
+            job = self._jobs[job_id]
+            if now - job.created_at >= self._priority_max_wait_s or job.priority not in PRIORITIES:
+                return 0
+            return PRIORITIES.index(job.priority)
+
+        return sorted(self._queue, key=rank)  # stable: submission order within a rank
 
     def take(self, timeout_s: float) -> Job | None:
         """Wait up to `timeout_s` for the next queued job, mark it running and return it."""
         with self._lock:
             if not self._lock.wait_for(lambda: self._queue, timeout=timeout_s):
                 return None
-            job = self._jobs[self._queue.popleft()]
+            job_id = self._serving_order()[0]
+            self._queue.remove(job_id)
+            job = self._jobs[job_id]
             job.state, job.started_at = "running", time.time()
             self._persist(job)
             return job

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from common.http_metrics import add_standard_metrics
 
@@ -76,6 +76,32 @@ class GeneratorMetrics:
     def watch_events_dropped(self, read: Callable[[], int]) -> None:
         """Export `read()` (the event sender's lost events) as i2v_events_dropped_total at each scrape."""
         self.registry.register(_EventsDropped(read))
+
+    def watch_queue(self, read: Callable[[], dict[str, tuple[int, float | None]]]) -> None:
+        """Export `read()` (per priority: jobs waiting, oldest one's age) as gauges at each scrape."""
+        self.registry.register(_QueueDepths(read))
+
+
+class _QueueDepths:
+    """Per-priority queue depth and oldest job's age, read when scraped (what the HPA scales workers on)."""
+
+    def __init__(self, read: Callable[[], dict[str, tuple[int, float | None]]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield both gauges (without samples when the queue cannot be read: queue mode with Redis away)."""
+        depths = self._read()
+        depth = GaugeMetricFamily("i2v_queue_depth", "Jobs waiting for a worker, by priority.", labels=["priority"])
+        age = GaugeMetricFamily(
+            "i2v_queue_oldest_age_seconds",
+            "Age of the oldest job waiting at each priority (0 when none waits).",
+            labels=["priority"],
+        )
+        for priority, (count, oldest_s) in depths.items():
+            depth.add_metric([priority], count)
+            age.add_metric([priority], oldest_s or 0.0)
+        yield depth
+        yield age
 
 
 class _EventsDropped:

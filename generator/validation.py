@@ -15,6 +15,8 @@ from PIL import Image, UnidentifiedImageError
 from common.sizing import DEFAULTS, LIMITS, RESOLUTIONS
 
 MAX_PROMPT_CHARS = 500
+# Scheduling classes in the order they are served (queue mode); a job that waits too long is served as the first.
+PRIORITIES = ("high", "normal", "batch")
 IMAGE_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # A decoded image larger than this is a decompression bomb: 4096 x 4096 RGB is 48 MB of pixels.
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -49,6 +51,16 @@ class JobParams:
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters as a plain dict (event and API format)."""
         return asdict(self)
+
+
+def parse_priority(form: Mapping[str, str]) -> str:
+    """Read the optional `priority` field: one of PRIORITIES, `normal` when absent."""
+    raw = form.get("priority") or "normal"
+    if raw not in PRIORITIES:
+        raise ValidationError(
+            400, "priority", f"priority must be one of {', '.join(PRIORITIES)}", raw, list(PRIORITIES)
+        )
+    return raw
 
 
 def parse_params(form: Mapping[str, str]) -> JobParams:

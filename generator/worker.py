@@ -97,12 +97,18 @@ class Worker:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _run(self) -> None:
+    def load(self) -> bool:
+        """Load and warm the model in the calling thread; on failure keep the reason in `load_error`."""
         try:
             self._load_and_warm()
         except Exception as error:
             self.load_error = f"{error.__class__.__name__}: {error}"
             log.exception("model %r failed to load; /ready stays false", self.model)
+            return False
+        return True
+
+    def _run(self) -> None:
+        if not self.load():
             return
         while not self._stop.is_set():
             job = self.book.take(timeout_s=0.5)
@@ -202,7 +208,8 @@ class Worker:
 
     def _run_admitted(self, job: Job) -> None:
         resident = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
-        verdict = admit(job.requested, self._memory(), self.estimate, resident)
+        # From the effective parameters: equal to the requested ones unless a retry already stepped them down.
+        verdict = admit(job.effective, self._memory(), self.estimate, resident)
         if verdict.params is None:
             self._finish(
                 job,
@@ -212,7 +219,7 @@ class Worker:
             )
             return
         if verdict.params != job.effective or verdict.notes:
-            self.book.update(job, effective=verdict.params, notes=list(verdict.notes))
+            self.book.update(job, effective=verdict.params, notes=[*job.notes, *verdict.notes])
         self.job_memory.begin()
         outcome: tuple[str, str | None, str | None] = ("succeeded", None, None)
         frames = None

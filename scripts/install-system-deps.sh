@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install the real servers the tests start on loopback ports (Debian packages), only where missing, and Debian's
+# Install the real servers the tests start on loopback ports (Debian packages: influxdb, prometheus, alertmanager,
+# redis-server, chromium), only where missing, and Debian's
 # docker-compose, whose `config` validates docker-compose.yml with no Docker engine.
 #
 # Idempotent: a package is installed only when its binary is absent, so a second run does nothing.
@@ -17,6 +18,7 @@ amtool prometheus-alertmanager
 chromium chromium
 prometheus-alertmanager prometheus-alertmanager
 docker-compose docker-compose
+redis-server redis-server
 "
 
 missing=""
@@ -44,7 +46,7 @@ echo "$PACKAGES" | {
     # Debian's packages start their services where systemd runs; the tests start their own instances on free
     # ports, so stop any that started here to keep the default ports free (best effort).
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        for service in influxdb prometheus prometheus-alertmanager; do
+        for service in influxdb prometheus prometheus-alertmanager redis-server; do
             systemctl disable --now "$service" >/dev/null 2>&1 || true
         done
     fi

@@ -1,4 +1,4 @@
-"""Real servers the tests start on free loopback ports: influxd (Debian's influxdb 1.6.7)."""
+"""Real servers the tests start on free loopback ports: influxd (Debian's influxdb 1.6.7) and redis-server."""
 
 from __future__ import annotations
 
@@ -175,3 +175,78 @@ class AppServer:
         socket_map = self._server._map
         self._server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
         self._thread.join(timeout=10)
+
+
+class RedisServer:
+    """One redis-server (Debian's package) on a free loopback port, its data under `root`, AOF on.
+
+    `appendfsync always` so that a SIGKILL loses nothing the server acknowledged: the tests kill and restart it
+    and then count every job. `kill()` then `start()` reuses the port and the data, as a restarted pod would.
+    """
+
+    def __init__(self, root: Path) -> None:
+        """Prepare the configuration under `root`; `start()` runs it."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is missing: run scripts/install-system-deps.sh (Debian redis-server)")
+        self.binary = binary
+        self.root = root
+        self.port = free_port()
+        self.log_path = root / "redis.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "redis.conf"
+        self.config.write_text(
+            f'bind 127.0.0.1\nport {self.port}\ndir {root}\nappendonly yes\nappendfsync always\nsave ""\n'
+            f"daemonize no\nprotected-mode yes\nlogfile {self.log_path}\n"
+        )
+
+    @property
+    def url(self) -> str:
+        """Return the queue URL (database 0)."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def ping(self) -> bool:
+        """Return whether the server answers PING."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def start(self) -> RedisServer:
+        """Run redis-server and wait (with a deadline) until it answers PING."""
+        self.process = subprocess.Popen(
+            [self.binary, str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        wait_for(lambda: self.ping() or self.process.poll() is not None, START_DEADLINE_S, "redis-server PING")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}: {self.log_tail()}")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: only what the AOF holds survives) and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """Terminate politely, then by force."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        """Return the end of the server's log, for failure messages."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""

@@ -16,7 +16,7 @@ from generator.config import GeneratorConfig
 from monitor.config import ConfigError, MonitorConfig
 from tests.deploy.compose import COMPOSE_FILE, ENV_EXAMPLE, ROOT, filled_env, load_compose, run_compose_config
 
-SERVICES = {"influxdb", "generator", "monitor", "prometheus", "alertmanager", "grafana"}
+SERVICES = {"influxdb", "generator", "monitor", "prometheus", "alertmanager", "grafana", "redis", "worker"}
 SECRETS = (
     "I2V_ADMIN_TOKEN",
     "I2V_INGEST_TOKEN",
@@ -181,3 +181,31 @@ def test_the_monitor_container_runs_python_m_monitor_with_a_config_it_accepts(
     assert f":{config.port}/monitor/api/status" in " ".join(service["healthcheck"]["test"])
     with pytest.raises(ConfigError, match="I2V_INGEST_TOKEN"):
         MonitorConfig.from_sources(command[3:], environ={**environ, "I2V_INGEST_TOKEN": ""}).validate()
+
+
+def test_queue_mode_adds_redis_with_persistence_and_a_gpu_worker_sharing_the_clips(
+    resolved: tuple[dict[str, Any], dict],
+) -> None:
+    services = resolved[0]["services"]
+    for name in ("redis", "worker"):
+        assert services[name]["profiles"] == ["queue"], f"{name} runs only with --profile queue"
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
+    assert any(_volume(v).startswith("redis-data:/data") for v in services["redis"]["volumes"])
+    worker = services["worker"]
+    command = worker["command"]
+    assert command[:4] == ["python", "-m", "generator", "worker"]
+    config = GeneratorConfig.from_sources(command[4:], environ=_service_environ(worker))
+    config.validate()
+    assert config.queue_url == "redis://redis:6379/0"
+    assert config.monitor_url == "http://monitor:7861"
+    assert f":{config.port}/ready" in " ".join(worker["healthcheck"]["test"])
+    assert config.outputs == Path(_flag(services["generator"]["command"], "--outputs")), "one clip folder"
+    assert any(_volume(v) == f"outputs:{config.outputs}" for v in worker["volumes"])
+    assert worker["pid"] == "host"
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert len(device["device_ids"]) == 1, "one GPU per worker"
+    # The generator switches to queue mode from the same .env.
+    generator_env = _service_environ(services["generator"])
+    assert "GENERATOR_QUEUE_URL" in generator_env
