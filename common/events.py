@@ -19,8 +19,10 @@ STAGES = (
     "decode_video",
     "export",
 )
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINAL_STATES = ("succeeded", "failed", "cancelled")  # a job in one of these never changes again
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "rejected")
+# A job in one of these never changes again. `rejected`: a submission refused at input, which never became a job
+# in the queue; its event is emitted so that reports count every request.
+FINAL_STATES = ("succeeded", "failed", "cancelled", "rejected")
 KINDS = ("stage", "job")
 PARAM_NAMES = ("resolution", "num_frames", "steps", "guidance_scale", "fps", "seed")
 MAX_TEXT = 2000

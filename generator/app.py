@@ -26,7 +26,7 @@ from common.sizing import LIMITS, RESOLUTIONS
 from generator import eta
 from generator.admission import table_estimate
 from generator.config import GeneratorConfig
-from generator.events import EventSender, job_state_event
+from generator.events import EventSender, job_state_event, rejection_event
 from generator.fleet.api_queue import CeleryQueue, QueueUnavailable
 from generator.jobs import Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
@@ -274,6 +274,9 @@ def submit_job() -> tuple[Response, int] | Response:
         priority = parse_priority(request.form)
     except ValidationError as error:
         rt.metrics.reject(error.status)
+        # Every request is reported, refused ones too, so failure rates have the right denominator.
+        submitted_prompt = request.form.get("prompt") if error.field != "prompt" else None
+        rt.events.emit(rejection_event(error, submitted_prompt, rt.config.host_name, rt.event_gpu))
         return jsonify(error.to_dict()), error.status
     try:
         return _queue_job(rt, image, prompt, params, priority)

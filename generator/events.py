@@ -6,14 +6,16 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
-from common.events import FINAL_STATES, Event
+from common.events import FINAL_STATES, MAX_TEXT, Event
 from common.spool import Spool
 from generator.jobs import Job
+from generator.validation import ValidationError
 
 log = logging.getLogger("generator.events")
 event_log = logging.getLogger("generator.event")
@@ -46,6 +48,21 @@ def job_state_event(job: Job, state: str, host: str, gpu: str) -> Event:
         video_path=job.video_path,
         peak_memory_bytes=job.peak_memory_bytes,
         peak_memory_allocated_bytes=job.peak_memory_allocated_bytes,
+    )
+
+
+def rejection_event(error: ValidationError, prompt: str | None, host: str, gpu: str) -> Event:
+    """Build the event for a submission refused at input: its own id, the field and why, no clip."""
+    return Event(
+        job_id=uuid.uuid4().hex,
+        host=host,
+        gpu=gpu,
+        kind="job",
+        status="rejected",
+        started_at=iso(time.time()),
+        prompt=prompt[:MAX_TEXT] if prompt else None,
+        error=f"{error.field}: {error}"[:MAX_TEXT] if error.field else str(error)[:MAX_TEXT],
+        suggestion=f"allowed: {error.allowed}"[:MAX_TEXT] if error.allowed is not None else None,
     )
 
 

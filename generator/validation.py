@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import secrets
 import unicodedata
 import warnings
 from collections.abc import Mapping
@@ -76,8 +77,8 @@ def parse_params(form: Mapping[str, str]) -> JobParams:
     for name, (low, high) in LIMITS.items():
         raw = form.get(name)
         if raw in (None, ""):
-            if name == "seed":
-                values[name] = None
+            if name == "seed":  # chosen here and recorded, so that every clip can be made again
+                values[name] = secrets.randbelow(int(high) + 1)
                 continue
             raw = DEFAULTS[name]
         number = _number(name, raw, integer=name != "guidance_scale")

@@ -50,10 +50,15 @@ _GPU_FIELDS = {
 _JOB_FIXED = {
     "job_id": Column("job_id", "text", "the generator's job id"),
     "host": Column("host", "text", "the host tag the generator gave the job's events"),
-    "gpu": Column("gpu", "text", "the GPU index the job ran on", "the job never reached a worker (rejected)"),
+    "gpu": Column("gpu", "text", "the GPU index the job ran on (a refused submission: the generator's own)"),
     "gpu_model": Column("gpu_model", "text", "the GPU's model name from the monitor's samples, else 'gpu N'"),
     "status": Column("status", "text", "how the job ended: succeeded, failed, cancelled, rejected or unfinished"),
-    "submitted_at": Column("submitted_at", "RFC 3339 UTC", "when the job was submitted", "its queued event was lost"),
+    "submitted_at": Column(
+        "submitted_at",
+        "RFC 3339 UTC",
+        "when the job was submitted",
+        "its queued event was lost, or it was refused at input (finished_at is then when)",
+    ),
     "started_at": Column(
         "started_at", "RFC 3339 UTC", "when a worker started it", "it never ran (cancelled queued, rejected)"
     ),
@@ -119,7 +124,12 @@ _JOB_FIXED = {
     "low_quality": Column("low_quality", "true/false", "combined below the quality threshold", "not scored"),
     "rating": Column("rating", "1-5 stars", "the user's rating of the clip", "not rated"),
     "prompt": Column("prompt", "text", "the prompt (a leading = + - @ tab or CR gets a ' so spreadsheets show it)"),
-    "error": Column("error", "text", "why the job failed or was refused", "it succeeded or was cancelled"),
+    "error": Column(
+        "error",
+        "text",
+        "why the job failed, or the field and reason a submission was refused ('field: why')",
+        "it succeeded or was cancelled",
+    ),
     "suggestion": Column("suggestion", "text", "what to change to make it succeed", "no suggestion applies"),
     "video_path": Column("video_path", "path", "the clip on the generator's disk", "no clip (not succeeded)"),
 }

@@ -6,6 +6,8 @@ Each finished job costs about 10 s of CPU, so the tests share one served pair an
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,3 +136,36 @@ def test_three_ooms_restart_the_generator_once_and_a_fourth_within_the_back_off_
     assert restart["next_allowed_at"] is not None
     success = 'i2v_remediation_actions_total{action="restart_generator",result="success"}'
     assert metric(stack.monitor_url, success) == 1
+
+
+def test_every_request_is_a_row_and_jobs_csv_the_summary_and_the_dictionary_agree(stack: Stack) -> None:
+    # The jobs above succeeded, were cancelled or failed; two more submissions are refused at input.
+    refused = [
+        stack.generator.submit(resolution="300"),
+        stack.generator.submit(prompt=""),
+    ]
+    assert [r.status_code for r in refused] == [400, 400]
+    generator_jobs = requests.get(f"{stack.generator.url}/api/jobs?limit=500", timeout=10).json()["jobs"]
+    expected = {job["job_id"]: job["state"] for job in generator_jobs if job["state"] in FINAL}
+
+    found: list[dict[str, str]] = []
+
+    def every_row_there() -> bool:
+        text = requests.get(f"{stack.monitor_url}/monitor/api/reports/jobs.csv?since=1h", timeout=10).text
+        found[:] = csv.DictReader(io.StringIO(text))
+        ended = {r["job_id"]: r["status"] for r in found if r["status"] != "rejected"}
+        return ended == expected and sum(r["status"] == "rejected" for r in found) >= 2
+
+    wait_for(every_row_there, 60, "every ended job and both refusals in jobs.csv")
+    rejected = [r for r in found if r["status"] == "rejected"]
+    assert {r["error"].split(":")[0] for r in rejected} >= {"resolution", "prompt"}
+    assert all(r["video_path"] == "" and r["run_s"] == "" for r in rejected)
+
+    summary = stack.api("/summary?since=1h").json()["configurations"]
+    for status in ("succeeded", "failed", "cancelled", "rejected"):
+        in_csv = sum(r["status"] == status for r in found)
+        assert sum(c[status] for c in summary) == in_csv, status
+    assert sum(c["jobs"] for c in summary) == len(found)
+
+    dictionary = stack.api("/reports/columns").json()["jobs.csv"]
+    assert [c["name"] for c in dictionary] == list(found[0])

@@ -63,3 +63,14 @@ def test_a_job_lost_to_a_crash_is_counted_failed_after_the_restart(tmp_path: Pat
     finally:
         runtime.events.close()
         runtime.book.close()
+
+
+def test_a_submission_without_a_seed_gets_one_chosen_and_recorded() -> None:
+    from werkzeug.datastructures import MultiDict
+
+    from generator.validation import parse_params
+
+    seeds = {parse_params(MultiDict({"prompt": "x"})).seed for _ in range(5)}
+    assert all(isinstance(seed, int) and 0 <= seed < 2**32 for seed in seeds)
+    assert len(seeds) > 1  # chosen at random, not a fixed default
+    assert parse_params(MultiDict({"seed": "7"})).seed == 7
