@@ -73,7 +73,7 @@ class Runtime:
             spool_max_bytes=config.event_spool_bytes,
             token=config.ingest_token,
         )
-        self.metrics.watch_events_dropped(lambda: self.events.dropped_total)
+        self.metrics.watch_events(self.events)
         # Admission asks the monitor for estimates learned from measured jobs, else uses the table.
         self.predictor = MonitorPredictor(config.monitor_url, config.host_name) if config.monitor_url else None
         self.workers: list[Worker] = []
