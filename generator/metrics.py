@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from common.http_metrics import add_standard_metrics
+
+if TYPE_CHECKING:
+    from generator.retention import Retention
 
 JOB_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
 STATUSES = ("succeeded", "failed", "cancelled", "rejected")
@@ -103,6 +106,33 @@ class _QueueDepths:
             age.add_metric([priority], oldest_s or 0.0)
         yield depth
         yield age
+
+    def watch_retention(self, retention: Retention) -> None:
+        """Export what retention removed and the bytes the kept outputs take, read at each scrape."""
+        self.registry.register(_RetentionFigures(retention))
+
+
+class _RetentionFigures:
+    """Retention's counters, read when scraped."""
+
+    def __init__(self, retention: Retention) -> None:
+        self._retention = retention
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the removed jobs by reason and the outputs' size."""
+        removed = CounterMetricFamily(
+            "i2v_retention_removed_jobs",
+            "Finished jobs removed with their outputs, by the limit that removed them (age, size).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._retention.removed_total.items()):
+            removed.add_metric([reason], count)
+        yield removed
+        yield GaugeMetricFamily(
+            "i2v_outputs_bytes",
+            "Bytes the finished jobs' outputs (inputs and clips) take, as retention last measured them.",
+            value=self._retention.outputs_bytes,
+        )
 
 
 class EventFigures(Protocol):
