@@ -203,7 +203,7 @@ class JobBook:
             row = self._db.execute("SELECT body FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         return Job.from_row(row[0]) if row else None
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[Job]:
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[Job]:
         """Return the newest jobs first, optionally only those in `state`; reads at most `limit` rows."""
         if state in ACTIVE_STATES:
             with self._lock:
@@ -304,7 +304,7 @@ class JobBook:
 
     # ---- retention: what the sweeper reads and removes --------------------------------------------------
 
-    def finished_before(self, finished_at: float, limit: int) -> list[str]:
+    def finished_before(self, finished_at: float, limit: int) -> builtins.list[str]:
         """Return up to `limit` ids of jobs that finished before `finished_at`, oldest first."""
         with self._lock:
             rows = self._db.execute(
@@ -314,7 +314,7 @@ class JobBook:
             ).fetchall()
         return [job_id for (job_id,) in rows]
 
-    def oldest_finished(self, limit: int) -> list[tuple[str, int]]:
+    def oldest_finished(self, limit: int) -> builtins.list[tuple[str, int]]:
         """Return up to `limit` finished jobs, oldest first, with the bytes their outputs take (0 if unmeasured)."""
         with self._lock:
             rows = self._db.execute(
@@ -324,7 +324,7 @@ class JobBook:
             ).fetchall()
         return [(job_id, int(size)) for job_id, size in rows]
 
-    def unmeasured(self, limit: int) -> list[str]:
+    def unmeasured(self, limit: int) -> builtins.list[str]:
         """Return up to `limit` finished jobs whose outputs' size is not recorded yet."""
         with self._lock:
             rows = self._db.execute(

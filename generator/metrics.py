@@ -81,6 +81,10 @@ class GeneratorMetrics:
         """Export the event sender's losses, refusals and failed attempts, read at each scrape."""
         self.registry.register(_EventDelivery(sender))
 
+    def watch_retention(self, retention: Retention) -> None:
+        """Export what retention removed and the bytes the kept outputs take, read at each scrape."""
+        self.registry.register(_RetentionFigures(retention))
+
     def watch_queue(self, read: Callable[[], dict[str, tuple[int, float | None]]]) -> None:
         """Export `read()` (per priority: jobs waiting, oldest one's age) as gauges at each scrape."""
         self.registry.register(_QueueDepths(read))
@@ -106,10 +110,6 @@ class _QueueDepths:
             age.add_metric([priority], oldest_s or 0.0)
         yield depth
         yield age
-
-    def watch_retention(self, retention: Retention) -> None:
-        """Export what retention removed and the bytes the kept outputs take, read at each scrape."""
-        self.registry.register(_RetentionFigures(retention))
 
 
 class _RetentionFigures:

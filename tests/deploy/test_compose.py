@@ -20,6 +20,7 @@ SERVICES = {"influxdb", "generator", "monitor", "prometheus", "alertmanager", "g
 SECRETS = (
     "I2V_ADMIN_TOKEN",
     "I2V_INGEST_TOKEN",
+    "I2V_VIEWER_TOKEN",
     "INFLUXDB_ADMIN_PASSWORD",
     "INFLUXDB_READ_USER_PASSWORD",
     "MONITOR_STORE",
@@ -156,10 +157,12 @@ def test_the_generator_container_runs_python_m_generator_with_a_config_it_accept
     assert (config.host, config.port, config.monitor_url) == ("0.0.0.0", 7860, "http://monitor:7861")
     assert config.host_name == "gpu-host-1"
     assert f":{config.port}/health" in " ".join(service["healthcheck"]["test"])
-    # Binding 0.0.0.0 is refused without the token: that is why compose requires it.
-    without_token = GeneratorConfig.from_sources(command[3:], environ={**environ, "I2V_ADMIN_TOKEN": ""})
-    with pytest.raises(ValueError, match="I2V_ADMIN_TOKEN"):
-        without_token.validate()
+    assert config.viewer_token == environ["I2V_VIEWER_TOKEN"]
+    # Binding 0.0.0.0 is refused without either token: that is why compose requires them.
+    for token in ("I2V_ADMIN_TOKEN", "I2V_VIEWER_TOKEN"):
+        without_token = GeneratorConfig.from_sources(command[3:], environ={**environ, token: ""})
+        with pytest.raises(ValueError, match=token):
+            without_token.validate()
 
 
 def test_the_monitor_container_runs_python_m_monitor_with_a_config_it_accepts(
