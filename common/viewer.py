@@ -8,7 +8,9 @@ Bearer <VIEWER_TOKEN>`; a browser cannot put a header on a `<video src>` or a CS
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 
@@ -16,6 +18,7 @@ from common.auth import VIEWER_COOKIE, viewer_allows, viewer_cookie_value
 
 # The tokens now: (viewer, admin), read per request from the service's configuration.
 Tokens = Callable[[], tuple[str | None, str | None]]
+Route = TypeVar("Route", bound=Callable[..., Any])
 
 DENIED = (
     "this shows prompts, clips or reports and needs the viewer token: send 'Authorization: Bearer <VIEWER_TOKEN>', "
@@ -31,6 +34,20 @@ def viewer_denied(tokens: Tokens) -> Response | None:
     ):
         return None
     return _unauthorised(DENIED)
+
+
+def viewer_only(tokens: Tokens) -> Callable[[Route], Route]:
+    """Return a decorator for routes that show prompts, clips or reports: 401 without the viewer token."""
+
+    def decorate(route: Route) -> Route:
+        @functools.wraps(route)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            denied = viewer_denied(tokens)
+            return denied if denied is not None else route(*args, **kwargs)
+
+        return guarded  # type: ignore[return-value]  # same signature, wrapped
+
+    return decorate
 
 
 def _unauthorised(message: str) -> Response:

@@ -15,9 +15,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from common.auth import VIEWER_COOKIE
+from common.events import Event, utc_now_iso
 from generator.config import GeneratorConfig
 from generator.jobs import Job
-from tests.api.conftest import TOKEN, make_generator_app
+from monitor.config import ConfigError, MonitorConfig
+from monitor.web.context import get_context
+from tests.api.conftest import TOKEN, make_generator_app, make_monitor_app
 from tests.generator.conftest import png_bytes
 from tests.generator.test_jobs import PARAMS
 
@@ -145,5 +148,94 @@ def test_a_public_generator_needs_the_viewer_token(host: str) -> None:
         GeneratorConfig(host=host, admin_token="t").validate()
     GeneratorConfig(host=host, admin_token="t", viewer_token="v").validate()
     GeneratorConfig(host="127.0.0.1").validate()
-    assert GeneratorConfig.from_sources([], environ={"VIEWER_TOKEN": "v"}).viewer_token == "v"
+    assert GeneratorConfig.from_sources([], environ={"I2V_VIEWER_TOKEN": "v"}).viewer_token == "v"
     assert "s3cret" not in repr(GeneratorConfig(viewer_token="s3cret"))
+
+
+# ---- the monitor -------------------------------------------------------------------------------------------
+
+MONITOR_JOB = "m" * 32
+
+
+@pytest.fixture(scope="module")
+def monitor_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
+    """The monitor's app with every token, and one job's events (with a private prompt) stored."""
+    app = make_monitor_app(
+        tmp_path_factory.mktemp("monitor-viewer"), ingest_token=TOKEN, admin_token=TOKEN, viewer_token=VIEWER
+    )
+    event = Event(
+        job_id=MONITOR_JOB,
+        host="api-host",
+        gpu="0",
+        kind="job",
+        status="queued",
+        started_at=utc_now_iso(),
+        prompt="a private prompt",
+    )
+    answer = app.test_client().post(
+        "/monitor/api/events", json={"events": [event.to_dict()]}, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    assert answer.status_code == 200, answer.get_json()
+    assert get_context(app).writer.flush(timeout_s=10)
+    yield app
+    get_context(app).close()
+
+
+MONITOR_VIEWER_ROUTES = [
+    "/monitor/api/jobs",
+    f"/monitor/api/jobs/{MONITOR_JOB}",
+    f"/monitor/api/jobs/{MONITOR_JOB}/quality",
+    "/monitor/api/reports/jobs.csv",
+    "/monitor/api/reports/gpu.csv",
+]
+
+
+@pytest.mark.parametrize("path", MONITOR_VIEWER_ROUTES)
+def test_monitor_routes_that_show_prompts_clips_or_reports_refuse_a_missing_or_wrong_viewer_token(
+    monitor_app: Flask, path: str
+) -> None:
+    client = monitor_app.test_client()
+    for header in WRONG:
+        with client.get(path, headers={"Authorization": header} if header else {}) as answer:
+            assert answer.status_code == 401, (header, answer.status_code)
+            assert "VIEWER_TOKEN" in answer.get_json()["error"]
+            assert "private prompt" not in answer.get_data(as_text=True)
+    assert status_of(client, path, headers={"Authorization": f"Bearer {VIEWER}"}) != 401
+
+
+def test_the_monitor_shows_prompts_to_a_viewer_by_token_or_by_session(monitor_app: Flask) -> None:
+    client = monitor_app.test_client()
+    headers = {"Authorization": f"Bearer {VIEWER}"}
+    listing = client.get("/monitor/api/jobs", headers=headers).get_json()
+    assert [job["prompt"] for job in listing["jobs"]] == ["a private prompt"]
+    admin = client.get("/monitor/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert admin.status_code == 200
+    assert client.post("/monitor/api/session", json={"token": "wrong"}).status_code == 401
+    assert client.post("/monitor/api/session", json={"token": VIEWER}).status_code == 200
+    with client.get("/monitor/api/reports/jobs.csv") as report:  # what the dashboard's download link sends
+        assert report.status_code == 200
+        assert report.get_data(as_text=True).startswith("job_id,")
+    client.delete("/monitor/api/session")
+    assert client.get("/monitor/api/jobs").status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path", ["/monitor/", "/monitor/api/status", "/monitor/api/alerts", "/monitor/api/summary", "/openapi.json"]
+)
+def test_what_the_monitor_shows_without_prompts_stays_open(monitor_app: Flask, path: str) -> None:
+    with monitor_app.test_client().get(path) as answer:
+        assert answer.status_code == 200, (path, answer.get_data(as_text=True)[:300])
+        assert "private prompt" not in answer.get_data(as_text=True)
+
+
+def test_the_dashboard_knows_it_must_ask_for_the_token(monitor_app: Flask) -> None:
+    assert '"viewer_token_required": true' in monitor_app.test_client().get("/monitor/").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10"])
+def test_a_public_monitor_needs_the_viewer_token(host: str) -> None:
+    with pytest.raises(ConfigError, match="VIEWER_TOKEN"):
+        MonitorConfig(host=host, ingest_token="t", admin_token="t").validate()
+    MonitorConfig(host=host, ingest_token="t", admin_token="t", viewer_token="v").validate()
+    assert MonitorConfig.from_sources([], environ={"I2V_VIEWER_TOKEN": "v"}).viewer_token == "v"
+    assert "s3cret" not in repr(MonitorConfig(viewer_token="s3cret"))

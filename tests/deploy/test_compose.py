@@ -59,6 +59,8 @@ def test_compose_file_validates_with_the_example_env_filled_in(resolved: tuple[d
     generator_env, monitor_env = services["generator"]["environment"], services["monitor"]["environment"]
     assert generator_env["I2V_INGEST_TOKEN"] == monitor_env["I2V_INGEST_TOKEN"]
     assert services["generator"]["environment"]["I2V_ADMIN_TOKEN"] == values["I2V_ADMIN_TOKEN"]
+    # One viewer token for both: a browser signed in on one page is signed in on the other (same host name).
+    assert generator_env["I2V_VIEWER_TOKEN"] == monitor_env["I2V_VIEWER_TOKEN"]
     assert services["monitor"]["environment"]["MONITOR_STORE"] == values["MONITOR_STORE"]
     assert services["influxdb"]["environment"]["INFLUXDB_DB"] == "i2v"
     # Published ports stay on loopback unless I2V_PUBLISH_ADDR says otherwise.
@@ -182,8 +184,10 @@ def test_the_monitor_container_runs_python_m_monitor_with_a_config_it_accepts(
     assert config.alertmanager_urls == ("http://alertmanager:9093",)
     assert config.admin_token == environ["I2V_ADMIN_TOKEN"]
     assert f":{config.port}/monitor/api/status" in " ".join(service["healthcheck"]["test"])
-    with pytest.raises(ConfigError, match="I2V_INGEST_TOKEN"):
-        MonitorConfig.from_sources(command[3:], environ={**environ, "I2V_INGEST_TOKEN": ""}).validate()
+    assert config.viewer_token == environ["I2V_VIEWER_TOKEN"]
+    for token in ("I2V_INGEST_TOKEN", "I2V_VIEWER_TOKEN"):
+        with pytest.raises(ConfigError, match=token):
+            MonitorConfig.from_sources(command[3:], environ={**environ, token: ""}).validate()
 
 
 def test_queue_mode_adds_redis_with_persistence_and_a_gpu_worker_sharing_the_clips(
