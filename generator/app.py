@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import time
@@ -24,7 +23,7 @@ from common.auth import bearer_allows
 from common.http_metrics import instrument
 from common.redact import redact_url
 from common.sizing import LIMITS, RESOLUTIONS
-from common.viewer import session_blueprint, viewer_denied
+from common.viewer import session_blueprint, viewer_only
 from generator import eta
 from generator.admission import table_estimate
 from generator.config import GeneratorConfig
@@ -223,15 +222,7 @@ def _tokens() -> tuple[str | None, str | None]:
     return config.viewer_token, config.admin_token
 
 
-def viewer_only(route: Callable[..., Any]) -> Callable[..., Any]:
-    """Guard a route that shows prompts or clips: 401 without the viewer token when one is set."""
-
-    @functools.wraps(route)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        denied = viewer_denied(_tokens)
-        return denied if denied is not None else route(*args, **kwargs)
-
-    return guarded
+viewer = viewer_only(_tokens)  # guards the routes that show prompts or clips
 
 
 def _require_admin() -> Response | None:
@@ -305,7 +296,7 @@ def index() -> str:
 
 
 @api.post("/api/jobs")
-@viewer_only  # the answer shows the job, prompt included
+@viewer  # the answer shows the job, prompt included
 def submit_job() -> tuple[Response, int] | Response:
     """Validate a multipart submission and queue it; 202 with the job, or a 4xx naming the field."""
     rt = runtime()
@@ -374,7 +365,7 @@ def _queue_full(full: QueueFull) -> tuple[Response, int]:
 
 
 @api.get("/api/jobs")
-@viewer_only
+@viewer
 def list_jobs() -> tuple[Response, int] | Response:
     """List jobs, newest first (`?state=` filters, `?limit=` up to 500)."""
     state = request.args.get("state")
@@ -399,7 +390,7 @@ def _find(job_id: str) -> Job | tuple[Response, int]:
 
 
 @api.get("/api/jobs/<job_id>")
-@viewer_only
+@viewer
 def get_job(job_id: str) -> tuple[Response, int] | Response:
     """Return one job's status."""
     job = _find(job_id)
@@ -407,7 +398,7 @@ def get_job(job_id: str) -> tuple[Response, int] | Response:
 
 
 @api.post("/api/jobs/<job_id>/cancel")
-@viewer_only  # the answer shows the job; the admin token passes this check too
+@viewer  # the answer shows the job; the admin token passes this check too
 def cancel_job(job_id: str) -> tuple[Response, int] | Response:
     """Cancel a queued job at once or a running one at its next denoising step (202 until it stops)."""
     denied = _require_admin()
@@ -429,7 +420,7 @@ def cancel_job(job_id: str) -> tuple[Response, int] | Response:
 
 
 @api.get("/api/jobs/<job_id>/video")
-@viewer_only
+@viewer
 def job_video(job_id: str) -> tuple[Response, int] | Response:
     """Serve a finished job's H.264 MP4 (range requests supported, so browsers can seek)."""
     job = _find(job_id)
