@@ -56,7 +56,7 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0)
 BACKLOG_WINDOW_S = 86_400
 MIN_WAIT_S = 0.05  # the worker's shortest sleep between decisions
-REFUSED_REASON = "the event named a clip outside the monitor's outputs folder (GENERATOR_OUTPUTS): not read"
+REFUSED_REASON = "the event named a clip outside the monitor's outputs folder (MONITOR_OUTPUTS): not read"
 
 
 @dataclass(frozen=True)
