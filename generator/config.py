@@ -54,8 +54,12 @@ class GeneratorConfig:
         """Return the outputs' size past which the oldest finished jobs are removed, or None (no limit)."""
         return int(self.retention_gb * 1e9) if self.retention_gb else None
 
-    def validate(self) -> None:
-        """Raise ValueError with one line that says what to change; makes no network call."""
+    def validate(self, *, serves_jobs: bool = True) -> None:
+        """Raise ValueError with one line that says what to change; makes no network call.
+
+        `serves_jobs`: this process serves the job API (prompts, clips), so a public bind needs the viewer token;
+        a queue-mode worker serves only its probes.
+        """
         if not 0 < self.port < 65536:
             raise ValueError(f"--port must be 1-65535, got {self.port}")
         if self.queue_size < 1:
@@ -78,7 +82,9 @@ class GeneratorConfig:
         if self.monitor_url and not self.monitor_url.startswith(("http://", "https://")):
             raise ValueError(f"--monitor-url must start with http:// or https://, got {self.monitor_url!r}")
         if self.host not in ("127.0.0.1", "localhost", "::1"):
-            tokens = (("I2V_ADMIN_TOKEN", self.admin_token), ("I2V_VIEWER_TOKEN", self.viewer_token))
+            tokens = [("I2V_ADMIN_TOKEN", self.admin_token)]
+            if serves_jobs:
+                tokens.append(("I2V_VIEWER_TOKEN", self.viewer_token))
             missing = [name for name, value in tokens if not value]
             if missing:
                 raise ValueError(

@@ -147,6 +147,7 @@ def test_a_public_generator_needs_the_viewer_token(host: str) -> None:
     with pytest.raises(ValueError, match="VIEWER_TOKEN"):
         GeneratorConfig(host=host, admin_token="t").validate()
     GeneratorConfig(host=host, admin_token="t", viewer_token="v").validate()
+    GeneratorConfig(host=host, admin_token="t").validate(serves_jobs=False)  # a queue-mode worker: probes only
     GeneratorConfig(host="127.0.0.1").validate()
     assert GeneratorConfig.from_sources([], environ={"I2V_VIEWER_TOKEN": "v"}).viewer_token == "v"
     assert "s3cret" not in repr(GeneratorConfig(viewer_token="s3cret"))

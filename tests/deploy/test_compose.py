@@ -203,7 +203,7 @@ def test_queue_mode_adds_redis_with_persistence_and_a_gpu_worker_sharing_the_cli
     command = worker["command"]
     assert command[:4] == ["python", "-m", "generator", "worker"]
     config = GeneratorConfig.from_sources(command[4:], environ=_service_environ(worker))
-    config.validate()
+    config.validate(serves_jobs=False)  # a worker serves probes only: no viewer token
     assert config.queue_url == "redis://redis:6379/0"
     assert config.monitor_url == "http://monitor:7861"
     assert f":{config.port}/ready" in " ".join(worker["healthcheck"]["test"])
