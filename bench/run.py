@@ -17,6 +17,7 @@ nothing and its files say so. Benchmarks, in the issue's order:
 - predict:  /monitor/api/predict p50/p99 with 5,000 jobs stored: idle, while jobs end, while the store is re-read
 - jobs:     the dashboard's jobs list at 300 jobs a day, one request at a time, beside a window of samples
 - queue:    queue mode's throughput with 1, 2 and 3 worker processes, and the latency the queue adds per job
+- listing:  the generator's GET /api/jobs?limit=50 with 100,000 jobs stored: p50 and spread
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ BENCHMARKS: dict[str, str] = {
     "predict": "bench.predict_latency",
     "jobs": "bench.jobs_list",
     "queue": "bench.queue_scale",
+    "listing": "bench.jobs_listing",
 }
 
 

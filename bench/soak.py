@@ -87,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         monitor_port = free_port()
         generator = GeneratorProcess(root / "generator", monitor_url=f"http://127.0.0.1:{monitor_port}")
-        monitor = MonitorProcess(
-            root / "monitor", generator_url=generator.url, port=monitor_port, interval_s=args.sample_interval
+        monitor = MonitorProcess(  # it reads the clips to score them: only under the generator's outputs folder
+            root / "monitor",
+            generator_url=generator.url,
+            port=monitor_port,
+            interval_s=args.sample_interval,
+            outputs=root / "generator" / "outputs",
         )
         processes: dict[str, ServiceProcess] = {"generator": generator, "monitor": monitor}
         samples: list[dict[str, Any]] = []

@@ -72,7 +72,7 @@ def worker_main(argv: list[str]) -> int:
             if config.state_dir == defaults.state_dir
             else config.state_dir,
         )
-        config.validate()
+        config.validate(serves_jobs=False)
     except ValueError as error:
         print(f"generator worker: {error}", file=sys.stderr)
         return 2

@@ -23,15 +23,17 @@ from common.auth import bearer_allows
 from common.http_metrics import instrument
 from common.redact import redact_url
 from common.sizing import LIMITS, RESOLUTIONS
+from common.viewer import session_blueprint, viewer_only
 from generator import eta
 from generator.admission import table_estimate
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event, rejection_event
 from generator.fleet.api_queue import CeleryQueue, QueueUnavailable
-from generator.jobs import Job, JobBook, QueueFull
+from generator.jobs import ACTIVE_STATES, Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
 from generator.predictor import MonitorPredictor, advice
+from generator.retention import Retention
 from generator.validation import (
     MAX_PROMPT_CHARS,
     PRIORITIES,
@@ -73,7 +75,17 @@ class Runtime:
             spool_max_bytes=config.event_spool_bytes,
             token=config.ingest_token,
         )
-        self.metrics.watch_events_dropped(lambda: self.events.dropped_total)
+        self.metrics.watch_events(self.events)
+        # Retention reads the local job book; in queue mode the jobs live in Redis and it does not run.
+        self.retention: Retention | None = None
+        if self.fleet is None:
+            self.retention = Retention(
+                local_book,
+                config.outputs,
+                max_age_s=config.retention_max_age_s,
+                max_bytes=config.retention_max_bytes,
+            )
+            self.metrics.watch_retention(self.retention)
         # Admission asks the monitor for estimates learned from measured jobs, else uses the table.
         self.predictor = MonitorPredictor(config.monitor_url, config.host_name) if config.monitor_url else None
         self.workers: list[Worker] = []
@@ -111,9 +123,13 @@ class Runtime:
         """Start the workers (each loads and warms its model in the background)."""
         for worker in self.workers:
             worker.start()
+        if self.retention is not None:
+            self.retention.start()
 
     def close(self) -> None:
         """Stop the workers, deliver what events can be, and close the job book."""
+        if self.retention is not None:
+            self.retention.stop()
         for worker in self.workers:
             worker.stop()
         self.events.flush(timeout_s=5)
@@ -122,7 +138,9 @@ class Runtime:
 
     def history(self) -> list[Job]:
         """Return recent succeeded jobs, the basis of every time estimate."""
-        return self.book.list(state="succeeded", limit=20)
+        if isinstance(self.book, JobBook):
+            return self.book.history()  # kept as jobs succeed: no read
+        return self.book.list(state="succeeded", limit=JobBook.HISTORY_JOBS)
 
     def worker_count(self) -> int:
         """Return how many workers serve the queue: local ones, or the live ones announced in Redis."""
@@ -167,6 +185,7 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
     app.register_blueprint(api)
     openapi.register(app, Path(__file__).with_name("openapi.yaml"))
     app.register_blueprint(advice)  # /api/recommendation and /api/predict, proxied to the monitor
+    app.register_blueprint(session_blueprint("viewer_session", "/api", _tokens))  # the page's viewer sign-in
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(QueueUnavailable, _queue_unavailable)
     app.register_error_handler(Exception, _unexpected_error)
@@ -198,6 +217,14 @@ def _unexpected_error(error: Exception) -> tuple[Response, int]:
     return jsonify(error="internal error; see the generator's log", status=500), 500
 
 
+def _tokens() -> tuple[str | None, str | None]:
+    config = runtime().config
+    return config.viewer_token, config.admin_token
+
+
+viewer = viewer_only(_tokens)  # guards the routes that show prompts or clips
+
+
 def _require_admin() -> Response | None:
     if bearer_allows(request.headers.get("Authorization"), runtime().config.admin_token):
         return None
@@ -206,15 +233,20 @@ def _require_admin() -> Response | None:
     return response
 
 
-def job_view(job: Job) -> dict[str, Any]:
-    """Return a job's public status: state, place, progress, ETA, stage times, parameters, result or error."""
+def job_view(job: Job, history: list[Job] | None = None) -> dict[str, Any]:
+    """Return a job's public status: state, place, progress, ETA, stage times, parameters, result or error.
+
+    `history` (the recent succeeded jobs) is read once per request by a caller that shows many jobs.
+    """
     rt = runtime()
-    history = rt.history()
     eta_s: float | None = None
     position = None
+    if job.state in ACTIVE_STATES and history is None:
+        history = rt.history()
     if job.state == "running":
-        eta_s = eta.remaining_s(job, history)
+        eta_s = eta.remaining_s(job, history or [])
     elif job.state == "queued":
+        history = history or []
         position = rt.book.position(job.job_id)
         queued = rt.book.queued_jobs()
         ahead = queued[: (position or 1) - 1]
@@ -259,10 +291,12 @@ def index() -> str:
         max_prompt=MAX_PROMPT_CHARS,
         monitor_url=runtime().config.monitor_url,
         max_upload_bytes=runtime().config.max_upload_bytes,
+        viewer_token_required=bool(runtime().config.viewer_token),
     )
 
 
 @api.post("/api/jobs")
+@viewer  # the answer shows the job, prompt included
 def submit_job() -> tuple[Response, int] | Response:
     """Validate a multipart submission and queue it; 202 with the job, or a 4xx naming the field."""
     rt = runtime()
@@ -331,6 +365,7 @@ def _queue_full(full: QueueFull) -> tuple[Response, int]:
 
 
 @api.get("/api/jobs")
+@viewer
 def list_jobs() -> tuple[Response, int] | Response:
     """List jobs, newest first (`?state=` filters, `?limit=` up to 500)."""
     state = request.args.get("state")
@@ -342,7 +377,9 @@ def list_jobs() -> tuple[Response, int] | Response:
         return jsonify(error="limit must be an integer between 1 and 500"), 400
     if not 1 <= limit <= 500:
         return jsonify(error="limit must be an integer between 1 and 500"), 400
-    return jsonify(jobs=[job_view(job) for job in runtime().book.list(state=state, limit=limit)])
+    rt = runtime()
+    history = rt.history()
+    return jsonify(jobs=[job_view(job, history) for job in rt.book.list(state=state, limit=limit)])
 
 
 def _find(job_id: str) -> Job | tuple[Response, int]:
@@ -353,6 +390,7 @@ def _find(job_id: str) -> Job | tuple[Response, int]:
 
 
 @api.get("/api/jobs/<job_id>")
+@viewer
 def get_job(job_id: str) -> tuple[Response, int] | Response:
     """Return one job's status."""
     job = _find(job_id)
@@ -360,6 +398,7 @@ def get_job(job_id: str) -> tuple[Response, int] | Response:
 
 
 @api.post("/api/jobs/<job_id>/cancel")
+@viewer  # the answer shows the job; the admin token passes this check too
 def cancel_job(job_id: str) -> tuple[Response, int] | Response:
     """Cancel a queued job at once or a running one at its next denoising step (202 until it stops)."""
     denied = _require_admin()
@@ -381,6 +420,7 @@ def cancel_job(job_id: str) -> tuple[Response, int] | Response:
 
 
 @api.get("/api/jobs/<job_id>/video")
+@viewer
 def job_video(job_id: str) -> tuple[Response, int] | Response:
     """Serve a finished job's H.264 MP4 (range requests supported, so browsers can seek)."""
     job = _find(job_id)

@@ -29,6 +29,7 @@ class GeneratorConfig:
     max_upload_bytes: int = 20 * MiB
     admin_token: str | None = field(default=None, repr=False)
     ingest_token: str | None = field(default=None, repr=False)
+    viewer_token: str | None = field(default=None, repr=False)
     host_name: str = socket.gethostname()
     event_spool_bytes: int = 64 * MiB
     threads: int = 8
@@ -39,9 +40,26 @@ class GeneratorConfig:
     lease_s: float = 30.0  # a worker that shows no sign of life for this long (twice) has its job handed on
     visibility_timeout_s: float = 6 * 3600.0  # must exceed the longest job: see generator/fleet/broker.py
     priority_max_wait_s: float = 600.0  # a job waiting longer below high priority is served as high
+    # Finished jobs (their row and outputs/<id>/) are removed past either limit, oldest first; 0 turns one off.
+    retention_days: float = 30.0
+    retention_gb: float = 0.0
 
-    def validate(self) -> None:
-        """Raise ValueError with one line that says what to change; makes no network call."""
+    @property
+    def retention_max_age_s(self) -> float | None:
+        """Return the age past which finished jobs are removed, or None when there is no limit."""
+        return self.retention_days * 86400 if self.retention_days else None
+
+    @property
+    def retention_max_bytes(self) -> int | None:
+        """Return the outputs' size past which the oldest finished jobs are removed, or None (no limit)."""
+        return int(self.retention_gb * 1e9) if self.retention_gb else None
+
+    def validate(self, *, serves_jobs: bool = True) -> None:
+        """Raise ValueError with one line that says what to change; makes no network call.
+
+        `serves_jobs`: this process serves the job API (prompts, clips), so a public bind needs the viewer token;
+        a queue-mode worker serves only its probes.
+        """
         if not 0 < self.port < 65536:
             raise ValueError(f"--port must be 1-65535, got {self.port}")
         if self.queue_size < 1:
@@ -56,12 +74,23 @@ class GeneratorConfig:
             )
         if self.gpu < 0:
             raise ValueError(f"--gpu must be a CUDA device index (0 or more), got {self.gpu}")
+        if self.retention_days < 0 or self.retention_gb < 0:
+            raise ValueError(
+                "GENERATOR_RETENTION_DAYS and GENERATOR_RETENTION_GB must be 0 (no limit) or positive, got "
+                f"{self.retention_days} and {self.retention_gb}"
+            )
         if self.monitor_url and not self.monitor_url.startswith(("http://", "https://")):
             raise ValueError(f"--monitor-url must start with http:// or https://, got {self.monitor_url!r}")
-        if self.host not in ("127.0.0.1", "localhost", "::1") and not self.admin_token:
-            raise ValueError(
-                f"binding to {self.host} exposes cancel to the network: set I2V_ADMIN_TOKEN, or bind to 127.0.0.1"
-            )
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
+            tokens = [("I2V_ADMIN_TOKEN", self.admin_token)]
+            if serves_jobs:
+                tokens.append(("I2V_VIEWER_TOKEN", self.viewer_token))
+            missing = [name for name, value in tokens if not value]
+            if missing:
+                raise ValueError(
+                    f"binding to {self.host} exposes cancel, prompts and clips to the network: set "
+                    f"{' and '.join(missing)}, or bind to 127.0.0.1"
+                )
 
     @classmethod
     def from_sources(
@@ -80,7 +109,9 @@ class GeneratorConfig:
         for setting in SETTINGS:
             if setting.flag is not None:
                 kind = str(types[setting.field])
-                parse: Callable[[str], object] = int if kind == "int" else Path if "Path" in kind else str
+                parse: Callable[[str], object] = (
+                    int if kind == "int" else float if kind == "float" else Path if "Path" in kind else str
+                )
                 parser.add_argument(
                     setting.flag,
                     dest=setting.field,
@@ -151,6 +182,28 @@ SETTINGS: tuple[Setting, ...] = (
         "sent to the monitor with every event batch",
         old_env=("INGEST_TOKEN",),
         secret=True,
+    ),
+    Setting(
+        "viewer_token",
+        None,
+        ("I2V_VIEWER_TOKEN",),
+        "none",
+        "required by every `/api/jobs` route (prompts, clips) when set, and to listen anywhere but loopback",
+        secret=True,
+    ),
+    Setting(
+        "retention_days",
+        "--retention-days",
+        ("GENERATOR_RETENTION_DAYS",),
+        "30",
+        "remove finished jobs (row and outputs folder) after this many days; 0: never",
+    ),
+    Setting(
+        "retention_gb",
+        "--retention-gb",
+        ("GENERATOR_RETENTION_GB",),
+        "0",
+        "remove the oldest finished jobs while their outputs take more than this many GB; 0: no limit",
     ),
 )
 

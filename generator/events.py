@@ -72,7 +72,9 @@ class EventSender:
     `emit` never blocks the worker: it logs the event and hands it to a thread that appends it to a disk
     spool and drains the spool in batches to `POST {monitor_url}/monitor/api/events`. A batch is acked only
     after the monitor accepted it, so a monitor or generator restart replays it; the monitor's ingest is
-    idempotent on `event_id`, so a replay is stored once. Without a monitor URL events are only logged.
+    idempotent on `event_id`, so a replay is stored once. Only the monitor's refusal of one named event drops
+    that event (counted); any other refusal keeps the spool and backs off. Without a monitor URL events are only
+    logged.
     """
 
     def __init__(
@@ -93,10 +95,11 @@ class EventSender:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.delivered_total = 0
-        self.failures_total = 0
+        self.failures_total = 0  # delivery attempts the monitor did not take (the events stayed spooled)
+        self.refused_total = 0  # events the monitor refused as invalid, dropped one by one
         self._unspoolable_lost_total = 0
         self._spool_failing = False
-        self._monitor_down = False
+        self._failing: str | None = None  # why the last attempt failed, logged once until it changes
         self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
         if self._url:
             self._thread.start()
@@ -210,9 +213,12 @@ class EventSender:
     def _deliver_spooled(self) -> bool:
         """Send spooled batches until the spool is empty; return False when the monitor did not take one.
 
-        The monitor validates a whole batch before storing any of it, and a 400 names the first bad event's
-        index: the events before it are sent again on their own, the bad one alone is dropped (logged), and
-        delivery goes on, so one malformed event never costs its neighbours.
+        Only an answer that names a bad event may drop anything: the monitor validates a whole batch before
+        storing any of it, and its 400 carries the first bad event's `index`. The events before it are sent
+        again on their own, the bad one alone is dropped (counted in `refused_total`), and delivery goes on, so
+        one malformed event never costs its neighbours. Every other answer (a 404 or 405 from a wrong
+        MONITOR_URL or a proxy, a 400 without an index, 401, 5xx, no answer) keeps the whole spool and backs
+        off: the events wait until the monitor takes them or the spool's bound drops them, counted.
         """
         assert self._spool is not None
         size = BATCH_SIZE
@@ -222,38 +228,57 @@ class EventSender:
                     self._url or "", json={"events": batch}, headers=self._headers, timeout=self._timeout_s
                 )
             except requests.RequestException as error:
-                return self._failed(f"monitor unreachable: {error.__class__.__name__}")
-            if response.status_code >= 500 or response.status_code in (401, 403, 413, 429):
-                return self._failed(f"monitor answered {response.status_code}")
-            size = BATCH_SIZE
-            if response.status_code >= 400:
-                index = _refused_index(response, len(batch))
-                if index > 0:
+                return self._failed(f"the monitor is unreachable ({error.__class__.__name__})")
+            if response.status_code == 413 and len(batch) > 1:  # the monitor (or a proxy) takes smaller bodies
+                size = max(1, len(batch) // 2)
+                continue
+            if response.status_code == 400 and (index := _refused_index(response, len(batch))) is not None:
+                if index > 0:  # the events before the bad one are valid: send them alone
                     size = index
                     continue
-                dropped = 1 if index == 0 else len(batch)
-                log.error("monitor refused %d event(s) (%s): dropped", dropped, response.text[:300])
-                self._spool.ack(dropped)
+                self._spool.ack(1)
+                self.refused_total += 1
+                log.error("the monitor refused an event as invalid, dropped it: %s", response.text[:300])
+                size = BATCH_SIZE
                 continue
+            if response.status_code != 200:
+                return self._failed(_refusal_reason(response, self._url or ""))
             self._spool.ack(len(batch))
             self.delivered_total += len(batch)
-            if self._monitor_down:
-                log.info("monitor reachable again: spooled events delivered")
-                self._monitor_down = False
+            size = BATCH_SIZE
+            if self._failing is not None:
+                log.warning("the monitor takes events again (%s before); spooled events delivered", self._failing)
+                self._failing = None
         return True
 
     def _failed(self, reason: str) -> bool:
+        """Count a failed attempt; warn once per distinct reason, not on every retry."""
         self.failures_total += 1
-        if not self._monitor_down:
-            log.warning("%s: events are spooled and will be replayed in order", reason)
-            self._monitor_down = True
+        if reason != self._failing:
+            log.warning("%s: events stay in the spool and are retried with back-off", reason)
+            self._failing = reason
         return False
 
 
-def _refused_index(response: requests.Response, batch_size: int) -> int:
-    """Return the index of the event the monitor refused, or -1 when the answer names none (drop the batch)."""
+def _refusal_reason(response: requests.Response, url: str) -> str:
+    """Say why the monitor did not take a batch, and what to check."""
+    status = response.status_code
+    if status in (404, 405):
+        return (
+            f"{url} answered {status}: MONITOR_URL must be the monitor's base URL (e.g. http://host:7861), "
+            "with nothing in between that changes the path or method"
+        )
+    if status == 401:
+        return f"{url} answered 401: set the generator's INGEST_TOKEN to the monitor's"
+    return f"{url} answered {status}"
+
+
+def _refused_index(response: requests.Response, batch_size: int) -> int | None:
+    """Return the index of the event the monitor refused as invalid, or None when the answer names none."""
     try:
-        index = int(response.json()["index"])
-    except (ValueError, KeyError, TypeError):
-        return -1
-    return index if 0 <= index < batch_size else -1
+        index = response.json()["index"]
+    except (ValueError, KeyError, TypeError):  # not JSON, or JSON without an index: not the monitor's refusal
+        return None
+    if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < batch_size:
+        return index
+    return None

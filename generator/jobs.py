@@ -8,11 +8,13 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.events import FINAL_STATES
 from generator.validation import PRIORITIES, JobParams
 
 ACTIVE_STATES = ("queued", "running")
@@ -67,24 +69,62 @@ class Job:
 
 
 class JobBook:
-    """The jobs, persisted in SQLite, and the queued ones in serving order; safe to use from any thread."""
+    """The jobs, persisted in SQLite, and the queued ones in serving order; safe to use from any thread.
+
+    Only the active jobs (queued, running) live in memory, as the objects the workers update; a finished job is
+    read back from the database when asked for. Listing reads the newest rows through an index, so it costs
+    the page asked for, not the number of jobs stored; the last succeeded jobs (the ETA's basis) are kept in
+    a short list updated as jobs succeed.
+    """
+
+    HISTORY_JOBS = 20  # succeeded jobs the time estimates are based on
 
     def __init__(self, state_dir: Path, queue_size: int, priority_max_wait_s: float = 600.0) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(state_dir / "jobs.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, created_at REAL, body TEXT)")
+        self._migrate()
         self._lock = threading.Condition()
-        self._jobs: dict[str, Job] = {}
+        self._active: dict[str, Job] = {}
         self._queue: deque[str] = deque()
         self._queue_size = queue_size
         self._priority_max_wait_s = priority_max_wait_s
+        self._history: deque[Job] = deque(maxlen=self.HISTORY_JOBS)  # newest first
         self.recovered: list[Job] = []
         self._recover()
 
+    def _migrate(self) -> None:
+        """Create the table and its indexes; give a database from before them its state and finish columns."""
+        db = self._db
+        # output_bytes: the bytes outputs/<id>/ takes, measured by retention once the job has finished.
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, created_at REAL, body TEXT, state TEXT, "
+            "finished_at REAL, output_bytes INTEGER)"
+        )
+        columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+        if "state" not in columns:
+            with self._transaction():
+                db.execute("ALTER TABLE jobs ADD COLUMN state TEXT")
+                db.execute("ALTER TABLE jobs ADD COLUMN finished_at REAL")
+                db.execute("ALTER TABLE jobs ADD COLUMN output_bytes INTEGER")
+                db.execute(
+                    "UPDATE jobs SET state = json_extract(body, '$.state'), "
+                    "finished_at = json_extract(body, '$.finished_at')"
+                )
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created_at)")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, created_at)")
+        db.execute("CREATE INDEX IF NOT EXISTS jobs_by_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL")
+        db.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_unmeasured ON jobs (finished_at) "
+            "WHERE finished_at IS NOT NULL AND output_bytes IS NULL"
+        )
+
     def _recover(self) -> None:
-        """Reload jobs; a job that was running when the process died failed, queued ones queue again."""
-        for (body,) in self._db.execute("SELECT body FROM jobs ORDER BY created_at"):
+        """Reload the active jobs; a job that was running when the process died failed, queued ones queue again."""
+        rows = self._db.execute(
+            "SELECT body FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
+        ).fetchall()
+        for (body,) in rows:
             job = Job.from_row(body)
             if job.state == "running":
                 job.state, job.finished_at = "failed", time.time()
@@ -92,14 +132,18 @@ class JobBook:
                 job.suggestion = "submit the job again"
                 self._persist(job)
                 self.recovered.append(job)
-            elif job.state == "queued":
+            else:
                 self._queue.append(job.job_id)
-            self._jobs[job.job_id] = job
+                self._active[job.job_id] = job
+        rows = self._db.execute(
+            "SELECT body FROM jobs WHERE state = 'succeeded' ORDER BY created_at DESC LIMIT ?", (self.HISTORY_JOBS,)
+        ).fetchall()
+        self._history.extend(Job.from_row(body) for (body,) in rows)
 
     def _persist(self, job: Job) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO jobs (job_id, created_at, body) VALUES (?, ?, ?)",
-            (job.job_id, job.created_at, job.to_row()),
+            "INSERT OR REPLACE INTO jobs (job_id, created_at, state, finished_at, body) VALUES (?, ?, ?, ?, ?)",
+            (job.job_id, job.created_at, job.state, job.finished_at, job.to_row()),
         )
 
     def is_full(self) -> bool:
@@ -124,23 +168,59 @@ class JobBook:
             if len(self._queue) >= self._queue_size:
                 raise QueueFull(retry_after_s)
             job = Job(job_id=job_id, prompt=prompt, requested=params, effective=params, priority=priority)
-            self._jobs[job.job_id] = job
+            self._active[job.job_id] = job
             self._queue.append(job.job_id)
             self._persist(job)
             on_queued(job)
             self._lock.notify_all()
             return job
 
-    def get(self, job_id: str) -> Job | None:
-        """Return the job, or None."""
-        with self._lock:
-            return self._jobs.get(job_id)
+    def store_finished(self, jobs: Iterable[Job]) -> None:
+        """Store finished jobs as they are, in one transaction (restoring a backup, filling a benchmark)."""
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO jobs (job_id, created_at, state, finished_at, body) VALUES (?, ?, ?, ?, ?)",
+                ((j.job_id, j.created_at, j.state, j.finished_at, j.to_row()) for j in jobs if j.state in FINAL_STATES),
+            )
 
-    def list(self, state: str | None = None, limit: int = 100) -> list[Job]:
-        """Return the newest jobs first, optionally only those in `state`."""
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Run many statements as one commit (one fsync, not one per row); roll back on an error."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def get(self, job_id: str) -> Job | None:
+        """Return the job, or None (a finished job is a copy read from disk)."""
         with self._lock:
-            jobs = [job for job in self._jobs.values() if state is None or job.state == state]
-        return sorted(jobs, key=lambda job: job.created_at, reverse=True)[:limit]
+            job = self._active.get(job_id)
+            if job is not None:
+                return job
+            row = self._db.execute("SELECT body FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        return Job.from_row(row[0]) if row else None
+
+    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[Job]:
+        """Return the newest jobs first, optionally only those in `state`; reads at most `limit` rows."""
+        if state in ACTIVE_STATES:
+            with self._lock:
+                jobs = [job for job in self._active.values() if job.state == state]
+            return sorted(jobs, key=lambda job: job.created_at, reverse=True)[:limit]  # at most the queue's size
+        with self._lock:
+            if state is None:
+                rows = self._db.execute(
+                    "SELECT job_id, body FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT job_id, body FROM jobs WHERE state = ? ORDER BY created_at DESC LIMIT ?", (state, limit)
+                ).fetchall()
+            live = {job_id: self._active[job_id] for job_id, _ in rows if job_id in self._active}
+        # An active job's row lags its progress: the object the worker updates is the truth.
+        return [live[job_id] if job_id in live else Job.from_row(body) for job_id, body in rows]
 
     def position(self, job_id: str) -> int | None:
         """Return the 1-based place of a queued job, or None when it is not queued."""
@@ -158,19 +238,29 @@ class JobBook:
     def queued_jobs(self) -> builtins.list[Job]:
         """Return the queued jobs in order."""
         with self._lock:
-            return [self._jobs[job_id] for job_id in self._serving_order()]
+            return [self._active[job_id] for job_id in self._serving_order()]
 
     def _serving_order(self) -> builtins.list[str]:
         """Order the queue by priority, oldest first within one; a job waiting too long counts as high."""
         now = time.time()
 
         def rank(job_id: str) -> int:
-            job = self._jobs[job_id]
+            job = self._active[job_id]
             if now - job.created_at >= self._priority_max_wait_s or job.priority not in PRIORITIES:
                 return 0
             return PRIORITIES.index(job.priority)
 
         return sorted(self._queue, key=rank)  # stable: submission order within a rank
+
+    def running_jobs(self) -> builtins.list[Job]:
+        """Return the jobs being generated now."""
+        with self._lock:
+            return [job for job in self._active.values() if job.state == "running"]
+
+    def history(self) -> builtins.list[Job]:
+        """Return the last succeeded jobs, newest first: what time estimates are based on."""
+        with self._lock:
+            return list(self._history)
 
     def take(self, timeout_s: float) -> Job | None:
         """Wait up to `timeout_s` for the next queued job, mark it running and return it."""
@@ -179,7 +269,7 @@ class JobBook:
                 return None
             job_id = self._serving_order()[0]
             self._queue.remove(job_id)
-            job = self._jobs[job_id]
+            job = self._active[job_id]
             job.state, job.started_at = "running", time.time()
             self._persist(job)
             return job
@@ -187,25 +277,87 @@ class JobBook:
     def cancel(self, job_id: str) -> Job | None:
         """Cancel a queued job at once, or flag a running one to stop at its next denoising step."""
         with self._lock:
-            job = self._jobs.get(job_id)
+            job = self._active.get(job_id)
             if job is None:
-                return None
+                return self.get(job_id)
             if job.state == "queued":
                 self._queue.remove(job_id)
                 job.state, job.finished_at = "cancelled", time.time()
                 job.error = "cancelled before it started"
                 self._persist(job)
+                del self._active[job_id]
             elif job.state == "running":
                 job.cancel_requested = True
             return job
 
     def update(self, job: Job, **changes: Any) -> None:
-        """Change a job's fields; state changes are written to disk."""
+        """Change a job's fields; state changes are written to disk, and a finished job leaves memory."""
         with self._lock:
             for name, value in changes.items():
                 setattr(job, name, value)
             if "state" in changes or "effective" in changes or "video_path" in changes:
                 self._persist(job)
+            if job.state in FINAL_STATES and self._active.get(job.job_id) is job:
+                del self._active[job.job_id]
+                if job.state == "succeeded":
+                    self._history.appendleft(job)
+
+    # ---- retention: what the sweeper reads and removes --------------------------------------------------
+
+    def finished_before(self, finished_at: float, limit: int) -> builtins.list[str]:
+        """Return up to `limit` ids of jobs that finished before `finished_at`, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+                "AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?",
+                (finished_at, limit),
+            ).fetchall()
+        return [job_id for (job_id,) in rows]
+
+    def oldest_finished(self, limit: int) -> builtins.list[tuple[str, int]]:
+        """Return up to `limit` finished jobs, oldest first, with the bytes their outputs take (0 if unmeasured)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id, COALESCE(output_bytes, 0) FROM jobs WHERE finished_at IS NOT NULL "
+                "AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(job_id, int(size)) for job_id, size in rows]
+
+    def unmeasured(self, limit: int) -> builtins.list[str]:
+        """Return up to `limit` finished jobs whose outputs' size is not recorded yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT job_id FROM jobs WHERE finished_at IS NOT NULL AND output_bytes IS NULL "
+                "AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [job_id for (job_id,) in rows]
+
+    def set_output_bytes(self, sizes: Iterable[tuple[str, int]]) -> None:
+        """Record the bytes each finished job's outputs take."""
+        with self._lock, self._transaction():
+            self._db.executemany("UPDATE jobs SET output_bytes = ? WHERE job_id = ?", [(n, j) for j, n in sizes])
+
+    def output_bytes(self) -> int:
+        """Return the bytes the finished jobs' outputs take, as measured."""
+        with self._lock:
+            (total,) = self._db.execute("SELECT COALESCE(SUM(output_bytes), 0) FROM jobs").fetchone()
+        return int(total)
+
+    def forget(self, job_ids: Iterable[str]) -> int:
+        """Delete finished jobs' rows (never an active job's); return how many went."""
+        with self._lock:
+            ids = {job_id for job_id in job_ids if job_id not in self._active}
+            before = self._db.total_changes
+            with self._transaction():
+                self._db.executemany(
+                    "DELETE FROM jobs WHERE job_id = ? AND state IN ('succeeded', 'failed', 'cancelled')",
+                    [(job_id,) for job_id in ids],
+                )
+            gone = self._db.total_changes - before
+            self._history = deque((j for j in self._history if j.job_id not in ids), maxlen=self.HISTORY_JOBS)
+        return gone
 
     def close(self) -> None:
         """Close the database."""

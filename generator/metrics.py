@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from common.http_metrics import add_standard_metrics
+
+if TYPE_CHECKING:
+    from generator.retention import Retention
 
 JOB_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
 STATUSES = ("succeeded", "failed", "cancelled", "rejected")
@@ -73,9 +77,13 @@ class GeneratorMetrics:
         self.requests.labels("rejected").inc()
         self.rejected.labels(REJECTION_REASONS.get(http_status, "invalid_input")).inc()
 
-    def watch_events_dropped(self, read: Callable[[], int]) -> None:
-        """Export `read()` (the event sender's lost events) as i2v_events_dropped_total at each scrape."""
-        self.registry.register(_EventsDropped(read))
+    def watch_events(self, sender: EventFigures) -> None:
+        """Export the event sender's losses, refusals and failed attempts, read at each scrape."""
+        self.registry.register(_EventDelivery(sender))
+
+    def watch_retention(self, retention: Retention) -> None:
+        """Export what retention removed and the bytes the kept outputs take, read at each scrape."""
+        self.registry.register(_RetentionFigures(retention))
 
     def watch_queue(self, read: Callable[[], dict[str, tuple[int, float | None]]]) -> None:
         """Export `read()` (per priority: jobs waiting, oldest one's age) as gauges at each scrape."""
@@ -104,14 +112,69 @@ class _QueueDepths:
         yield age
 
 
-class _EventsDropped:
-    """A counter read from the event sender when scraped: events lost at the spool's bound or to a full disk."""
+class _RetentionFigures:
+    """Retention's counters, read when scraped."""
 
-    def __init__(self, read: Callable[[], int]) -> None:
-        self._read = read
+    def __init__(self, retention: Retention) -> None:
+        self._retention = retention
 
     def collect(self) -> Iterator[Metric]:
-        """Yield the counter."""
+        """Yield the removed jobs by reason and the outputs' size."""
+        removed = CounterMetricFamily(
+            "i2v_retention_removed_jobs",
+            "Finished jobs removed with their outputs, by the limit that removed them (age, size).",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._retention.removed_total.items()):
+            removed.add_metric([reason], count)
+        yield removed
+        yield GaugeMetricFamily(
+            "i2v_outputs_bytes",
+            "Bytes the finished jobs' outputs (inputs and clips) take, as retention last measured them.",
+            value=self._retention.outputs_bytes,
+        )
+
+
+class EventFigures(Protocol):
+    """What the metrics read from the event sender (read-only)."""
+
+    @property
+    def dropped_total(self) -> int:
+        """Return the events lost."""
+        ...
+
+    @property
+    def refused_total(self) -> int:
+        """Return the events the monitor refused as invalid."""
+        ...
+
+    @property
+    def failures_total(self) -> int:
+        """Return the delivery attempts that failed."""
+        ...
+
+
+class _EventDelivery:
+    """Counters read from the event sender when scraped (it counts; the registry only reads)."""
+
+    def __init__(self, sender: EventFigures) -> None:
+        self._sender = sender
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the delivery figures."""
+        sender = self._sender
         yield CounterMetricFamily(
-            "i2v_events_dropped", "Events lost: the spool's oldest at its bound, or unspoolable.", value=self._read()
+            "i2v_events_dropped",
+            "Events lost: the spool's oldest at its bound, or unspoolable.",
+            value=sender.dropped_total,
+        )
+        yield CounterMetricFamily(
+            "i2v_events_refused",
+            "Events the monitor refused as invalid (its 400 named them), dropped one by one.",
+            value=sender.refused_total,
+        )
+        yield CounterMetricFamily(
+            "i2v_event_delivery_failures",
+            "Delivery attempts the monitor did not take; the events stayed spooled for the next attempt.",
+            value=sender.failures_total,
         )

@@ -8,7 +8,7 @@ import secrets
 import unicodedata
 import warnings
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
@@ -51,7 +51,15 @@ class JobParams:
 
     def to_dict(self) -> dict[str, Any]:
         """Return the parameters as a plain dict (event and API format)."""
-        return asdict(self)
+        # Written out: dataclasses.asdict deep-copies field by field, a third of a job listing's time.
+        return {
+            "resolution": self.resolution,
+            "num_frames": self.num_frames,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "fps": self.fps,
+            "seed": self.seed,
+        }
 
 
 def parse_priority(form: Mapping[str, str]) -> str:

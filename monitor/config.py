@@ -60,6 +60,7 @@ class MonitorConfig:
     admin_token: str | None = field(default=None, repr=False)
     external_url: str | None = None
     expected_gpus: int = 0
+    viewer_token: str | None = field(default=None, repr=False)
 
     @property
     def public_url(self) -> str:
@@ -130,11 +131,18 @@ class MonitorConfig:
             raise ConfigError(f"--external-url must start with http:// or https://, got {self.external_url!r}")
         if not 0 <= self.expected_gpus <= 1024:
             raise ConfigError(f"--expected-gpus must be 0-1024, got {self.expected_gpus}")
-        if self.host not in LOOPBACK and not (self.ingest_token and self.admin_token):
-            raise ConfigError(
-                f"binding to {self.host} opens ingest, ratings and alert acks to the network: set I2V_INGEST_TOKEN and "
-                "I2V_ADMIN_TOKEN, or bind to 127.0.0.1"
+        if self.host not in LOOPBACK:
+            tokens = (
+                ("I2V_INGEST_TOKEN", self.ingest_token),
+                ("I2V_ADMIN_TOKEN", self.admin_token),
+                ("I2V_VIEWER_TOKEN", self.viewer_token),
             )
+            missing = [name for name, value in tokens if not value]
+            if missing:
+                raise ConfigError(
+                    f"binding to {self.host} opens ingest, ratings, alert acks, prompts and reports to the network: "
+                    f"set {' and '.join(missing)}, or bind to 127.0.0.1"
+                )
         return self
 
     @classmethod
@@ -177,6 +185,7 @@ class MonitorConfig:
         pick("admin_token", None)
         pick("external_url", args.external_url)
         pick("expected_gpus", args.expected_gpus, convert=int)
+        pick("viewer_token", None)
         state = env_value(BY_FIELD["alert_state_path"], env, empty_counts=True)
         if state is not None:
             values["alert_state_path"] = Path(state) if state else None
@@ -361,6 +370,15 @@ SETTINGS: tuple[Setting, ...] = (
         "none",
         "the generator's cancel token; also guards ratings and alert acknowledgement",
         old_env=("ADMIN_TOKEN",),
+        secret=True,
+    ),
+    Setting(
+        "viewer_token",
+        None,
+        ("I2V_VIEWER_TOKEN",),
+        "none",
+        "required by what shows prompts, clips or reports (jobs, a job, its quality, the CSV reports) when set, "
+        "and to listen anywhere but loopback",
         secret=True,
     ),
 )

@@ -328,7 +328,7 @@ def run_worker(config: GeneratorConfig) -> int:
         spool_max_bytes=config.event_spool_bytes,
         token=config.ingest_token,
     )
-    metrics.watch_events_dropped(lambda: events.dropped_total)
+    metrics.watch_events(events)
     store = RedisJobStore(redis_client(config.queue_url, timeout_s=5.0))
     celery = make_celery(config.queue_url, config.visibility_timeout_s)
     predictor = MonitorPredictor(config.monitor_url, config.host_name) if config.monitor_url else None

@@ -103,6 +103,48 @@ async function loadRecommendation() {
   note.dataset.state = applied.length ? "applied" : "shown";
 }
 
+// ---- the viewer token: sign in when the generator asks for it ----------------------------------------------
+
+// The session is an HttpOnly cookie the server sets: this script never holds the token after sending it.
+function askToSignIn(message = "") {
+  $("sign-in").hidden = false;
+  form.hidden = true;
+  $("sign-in-error").textContent = message;
+  $("viewer-token").focus();
+}
+
+async function checkSession() {
+  if (!bounds.viewer_token_required) return;
+  try {
+    const response = await fetch("/api/session", { cache: "no-store" });
+    if (response.status === 401) askToSignIn();
+  } catch { /* the generator is away: the form's own errors say so when it is used */ }
+}
+
+$("sign-in").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const token = $("viewer-token").value;
+  let response;
+  try {
+    response = await fetch("/api/session", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token }),
+    });
+  } catch {
+    $("sign-in-error").textContent = "The generator did not answer; try again in a moment.";
+    return;
+  }
+  if (!response.ok) {
+    $("sign-in-error").textContent = response.status === 401 ? "That is not this generator's viewer token." : `Refused (HTTP ${response.status})`;
+    return;
+  }
+  $("viewer-token").value = "";
+  $("sign-in").hidden = true;
+  form.hidden = false;
+  if (currentJob && !timer) timer = setTimeout(poll, POLL_MS);
+});
+
 // ---- following a job ----------------------------------------------------------------------------------------
 
 function duration(s) {
@@ -161,6 +203,11 @@ async function poll() {
     const response = await fetch(`/api/jobs/${jobId}`, { cache: "no-store" });
     const job = await response.json();
     if (jobId !== currentJob) return;
+    if (response.status === 401) {
+      stop();
+      askToSignIn("Your session ended: sign in again to follow the job.");
+      return;
+    }
     if (!response.ok) {
       $("job-state").textContent = job.error || `the status API answered ${response.status}`;
     } else {
@@ -208,6 +255,10 @@ form.addEventListener("submit", async (event) => {
   } finally {
     $("submit").disabled = false;
   }
+  if (response.status === 401) {
+    askToSignIn("Sign in to generate: this generator needs its viewer token.");
+    return;
+  }
   if (!response.ok) {
     const retry = response.headers.get("Retry-After");
     $("form-error").textContent = `${body.error || `Refused (HTTP ${response.status})`}${retry ? ` Try again in about ${retry} s.` : ""}`;
@@ -239,4 +290,5 @@ $("cancel").addEventListener("click", async () => {
   }
 });
 
+checkSession();
 loadRecommendation();

@@ -198,7 +198,8 @@ class GeneratorPoller:
                 elif sample.name == "i2v_request_duration_seconds_bucket":
                     bound = float(sample.labels["le"])
                     raw.buckets[bound] = raw.buckets.get(bound, 0.0) + sample.value
-                elif sample.name == "i2v_events_dropped_total":
+                elif sample.name in ("i2v_events_dropped_total", "i2v_events_refused_total"):
+                    # Lost either way: dropped at the spool's bound or to a full disk, or refused as invalid.
                     raw.events_dropped = (raw.events_dropped or 0.0) + sample.value
                 elif sample.name == "i2v_events_spool_fill_ratio":
                     values["event_spool_fill_ratio"] = max(values["event_spool_fill_ratio"] or 0.0, sample.value)

@@ -63,8 +63,13 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     ),
     "spool_fill_ratio": ("host", "the monitor's store spool: the share of its bound in use, 0 to 1"),
     "event_spool_fill_ratio": ("host", "the generator's event spool: the share of its bound in use, 0 to 1"),
-    "events_lost_5m": ("host", "events the generator lost over the last 5 minutes (i2v_events_dropped_total)"),
+    "events_lost_5m": (
+        "host",
+        "events the generator lost over the last 5 minutes: dropped (i2v_events_dropped_total) or refused by the "
+        "monitor as invalid (i2v_events_refused_total)",
+    ),
     "sampler_errors_5m": ("host", "sampler tick stages that raised over the last 5 minutes"),
+    "outputs_disk_free_ratio": ("host", "free / total space of the disk holding the outputs folder, 0 to 1"),
     "quality_rejected_5m": ("host", "clips the quality scorer refused over the last 5 minutes (its queue full)"),
 }
 

@@ -125,6 +125,7 @@ class AlertService:
         self._gpus_visible: int | None = None
         self._nvml_reason: str | None = None
         self._gpus_missing: float | None = None
+        self._outputs_free_ratio: float | None = None  # the outputs disk's free share, from the last snapshot
         self.engine = AlertEngine(
             load_rules(settings.rules_path),
             clock=clock,
@@ -304,6 +305,9 @@ class AlertService:
         if self.settings.expected_gpus > 0:
             self._gpus_missing = float(max(self.settings.expected_gpus - self._gpus_visible, 0))
             values.setdefault(label_set(host=self.host), {})["gpus_missing"] = self._gpus_missing
+        disk = getattr(snapshot, "host", None)
+        free, total = getattr(disk, "outputs_disk_free_bytes", None), getattr(disk, "outputs_disk_total_bytes", None)
+        self._outputs_free_ratio = free / total if free is not None and total else None
         self.engine.evaluate(values)
 
     def feed(self, values: Mapping[str, float | None]) -> None:
@@ -361,6 +365,7 @@ class AlertService:
         self.metrics.restarts_exhausted.labels(self.host).set(1.0 if exhausted else 0.0)
         values["low_quality_streak"] = float(self._low_quality_streak)
         values["gpus_missing"] = self._gpus_missing
+        values["outputs_disk_free_ratio"] = self._outputs_free_ratio
         return values
 
     def tick(self) -> list[Alert]:

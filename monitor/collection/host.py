@@ -1,4 +1,4 @@
-"""Read the host through psutil: CPU, memory, the generator process's RSS, free disk of the outputs folder."""
+"""Read the host through psutil: CPU, memory, the generator process's RSS, free and total disk of the outputs folder."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ class HostSnapshot:
     generator_pid: int | None
     generator_rss_bytes: int | None
     outputs_disk_free_bytes: int | None
+    outputs_disk_total_bytes: int | None = None
 
 
 class HostReader:
@@ -57,13 +58,15 @@ class HostReader:
         """Take one snapshot; `generator_pid` is the generator's PID, or None when unknown."""
         psutil = self._psutil
         memory = psutil.virtual_memory()
+        disk_free, disk_total = self._disk()
         return HostSnapshot(
             cpu_ratio=psutil.cpu_percent(interval=None) / 100.0,
             memory_used_bytes=int(memory.total - memory.available),
             memory_total_bytes=int(memory.total),
             generator_pid=generator_pid,
             generator_rss_bytes=self._rss(generator_pid),
-            outputs_disk_free_bytes=self._disk_free(),
+            outputs_disk_free_bytes=disk_free,
+            outputs_disk_total_bytes=disk_total,
         )
 
     def _rss(self, pid: int | None) -> int | None:
@@ -82,13 +85,15 @@ class HostReader:
             self._say_once("rss-denied", "cannot read the generator's memory (pid %d): access denied", pid)
             return None
 
-    def _disk_free(self) -> int | None:
+    def _disk(self) -> tuple[int | None, int | None]:
+        """Return the free and total bytes of the outputs folder's disk (None, None when unknown)."""
         if self.outputs_dir is None:
-            return None
+            return None, None
         # The folder may not exist before the first clip: its nearest existing parent is on the same disk.
         folder = next((p for p in (self.outputs_dir, *self.outputs_dir.parents) if p.exists()), self.outputs_dir)
         try:
-            return int(self._psutil.disk_usage(str(folder)).free)
+            usage = self._psutil.disk_usage(str(folder))
         except OSError as err:
             self._say_once("disk", "cannot read free disk of %s: %s", self.outputs_dir, err)
-            return None
+            return None, None
+        return int(usage.free), int(usage.total)

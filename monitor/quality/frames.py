@@ -64,7 +64,7 @@ def _decode(path: Path) -> Iterator[np.ndarray]:
             for frame in container.decode(video=0):
                 yield frame.to_ndarray(format="rgb24")
     except FileNotFoundError as e:
-        raise UnreadableClip(f"clip not found: {path}") from e
+        raise UnreadableClip(f"clip not found: {path.name}") from e  # the name only: answers never show paths
     except av.FFmpegError as e:
         raise UnreadableClip(f"cannot decode {path.name}: {e}") from e
 
@@ -120,6 +120,6 @@ def read_image(path: str | Path) -> np.ndarray:
         with Image.open(path) as image:
             return np.asarray(image.convert("RGB"))
     except FileNotFoundError as e:
-        raise UnreadableClip(f"input image not found: {path}") from e
+        raise UnreadableClip(f"input image not found: {Path(path).name}") from e
     except (UnidentifiedImageError, OSError) as e:
         raise UnreadableClip(f"cannot read input image {Path(path).name}: {e}") from e

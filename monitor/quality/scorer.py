@@ -56,6 +56,7 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0)
 BACKLOG_WINDOW_S = 86_400
 MIN_WAIT_S = 0.05  # the worker's shortest sleep between decisions
+REFUSED_REASON = "the event named a clip outside the monitor's outputs folder (MONITOR_OUTPUTS): not read"
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,8 @@ class QualityScorer:
         )
         self._jobs = Counter(
             "i2v_quality_jobs",
-            "Clips by scoring outcome (scored, unscorable, rejected: queue full).",
+            "Clips by scoring outcome (scored, unscorable, rejected: queue full, refused: not under the outputs "
+            "folder).",
             ["outcome"],
             registry=registry,
         )
@@ -247,13 +249,58 @@ class QualityScorer:
     def _submit_finished(self, clip: FinishedClip) -> bool:
         """Queue a finished clip.
 
-        A relative `video_path` the monitor cannot see from its own directory is looked up as the generator
-        lays clips out, `<outputs_dir>/<job_id>/video.mp4`, when `outputs_dir` is set.
+        Only a clip under the outputs folder is read: the event's `video_path` (absolute, or relative to the
+        folder) must lead inside it once symlinks and `..` are resolved, so both processes must see the clips at
+        the same path. A relative path not found there is looked up as the generator lays clips out,
+        `<outputs_dir>/<job_id>/<name>`. Anything else is refused, counted
+        (`i2v_quality_jobs_total{outcome="refused"}`) and recorded as unscorable without the path: any holder of
+        the ingest token could otherwise have the monitor open any file it can read.
         """
-        video = Path(clip.video_path)
-        if not video.is_absolute() and not video.exists() and self._outputs_dir is not None:
-            video = self._outputs_dir / clip.job_id / video.name
-        return self.submit(clip.job_id, video, video.with_name(INPUT_IMAGE_NAME), clip.prompt, clip.gpu)
+        video = self._clip_path(clip.job_id, clip.video_path)
+        if video is None:
+            self._refuse(clip.job_id, clip.gpu, clip.video_path)
+            return False
+        image: Path | None = video.with_name(INPUT_IMAGE_NAME)
+        if image is not None and not self._inside_outputs(image.resolve()):
+            image = None  # a symlinked input image leading out: the i2v part says it has no image
+        return self.submit(clip.job_id, video, image, clip.prompt, clip.gpu)
+
+    def _clip_path(self, job_id: str, video_path: str) -> Path | None:
+        """Return the clip's resolved path when it lies under the outputs folder, else None."""
+        if self._outputs_dir is None:
+            return None
+        root = self._outputs_dir.resolve()
+        given = Path(video_path)
+        path = (given if given.is_absolute() else root / given).resolve()
+        if not self._inside_outputs(path):
+            return None
+        if not given.is_absolute() and not path.exists():
+            laid_out = (root / job_id / given.name).resolve()  # where the generator puts a job's clip
+            if self._inside_outputs(laid_out) and laid_out.exists():
+                return laid_out
+        return path
+
+    def _inside_outputs(self, resolved: Path) -> bool:
+        return self._outputs_dir is not None and resolved.is_relative_to(self._outputs_dir.resolve())
+
+    def _refuse(self, job_id: str, gpu: str, video_path: str) -> None:
+        """Record a clip that is not under the outputs folder as unscorable, count it, and log it once per job."""
+        self._jobs.labels("refused").inc()
+        # The operator's log names what was asked for; no API answer or stored point repeats it.
+        log.warning(
+            "job %s: refused to read %r: not under the outputs folder %s", job_id, video_path, self._outputs_dir
+        )
+        result = QualityResult(
+            job_id=job_id,
+            gpu=gpu,
+            status=UNSCORABLE,
+            video_path="",
+            unscorable_reason=REFUSED_REASON,
+        )
+        with self._cond:
+            if job_id in self._results:
+                return
+            self._keep(result)
 
     def listen(self, events: Sequence[Event]) -> None:
         """Take a batch of ingested events: follow which jobs run (the whole batch first), then queue finished clips."""

@@ -24,6 +24,7 @@ from monitor.analysis import job_list, jobs
 from monitor.storage.schema import GPU_SAMPLE, HOST_SAMPLE, JOB_EVENT, NUMERIC_FIELDS, iso_from_us, point_to_event
 from monitor.web.context import MonitorContext, get_context
 from monitor.web.params import BadRequest, arg_int, arg_tags, arg_window_s
+from monitor.web.viewer import viewer
 
 MAX_BUCKETS = 300
 MAX_JOB_EVENTS = 100_000
@@ -88,6 +89,7 @@ def _events(ctx: MonitorContext, window_s: int, **filters: Any) -> list[dict[str
 
 
 @bp.get("/jobs")
+@viewer  # jobs carry their prompts
 def list_jobs() -> ResponseReturnValue:
     """Return the jobs that ended in the window and those still open, newest first, with their stage breakdown."""
     ctx = get_context()
@@ -99,6 +101,7 @@ def list_jobs() -> ResponseReturnValue:
 
 
 @bp.get("/jobs/<job_id>")
+@viewer
 def job_detail(job_id: str) -> ResponseReturnValue:
     """Return one job: every event in order, the stage breakdown, the error and its suggestion."""
     ctx = get_context()

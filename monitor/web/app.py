@@ -12,7 +12,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from common.http_metrics import instrument
-from monitor.web import advice, api, dashboard, errors, ingest, reports
+from monitor.web import advice, api, dashboard, errors, ingest, reports, viewer
 from monitor.web.context import MonitorContext, attach
 
 
@@ -34,12 +34,14 @@ def make_app(context: MonitorContext) -> Flask:
     app.json = BoundedJSONProvider(app)
     attach(app, context)
     errors.init_app(app)
-    for blueprint in (ingest, api, dashboard, advice, reports):
+    for blueprint in (ingest, api, dashboard, advice, reports, viewer):
         blueprint.init_app(app)
     if context.quality is not None:
         from monitor.web import quality  # the scorer's module loads torch: only where a scorer exists
 
-        quality.init_app(app, context.quality, admin_token=context.config.admin_token)
+        quality.init_app(
+            app, context.quality, admin_token=context.config.admin_token, viewer_token=context.config.viewer_token
+        )
     if context.alerts is not None:
         from monitor.web import alerts
 

@@ -62,6 +62,7 @@ def page() -> str:
             "host_name": config.host_name,
             "generator_url": config.generator_url,
             "sample_interval_s": config.sample_interval_s,
+            "viewer_token_required": bool(config.viewer_token),
         },
     )
 

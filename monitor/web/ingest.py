@@ -2,8 +2,9 @@
 
 Body: `{"events": [...]}` or a bare list, at most `MAX_EVENTS` events and `MAX_BODY_BYTES` bytes. Every event
 is validated with `Event.from_dict` before any is stored; the first bad one answers 400
-`{"error": ..., "index": i}` and nothing of that batch is stored (the generator drops a refused batch, so a
-bad event never blocks its spool).
+`{"error": ..., "index": i}` and nothing of that batch is stored. The index is what lets the generator drop
+that one event (and resend the ones before it), so a bad event never blocks its spool; any other refusal keeps
+the generator's spool whole.
 
 An answer of 200 means the new events are on disk (the writer's spool, fsync'd), so a monitor killed right
 after answering loses none of them; when the spool cannot take them the answer is 503 and the sender retries.

@@ -237,6 +237,7 @@ class MonitorCollector:
                 "Free space on the outputs folder's disk.",
                 host.outputs_disk_free_bytes,
             ),
+            ("i2v_outputs_disk_size_bytes", "Size of the outputs folder's disk.", host.outputs_disk_total_bytes),
         ):
             family = _gauge(name, doc, labels)
             if value is not None:

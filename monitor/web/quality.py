@@ -8,6 +8,7 @@ from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from common.auth import bearer_allows
+from common.viewer import viewer_only
 from monitor.quality.scorer import QualityScorer
 
 EXTENSION = "quality_scorer"
@@ -15,11 +16,19 @@ EXTENSION = "quality_scorer"
 bp = Blueprint("quality", __name__, url_prefix="/monitor/api")
 
 
-def init_app(app: Flask, scorer: QualityScorer, admin_token: str | None = None) -> None:
-    """Attach the scorer to the app and register the quality routes; a rating needs `admin_token` when set."""
+def init_app(
+    app: Flask, scorer: QualityScorer, admin_token: str | None = None, viewer_token: str | None = None
+) -> None:
+    """Attach the scorer to the app and register the quality routes; a rating needs `admin_token` when set, and
+    reading a job's scores `viewer_token` (or the admin token)."""
     app.extensions[EXTENSION] = scorer
     app.extensions[EXTENSION + ".admin_token"] = admin_token
+    app.extensions[EXTENSION + ".viewer_token"] = viewer_token
     app.register_blueprint(bp)
+
+
+def _tokens() -> tuple[str | None, str | None]:
+    return current_app.extensions[EXTENSION + ".viewer_token"], current_app.extensions[EXTENSION + ".admin_token"]
 
 
 def _scorer() -> QualityScorer:
@@ -32,6 +41,7 @@ def _error(status: int, message: str) -> ResponseReturnValue:
 
 
 @bp.get("/jobs/<job_id>/quality")
+@viewer_only(_tokens)  # a job's scores and what was wrong with its clip
 def get_quality(job_id: str) -> ResponseReturnValue:
     """Return the job's quality result (status queued, scoring, scored or unscorable); 404 if unknown."""
     result = _scorer().result(job_id)

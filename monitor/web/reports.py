@@ -14,6 +14,7 @@ from monitor.analysis.hosts import known_hosts
 from monitor.analysis.reports import GPU_COLUMNS, HOST_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, host_rows, job_rows
 from monitor.web import params
 from monitor.web.context import get_context
+from monitor.web.viewer import viewer
 
 bp = Blueprint("reports", __name__, url_prefix="/monitor/api/reports")
 
@@ -57,6 +58,7 @@ def _stream(name: str, header: Sequence[str], rows: Iterator[list[Any]]) -> Resp
 
 
 @bp.get("/jobs.csv")
+@viewer  # prompts, errors and clip paths
 def jobs_csv() -> ResponseReturnValue:
     """Stream one CSV row per job that ended in the span."""
     ctx = get_context()
@@ -66,6 +68,7 @@ def jobs_csv() -> ResponseReturnValue:
 
 
 @bp.get("/gpu.csv")
+@viewer
 def gpu_csv() -> ResponseReturnValue:
     """Stream one CSV row per bucket, host and GPU in the span."""
     ctx = get_context()

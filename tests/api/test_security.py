@@ -108,10 +108,12 @@ def test_without_tokens_neither_service_binds_beyond_loopback(host: str) -> None
         GeneratorConfig(host=host).validate()
     with pytest.raises(ConfigError, match="INGEST_TOKEN"):
         MonitorConfig(host=host).validate()
-    GeneratorConfig(host=host, admin_token="t").validate()
+    GeneratorConfig(host=host, admin_token="t", viewer_token="v").validate()
     with pytest.raises(ConfigError, match="ADMIN_TOKEN"):
         MonitorConfig(host=host, ingest_token="t").validate()
-    MonitorConfig(host=host, ingest_token="t", admin_token="t").validate()
+    with pytest.raises(ConfigError, match="VIEWER_TOKEN"):
+        MonitorConfig(host=host, ingest_token="t", admin_token="t").validate()
+    MonitorConfig(host=host, ingest_token="t", admin_token="t", viewer_token="v").validate()
     for loopback in ("127.0.0.1", "localhost", "::1"):
         GeneratorConfig(host=loopback).validate()
         MonitorConfig(host=loopback).validate()

@@ -53,6 +53,7 @@ def test_the_form_checks_the_server_bounds_before_sending(page: Page, stack: Sta
         "limits": {name: list(limits) for name, limits in LIMITS.items()},
         "max_prompt": MAX_PROMPT_CHARS,
         "max_upload_bytes": stack.generator.config.max_upload_bytes,
+        "viewer_token_required": False,
     }
     posts: list[str] = []
     page.on("request", lambda request: posts.append(request.url) if request.method == "POST" else None)

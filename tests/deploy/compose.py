@@ -40,6 +40,7 @@ def filled_env(directory: Path) -> tuple[Path, dict[str, str]]:
         "I2V_HOST_NAME": "gpu-host-1",
         "I2V_ADMIN_TOKEN": secrets.token_hex(12),
         "I2V_INGEST_TOKEN": secrets.token_hex(12),
+        "I2V_VIEWER_TOKEN": secrets.token_hex(12),
         "INFLUXDB_ADMIN_PASSWORD": password,
         "INFLUXDB_READ_USER_PASSWORD": secrets.token_hex(8),
         "MONITOR_STORE": f"influxdb://admin:{password}@influxdb:8086/i2v",

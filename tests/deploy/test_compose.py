@@ -20,6 +20,7 @@ SERVICES = {"influxdb", "generator", "monitor", "prometheus", "alertmanager", "g
 SECRETS = (
     "I2V_ADMIN_TOKEN",
     "I2V_INGEST_TOKEN",
+    "I2V_VIEWER_TOKEN",
     "INFLUXDB_ADMIN_PASSWORD",
     "INFLUXDB_READ_USER_PASSWORD",
     "MONITOR_STORE",
@@ -58,6 +59,8 @@ def test_compose_file_validates_with_the_example_env_filled_in(resolved: tuple[d
     generator_env, monitor_env = services["generator"]["environment"], services["monitor"]["environment"]
     assert generator_env["I2V_INGEST_TOKEN"] == monitor_env["I2V_INGEST_TOKEN"]
     assert services["generator"]["environment"]["I2V_ADMIN_TOKEN"] == values["I2V_ADMIN_TOKEN"]
+    # One viewer token for both: a browser signed in on one page is signed in on the other (same host name).
+    assert generator_env["I2V_VIEWER_TOKEN"] == monitor_env["I2V_VIEWER_TOKEN"]
     assert services["monitor"]["environment"]["MONITOR_STORE"] == values["MONITOR_STORE"]
     assert services["influxdb"]["environment"]["INFLUXDB_DB"] == "i2v"
     # Published ports stay on loopback unless I2V_PUBLISH_ADDR says otherwise.
@@ -156,10 +159,12 @@ def test_the_generator_container_runs_python_m_generator_with_a_config_it_accept
     assert (config.host, config.port, config.monitor_url) == ("0.0.0.0", 7860, "http://monitor:7861")
     assert config.host_name == "gpu-host-1"
     assert f":{config.port}/health" in " ".join(service["healthcheck"]["test"])
-    # Binding 0.0.0.0 is refused without the token: that is why compose requires it.
-    without_token = GeneratorConfig.from_sources(command[3:], environ={**environ, "I2V_ADMIN_TOKEN": ""})
-    with pytest.raises(ValueError, match="I2V_ADMIN_TOKEN"):
-        without_token.validate()
+    assert config.viewer_token == environ["I2V_VIEWER_TOKEN"]
+    # Binding 0.0.0.0 is refused without either token: that is why compose requires them.
+    for token in ("I2V_ADMIN_TOKEN", "I2V_VIEWER_TOKEN"):
+        without_token = GeneratorConfig.from_sources(command[3:], environ={**environ, token: ""})
+        with pytest.raises(ValueError, match=token):
+            without_token.validate()
 
 
 def test_the_monitor_container_runs_python_m_monitor_with_a_config_it_accepts(
@@ -179,8 +184,10 @@ def test_the_monitor_container_runs_python_m_monitor_with_a_config_it_accepts(
     assert config.alertmanager_urls == ("http://alertmanager:9093",)
     assert config.admin_token == environ["I2V_ADMIN_TOKEN"]
     assert f":{config.port}/monitor/api/status" in " ".join(service["healthcheck"]["test"])
-    with pytest.raises(ConfigError, match="I2V_INGEST_TOKEN"):
-        MonitorConfig.from_sources(command[3:], environ={**environ, "I2V_INGEST_TOKEN": ""}).validate()
+    assert config.viewer_token == environ["I2V_VIEWER_TOKEN"]
+    for token in ("I2V_INGEST_TOKEN", "I2V_VIEWER_TOKEN"):
+        with pytest.raises(ConfigError, match=token):
+            MonitorConfig.from_sources(command[3:], environ={**environ, token: ""}).validate()
 
 
 def test_queue_mode_adds_redis_with_persistence_and_a_gpu_worker_sharing_the_clips(
@@ -196,7 +203,7 @@ def test_queue_mode_adds_redis_with_persistence_and_a_gpu_worker_sharing_the_cli
     command = worker["command"]
     assert command[:4] == ["python", "-m", "generator", "worker"]
     config = GeneratorConfig.from_sources(command[4:], environ=_service_environ(worker))
-    config.validate()
+    config.validate(serves_jobs=False)  # a worker serves probes only: no viewer token
     assert config.queue_url == "redis://redis:6379/0"
     assert config.monitor_url == "http://monitor:7861"
     assert f":{config.port}/ready" in " ".join(worker["healthcheck"]["test"])

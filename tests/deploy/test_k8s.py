@@ -91,7 +91,7 @@ def test_gpu_workers_take_one_gpu_on_gpu_nodes_and_are_ready_once_the_model_is_l
     command = spec["command"]
     assert command[:4] == ["python", "-m", "generator", "worker"]
     config = GeneratorConfig.from_sources(command[4:], environ=environ(spec))
-    config.validate()
+    config.validate(serves_jobs=False)  # a worker serves probes only: no viewer token
     assert config.queue_url == "redis://redis:6379/0"
     for probe in ("startupProbe", "readinessProbe"):
         assert spec[probe]["httpGet"] == {"path": "/ready", "port": config.port}  # /ready: model loaded and warmed

@@ -196,12 +196,14 @@ class MonitorProcess(ServiceProcess):
         port: int | None = None,
         env: Mapping[str, str] | None = None,
         extra_args: list[str] | None = None,
+        outputs: Path | None = None,
     ) -> None:
-        """Pick a port (or take `port`) and folders under `root`."""
+        """Pick a port (or take `port`) and folders under `root`; `outputs`: the generator's clips, to score them."""
         root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.root = root
-        args = ["--port", str(self.port), "--data-dir", str(root / "data"), "--outputs", str(root / "outputs")]
+        outputs = outputs or root / "outputs"
+        args = ["--port", str(self.port), "--data-dir", str(root / "data"), "--outputs", str(outputs)]
         args += ["--sample-interval", str(interval_s), "--host-name", "fault-host", "--store-wait", "10"]
         args += ["--generator-url", generator_url or f"http://127.0.0.1:{free_port()}"]
         if store_url:

@@ -9,9 +9,12 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from flask import Flask
+from werkzeug.serving import make_server
 
 from common.events import Event, EventError
 from generator.events import EventSender
+from generator.metrics import GeneratorMetrics
 from tests.generator.conftest import GeneratorServer, serve_generator
 from tests.servers import free_port, wait_for
 
@@ -109,14 +112,18 @@ def test_events_spooled_while_the_monitor_is_away_arrive_once_each_in_order(tmp_
         Event.from_dict(event)
 
 
+def stage_events(count: int) -> list[Event]:
+    return [
+        Event(job_id="j", host="h", gpu="0", kind="stage", stage="export", started_at="2026-11-23T10:00:00Z")
+        for _ in range(count)
+    ]
+
+
 def test_a_refused_event_is_dropped_alone_and_its_neighbours_are_delivered(tmp_path) -> None:
     port = free_port()
     receiver = EventReceiver(port)
     sender = EventSender(f"http://127.0.0.1:{port}", tmp_path / "spool", spool_max_bytes=2**20)
-    events = [
-        Event(job_id="j", host="h", gpu="0", kind="stage", stage="export", started_at="2026-11-23T10:00:00Z")
-        for _ in range(5)
-    ]
+    events = stage_events(5)
     bad = Event(job_id="j", host="h", gpu="0", kind="stage", stage="no-such-stage", started_at="2026-11-23T10:00:00Z")
     try:
         for event in (*events[:2], bad, *events[2:]):
@@ -126,4 +133,77 @@ def test_a_refused_event_is_dropped_alone_and_its_neighbours_are_delivered(tmp_p
         sender.close()
         receiver.close()
 
+    assert receiver.event_ids() == [event.event_id for event in events]
+    metrics = GeneratorMetrics()
+    metrics.watch_events(sender)
+    assert metrics.registry.get_sample_value("i2v_events_refused_total") == 1
+    assert metrics.registry.get_sample_value("i2v_events_dropped_total") == 0
+
+
+class WrongEndpoint:
+    """A real HTTP server that is not a monitor's ingest: a proxy or another service behind MONITOR_URL."""
+
+    def __init__(self) -> None:
+        app = Flask("wrong-endpoint")
+
+        @app.get("/monitor/api/events")  # a POST here is 405
+        def only_get() -> str:
+            return "read-only"
+
+        @app.post("/proxy/monitor/api/events")  # a proxy's own refusal: 400 with no event index
+        def proxy_refusal() -> tuple[str, int]:
+            return "<html>400 Bad Request</html>", 400
+
+        self.port = free_port()
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [("/extra", 404), ("", 405), ("/proxy", 400)],
+    ids=["extra-path-404", "method-405", "400-without-index"],
+)
+def test_an_answer_that_names_no_bad_event_keeps_the_whole_spool_and_warns_once(
+    tmp_path, caplog, path: str, status: int
+) -> None:
+    wrong = WrongEndpoint()
+    events = stage_events(3)
+    sender = EventSender(f"http://127.0.0.1:{wrong.port}{path}", tmp_path / "spool", spool_max_bytes=2**20)
+    try:
+        with caplog.at_level(logging.WARNING, logger="generator.events"):
+            for event in events:
+                sender.emit(event)
+            # Three refused attempts, or (the defect) the spool emptied by treating the refusal as final.
+            wait_for(
+                lambda: sender.failures_total >= 3 or sender.queued() == sender.pending() == 0,
+                30,
+                "three refused delivery attempts",
+            )
+        assert sender.pending() == 3
+        assert sender.dropped_total == 0
+        assert sender.refused_total == 0
+        warnings = [r.getMessage() for r in caplog.records if r.name == "generator.events"]
+        assert len(warnings) == 1, warnings  # once for the condition, not once per attempt
+        assert f"answered {status}" in warnings[0]
+        metrics = GeneratorMetrics()
+        metrics.watch_events(sender)
+        assert metrics.registry.get_sample_value("i2v_event_delivery_failures_total") >= 3
+        assert 0 < sender.spool_fill_ratio() < 1
+    finally:
+        sender.close()
+        wrong.close()
+
+    # The monitor at the right address later: the events kept are all delivered, in order.
+    port = free_port()
+    receiver = EventReceiver(port)
+    fixed = EventSender(f"http://127.0.0.1:{port}", tmp_path / "spool", spool_max_bytes=2**20)
+    try:
+        assert fixed.flush(timeout_s=30)
+    finally:
+        fixed.close()
+        receiver.close()
     assert receiver.event_ids() == [event.event_id for event in events]

@@ -1,12 +1,16 @@
-"""Job state survives a restart: a job that was running fails, queued jobs queue again."""
+"""The job book: state survives a restart (running fails, queued queue again), and its reads cost the page."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
+
+import pytest
 
 from common.sizing import GiB
 from generator.admission import admit
-from generator.jobs import JobBook
+from generator.jobs import Job, JobBook
 from generator.validation import JobParams
 
 PARAMS = JobParams(resolution=256, num_frames=8, steps=10, guidance_scale=9.0, fps=8)
@@ -74,3 +78,85 @@ def test_a_submission_without_a_seed_gets_one_chosen_and_recorded() -> None:
     assert all(isinstance(seed, int) and 0 <= seed < 2**32 for seed in seeds)
     assert len(seeds) > 1  # chosen at random, not a fixed default
     assert parse_params(MultiDict({"seed": "7"})).seed == 7
+
+
+def finished_jobs(count: int, *, start: float = 1_700_000_000.0, state: str = "succeeded") -> list[Job]:
+    """Finished jobs one second apart, oldest first."""
+    return [
+        Job(
+            job_id=f"{i:032x}",
+            prompt=f"prompt {i}",
+            requested=PARAMS,
+            effective=PARAMS,
+            state=state,
+            created_at=start + i,
+            started_at=start + i,
+            finished_at=start + i + 0.5,
+            stage_durations_s={"denoising_step_mean": 0.5, "export": 0.1},
+        )
+        for i in range(count)
+    ]
+
+
+class CountedReads:
+    """Counts the jobs parsed from the database (each one a row read and decoded)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = Job.from_row.__func__
+
+        def counted(cls: type[Job], text: str) -> Job:
+            self.count += 1
+            return original(cls, text)
+
+        monkeypatch.setattr(Job, "from_row", classmethod(counted))
+
+
+def test_a_listing_reads_only_its_page_and_a_restart_only_the_active_jobs(tmp_path: Path, monkeypatch) -> None:
+    book = JobBook(tmp_path, queue_size=4)
+    book.store_finished(finished_jobs(5000))
+    queued = book.submit("q" * 32, "still waiting", PARAMS, retry_after_s=1)
+    book.close()
+
+    reads = CountedReads(monkeypatch)
+    reopened = JobBook(tmp_path, queue_size=4)
+    assert reads.count <= 1 + JobBook.HISTORY_JOBS  # the queued job and the ETA's history, not 5,000 jobs
+    reads.count = 0
+    page = reopened.list(limit=50)
+    assert reads.count <= 50
+    assert [job.job_id for job in page] == [queued.job_id] + [f"{i:032x}" for i in range(4999, 4950, -1)]
+    assert page[0] is reopened.get(queued.job_id)  # an active job is the live object the workers update
+    failed = reopened.list(state="failed", limit=10)
+    assert failed == []
+    assert [j.job_id for j in reopened.list(state="succeeded", limit=3)] == [f"{i:032x}" for i in (4999, 4998, 4997)]
+    assert [j.job_id for j in reopened.history()][:2] == [f"{i:032x}" for i in (4999, 4998)]
+    assert reopened.get(f"{7:032x}").prompt == "prompt 7"
+    assert reopened.get("nope") is None
+
+
+def test_a_finished_job_leaves_memory_and_feeds_the_history(tmp_path: Path) -> None:
+    book = JobBook(tmp_path, queue_size=4)
+    job = book.submit("a" * 32, "one", PARAMS, retry_after_s=1)
+    assert book.take(timeout_s=1) is job
+    assert book.running_jobs() == [job]
+    book.update(job, state="succeeded", finished_at=time.time(), stage_durations_s={"denoising_step_mean": 0.2})
+    assert book.running_jobs() == []
+    assert [j.job_id for j in book.history()] == [job.job_id]
+    stored = book.get(job.job_id)
+    assert stored is not job
+    assert (stored.state, stored.stage_durations_s) == ("succeeded", {"denoising_step_mean": 0.2})
+
+
+def test_a_database_from_before_the_state_columns_is_upgraded_in_place(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "jobs.db")
+    old.execute("CREATE TABLE jobs (job_id TEXT PRIMARY KEY, created_at REAL, body TEXT)")
+    jobs = [*finished_jobs(3), Job(job_id="q" * 32, prompt="queued", requested=PARAMS, effective=PARAMS)]
+    old.executemany("INSERT INTO jobs VALUES (?, ?, ?)", [(j.job_id, j.created_at, j.to_row()) for j in jobs])
+    old.commit()
+    old.close()
+
+    book = JobBook(tmp_path, queue_size=4)
+    assert [j.job_id for j in book.list(limit=10)] == ["q" * 32, f"{2:032x}", f"{1:032x}", f"{0:032x}"]
+    assert [j.job_id for j in book.list(state="succeeded", limit=10)] == [f"{i:032x}" for i in (2, 1, 0)]
+    assert book.take(timeout_s=1).job_id == "q" * 32
+    assert book.finished_before(2e9, 10) == [f"{i:032x}" for i in range(3)]

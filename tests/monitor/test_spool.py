@@ -145,3 +145,58 @@ def test_unicode_and_newlines_in_values_round_trip(tmp_path: Path) -> None:
     assert got == record
     assert isinstance(got["f"], float)
     assert isinstance(got["i"], int)
+
+
+def _append_until_the_oldest_segment_is_dropped(spool: Spool, start: int) -> tuple[int, int]:
+    """Append one record at a time, as another thread would while the consumer delivers, until the bound drops
+    the oldest segment; return the next record number and the number of the first record the drop left."""
+    n = start
+    while n < start + 10_000:
+        oldest = min(spool.directory.glob("segment-*"))
+        first_left = json.loads(oldest.read_bytes().splitlines()[-1])["n"] + 1  # read before its file goes
+        spool.append([{"n": n, "pad": "w" * 100}])
+        n += 1
+        if not oldest.exists():
+            return n, first_left
+    raise AssertionError("the bound never dropped a segment")
+
+
+def test_a_drop_at_the_bound_between_peek_and_ack_never_acks_undelivered_records(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=16 * 1024)  # 4 KiB segments of about 30 records
+    spool.append([{"n": n, "pad": "w" * 100} for n in range(10)])
+    delivered = [r["n"] for r in spool.peek(10)]  # handed to the store or the monitor...
+    appended, first_left = _append_until_the_oldest_segment_is_dropped(spool, 10)
+    spool.ack(len(delivered))  # ...which took them while the bound dropped the segment they came from
+
+    kept = [r["n"] for r in spool.peek(100_000)]
+    assert delivered == list(range(10))
+    assert kept == list(range(first_left, appended))  # nothing after the dropped segment acknowledged unsent
+    # The delivered ones went with the dropped segment, but they arrived: only the others count as dropped.
+    assert spool.dropped_total == first_left - len(delivered)
+
+
+def test_records_dropped_under_a_failed_delivery_are_counted_at_the_next_peek(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=16 * 1024)
+    spool.append([{"n": n, "pad": "w" * 100} for n in range(10)])
+    assert len(spool.peek(10)) == 10  # the delivery fails: no ack
+    appended, first_left = _append_until_the_oldest_segment_is_dropped(spool, 10)
+    kept = [r["n"] for r in spool.peek(100_000)]
+    assert kept == list(range(first_left, appended))  # the peeked records went with their segment
+    assert spool.dropped_total == first_left
+    spool.ack(len(kept))
+    assert spool.pending() == 0
+    assert len(kept) + spool.dropped_total == appended
+
+
+def test_a_partial_ack_after_a_drop_acks_only_what_was_delivered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=16 * 1024)
+    for n in range(40):  # over one segment: the drop takes part of them
+        spool.append([{"n": n, "pad": "w" * 100}])
+    peeked = [r["n"] for r in spool.peek(40)]
+    appended, first_left = _append_until_the_oldest_segment_is_dropped(spool, 40)
+    assert first_left < 35  # the drop took part of what was peeked
+    spool.ack(35)  # the monitor took the first 35 (its 400 named the 36th)
+    kept = [r["n"] for r in spool.peek(100_000)]
+    assert peeked == list(range(40))
+    assert kept == list(range(35, appended))  # the refused one and the rest are still there
+    assert spool.dropped_total == 0  # everything dropped had been delivered

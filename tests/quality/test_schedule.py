@@ -144,7 +144,7 @@ def make_rig(tmp_path: Path, clip_dir: Path) -> Iterator[Any]:
         scorer = QualityScorer(
             clip=clip, write=writer.write, host_name="node-a", registry=registry, on_result=results.append,
             activity=GpuActivity(clip.device_tag, max_wait_s=max_wait_s, startup_quiet_s=startup_quiet_s),
-            history=QualityHistory(store, "node-a") if history else None,
+            history=QualityHistory(store, "node-a") if history else None, outputs_dir=config.outputs_dir,
         )  # fmt: skip
         app = create_app(config, store=store, writer=writer, quality=scorer)
         scorer.start()

@@ -375,7 +375,7 @@ async function refreshReports() {
     if (!available) link.removeAttribute("href");
   }
   $("reports-status").hidden = available;
-  $("reports-status").textContent = available ? "" : "CSV reports are not available on this monitor yet.";
+  $("reports-status").textContent = available ? "" : (config.viewer_token_required ? "CSV reports need the viewer token: sign in above." : "CSV reports are not available on this monitor yet.");
 }
 
 async function refreshTargets(force) {
@@ -393,6 +393,40 @@ async function refreshTargets(force) {
   $("gpu").replaceChildren(el("option", { value: "", text: gpus.length ? "All GPUs" : "All GPUs (none seen)" }), ...gpus.map((g) => el("option", { value: g, text: `GPU ${g}` })));
   $("gpu").value = state.gpu;
 }
+
+// ---- the viewer token: jobs and reports need it when the monitor has one ----------------------------------
+
+// The session is an HttpOnly cookie the monitor sets: this script never keeps the token after sending it.
+function askToSignIn() {
+  if (!config.viewer_token_required) return;
+  $("sign-in").hidden = false;
+  const message = el("td", { colspan: "7", class: "muted", text: "Jobs need the viewer token: sign in above." });
+  $("jobs").tBodies[0].replaceChildren(el("tr", {}, [message]));
+}
+
+$("sign-in").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  let response;
+  try {
+    response = await fetch(`${API}/session`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: $("viewer-token").value }),
+    });
+  } catch {
+    $("sign-in-error").textContent = "The monitor did not answer; try again in a moment.";
+    return;
+  }
+  if (!response.ok) {
+    $("sign-in-error").textContent = response.status === 401 ? "That is not this monitor's viewer token." : `Refused (HTTP ${response.status})`;
+    return;
+  }
+  $("viewer-token").value = "";
+  $("sign-in-error").textContent = "";
+  $("sign-in").hidden = true;
+  state.reportsAt = 0;
+  tick(true);
+});
 
 // ---- the loop ---------------------------------------------------------------------------------------------
 
@@ -437,9 +471,10 @@ async function refresh(force = false) {
   if (host.ok) drawHost(host.body);
   drawAlerts(alerts);
   if (jobsDue) {
+    if (jobs.status === 401) askToSignIn();
     if (jobs.ok) drawJobs(jobs.body);
     if (queue.ok) drawQueue(queue.body);
-    if (jobs.ok && queue.ok) {
+    if ((jobs.ok || jobs.status === 401) && queue.ok) {
       state.jobsAt = Date.now();
       state.jobStatesSeen = jobStates;
     }
