@@ -273,7 +273,7 @@ class RedisJobStore:
 
         def finish_in(pipe: Any) -> bool:
             fields = pipe.hgetall(key)
-            if not fields or fields.get("token") != token or fields.get("state") != "running":
+            if not fields or not _holds(fields, token) or fields.get("state") != "running":
                 return False
             pipe.multi()
             self._end(pipe, job, fields)
@@ -290,7 +290,7 @@ class RedisJobStore:
 
         def requeue_in(pipe: Any) -> str | None:
             fields = pipe.hgetall(key)
-            if not fields or fields.get("token") != token:
+            if not fields or not _holds(fields, token):
                 return None
             serve_as: str = fields.get("serve_as") or job.priority
             pipe.multi()
@@ -462,3 +462,8 @@ class RedisJobStore:
 def new_job(job_id: str, prompt: str, params: JobParams, priority: str) -> Job:
     """Return a fresh queued job."""
     return Job(job_id=job_id, prompt=prompt, requested=params, effective=params, priority=priority)
+
+
+def _holds(fields: dict[str, Any], attempt: str) -> bool:
+    """Return whether the job's stored attempt id is `attempt` (an ownership mark, not a secret)."""
+    return str(fields.get("token") or "") == attempt

@@ -15,7 +15,7 @@ from pathlib import Path
 from bench.run import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOKE_BUDGET_S = 60.0
+SMOKE_BUDGET_S = 150.0  # 13 benchmarks' quick modes; about 60 s on 2 idle cores
 
 
 def test_quick_bench_writes_a_json_per_benchmark_and_the_table(tmp_path: Path) -> None:

@@ -21,12 +21,14 @@ def job(job_id: str, minute: int) -> list[dict]:
     ]
 
 
-def test_the_newest_jobs_are_listed_when_the_window_holds_more_events_than_are_read(
+def test_every_job_is_listed_newest_first_when_the_window_holds_more_events_than_a_read_takes(
     monitor: Monitor,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(api, "MAX_JOB_EVENTS", 8)  # two jobs' worth: the oldest job's events are the ones left out
+    # The list reads one stored summary per job, not the jobs' events: a window holding more events than one
+    # read takes (here two jobs' worth) still lists every job, the newest first.
+    monkeypatch.setattr(api, "MAX_JOB_EVENTS", 8)
     monitor.post_events([*job("job-0", 0), *job("job-1", 1), *job("job-2", 2)])
     body = monitor.get("jobs", window="1h").json()
-    assert [j["id"] for j in body["jobs"]] == ["job-2", "job-1"]
-    assert [j["status"] for j in body["jobs"]] == ["succeeded", "succeeded"]
+    assert [j["id"] for j in body["jobs"]] == ["job-2", "job-1", "job-0"]
+    assert [j["status"] for j in body["jobs"]] == ["succeeded", "succeeded", "succeeded"]
