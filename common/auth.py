@@ -4,7 +4,7 @@ Three tokens, each off when unset: the admin token (mutating actions), the inges
 token (what shows prompts, clips and reports). A viewer proves the viewer token with `Authorization: Bearer
 <token>` or, in a browser, with the `i2v_viewer` cookie that signing in on a page sets: an HMAC of the token, so
 the token itself never sits in the browser, and changing the token ends every session. Cookies are scoped to
-the host name, not the port: give the generator and the monitor the same VIEWER_TOKEN and one sign-in serves
+the host name, not the port: give the generator and the monitor the same I2V_VIEWER_TOKEN and one sign-in serves
 both. The admin token is accepted wherever the viewer token is.
 """
 

@@ -1,7 +1,7 @@
 """The viewer token on both services: the check each viewer route makes, and the session routes a page signs in with.
 
 A route that shows prompts, clips or reports calls `viewer_denied()` first. A script sends `Authorization:
-Bearer <VIEWER_TOKEN>`; a browser cannot put a header on a `<video src>` or a CSV link, so a page signs in once
+Bearer <I2V_VIEWER_TOKEN>`; a browser cannot put a header on a `<video src>` or a CSV link, so a page signs in once
 (`POST <prefix>/session` with the token) and gets an HttpOnly, SameSite=Strict cookie that proves it (see
 `common.auth`). `GET <prefix>/session` tells a page whether it must ask; `DELETE` signs out.
 """
@@ -21,7 +21,7 @@ Tokens = Callable[[], tuple[str | None, str | None]]
 Route = TypeVar("Route", bound=Callable[..., Any])
 
 DENIED = (
-    "this shows prompts, clips or reports and needs the viewer token: send 'Authorization: Bearer <VIEWER_TOKEN>', "
+    "this shows prompts, clips or reports and needs the viewer token: send 'Authorization: Bearer <I2V_VIEWER_TOKEN>', "
     "or sign in on the page"
 )
 
@@ -79,7 +79,7 @@ def session_blueprint(name: str, url_prefix: str, tokens: Tokens) -> Blueprint:
             body = None
         given = body.get("token") if isinstance(body, dict) else None
         if not isinstance(given, str) or not given:
-            response = jsonify(error='send {"token": "<VIEWER_TOKEN>"} as JSON')
+            response = jsonify(error='send {"token": "<I2V_VIEWER_TOKEN>"} as JSON')
             response.status_code = 400
             return response
         if not viewer_token:
