@@ -26,6 +26,7 @@ FINAL_STATES = ("succeeded", "failed", "cancelled", "rejected")
 KINDS = ("stage", "job")
 PARAM_NAMES = ("resolution", "num_frames", "steps", "guidance_scale", "fps", "seed")
 MAX_TEXT = 2000
+MAX_NOTES = 20
 # The job_id of the stages a worker runs before serving (model_load, warmup): service events, not a user's job.
 STARTUP_JOB_ID = "startup"
 
@@ -69,6 +70,8 @@ class Event:
 
     `started_at` is when the stage (or the state) began, `duration_s` how long the stage took (0 for a state
     change). `params` are the job's effective parameters; `requested` what the user asked for, where it differs.
+    `notes` are what admission control said about the job (where its memory estimate came from, why it was
+    degraded or refused), carried by its state events.
     """
 
     job_id: str
@@ -89,6 +92,7 @@ class Event:
     peak_memory_allocated_bytes: int | None = None  # the job's peak held by live tensors
     prompt: str | None = None
     video_path: str | None = None
+    notes: list[str] = field(default_factory=list)
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +145,13 @@ class Event:
             value = data.get(name)
             if value is not None and (not isinstance(value, str) or len(value) > MAX_TEXT):
                 raise EventError(f"'{name}' must be a string of at most {MAX_TEXT} characters or null")
+        notes = data.get("notes", [])
+        if (
+            not isinstance(notes, list)
+            or len(notes) > MAX_NOTES
+            or not all(isinstance(n, str) and len(n) <= MAX_TEXT and _is_unicode(n) for n in notes)
+        ):
+            raise EventError(f"'notes' must be a list of at most {MAX_NOTES} strings of at most {MAX_TEXT} characters")
         for name in ("params", "requested"):
             value = data.get(name, {})
             if not isinstance(value, dict) or set(value) - set(PARAM_NAMES):

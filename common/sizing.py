@@ -20,6 +20,16 @@ LIMITS: dict[str, tuple[float, float]] = {
     "seed": (0, 2**32 - 1),
 }
 DEFAULTS: dict[str, Any] = {"resolution": 512, "num_frames": 16, "steps": 50, "guidance_scale": 9.0, "fps": 8}
+# What a generator on a CPU offers first: the smallest job the API accepts (about 10 s with the tiny model on two
+# idle cores), where DEFAULTS would take the tiny model many minutes. The monitor recommends larger when it has
+# measured that the CPU is fast enough.
+CPU_FIRST_CLIP: dict[str, Any] = {**DEFAULTS, "resolution": 256, "num_frames": 8, "steps": 10}
+
+
+def form_defaults(device_type: str) -> dict[str, Any]:
+    """Return the parameters a job form starts from on a device type ("cuda" or "cpu")."""
+    return dict(DEFAULTS if device_type == "cuda" else CPU_FIRST_CLIP)
+
 
 # The design's starting table: peak GPU memory of a 16-frame job by resolution, and the cost of each frame
 # beyond 16. Measured jobs replace it as soon as the monitor has learned from some.

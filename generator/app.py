@@ -18,13 +18,13 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
-from common import openapi
+from common import job_token, openapi
 from common.auth import bearer_allows
 from common.http_metrics import instrument
 from common.redact import redact_url
-from common.sizing import LIMITS, RESOLUTIONS
+from common.sizing import LIMITS, RESOLUTIONS, form_defaults
 from common.viewer import session_blueprint, viewer_only
-from generator import eta
+from generator import eta, progress, rating
 from generator.admission import table_estimate
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event, rejection_event
@@ -182,10 +182,20 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
     rt = runtime_factory(config)
     app.extensions["generator"] = rt
     instrument(app, rt.metrics.registry)
+    # Each open progress stream holds one of waitress' threads: half of them at most, the rest serve requests.
+    app.extensions["progress_streams"] = progress.StreamSlots(max(config.threads // 2, 1))
     app.register_blueprint(api)
     openapi.register(app, Path(__file__).with_name("openapi.yaml"))
     app.register_blueprint(advice)  # /api/recommendation and /api/predict, proxied to the monitor
     app.register_blueprint(session_blueprint("viewer_session", "/api", _tokens))  # the page's viewer sign-in
+    # Job tokens (for rating one's own clip) are keyed from the admin token the monitor shares, so it can verify
+    # them; without one, with a random key of this generator's own (the monitor's rating route is open then).
+    token_key = (
+        job_token.key_from_admin_token(config.admin_token)
+        if config.admin_token
+        else job_token.local_key(config.state_dir / "job-token.key")
+    )
+    rating.init_app(app, token_key)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(QueueUnavailable, _queue_unavailable)
     app.register_error_handler(Exception, _unexpected_error)
@@ -284,14 +294,18 @@ def job_view(job: Job, history: list[Job] | None = None) -> dict[str, Any]:
 @api.get("/")
 def index() -> str:
     """Serve the page to submit a job and watch it."""
+    rt = runtime()
     return render_template(
         "index.html",
+        # Where the workers run decides what the form offers first: a job that finishes quickly there.
+        defaults=form_defaults(rt.workers[0].device.type),
+        device=rt.workers[0].gpu,
         resolutions=RESOLUTIONS,
         limits=LIMITS,
         max_prompt=MAX_PROMPT_CHARS,
-        monitor_url=runtime().config.monitor_url,
-        max_upload_bytes=runtime().config.max_upload_bytes,
-        viewer_token_required=bool(runtime().config.viewer_token),
+        monitor_url=rt.config.monitor_url,
+        max_upload_bytes=rt.config.max_upload_bytes,
+        viewer_token_required=bool(rt.config.viewer_token),
     )
 
 
@@ -351,7 +365,8 @@ def _queue_job(
         shutil.rmtree(job_dir, ignore_errors=True)
         raise
     rt.metrics.queue_pending.set(rt.book.pending())
-    response = jsonify(job_view(job))
+    # Only the submitter gets the job's token, here and nowhere else: it lets them rate their own clip.
+    response = jsonify({**job_view(job), "rating_token": rating.token_for(job.job_id)})
     response.headers["Location"] = f"/api/jobs/{job.job_id}"
     return response, 202
 
@@ -395,6 +410,30 @@ def get_job(job_id: str) -> tuple[Response, int] | Response:
     """Return one job's status."""
     job = _find(job_id)
     return job if isinstance(job, tuple) else jsonify(job_view(job))
+
+
+@api.get("/api/jobs/<job_id>/events")
+@viewer  # the events carry the job's status, prompt included
+def job_events(job_id: str) -> tuple[Response, int] | Response:
+    """Stream the job's status as Server-Sent Events until it ends (generator/progress.py)."""
+    job = _find(job_id)
+    if isinstance(job, tuple):
+        return job
+
+    book = runtime().book
+
+    def key() -> str | None:
+        found = book.get(job_id)
+        if found is None:
+            return None
+        return progress.event_id(found.state, found.step, book.position(job_id), len(found.notes))
+
+    def view() -> dict[str, Any]:
+        found = book.get(job_id)
+        return job_view(found or job)
+
+    slots = current_app.extensions["progress_streams"]
+    return progress.respond(key, view, request.headers.get("Last-Event-ID"), slots)
 
 
 @api.post("/api/jobs/<job_id>/cancel")

@@ -48,6 +48,7 @@ def job_state_event(job: Job, state: str, host: str, gpu: str) -> Event:
         video_path=job.video_path,
         peak_memory_bytes=job.peak_memory_bytes,
         peak_memory_allocated_bytes=job.peak_memory_allocated_bytes,
+        notes=list(job.notes),
     )
 
 

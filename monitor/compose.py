@@ -6,7 +6,8 @@ through the bus (monitor/bus.py):
 
     sampler ── snapshot ──▶ alerts (GPU rules)
     ingest ─── events ────▶ job summarizer, quality scorer
-    summarizer ─ job_summary ─▶ predictor (refit)
+    summarizer ─ job_summary ─▶ predictor (refit), energy meter (waits for the counter's next reading)
+    sampler ── snapshot ──▶ energy meter (adds a GPU job's energy to its summary once it can)
     scorer ─── quality_result ─▶ alerts (low-quality streak)
     alerts' tick reads: writer health, sampler health (errors), scorer refusals (data lost or delayed)
 
@@ -26,6 +27,7 @@ from flask import Flask
 
 from common.spool import Spool
 from monitor import bus as topics
+from monitor.analysis.energy import EnergyMeter
 from monitor.analysis.job_summary import JobSummarizer
 from monitor.analysis.predict import Predictor
 from monitor.bus import Bus
@@ -158,6 +160,10 @@ def create_app(
     summarizer = JobSummarizer(writer.write_durable, store, on_summary=bus.publisher(topics.JOB_SUMMARY))
     bus.subscribe(topics.EVENTS, summarizer.listen)
     bus.subscribe(topics.JOB_SUMMARY, predictor.mark_dirty)  # refitted in the background with the new job
+    # A GPU job's energy needs the counter's first reading after its end: checked on each sampler tick.
+    energy = EnergyMeter(store, writer.write_durable, clock_ns=clock_ns)
+    bus.subscribe(topics.JOB_SUMMARY, energy.on_summary)
+    bus.subscribe(topics.SNAPSHOT, energy.tick)
     if quality is not None:
         bus.subscribe(topics.EVENTS, quality.listen)
     context = MonitorContext(

@@ -61,6 +61,8 @@ class MonitorConfig:
     external_url: str | None = None
     expected_gpus: int = 0
     viewer_token: str | None = field(default=None, repr=False)
+    price_per_kwh: float | None = None
+    price_per_gpu_hour: float | None = None
 
     @property
     def public_url(self) -> str:
@@ -131,6 +133,9 @@ class MonitorConfig:
             raise ConfigError(f"--external-url must start with http:// or https://, got {self.external_url!r}")
         if not 0 <= self.expected_gpus <= 1024:
             raise ConfigError(f"--expected-gpus must be 0-1024, got {self.expected_gpus}")
+        for flag, price in (("--price-per-kwh", self.price_per_kwh), ("--price-per-gpu-hour", self.price_per_gpu_hour)):
+            if price is not None and not 0 <= price < 1e9:
+                raise ConfigError(f"{flag} must be a price of 0 or more, got {price}")
         if self.host not in LOOPBACK:
             tokens = (
                 ("I2V_INGEST_TOKEN", self.ingest_token),
@@ -186,6 +191,8 @@ class MonitorConfig:
         pick("external_url", args.external_url)
         pick("expected_gpus", args.expected_gpus, convert=int)
         pick("viewer_token", None)
+        pick("price_per_kwh", args.price_per_kwh, convert=float)
+        pick("price_per_gpu_hour", args.price_per_gpu_hour, convert=float)
         state = env_value(BY_FIELD["alert_state_path"], env, empty_counts=True)
         if state is not None:
             values["alert_state_path"] = Path(state) if state else None
@@ -353,6 +360,20 @@ SETTINGS: tuple[Setting, ...] = (
         ("MONITOR_EXPECTED_GPUS",),
         "0",
         "GPUs this host should have: NvmlUnavailable fires when NVML lists fewer; 0 turns that alert off",
+    ),
+    Setting(
+        "price_per_kwh",
+        "--price-per-kwh",
+        ("MONITOR_PRICE_PER_KWH",),
+        "none (no energy cost)",
+        "what a kWh of GPU energy costs, in the currency of your choice: jobs' energy cost in the reports",
+    ),
+    Setting(
+        "price_per_gpu_hour",
+        "--price-per-gpu-hour",
+        ("MONITOR_PRICE_PER_GPU_HOUR",),
+        "none (no GPU-time cost)",
+        "what an hour of one GPU costs, in the same currency: jobs' GPU-time cost in the reports",
     ),
     Setting(
         "ingest_token",

@@ -12,6 +12,7 @@ from typing import TextIO
 from common.redact import redact_url
 from monitor.analysis import columns
 from monitor.analysis.aggregate import GROUP_KEYS, parse_group_by, write_aggregate
+from monitor.analysis.cost import Prices
 from monitor.analysis.reports import write_report
 from monitor.config import ConfigError, MonitorConfig
 from monitor.storage import open_store
@@ -74,10 +75,12 @@ def main(argv: Sequence[str]) -> int:
         return 2
     where_from = redact_url(config.store_url)
 
+    prices = Prices(config.price_per_kwh, config.price_per_gpu_hour)
+
     def write(out: TextIO) -> int:
         if args.kind == "aggregate":
-            return write_aggregate(store, out, start_ns, end_ns, group_by, host)
-        return write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s)
+            return write_aggregate(store, out, start_ns, end_ns, group_by, host, prices)
+        return write_report(args.kind, store, out, start_ns, end_ns, host=host, bucket_s=bucket_s, prices=prices)
 
     try:
         if args.output == "-":

@@ -1,5 +1,6 @@
 // The generator page: check the form against the server's own bounds, pre-fill the monitor's recommendation,
-// submit, follow the job through the status API (progress and ETA), play the clip or show the failure.
+// submit, follow the job as the server pushes its progress (Server-Sent Events; the status API is polled where
+// a stream cannot be had), play the clip or show the failure, and let the submitter rate the clip.
 
 const $ = (id) => document.getElementById(id);
 const bounds = JSON.parse($("bounds").textContent);
@@ -10,7 +11,9 @@ const FINAL = ["succeeded", "failed", "cancelled"];
 const POLL_MS = 500;
 
 let currentJob = null;
+let ratingToken = null; // the submitter's token for this job: it lets them rate the clip
 let timer = null;
+let stream = null;
 let triedSubmit = false;
 const touched = new Set(); // fields the user changed: the recommendation never overwrites them
 
@@ -98,8 +101,9 @@ async function loadRecommendation() {
     applied.push(name);
   }
   const predicted = body.predicted && body.predicted.time_s != null ? `, about ${duration(body.predicted.time_s)}` : "";
-  const gpu = body.gpu && body.gpu.model ? ` (${body.gpu.model})` : "";
-  note.textContent = `Recommended for this GPU${gpu}: ${rec.resolution}x${rec.resolution}, ${rec.num_frames} frames, ${rec.steps} steps${predicted}.${body.reason ? ` ${body.reason}` : ""}`;
+  // On a CPU the advice is time-based (what finishes within the budget); on a GPU memory-based.
+  const where = body.basis === "time" ? "this CPU" : `this GPU${body.gpu && body.gpu.model ? ` (${body.gpu.model})` : ""}`;
+  note.textContent = `Recommended for ${where}: ${rec.resolution}x${rec.resolution}, ${rec.num_frames} frames, ${rec.steps} steps${predicted}.${body.reason ? ` ${body.reason}` : ""}`;
   note.dataset.state = applied.length ? "applied" : "shown";
 }
 
@@ -194,6 +198,44 @@ function render(job) {
     video.hidden = false;
     video.play().catch(() => {}); // autoplay may be refused; the controls stay
   }
+  $("rating").hidden = !(job.state === "succeeded" && ratingToken && job.job_id === currentJob);
+}
+
+// ---- pushed progress, with polling where a stream cannot be had ---------------------------------------------
+
+function follow(jobId) {
+  if (!window.EventSource) {
+    followByPolling();
+    return;
+  }
+  const source = new EventSource(`/api/jobs/${jobId}/events`);
+  stream = source;
+  $("job").dataset.transport = "events";
+  const onEvent = (event) => {
+    if (jobId !== currentJob) return;
+    const job = JSON.parse(event.data);
+    render(job);
+    if (FINAL.includes(job.state)) stopFollowing();
+  };
+  source.addEventListener("state", onEvent);
+  source.addEventListener("progress", onEvent);
+  source.addEventListener("gone", () => {
+    stopFollowing();
+    $("job-state").textContent = "This job is no longer kept by the generator.";
+  });
+  source.onerror = () => {
+    // EventSource reconnects by itself (with Last-Event-ID) after a dropped connection; only a refused stream
+    // (the server's stream slots are full, or it does not stream) ends it, and then the page polls instead.
+    if (source.readyState === EventSource.CLOSED && stream === source && jobId === currentJob) followByPolling();
+  };
+}
+
+function followByPolling() {
+  if (stream) stream.close();
+  stream = null;
+  $("job").dataset.transport = "polling";
+  clearTimeout(timer);
+  timer = setTimeout(poll, POLL_MS);
 }
 
 async function poll() {
@@ -213,7 +255,7 @@ async function poll() {
     } else {
       render(job);
       if (FINAL.includes(job.state)) {
-        stop();
+        stopFollowing();
         return;
       }
     }
@@ -223,9 +265,11 @@ async function poll() {
   timer = setTimeout(poll, POLL_MS);
 }
 
-function stop() {
+function stopFollowing() {
   clearTimeout(timer);
   timer = null;
+  if (stream) stream.close();
+  stream = null;
 }
 
 form.addEventListener("submit", async (event) => {
@@ -268,7 +312,10 @@ form.addEventListener("submit", async (event) => {
     }
     return;
   }
+  stopFollowing();
   currentJob = body.job_id;
+  ratingToken = body.rating_token || null;
+  resetRating();
   $("job").hidden = false;
   $("job-id").textContent = currentJob.slice(0, 12);
   $("job-id").title = currentJob;
@@ -276,10 +323,71 @@ form.addEventListener("submit", async (event) => {
   video.hidden = true;
   video.removeAttribute("src");
   delete video.dataset.job;
-  stop();
   render(body);
-  timer = setTimeout(poll, POLL_MS);
+  follow(currentJob);
 });
+
+// ---- rating the clip ----------------------------------------------------------------------------------------
+
+const RATING_RETRIES = 5; // the monitor hears of the clip within a second or two of its end
+let ratingTimer = null;
+
+function showStars(value) {
+  for (const label of document.querySelectorAll("#stars label")) {
+    const n = Number(label.htmlFor.replace("star-", ""));
+    label.classList.toggle("on", n <= value);
+  }
+}
+
+function resetRating() {
+  clearTimeout(ratingTimer);
+  for (const input of document.querySelectorAll("#stars input")) input.checked = false;
+  showStars(0);
+  $("rating-status").textContent = "";
+  delete $("rating-status").dataset.state;
+}
+
+async function sendRating(jobId, stars, attempt = 1) {
+  const status = $("rating-status");
+  status.textContent = "Saving your rating…";
+  status.dataset.state = "saving";
+  let response;
+  let body = {};
+  try {
+    response = await fetch(`/api/jobs/${jobId}/rating`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${ratingToken}` },
+      body: JSON.stringify({ stars }),
+    });
+    body = await response.json().catch(() => ({}));
+  } catch {
+    response = null;
+  }
+  if (jobId !== currentJob) return;
+  if (response && response.status === 404 && attempt < RATING_RETRIES) {
+    ratingTimer = setTimeout(() => sendRating(jobId, stars, attempt + 1), 1500);
+    return;
+  }
+  if (!response || !response.ok) {
+    status.textContent = `Your rating was not saved: ${(body && body.error) || "the generator did not answer"}.`;
+    status.dataset.state = "error";
+    return;
+  }
+  const combined = typeof body.combined === "number" ? ` Combined quality now ${body.combined.toFixed(2)}${body.parts_used ? ` (${body.parts_used})` : ""}.` : "";
+  status.textContent = `Rated ${stars} star${stars > 1 ? "s" : ""}. Thank you!${combined}`;
+  status.dataset.state = "saved";
+}
+
+$("rating").addEventListener("change", (event) => {
+  const stars = Number(event.target.value);
+  if (!currentJob || !ratingToken || !stars) return;
+  showStars(stars);
+  // Arrow keys move through the stars one change at a time: only the one the user stops on is sent.
+  clearTimeout(ratingTimer);
+  const jobId = currentJob;
+  ratingTimer = setTimeout(() => sendRating(jobId, stars), 400);
+});
+$("rating").addEventListener("submit", (event) => event.preventDefault());
 
 $("cancel").addEventListener("click", async () => {
   if (!currentJob) return;

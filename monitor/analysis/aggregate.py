@@ -2,8 +2,10 @@
 
 Each group's row counts outcomes (rejected submissions included, so failure rates have the right denominator),
 gives success rates with and without the user's own cancels, the p50/p95 of run time and queue wait of the
-jobs that succeeded, the mean quality, and the GPU time and energy spent. Jobs are read once, in pages; what is
-held is one row of running totals per group.
+jobs that succeeded, the mean quality, the GPU time and energy spent, and what they cost at the configured
+prices (monitor/analysis/cost.py). Jobs are read once, in pages; what is held is one row of running totals per
+group. `group_by=day,resolution` is the daily report: per day and resolution, jobs, failures, p50/p95 time,
+mean quality, energy and cost.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from common.events import PARAM_NAMES
 from common.units import NS_PER_S
+from monitor.analysis.cost import NO_PRICES, Prices, energy_of, gpu_seconds_of, rounded
 from monitor.analysis.devices import ModelNames
 from monitor.analysis.reports import QUALITY_LAG_S, QualityJoin, csv_chunks, number_cell, text_cell
 from monitor.analysis.stats import percentile
@@ -39,6 +42,9 @@ VALUE_COLUMNS = (
     "clip_score_mean",
     "gpu_seconds",
     "energy_j",
+    "energy_cost",
+    "gpu_time_cost",
+    "cost",
 )
 
 
@@ -91,8 +97,24 @@ def aggregate_rows(
     host: str | None = None,
     *,
     page_size: int = PAGE_SIZE,
+    prices: Prices = NO_PRICES,
 ) -> Iterator[list[Any]]:
-    """Yield one row per group of the jobs that ended in [start_ns, end_ns), sorted by the group's values."""
+    """Yield one CSV row per group of the jobs that ended in [start_ns, end_ns), sorted by the group's values."""
+    for key, values in aggregate_groups(store, start_ns, end_ns, group_by, host, page_size=page_size, prices=prices):
+        yield [*(text_cell(v) if isinstance(v, str) else number_cell(v) for v in key), *values]
+
+
+def aggregate_groups(
+    store: Store,
+    start_ns: int,
+    end_ns: int,
+    group_by: Sequence[str],
+    host: str | None = None,
+    *,
+    page_size: int = PAGE_SIZE,
+    prices: Prices = NO_PRICES,
+) -> Iterator[tuple[tuple[Any, ...], list[Any]]]:
+    """Yield each group's values (as stored) and its `VALUE_COLUMNS`, sorted by the group's values."""
     names = ModelNames(store, end_ns)
     lag_ns = QUALITY_LAG_S * NS_PER_S
     quality = QualityJoin(iter_points(store, QUALITY, start_ns, end_ns + lag_ns, page_size=page_size), lag_ns)
@@ -119,9 +141,10 @@ def aggregate_rows(
                 group.run_s.append(run_s)
             if queued_s is not None:
                 group.queued_s.append(queued_s)
-        if run_s is not None:  # every job that held a GPU cost its time, whatever its end
-            group.gpu_seconds += run_s
-        energy = _number(f.get("energy_j"))
+        held = gpu_seconds_of(f, point.tags.get("gpu", ""))
+        if held is not None:  # every job that held a GPU cost its time, whatever its end
+            group.gpu_seconds += held
+        energy = energy_of(f)
         if energy is not None:
             group.energy_j += energy
             group.energy_known = True
@@ -130,10 +153,10 @@ def aggregate_rows(
             if score is not None:
                 into.append(score)
     for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v).zfill(12) for v in k)):
-        yield [*(text_cell(v) if isinstance(v, str) else number_cell(v) for v in key), *_values(groups[key])]
+        yield key, _values(groups[key], prices)
 
 
-def _values(group: _Group) -> list[Any]:
+def _values(group: _Group, prices: Prices) -> list[Any]:
     jobs = sum(group.outcomes.values())
     succeeded = group.outcomes.get("succeeded", 0)
     without_cancels = jobs - group.outcomes.get("cancelled", 0)
@@ -150,6 +173,7 @@ def _values(group: _Group) -> list[Any]:
         _mean(group.clip),
         round(group.gpu_seconds, 3),
         round(group.energy_j, 1) if group.energy_known else None,
+        *(rounded(c, 4) for c in prices.cost(group.energy_j if group.energy_known else None, group.gpu_seconds)),
     ]
 
 
@@ -158,10 +182,16 @@ def _day(time_ns: int) -> str:
 
 
 def write_aggregate(
-    store: Store, out: Any, start_ns: int, end_ns: int, group_by: Sequence[str], host: str | None = None
+    store: Store,
+    out: Any,
+    start_ns: int,
+    end_ns: int,
+    group_by: Sequence[str],
+    host: str | None = None,
+    prices: Prices = NO_PRICES,
 ) -> int:
     """Write the aggregation report as CSV to `out`; return the number of rows."""
-    rows = list(aggregate_rows(store, start_ns, end_ns, group_by, host))
+    rows = list(aggregate_rows(store, start_ns, end_ns, group_by, host, prices=prices))
     for chunk in csv_chunks((*group_by, *VALUE_COLUMNS), iter(rows)):
         out.write(chunk)
     return len(rows)

@@ -86,6 +86,34 @@ _JOB_FIXED = {
         "the most NVML saw the generator's process use during the job (sampled: a short peak can fall between samples)",
         "no GPU sample of the generator's process in the job's span (a CPU run, or the monitor was down)",
     ),
+    "energy_j": Column(
+        "energy_j",
+        "J",
+        "the GPU's energy over the job's span, from NVML's total-energy counter (the whole card, idle draw included)",
+        "a CPU job, a card without the counter, no counter reading before its start or after its end (it is "
+        "added about one energy-read interval, 10 s by default, after the job ends)",
+    ),
+    "gpu_seconds": Column(
+        "gpu_seconds", "s", "GPU time the job held: run_s on its one GPU", "a CPU job, or it never ran"
+    ),
+    "energy_cost": Column(
+        "energy_cost",
+        "currency",
+        "energy_j at the configured price per kWh (MONITOR_PRICE_PER_KWH), in that price's currency",
+        "no price per kWh configured, or energy_j is blank",
+    ),
+    "gpu_time_cost": Column(
+        "gpu_time_cost",
+        "currency",
+        "gpu_seconds at the configured price per GPU-hour (MONITOR_PRICE_PER_GPU_HOUR)",
+        "no price per GPU-hour configured, or gpu_seconds is blank",
+    ),
+    "cost": Column(
+        "cost",
+        "currency",
+        "energy_cost + gpu_time_cost, over the parts known (prices are applied when the report is read)",
+        "neither part is known",
+    ),
     "clip_score": Column(
         "clip_score",
         "0-100",
@@ -148,8 +176,11 @@ _AGGREGATE = {
     "queued_s_p95": ("s", "95th percentile queue wait of the succeeded jobs"),
     "combined_mean": ("0-1", "mean combined quality of the scored jobs"),
     "clip_score_mean": ("0-100", "mean CLIP score of the scored jobs"),
-    "gpu_seconds": ("s", "GPU time the group's jobs held (the sum of run_s)"),
-    "energy_j": ("J", "GPU energy the group's jobs used"),
+    "gpu_seconds": ("s", "GPU time the group's jobs held (the sum of their gpu_seconds; CPU jobs hold none)"),
+    "energy_j": ("J", "GPU energy the group's jobs used (the sum of those whose energy is known)"),
+    "energy_cost": ("currency", "energy_j at the configured price per kWh"),
+    "gpu_time_cost": ("currency", "gpu_seconds at the configured price per GPU-hour"),
+    "cost": ("currency", "energy_cost + gpu_time_cost, over the parts known"),
 }
 _GROUPS = {
     "day": ("date", "the UTC day the jobs ended"),

@@ -10,8 +10,11 @@ writes one point:
   (running → end: the generation time), `total_s`, the effective parameters (`resolution`, `num_frames`,
   `steps`, `guidance_scale`, `fps`, `seed`) and the requested ones (`requested_*`, equal when nothing was
   degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, the job's peak memory
-  three ways (below), `prompt`, `error`, `suggestion`, `video_path`, and `complete` (false when some of the
-  job's events were not seen, e.g. it began before this monitor started and the store could not supply them).
+  three ways (below), `prompt`, `error`, `suggestion`, `video_path`, `notes` (admission's, a line each),
+  `gpu_seconds` (run_s on a GPU: the GPU time the job held; blank on a CPU), and `complete` (false when some of
+  the job's events were not seen, e.g. it began before this monitor started and the store could not supply
+  them). `energy_j` is added once the GPU's energy counter has a reading after the job's end
+  (monitor/analysis/energy.py).
 
 Peak memory, in bytes:
 - `peak_memory_bytes`: what the generator reports, torch's reserved peak during this job alone (it empties the
@@ -82,6 +85,9 @@ FIELD_TYPES: dict[str, str] = {
     "error": "str",
     "suggestion": "str",
     "video_path": "str",
+    "notes": "str",
+    "gpu_seconds": "float",
+    "energy_j": "float",
     "complete": "bool",
 }
 
@@ -125,6 +131,9 @@ def summary_point(
         "error": summary["error"],
         "suggestion": summary["suggestion"],
         "video_path": summary["video_path"],
+        "notes": "\n".join(summary["notes"]) or None,
+        # One worker holds one GPU for the job's run; a CPU job held none.
+        "gpu_seconds": summary["run_s"] if end["gpu"] != "cpu" else None,
         "complete": any(e["kind"] == "job" and e.get("status") == "queued" for e in events),
     }
     tags = {"host": end["host"], "gpu": end["gpu"], "status": end["status"]}

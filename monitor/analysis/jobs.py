@@ -64,6 +64,7 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "video_path": latest("video_path"),
         "error": latest("error"),
         "suggestion": latest("suggestion"),
+        "notes": latest("notes") or [],
         "peak_memory_bytes": max(peaks) if peaks else None,
         "peak_memory_allocated_bytes": max(allocated) if allocated else None,
         "submitted_at": submitted,

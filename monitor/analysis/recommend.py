@@ -83,6 +83,7 @@ class Recommendation:
         """Return the JSON view."""
         p = self.chosen.prediction
         return {
+            "basis": "memory",
             "gpu": self.device.to_dict(),
             "recommended": p.shape.to_dict(),
             "fits": self.fits,

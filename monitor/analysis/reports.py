@@ -1,8 +1,9 @@
 """CSV reports, per job and per GPU time bucket: the rows and their cells, served over HTTP and the command line.
 
 - `GET /monitor/api/reports/jobs.csv?since=24h&until=&host=`: one row per job that ended in [since, until)
-  (its `job_summary` point, see monitor/analysis/job_summary.py), oldest first, with its quality scores and rating
-  when they were recorded within `QUALITY_LAG_S` of its end.
+  (its `job_summary` point, see monitor/analysis/job_summary.py), oldest first, with its energy, GPU time and
+  cost at the configured prices (monitor/analysis/cost.py), and its quality scores and rating when they were
+  recorded within `QUALITY_LAG_S` of its end.
 - `GET /monitor/api/reports/gpu.csv?since=24h&until=&bucket=1m&host=`: per bucket, host and GPU, the mean
   and max of utilisation, memory used, temperature and power (buckets start at multiples of `bucket`).
 - `python -m monitor report jobs|gpu --since 24h [--until T] [--host H] [--bucket 1m] [-o report.csv]`.
@@ -26,6 +27,7 @@ from typing import Any, TextIO
 
 from common.events import PARAM_NAMES
 from common.units import NS_PER_S
+from monitor.analysis.cost import NO_PRICES, Prices, energy_of, gpu_seconds_of, rounded
 from monitor.analysis.devices import ModelNames
 from monitor.analysis.job_summary import STAGES
 from monitor.storage.base import Point, Store
@@ -52,6 +54,7 @@ QUALITY_COLUMNS = (
     "unscorable_reason",
 )
 _QUALITY_TEXT = ("parts_used", "clip_reason", "unscorable_reason")
+COST_COLUMNS = ("energy_cost", "gpu_time_cost", "cost")  # computed when read, at the configured prices
 JOB_COLUMNS = (
     "job_id",
     "host",
@@ -72,15 +75,18 @@ JOB_COLUMNS = (
     "peak_memory_bytes",
     "peak_memory_allocated_bytes",
     "nvml_peak_memory_bytes",
+    "energy_j",
+    "gpu_seconds",
+    *COST_COLUMNS,
     *QUALITY_COLUMNS,
     "prompt",
     "error",
     "suggestion",
     "video_path",
 )
-_JOB_NUMBERS = tuple(
-    c for c in JOB_COLUMNS[8:] if c not in ("prompt", "error", "suggestion", "video_path", *QUALITY_COLUMNS)
-)
+_JOB_COMPUTED = ("energy_j", "gpu_seconds", *COST_COLUMNS)  # read with a fallback, or priced, in job_row
+_JOB_TEXT = ("prompt", "error", "suggestion", "video_path")
+_JOB_NUMBERS = tuple(c for c in JOB_COLUMNS[8:] if c not in (*_JOB_TEXT, *_JOB_COMPUTED, *QUALITY_COLUMNS))
 GPU_FIELDS = ("utilization_ratio", "memory_used_bytes", "temperature_c", "power_w")
 GPU_COLUMNS = (
     "bucket_start",
@@ -197,11 +203,13 @@ def _numbers(values: list[Any]) -> list[Any]:
     return [v if type(v) in _PLAIN else number_cell(v) for v in values]
 
 
-def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any]) -> list[Any]:
-    """Format one `job_summary` point and its quality as a jobs.csv row (JOB_COLUMNS order)."""
+def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any], prices: Prices = NO_PRICES) -> list[Any]:
+    """Format one `job_summary` point, its cost and its quality as a jobs.csv row (JOB_COLUMNS order)."""
     f = point.fields
     tags = point.tags
     get = f.get
+    energy, gpu_seconds = energy_of(f), gpu_seconds_of(f, tags.get("gpu", ""))
+    costs = [rounded(c) for c in prices.cost(energy, gpu_seconds)]
     return [
         text_cell(get("job_id")),
         text_cell(tags.get("host")),
@@ -212,6 +220,9 @@ def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any]) -> list[An
         time_cell(get("started_at_us")),
         time_cell(point.time_ns // 1000),
         *_numbers([get(name) for name in _JOB_NUMBERS]),
+        energy,
+        gpu_seconds,
+        *costs,
         *_numbers([quality.get(name) for name in QUALITY_COLUMNS if name not in _QUALITY_TEXT]),
         *(text_cell(quality.get(name)) for name in _QUALITY_TEXT),
         text_cell(get("prompt")),
@@ -222,7 +233,13 @@ def job_row(point: Point, gpu_model: str, quality: Mapping[str, Any]) -> list[An
 
 
 def job_rows(
-    store: Store, start_ns: int, end_ns: int, host: str | None = None, *, page_size: int = PAGE_SIZE
+    store: Store,
+    start_ns: int,
+    end_ns: int,
+    host: str | None = None,
+    *,
+    page_size: int = PAGE_SIZE,
+    prices: Prices = NO_PRICES,
 ) -> Iterator[list[Any]]:
     """Yield a row per job that ended in [start_ns, end_ns), oldest first, reading the store in pages."""
     tags = {"host": host} if host else None
@@ -232,7 +249,7 @@ def job_rows(
     for point in iter_points(store, JOB_SUMMARY, start_ns, end_ns, tags=tags, page_size=page_size):
         job_id = point.fields.get("job_id")
         scores = quality.take(job_id, point.time_ns) if isinstance(job_id, str) else {}
-        yield job_row(point, names.name(point.tags.get("host", ""), point.tags.get("gpu", "")), scores)
+        yield job_row(point, names.name(point.tags.get("host", ""), point.tags.get("gpu", "")), scores, prices)
 
 
 # ---- GPU buckets ------------------------------------------------------------------------------------------
@@ -293,7 +310,7 @@ def write_report(kind: str, store: Store, out: TextIO, start_ns: int, end_ns: in
     """Write a jobs, gpu or hosts report to `out`; return the number of rows."""
     host, bucket_s = options.get("host"), options.get("bucket_s", 60)
     if kind == "jobs":
-        header, rows = JOB_COLUMNS, job_rows(store, start_ns, end_ns, host)
+        header, rows = JOB_COLUMNS, job_rows(store, start_ns, end_ns, host, prices=options.get("prices", NO_PRICES))
     elif kind == "hosts":
         header, rows = HOST_COLUMNS, host_rows(store, start_ns, end_ns, bucket_s, host)
     else:

@@ -86,6 +86,7 @@ FIELD_TYPES: dict[str, Mapping[str, str]] = {
         "video_path": "str",
         "peak_memory_bytes": "int",
         "peak_memory_allocated_bytes": "int",
+        "notes": "str",
         **{name: "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
         **{f"requested_{name}": "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
     },
@@ -183,6 +184,7 @@ def event_to_point(event: Event) -> Point:
         "video_path": event.video_path,
         "peak_memory_bytes": event.peak_memory_bytes,
         "peak_memory_allocated_bytes": event.peak_memory_allocated_bytes,
+        "notes": "\n".join(n.replace("\n", " ") for n in event.notes) or None,  # one text field, a note a line
     }
     for name in PARAM_NAMES:
         fields[name] = event.params.get(name)
@@ -224,6 +226,7 @@ def point_to_event(point: Point) -> dict[str, Any]:
         "video_path": f.get("video_path"),
         "peak_memory_bytes": f.get("peak_memory_bytes"),
         "peak_memory_allocated_bytes": f.get("peak_memory_allocated_bytes"),
+        "notes": str(f["notes"]).split("\n") if f.get("notes") else [],
         "params": params,
         "requested": requested,
     }

@@ -5,7 +5,9 @@
   and whether the job fits the GPU's memory now (`fits`: null when the GPU has no recent sample).
 - `GET predict/laws`: what the predictor has learned, per GPU model.
 - `GET recommendation[?gpu=][&host=][&guidance=9][&max_time_s=]`: the best parameters that fit now, their
-  prediction, the seed tier that is the floor, the reason in words, and every candidate as predicted.
+  prediction, the seed tier that is the floor, the reason in words, and every candidate as predicted. For a
+  generator on a CPU (`gpu=cpu`, or no GPU sampled on the host) the answer is time-based: the largest job
+  predicted to finish within `max_time_s` (default 25 s) on that host's CPU (monitor/analysis/cpu_advice.py).
 - `GET summary?window=7d[&host=][&gpu=]`: per GPU model and configuration (resolution, frames, steps): jobs,
   succeeded, failed, cancelled, success rate, and the fastest, median and p95 generation time (running → end)
   of the succeeded ones.
@@ -21,6 +23,7 @@ from flask.typing import ResponseReturnValue
 
 from common.sizing import LIMITS, RESOLUTIONS
 from common.units import NS_PER_S
+from monitor.analysis.cpu_advice import recommend_for_cpu
 from monitor.analysis.devices import DeviceState, ModelNames, live_devices
 from monitor.analysis.predict import JobShape
 from monitor.analysis.recommend import recommend
@@ -109,7 +112,13 @@ def recommendation() -> ResponseReturnValue:
     gpu, host = arg_name("gpu"), arg_name("host")
     guidance = arg_number("guidance", *LIMITS["guidance_scale"], default=9.0)
     max_time = arg_number("max_time_s", 1, 86_400, default=math.inf)
-    devices = live_devices(ctx.store, ctx.clock_ns(), host)
+    now_ns = ctx.clock_ns()
+    devices = live_devices(ctx.store, now_ns, host)
+    if gpu == "cpu" or (gpu is None and not devices):
+        # The generator runs on a CPU (its worker says gpu=cpu), or this host has no GPU: advise by time.
+        budget = None if math.isinf(max_time) else max_time
+        cpu_host = host or ctx.config.host_name
+        return jsonify(recommend_for_cpu(ctx.store, cpu_host, now_ns, budget_s=budget, guidance_scale=guidance))
     matches = _matching(devices, gpu)
     if not matches:
         wanted = f"GPU {gpu}" if gpu else "any GPU"

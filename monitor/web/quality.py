@@ -1,4 +1,8 @@
-"""HTTP API for quality: read a job's scores and rate its clip (1 to 5 stars), under /monitor/api."""
+"""HTTP API for quality: read a job's scores and rate its clip (1 to 5 stars), under /monitor/api.
+
+A rating needs the admin token when one is set, or the job's own token (common/job_token.py): the generator
+gives it to whoever submitted the job and forwards their rating with it, keyed from the admin token both share.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Flask, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from common import job_token
 from common.auth import bearer_allows
 from common.viewer import viewer_only
 from monitor.quality.scorer import QualityScorer
@@ -53,8 +58,13 @@ def get_quality(job_id: str) -> ResponseReturnValue:
 @bp.post("/jobs/<job_id>/rating")
 def post_rating(job_id: str) -> ResponseReturnValue:
     """Rate the job's clip with JSON {"stars": n}, n an integer 1-5; return the recomputed result."""
-    if not bearer_allows(request.headers.get("Authorization"), current_app.extensions.get(EXTENSION + ".admin_token")):
-        return _error(401, "rating needs the admin token: send 'Authorization: Bearer <ADMIN_TOKEN>'")
+    header = request.headers.get("Authorization")
+    admin_token = current_app.extensions.get(EXTENSION + ".admin_token")
+    key = job_token.key_from_admin_token(admin_token) if admin_token else None
+    if not bearer_allows(header, admin_token) and not job_token.verify(key, job_id, job_token.bearer(header)):
+        return _error(
+            401, "rating needs the job's rating_token or the admin token: send 'Authorization: Bearer <token>'"
+        )
     body: Any = request.get_json(silent=True)
     if not isinstance(body, dict) or "stars" not in body:
         return _error(400, 'send JSON {"stars": n} with n an integer from 1 to 5')

@@ -1,4 +1,5 @@
-"""The CSV report routes under /monitor/api/reports: jobs, GPU, host and aggregate CSVs, streamed as they are read."""
+"""The report routes under /monitor/api/reports: jobs, GPU, host and aggregate CSVs, streamed as they are read, and
+the aggregate as JSON for the dashboard's daily chart. Costs use the monitor's configured prices."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from monitor.analysis import columns
-from monitor.analysis.aggregate import VALUE_COLUMNS, GroupingError, aggregate_rows, parse_group_by
+from monitor.analysis.aggregate import VALUE_COLUMNS, GroupingError, aggregate_groups, aggregate_rows, parse_group_by
+from monitor.analysis.cost import Prices
 from monitor.analysis.hosts import known_hosts
 from monitor.analysis.reports import GPU_COLUMNS, HOST_COLUMNS, JOB_COLUMNS, csv_chunks, gpu_rows, host_rows, job_rows
 from monitor.web import params
@@ -46,6 +48,11 @@ def _host(start_ns: int, end_ns: int) -> str | None:
     return host
 
 
+def _prices() -> Prices:
+    config = get_context().config
+    return Prices(config.price_per_kwh, config.price_per_gpu_hour)
+
+
 def _stream(name: str, header: Sequence[str], rows: Iterator[list[Any]]) -> Response:
     chunks = csv_chunks(header, rows)
     first = next(chunks)  # the first page is read here, so a store that is down answers 503, not a cut CSV
@@ -64,7 +71,7 @@ def jobs_csv() -> ResponseReturnValue:
     ctx = get_context()
     start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
     host = _host(start_ns, end_ns)
-    return _stream("jobs.csv", JOB_COLUMNS, job_rows(ctx.store, start_ns, end_ns, host))
+    return _stream("jobs.csv", JOB_COLUMNS, job_rows(ctx.store, start_ns, end_ns, host, prices=_prices()))
 
 
 @bp.get("/gpu.csv")
@@ -88,18 +95,35 @@ def hosts_csv() -> ResponseReturnValue:
     return _stream("hosts.csv", HOST_COLUMNS, host_rows(ctx.store, start_ns, end_ns, bucket_s, host))
 
 
-@bp.get("/aggregate.csv")
-def aggregate_csv() -> ResponseReturnValue:
-    """Stream one CSV row per group (`group_by`, default day,resolution) of the jobs that ended in the span."""
+def _aggregate_args() -> tuple[int, int, tuple[str, ...], str | None]:
     ctx = get_context()
     start_ns, end_ns = params.span_ns(request.args.get("since"), request.args.get("until"), ctx.clock_ns())
     try:
         group_by = parse_group_by(request.args.get("group_by"))
     except GroupingError as e:
         raise params.BadRequest(str(e)) from None
-    host = _host(start_ns, end_ns)
-    rows = aggregate_rows(ctx.store, start_ns, end_ns, group_by, host)
+    return start_ns, end_ns, group_by, _host(start_ns, end_ns)
+
+
+@bp.get("/aggregate.csv")
+def aggregate_csv() -> ResponseReturnValue:
+    """Stream one CSV row per group (`group_by`, default day,resolution) of the jobs that ended in the span."""
+    start_ns, end_ns, group_by, host = _aggregate_args()
+    rows = aggregate_rows(get_context().store, start_ns, end_ns, group_by, host, prices=_prices())
     return _stream("aggregate.csv", (*group_by, *VALUE_COLUMNS), rows)
+
+
+@bp.get("/aggregate.json")
+def aggregate_json() -> ResponseReturnValue:
+    """Return the aggregate report's rows as JSON objects (the dashboard's daily chart), with the prices used."""
+    start_ns, end_ns, group_by, host = _aggregate_args()
+    header = (*group_by, *VALUE_COLUMNS)
+    groups = aggregate_groups(get_context().store, start_ns, end_ns, group_by, host, prices=_prices())
+    return jsonify(
+        columns=list(header),
+        rows=[dict(zip(header, (*key, *values), strict=True)) for key, values in groups],
+        prices=_prices().to_dict(),
+    )
 
 
 @bp.get("/columns")
