@@ -132,8 +132,7 @@ def summary_point(
         "suggestion": summary["suggestion"],
         "video_path": summary["video_path"],
         "notes": "\n".join(summary["notes"]) or None,
-        # One worker holds one GPU for the job's run; a CPU job held none.
-        "gpu_seconds": summary["run_s"] if end["gpu"] != "cpu" else None,
+        "gpu_seconds": summary["gpu_seconds"],
         "complete": any(e["kind"] == "job" and e.get("status") == "queued" for e in events),
     }
     tags = {"host": end["host"], "gpu": end["gpu"], "status": end["status"]}
@@ -173,8 +172,11 @@ def summary_row(point: Point) -> dict[str, Any]:
         "video_path": f.get("video_path"),
         "error": f.get("error"),
         "suggestion": f.get("suggestion"),
+        "notes": str(f["notes"]).split("\n") if f.get("notes") else [],
         "peak_memory_bytes": f.get("peak_memory_bytes"),
         "peak_memory_allocated_bytes": f.get("peak_memory_allocated_bytes"),
+        "gpu_seconds": f.get("gpu_seconds"),
+        "energy_j": f.get("energy_j"),
         "submitted_at": _iso(f.get("submitted_at_us")),
         "started_at": _iso(f.get("started_at_us")),
         "finished_at": ended if status in FINAL_STATES else None,

@@ -52,6 +52,7 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return next((e[name] for e in reversed(ordered) if e.get(name)), None)
 
     peaks = [e["peak_memory_bytes"] for e in ordered if e.get("peak_memory_bytes") is not None]
+    run_s = _seconds_between(started, finished)
     allocated = [e["peak_memory_allocated_bytes"] for e in ordered if e.get("peak_memory_allocated_bytes") is not None]
     return {
         "id": job_id,
@@ -71,8 +72,12 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "started_at": started,
         "finished_at": finished,
         "queued_s": _seconds_between(submitted, started),
-        "run_s": _seconds_between(started, finished),
+        "run_s": run_s,
         "total_s": _seconds_between(submitted or started, finished),
+        # One worker holds one GPU for the job's run; a CPU job held none. The energy is known only later, from the
+        # GPU's counter (monitor/analysis/energy.py): a row read back from the job's summary has it.
+        "gpu_seconds": run_s if last["gpu"] != "cpu" else None,
+        "energy_j": None,
         "stages": stage_breakdown(ordered),
         "last_event_at": max(e["ended_at"] for e in ordered),
     }
