@@ -103,7 +103,8 @@ async function loadRecommendation() {
   const predicted = body.predicted && body.predicted.time_s != null ? `, about ${duration(body.predicted.time_s)}` : "";
   // On a CPU the advice is time-based (what finishes within the budget); on a GPU memory-based.
   const where = body.basis === "time" ? "this CPU" : `this GPU${body.gpu && body.gpu.model ? ` (${body.gpu.model})` : ""}`;
-  note.textContent = `Recommended for ${where}: ${rec.resolution}x${rec.resolution}, ${rec.num_frames} frames, ${rec.steps} steps${predicted}.${body.reason ? ` ${body.reason}` : ""}`;
+  const reason = body.reason ? ` ${body.reason[0].toUpperCase()}${body.reason.slice(1)}.` : "";
+  note.textContent = `Recommended for ${where}: ${rec.resolution}x${rec.resolution}, ${rec.num_frames} frames, ${rec.steps} steps${predicted}.${reason}`;
   note.dataset.state = applied.length ? "applied" : "shown";
 }
 

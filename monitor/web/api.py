@@ -1,7 +1,10 @@
 """The read API under /monitor/api/: series, jobs, one job, status; every error is JSON saying what to do.
 
-- `GET series?measurement=gpu_sample|host_sample&window=5m&host=&gpu=&uuid=&fields=a,b`: per tag set, buckets of
-  mean and max, downsampled by the store so any window returns at most about `MAX_BUCKETS` buckets.
+- `GET series?measurement=gpu_sample|host_sample&window=5m&host=&gpu=&uuid=&fields=a,b[&after_ms=]`: per tag set,
+  buckets of mean and max, downsampled by the store so any window returns at most about `MAX_BUCKETS` buckets.
+  With `after_ms` (the start of the newest bucket a client holds) only the buckets from that one on: the
+  dashboard's live view asks for what is new each period instead of reading its whole window again (buckets
+  start at multiples of the window's bucket size, so the same bucket comes back with its later samples in).
 - `GET jobs?window=24h&host=&limit=50`: jobs that ended in the window (their stored summaries) and those still
   open, newest first (monitor/analysis/job_list.py).
 - `GET jobs/<id>?window=7d`: one job's events in order, its stage breakdown, error and suggestion.
@@ -54,6 +57,11 @@ def series() -> ResponseReturnValue:
     bucket_s = max(1, math.ceil(window_s / MAX_BUCKETS))
     end_ns = ctx.clock_ns()
     start_ns = end_ns - window_s * NS_PER_S
+    window_start_ns = start_ns
+    after_ms = arg_int("after_ms", 0, 0, 2**53) if request.args.get("after_ms") else None
+    if after_ms is not None:
+        bucket_ns = bucket_s * NS_PER_S
+        start_ns = max(start_ns, after_ms * 1_000_000 // bucket_ns * bucket_ns)
     # uuid follows one card whatever its index: a card moved between slots is one history (two index tags).
     tags = arg_tags("host", "gpu", "uuid") if measurement == GPU_SAMPLE else arg_tags("host")
     rows = ctx.store.query_window(measurement, fields, start_ns, end_ns, tags=tags, bucket_s=bucket_s)
@@ -73,8 +81,9 @@ def series() -> ResponseReturnValue:
         measurement=measurement,
         window_s=window_s,
         bucket_s=bucket_s,
-        start=iso_from_us(start_ns // 1000),
+        start=iso_from_us(window_start_ns // 1000),
         end=iso_from_us(end_ns // 1000),
+        after_ms=after_ms,
         fields=fields,
         series=list(out.values()),
     )

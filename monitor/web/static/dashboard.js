@@ -1,9 +1,12 @@
 // The monitor tab: polls the monitor's API once per sampling period (the interval comes from /status) and
-// redraws. Chart.js is the UMD build the monitor serves from node_modules (window.Chart). When the monitor or
+// redraws; the samples are read as deltas (what is new since the newest bucket held). Chart.js is the UMD build the monitor serves from node_modules (window.Chart). When the monitor or
 // its store stops answering, a banner says since when and the charts are greyed out, never silently frozen.
 // Each period costs a window of samples: status, the two series and the alerts. The jobs list and the queue
 // change only when a job changes state, which /status counts (job_state_changes), so they are fetched then, or
 // every JOBS_EVERY_MS (a running job's stages grow, old jobs leave the window); never on every ingested event.
+
+import { initDaily, refreshDaily } from "./daily.js";
+import { initJobDetail } from "./job_detail.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 const API = config.api;
@@ -20,6 +23,7 @@ const TICK_MS = { "5m": 60e3, "1h": 15 * 60e3, "24h": 4 * 3600e3 };
 const SLOW_EVERY_MS = 5000; // quality and the recommendation: at least this often
 const JOBS_EVERY_MS = 15000; // jobs and queue: at once after a job changes state, else at least this often
 const TARGETS_EVERY_MS = 30000;
+const DAILY_EVERY_MS = 30000; // the daily report: when jobs change, at most this often
 const REPORTS = ["jobs.csv", "gpu.csv"];
 const REPORT_BUCKETS = { "5m": "10s", "1h": "1m", "24h": "5m" }; // gpu.csv rows per GPU: 30, 60, 288
 const CHART_MISSING = "Chart.js is not installed on the monitor: run `npm install` in the repository root (make run does it). Tables and alerts still update.";
@@ -36,6 +40,8 @@ const state = {
   slowAt: 0,
   targetsAt: 0,
   reportsAt: 0,
+  dailyAt: 0,
+  series: {}, // the samples held per measurement, extended by deltas (see fetchSeries)
   timer: null,
   status: null,
 };
@@ -75,6 +81,7 @@ function bytes(n) {
   return `${n.toFixed(i > 1 ? 1 : 0)} ${units[i]}`;
 }
 function seconds(s) { return s === null || s === undefined ? "—" : `${s < 10 ? s.toFixed(1) : Math.round(s)} s`; }
+function sentence(text) { return text ? `${text[0].toUpperCase()}${text.slice(1)}${/[.!?]$/.test(text) ? "" : "."}` : ""; }
 function windowMs() { return { "5m": 300e3, "1h": 3600e3, "24h": 86400e3 }[state.window]; }
 function el(tag, props = {}, children = []) {
   const node = document.createElement(tag);
@@ -266,7 +273,7 @@ function drawJobs(body) {
   const tbody = $("jobs").tBodies[0];
   tbody.replaceChildren();
   if (!jobs.length) {
-    tbody.append(el("tr", {}, [el("td", { colspan: "7", class: "muted", text: "No jobs in the last 24 h." })]));
+    tbody.append(el("tr", {}, [el("td", { colspan: "8", class: "muted", text: "No jobs in the last 24 h." })]));
     return;
   }
   for (const job of jobs) {
@@ -274,11 +281,13 @@ function drawJobs(body) {
     const params = p.resolution ? `${p.resolution}p · ${p.num_frames} frames · ${p.steps} steps` : "—";
     const cells = [
       el("td", { text: dateTime(job.finished_at || job.last_event_at) }),
-      el("td", {}, [el("code", { title: job.id, text: job.id.slice(0, 8) })]),
+      // A button, so the job's detail opens from the keyboard too (monitor/web/static/job_detail.js).
+      el("td", {}, [el("button", { type: "button", class: "job-link", "data-job": job.id, title: `Open job ${job.id}` }, [el("code", { text: job.id.slice(0, 8) })])]),
       el("td", { class: `status-${job.status}`, text: job.status || "—", title: job.error ? `${job.error}${job.suggestion ? ` — ${job.suggestion}` : ""}` : "" }),
       el("td", { text: params }),
       el("td", { text: seconds(job.run_s) }),
       el("td", { text: bytes(job.peak_memory_bytes) }),
+      el("td", { text: job.energy_j != null ? `${(job.energy_j / 3600).toFixed(2)} Wh` : "—" }),
       el("td", { text: job.gpu || "—" }),
     ];
     tbody.append(el("tr", {}, cells));
@@ -343,7 +352,10 @@ function drawRecommendation(result) {
     ["Steps", rec.steps],
     ["Predicted time", predicted.time_s != null ? seconds(predicted.time_s) : null],
     ["Predicted peak", predicted.peak_bytes != null ? bytes(predicted.peak_bytes) : null],
-    ["GPU", body.gpu ? `${body.gpu.model || ""} (GPU ${body.gpu.gpu} on ${body.gpu.host})`.trim() : null],
+    ["Time budget", body.basis === "time" && body.budget_s != null ? seconds(body.budget_s) : null],
+    body.basis === "time"
+      ? ["Device", body.gpu ? `CPU on ${body.gpu.host}` : null]
+      : ["GPU", body.gpu ? `${body.gpu.model || ""} (GPU ${body.gpu.gpu} on ${body.gpu.host})`.trim() : null],
   ];
   const dl = el("dl");
   for (const [label, value] of rows) {
@@ -351,8 +363,10 @@ function drawRecommendation(result) {
     dl.append(el("dt", { text: label }), el("dd", { text: String(value) }));
   }
   box.append(dl);
-  if (body.fits === false) box.append(el("p", { class: "rec-warning", text: "Even this does not fit the free memory now." }));
-  if (body.reason) box.append(el("p", { class: "muted", text: String(body.reason) }));
+  // A GPU's advice is memory-based; a CPU's is time-based (the largest job predicted to finish within the budget).
+  const short = body.basis === "time" ? "Even this is predicted to take longer than the time budget." : "Even this does not fit the free memory now.";
+  if (body.fits === false) box.append(el("p", { class: "rec-warning", text: short }));
+  if (body.reason) box.append(el("p", { class: "muted", text: sentence(body.reason) }));
 }
 
 async function refreshReports() {
@@ -400,7 +414,7 @@ async function refreshTargets(force) {
 function askToSignIn() {
   if (!config.viewer_token_required) return;
   $("sign-in").hidden = false;
-  const message = el("td", { colspan: "7", class: "muted", text: "Jobs need the viewer token: sign in above." });
+  const message = el("td", { colspan: "8", class: "muted", text: "Jobs need the viewer token: sign in above." });
   $("jobs").tBodies[0].replaceChildren(el("tr", {}, [message]));
 }
 
@@ -427,6 +441,42 @@ $("sign-in").addEventListener("submit", async (event) => {
   state.reportsAt = 0;
   tick(true);
 });
+
+// ---- samples: the window once, then only what is new ----------------------------------------------------------
+
+// Each period asks only for the buckets from the newest one held on (`after_ms`): the window is read whole when
+// the selection changes, then extended and trimmed here. The newest bucket comes back each time with its later
+// samples in, and replaces the one held.
+async function fetchSeries(name, params) {
+  const key = JSON.stringify(params);
+  const held = state.series[name];
+  const times = held && held.key === key ? held.body.series.flatMap((s) => s.points.map((p) => p.t_ms)) : [];
+  const newest = times.length ? Math.max(...times) : null;
+  const result = await getJSON("series", newest === null ? params : { ...params, after_ms: newest });
+  if (!result.ok) return result;
+  if (newest === null) state.series[name] = { key, body: result.body };
+  else mergeSeries(held.body, result.body);
+  state.seriesDelta = newest !== null;
+  return { ...result, body: state.series[name].body };
+}
+
+function mergeSeries(held, delta) {
+  const from = Date.parse(delta.start) - delta.bucket_s * 1000; // the window's first bucket starts before it
+  for (const fresh of delta.series) {
+    const tags = JSON.stringify(fresh.tags);
+    const target = held.series.find((s) => JSON.stringify(s.tags) === tags);
+    if (!target) {
+      held.series.push(fresh);
+      continue;
+    }
+    const first = fresh.points.length ? fresh.points[0].t_ms : Infinity;
+    target.points = target.points.filter((p) => p.t_ms < first).concat(fresh.points);
+  }
+  for (const s of held.series) s.points = s.points.filter((p) => p.t_ms >= from);
+  held.series = held.series.filter((s) => s.points.length);
+  held.start = delta.start;
+  held.end = delta.end;
+}
 
 // ---- the loop ---------------------------------------------------------------------------------------------
 
@@ -458,8 +508,8 @@ async function refresh(force = false) {
   const gpuFilter = { window: state.window, host: state.host, gpu: state.gpu };
   const skipped = Promise.resolve(null);
   const [gpu, host, alerts, jobs, queue, quality, recommendation] = await Promise.all([
-    getJSON("series", { measurement: "gpu_sample", fields: GPU_FIELDS.join(","), ...gpuFilter }),
-    getJSON("series", { measurement: "host_sample", fields: "cpu_ratio,memory_used_bytes,memory_total_bytes", window: state.window, host: state.host }),
+    fetchSeries("gpu", { measurement: "gpu_sample", fields: GPU_FIELDS.join(","), ...gpuFilter }),
+    fetchSeries("host", { measurement: "host_sample", fields: "cpu_ratio,memory_used_bytes,memory_total_bytes", window: state.window, host: state.host }),
     getJSON("alerts"),
     jobsDue ? getJSON("jobs", { window: "24h", host: state.host, limit: 20 }) : skipped,
     jobsDue ? getJSON("queue", { window: state.window, host: state.host }) : skipped,
@@ -470,6 +520,10 @@ async function refresh(force = false) {
   if (gpu.ok) drawGpus(gpu.body);
   if (host.ok) drawHost(host.body);
   drawAlerts(alerts);
+  if (jobsDue && (force || Date.now() - state.dailyAt >= DAILY_EVERY_MS)) {
+    state.dailyAt = Date.now();
+    refreshDaily(state.host);
+  }
   if (jobsDue) {
     if (jobs.status === 401) askToSignIn();
     if (jobs.ok) drawJobs(jobs.body);
@@ -545,5 +599,7 @@ $("host").append(el("option", { value: state.host, text: state.host }));
 $("controls").addEventListener("change", onControls);
 $("controls").addEventListener("submit", (event) => event.preventDefault());
 setupCharts();
+initJobDetail({ getJSON, el, seconds, bytes, dateTime });
+initDaily({ getJSON, el, seconds, api: API });
 if (!window.Chart) showBanner(CHART_MISSING, "warn");
 tick(true);
