@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,21 +35,25 @@ GIB = 1 << 30
 
 
 class FakeGpus:
-    """The sampler's GPU seam: one 80 GiB GPU whose used share the test sets (every other reading is real)."""
+    """The sampler's GPU seam: one 80 GiB GPU whose used share the test sets, drawing a steady `watts` (its energy
+    counter read on every tick); every other reading is real."""
 
     available = True
     reason = None
     total_bytes = 80 * GIB
+    watts = 250.0
 
     def __init__(self) -> None:
         self.used_ratio = 0.10
+        self._started = time.monotonic()
 
     def read(self) -> tuple[GpuSnapshot, ...]:
         used = int(self.total_bytes * self.used_ratio)
         return (
             GpuSnapshot(
                 index=0, uuid="GPU-e2e", name="stand-in", up=True, memory_used_bytes=used,
-                memory_total_bytes=self.total_bytes, temperature_c=50.0,
+                memory_total_bytes=self.total_bytes, temperature_c=50.0, utilization_ratio=0.9,
+                energy_j=1e6 + self.watts * (time.monotonic() - self._started), energy_age_s=0.0,
             ),
         )  # fmt: skip
 
@@ -126,6 +131,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             alert_rules=fast_severe_rules(root),
             restart_command=shlex.join([sys.executable, "-c", append_line, str(marker)]),
             admin_token=ADMIN_TOKEN,
+            price_per_kwh=0.30,
+            price_per_gpu_hour=2.00,
         ).validate()
         store = open_store(config.store_url)
         writer = Writer(store, Spool(config.spool_dir, config.spool_max_bytes), conform=schema.conform)
