@@ -42,7 +42,7 @@ MAX_JOBS = 20
 FIXED_STEP_EQUIVALENTS = 1.0
 MARGIN_JOBS = 0.25
 MARGIN_WARMUP = 0.5
-WARMUP = {"resolution": 256, "num_frames": 8, "steps": 1, "guidance_scale": 9.0}
+WARMUP_RESOLUTION, WARMUP_FRAMES, WARMUP_GUIDANCE = 256, 8, 9.0  # one step: generator/worker.py's WARMUP
 #: The memory ladder's rungs, then fewer steps at the smallest size: on a CPU, steps cost as much as size.
 TIME_LADDER = (*LADDER, (256, 8, 20), (CPU_FIRST_CLIP["resolution"], CPU_FIRST_CLIP["num_frames"], 10))
 
@@ -111,7 +111,7 @@ def from_job(point: Point) -> Measured | None:
 
 def from_warmup(warmup_s: float) -> Measured:
     """Read the warm-up's duration as a measurement (1 step plus the work outside the loop)."""
-    units = work(WARMUP["resolution"], WARMUP["num_frames"], WARMUP["guidance_scale"])
+    units = work(WARMUP_RESOLUTION, WARMUP_FRAMES, WARMUP_GUIDANCE)
     per_step = warmup_s / (1.0 + FIXED_STEP_EQUIVALENTS) / units
     return Measured(per_step, per_step * FIXED_STEP_EQUIVALENTS)
 
