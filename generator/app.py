@@ -295,11 +295,12 @@ def job_view(job: Job, history: list[Job] | None = None) -> dict[str, Any]:
 def index() -> str:
     """Serve the page to submit a job and watch it."""
     rt = runtime()
+    # Where the workers run decides what the form offers first: a job that finishes quickly there. In queue mode
+    # the workers are GPU processes elsewhere.
     return render_template(
         "index.html",
-        # Where the workers run decides what the form offers first: a job that finishes quickly there.
-        defaults=form_defaults(rt.workers[0].device.type),
-        device=rt.workers[0].gpu,
+        defaults=form_defaults(rt.workers[0].device.type if rt.workers else "cuda"),
+        device=rt.workers[0].gpu if rt.workers else "",
         resolutions=RESOLUTIONS,
         limits=LIMITS,
         max_prompt=MAX_PROMPT_CHARS,
