@@ -15,6 +15,7 @@ from monitor.analysis import job_story, jobs
 from monitor.analysis.cost import Prices
 from monitor.web.context import get_context
 from monitor.web.params import BadRequest, arg_window_s
+from monitor.web.viewer import viewer
 
 bp = Blueprint("story", __name__, url_prefix="/monitor/api")
 
@@ -25,6 +26,7 @@ def init_app(app: Flask) -> None:
 
 
 @bp.get("/jobs/<job_id>/story")
+@viewer  # the job's prompt and clip
 def story(job_id: str) -> ResponseReturnValue:
     """Return everything known about one job (see the module docstring)."""
     ctx = get_context()

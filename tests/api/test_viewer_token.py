@@ -58,6 +58,7 @@ VIEWER_ROUTES = [
     ("GET", "/api/jobs"),
     ("GET", f"/api/jobs/{FINISHED_ID}"),
     ("GET", f"/api/jobs/{FINISHED_ID}/video"),
+    ("GET", f"/api/jobs/{FINISHED_ID}/events"),
     ("POST", f"/api/jobs/{FINISHED_ID}/cancel"),
 ]
 
@@ -186,6 +187,7 @@ MONITOR_VIEWER_ROUTES = [
     "/monitor/api/jobs",
     f"/monitor/api/jobs/{MONITOR_JOB}",
     f"/monitor/api/jobs/{MONITOR_JOB}/quality",
+    f"/monitor/api/jobs/{MONITOR_JOB}/story",
     "/monitor/api/reports/jobs.csv",
     "/monitor/api/reports/gpu.csv",
 ]
