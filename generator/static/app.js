@@ -247,7 +247,7 @@ async function poll() {
     const job = await response.json();
     if (jobId !== currentJob) return;
     if (response.status === 401) {
-      stop();
+      stopFollowing();
       askToSignIn("Your session ended: sign in again to follow the job.");
       return;
     }
