@@ -16,6 +16,11 @@ import hmac
 VIEWER_COOKIE = "i2v_viewer"
 
 
+def secrets_equal(given: str, expected: str) -> bool:
+    """Return whether two secrets are equal, compared in constant time (a job token against the one expected)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 def bearer_allows(authorization_header: str | None, token: str | None) -> bool:
     """Return True when no token is configured, or the header is `Bearer <token>` (compared in constant time)."""
     if not token:

@@ -15,6 +15,8 @@ import hmac
 import os
 from pathlib import Path
 
+from common.auth import secrets_equal
+
 KEY_CONTEXT = b"i2v job token v1"
 PURPOSE = "rate:"
 
@@ -51,7 +53,7 @@ def verify(key: bytes | None, job_id: str, token: str | None) -> bool:
     """Return whether `token` is the job's token under `key` (constant time); False without a key or token."""
     if not key or not token:
         return False
-    return hmac.compare_digest(job_token(key, job_id).encode(), token.strip().encode())
+    return secrets_equal(token.strip(), job_token(key, job_id))
 
 
 def bearer(authorization_header: str | None) -> str | None:
