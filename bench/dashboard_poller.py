@@ -34,6 +34,7 @@ class DashboardPoller:
         self.latencies_s: dict[str, list[float]] = {}
         self.errors: dict[str, int] = {}
         self._stop = threading.Event()
+        self._polling = threading.Lock()  # held for each round of requests; pause() takes it between rounds
         self._thread = threading.Thread(target=self._run, name="dashboard-poller", daemon=True)
 
     def _get(self, route: str, method: str = "GET", **params: Any) -> dict[str, Any] | None:
@@ -57,25 +58,34 @@ class DashboardPoller:
     def _run(self) -> None:
         interval_s, ingest_seen, slow_at, targets_at = 2.0, None, 0.0, 0.0
         while not self._stop.is_set():
-            started = time.monotonic()
-            status = self._get("status")
-            if status is not None:
-                interval_s = max(0.25, (status.get("sampler") or {}).get("interval_s") or interval_s)
-            ingest = ((status or {}).get("ingest") or {}).get("events_accepted_total")
-            if started - targets_at >= TARGETS_EVERY_S:
-                self._get("targets", window="24h")
-                self._get("reports/jobs.csv", "HEAD", since="5m")
-                targets_at = started
-            self._get("series", measurement="gpu_sample", fields=GPU_FIELDS, window=self.window, host=self.host)
-            self._get("series", measurement="host_sample", fields=HOST_FIELDS, window=self.window, host=self.host)
-            self._get("alerts")
-            if ingest != ingest_seen or started - slow_at >= SLOW_EVERY_S:
-                self._get("jobs", window="24h", host=self.host, limit=20)
-                self._get("queue", window=self.window, host=self.host)
-                self._get("quality", window=self.window, host=self.host)
-                self._get("recommendation", host=self.host)
-                slow_at, ingest_seen = started, ingest
+            with self._polling:
+                started = time.monotonic()
+                status = self._get("status")
+                if status is not None:
+                    interval_s = max(0.25, (status.get("sampler") or {}).get("interval_s") or interval_s)
+                ingest = ((status or {}).get("ingest") or {}).get("events_accepted_total")
+                if started - targets_at >= TARGETS_EVERY_S:
+                    self._get("targets", window="24h")
+                    self._get("reports/jobs.csv", "HEAD", since="5m")
+                    targets_at = started
+                self._get("series", measurement="gpu_sample", fields=GPU_FIELDS, window=self.window, host=self.host)
+                self._get("series", measurement="host_sample", fields=HOST_FIELDS, window=self.window, host=self.host)
+                self._get("alerts")
+                if ingest != ingest_seen or started - slow_at >= SLOW_EVERY_S:
+                    self._get("jobs", window="24h", host=self.host, limit=20)
+                    self._get("queue", window=self.window, host=self.host)
+                    self._get("quality", window=self.window, host=self.host)
+                    self._get("recommendation", host=self.host)
+                    slow_at, ingest_seen = started, ingest
             self._stop.wait(max(0.1, interval_s - (time.monotonic() - started)))
+
+    def pause(self) -> None:
+        """Stop polling after the round in flight (as a closed tab); return once no request is in flight."""
+        self._polling.acquire()
+
+    def resume(self) -> None:
+        """Poll again after a pause()."""
+        self._polling.release()
 
     def start(self) -> DashboardPoller:
         """Start polling."""

@@ -13,12 +13,18 @@ and followed over HTTP, nothing imported from either process. In order:
    within 5%, time within 10%.
 3. a foreign process holding most of the card (a torch allocation in `python -m bench.foreign_memory`): a job
    that fits with its margin must run undegraded; one that does not must be degraded or refused, never OOM.
-4. overhead: jobs of one size back to back in blocks, the monitor stopped / at 0.5 s / at 2 s (CLIP on, and
-   a dashboard-like poller, bench/dashboard_poller.py, while it runs), the order rotated each round. The first
-   job after each switch is kept apart (it runs while the monitor catches up). Each stop happens in the middle
-   of a job, so these are also the monitor restarts mid-run: the jobs run while it was down must reach it, and
-   their clips be scored, once it is back; the quality of clips scored before a restart must still be served.
-5. every small job's peak against the fresh process's, whatever ran before it; every clip scored with CLIP.
+4. overhead, jobs of one size back to back:
+   - the monitor stopped in the middle of a job, and a few jobs run without it: the restart mid-run. The jobs
+     run while it was down must reach it, and their clips be scored, once it is back; the quality of clips
+     scored before must still be served.
+   - then at 0.5 s and at 2 s sampling (CLIP scoring every clip, and a dashboard-like poller,
+     bench/dashboard_poller.py): the first job after the start kept apart (it runs while the monitor catches up
+     on the backlog), then pairs of jobs, one with the monitor running and one with it paused (SIGSTOP: no CPU,
+     no GPU work, no requests; the poller paused too), in ABBA order so that a slow drift of the card cancels.
+     Pausing instead of restarting costs no CLIP load per switch, so twice the jobs fit in the same minutes, and
+     each job is compared with its neighbour: the ratio is the geometric mean of the pairs' ratios.
+5. every small job's peak against the fresh process's, whatever ran before it; every clip scored with CLIP,
+   waiting for the scorer's backlog to drain once the jobs stop.
 
 Every check is judged against its target and the JSON (`--out`) is rewritten after every job, so a run cut short
 keeps what it measured. A time budget (`--budget-s`, 500 s: the whole run fits one 9-minute device call) shrinks
@@ -51,7 +57,7 @@ import requests
 from bench.acceptance_record import Check, Record, at_most, holds, unjudged, within
 from bench.dashboard_poller import DashboardPoller
 from bench.harness import ROOT, MonitorProcess, free_port, machine
-from bench.spread import describe, ratio_of_medians
+from bench.spread import describe, paired_ratio, ratio_of_medians
 from bench.stack import GeneratorProcess, Jobs, Shape, run_s
 
 log = logging.getLogger("gpu_acceptance")
@@ -64,7 +70,8 @@ OVERHEAD_LIMIT = 1.005  # generation time with the monitor / without
 MIN_MEASURED_JOBS = 10
 MIN_JOBS_PER_MODE = 10
 FINAL_RESERVE_S = 45.0  # the closing checks and stopping everything
-MODES: dict[str, float | None] = {"stopped": None, "0.5s": 0.5, "2s": 2.0}
+INTERVALS_S = (0.5, 2.0)  # the sampling periods whose overhead is measured
+STOPPED = "stopped"
 FITS = "admission under a foreign process: the job that fits runs undegraded"
 MISSES = "admission under a foreign process: the job that does not fit is degraded or refused"
 
@@ -81,8 +88,8 @@ class Plan:
     train: tuple[Shape, ...]  # what the predictor learns from; begins small (fresh process), big, small
     unseen: tuple[Shape, ...]  # sizes absent from `train`, predicted before they run
     overhead: Shape
-    rounds: int
-    block: int  # jobs per mode and round; the first of each is kept apart
+    pairs: int  # per sampling period: jobs with the monitor running, each beside one with it paused
+    down_jobs: int  # jobs run with the monitor stopped outright (its restart mid-run)
 
 
 SMALL, BIG = Shape(512, 16, 10), Shape(1024, 32, 10)
@@ -98,12 +105,12 @@ H200 = Plan(
     ),
     unseen=(Shape(768, 32, 12), Shape(1024, 24, 10), Shape(512, 20, 18), Shape(256, 28, 22)),
     overhead=SMALL,
-    rounds=3,
-    block=5,
+    pairs=12,
+    down_jobs=4,
 )  # fmt: skip
 H200_QUICK = replace(
-    H200, train=(SMALL, BIG, SMALL, Shape(256, 16, 10), Shape(768, 16, 10)), unseen=(Shape(512, 24, 10),), rounds=1,
-    block=2,
+    H200, train=(SMALL, BIG, SMALL, Shape(256, 16, 10), Shape(768, 16, 10)), unseen=(Shape(512, 24, 10),), pairs=3,
+    down_jobs=2,
 )  # fmt: skip
 CPU_SMALL = Shape(256, 8, 10)
 CPU = Plan(
@@ -115,8 +122,8 @@ CPU = Plan(
     train=(CPU_SMALL, Shape(256, 16, 10)),
     unseen=(Shape(256, 12, 10),),
     overhead=CPU_SMALL,
-    rounds=1,
-    block=2,
+    pairs=2,
+    down_jobs=2,
 )
 
 
@@ -256,7 +263,8 @@ class Acceptance:
         """Return the expected seconds of the overhead phase: what the phases before it must leave."""
         job_s = self.job_time_s(self.plan.overhead)
         start_s = max(self.monitor_start_s or [10.0]) + 3.0  # a start, and the stop before it
-        return self.plan.rounds * len(MODES) * (self.plan.block * job_s + start_s)
+        per_interval = start_s + (1 + 2 * self.plan.pairs) * job_s
+        return self.plan.down_jobs * job_s + len(INTERVALS_S) * per_interval
 
     def skip(self, name: str, target: str, reason: str) -> None:
         """Record a check that the budget left out."""
@@ -523,61 +531,92 @@ class Acceptance:
         self.foreign = None
 
     def overhead(self, entry: dict[str, Any]) -> None:
-        """Blocks of jobs per mode in rotated order; the first job after each switch kept apart."""
-        plan = self.plan
-        names = list(MODES)
-        blocks: list[dict[str, Any]] = entry.setdefault("blocks", [])
-        for round_index in range(plan.rounds):
-            order = names[round_index % 3 :] + names[: round_index % 3]
-            for mode in order:
-                job_s = self.job_time_s(plan.overhead)
-                start_s = max(self.monitor_start_s or [10.0]) if MODES[mode] else 0.0
-                if not self.budget.allows(plan.block * job_s + start_s + 5):
-                    entry["cut_short"] = f"the time budget ended the phase before round {round_index}, mode {mode}"
-                    log.warning(entry["cut_short"])
-                    self.judge_overhead(entry)
-                    return
-                blocks.append(self.run_block(round_index, mode))
-                self.record.save()
+        """The monitor stopped mid-job for a few jobs; then, per sampling period, pairs of jobs running / paused."""
+        entry["down"] = self.run_down_jobs()
+        self.record.save()
+        sessions: list[dict[str, Any]] = entry.setdefault("sessions", [])
+        for index, interval_s in enumerate(INTERVALS_S):
+            job_s = self.job_time_s(self.plan.overhead)
+            start_s = max(self.monitor_start_s or [10.0]) + 3.0
+            later = len(INTERVALS_S) - index - 1
+            room = self.budget.left_s() - FINAL_RESERVE_S - later * (start_s + (1 + 2 * self.plan.pairs) * job_s)
+            pairs = min(self.plan.pairs, int((room - start_s - job_s) / (2 * job_s)))
+            if pairs < 1:
+                entry["cut_short"] = f"the time budget left no pair at {interval_s:g} s"
+                log.warning(entry["cut_short"])
+                break
+            if pairs < self.plan.pairs:
+                entry.setdefault("shrunk", {})[_mode(interval_s)] = f"{pairs} pairs of {self.plan.pairs}"
+            sessions.append(self.run_session(interval_s, pairs))
+            self.record.save()
         self.judge_overhead(entry)
 
-    def run_block(self, round_index: int, mode: str) -> dict[str, Any]:
-        """Switch to `mode` and run one block of jobs; a stop happens during the block's first job."""
-        interval = MODES[mode]
-        block: dict[str, Any] = {"round": round_index, "mode": mode}
-        stop_during_first = False
-        if interval is None:
-            if self.monitor is not None and not self.quality_before:
-                self.quality_before = self.scored_quality([v["job_id"] for v in self.train_views])
-            stop_during_first = self.monitor is not None
-        else:
-            self.stop_monitor()
-            self.start_monitor(interval)
-            block["monitor_start_s"] = self.monitor_start_s[-1]
-            self.start_poller()
+    def run_down_jobs(self) -> dict[str, Any]:
+        """Stop the monitor in the middle of a job (SIGTERM, as an operator's restart) and run jobs without it."""
+        if self.monitor is not None and not self.quality_before:
+            self.quality_before = self.scored_quality([v["job_id"] for v in self.train_views])
         stopped_at_step: list[int] = []
 
         def stop_mid_job(index: int, view: dict[str, Any]) -> None:
-            if stop_during_first and not stopped_at_step and index == 0 and view["progress"]["step"] >= 2:
+            if self.monitor is not None and index == 0 and view["progress"]["step"] >= 2:
                 stopped_at_step.append(view["progress"]["step"])
                 self.stop_monitor()
 
         def ended(index: int, view: dict[str, Any]) -> None:
-            if stop_during_first and not stopped_at_step:  # too quick to catch mid-job: stop between jobs
+            if self.monitor is not None:  # too quick to catch mid-job: stop between jobs
                 stopped_at_step.append(view["progress"]["step"])
                 self.stop_monitor()
-            self.record.job("overhead", view, mode=mode, round=round_index, after_switch=index == 0)
+            self.record.job("overhead", view, mode=STOPPED, after_switch=index == 0)
 
         views = self.jobs.run(
-            [self.plan.overhead] * self.plan.block, deadline=self.budget.deadline, on_poll=stop_mid_job, on_end=ended
+            [self.plan.overhead] * self.plan.down_jobs,
+            deadline=self.budget.deadline,
+            on_poll=stop_mid_job,
+            on_end=ended,
         )
-        if interval is None:
-            self.down_jobs += [v["job_id"] for v in views]
-            block["monitor_stopped_at_step"] = stopped_at_step[0] if stopped_at_step else None
-        else:
-            block["poller"] = self.stop_poller()  # the dashboard closes before the next switch
-        block["jobs"] = [v["job_id"] for v in views]
-        return block
+        self.down_jobs += [v["job_id"] for v in views]
+        return {"jobs": [v["job_id"] for v in views], "monitor_stopped_at_step": (stopped_at_step or [None])[0]}
+
+    def run_session(self, interval_s: float, pairs: int) -> dict[str, Any]:
+        """(Re)start the monitor at `interval_s` with the dashboard open; one job; then `pairs` running/paused pairs."""
+        mode = _mode(interval_s)
+        self.stop_monitor()
+        self.start_monitor(interval_s)
+        session: dict[str, Any] = {"mode": mode, "monitor_start_s": self.monitor_start_s[-1], "pairs": pairs}
+        self.start_poller()
+        first = self.jobs.run([self.plan.overhead], deadline=self.budget.deadline)
+        for view in first:
+            self.record.job("overhead", view, mode=mode, after_switch=True)
+        # ABBA: running first in even pairs, paused first in odd ones
+        order = [paused for pair in range(pairs) for paused in ((False, True) if pair % 2 == 0 else (True, False))]
+        for index, paused in enumerate(order):
+            if paused:
+                self.pause_monitor()
+            try:
+                views = self.jobs.run([self.plan.overhead], deadline=self.budget.deadline)
+            finally:
+                if paused:
+                    self.resume_monitor()
+            for view in views:
+                self.record.job(
+                    "overhead", view, mode=f"{mode} paused" if paused else mode, pair=index // 2, after_switch=False
+                )
+        session["poller"] = self.stop_poller()
+        return session
+
+    def pause_monitor(self) -> None:
+        """Close the dashboard and freeze the monitor (SIGSTOP): no CPU, no GPU work, no answers."""
+        if self.poller is not None:
+            self.poller.pause()
+        if self.monitor is not None:
+            self.monitor.pause()
+
+    def resume_monitor(self) -> None:
+        """Thaw the monitor (SIGCONT) and reopen the dashboard."""
+        if self.monitor is not None:
+            self.monitor.resume()
+        if self.poller is not None:
+            self.poller.resume()
 
     def scored_quality(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Return the quality results the monitor serves now for `job_ids`, those scored only."""
@@ -589,58 +628,76 @@ class Acceptance:
         return out
 
     def judge_overhead(self, entry: dict[str, Any]) -> None:
-        """Compare each mode's generation times with the monitor stopped: medians, spread, and the ratio's CI."""
+        """Per sampling period: the running jobs against their paused neighbours (pairs, and medians), their spread."""
         jobs = [j for j in self.record.data["jobs"] if j["phase"] == "overhead" and j["state"] == "succeeded"]
 
-        def times(mode: str, after_switch: bool, key: str = "run_s") -> list[float]:
-            return [j[key] for j in jobs if j["mode"] == mode and j["after_switch"] == after_switch and j[key]]
+        def of(mode: str, after_switch: bool = False) -> list[dict[str, Any]]:
+            return [j for j in jobs if j["mode"] == mode and j["after_switch"] == after_switch]
 
-        baseline = times("stopped", False)
-        stats: dict[str, Any] = {}
-        for mode in MODES:
+        def values(chosen: list[dict[str, Any]], key: str = "run_s") -> list[float]:
+            return [j[key] for j in chosen if j.get(key)]
+
+        def pairs(mode: str, key: str) -> list[tuple[float, float]]:
+            running = {j["pair"]: j.get(key) for j in of(mode)}
+            paused = {j["pair"]: j.get(key) for j in of(f"{mode} paused")}
+            return [(running[p], paused[p]) for p in sorted(running) if running[p] and paused.get(p)]
+
+        stats: dict[str, Any] = {STOPPED: {"steady": describe(values(of(STOPPED)))}}
+        for interval_s in INTERVALS_S:
+            mode = _mode(interval_s)
+            running, paused = of(mode), of(f"{mode} paused")
             stats[mode] = {
-                "steady": describe(times(mode, False)),
-                "after_switch": describe(times(mode, True)),
-                "denoising_steady": describe(times(mode, False, "denoising_s")),
+                "running": describe(values(running)),
+                "paused": describe(values(paused)),
+                "after_start": describe(values(of(mode, after_switch=True))),
+                "paired_ratio": paired_ratio(pairs(mode, "run_s")),
+                "paired_denoising_ratio": paired_ratio(pairs(mode, "denoising_s")),
+                "ratio_of_medians": ratio_of_medians(values(running), values(paused)),
+                "ratio_after_start": ratio_of_medians(values(of(mode, after_switch=True)), values(paused)),
+                "ratio_to_stopped": ratio_of_medians(values(running), values(of(STOPPED))),
             }
-            if MODES[mode] is not None:
-                stats[mode]["ratio"] = ratio_of_medians(times(mode, False), baseline)
-                stats[mode]["ratio_after_switch"] = ratio_of_medians(times(mode, True), baseline)
-                stats[mode]["denoising_ratio"] = ratio_of_medians(
-                    times(mode, False, "denoising_s"), times("stopped", False, "denoising_s")
-                )
         entry["stats"] = stats
-        for mode in ("0.5s", "2s"):
-            ratio = stats[mode]["ratio"]
-            n = stats[mode]["steady"]["n"]
-            ci = ratio["ci95"]
-            shown = "n/a" if ratio["ratio"] is None else f"{ratio['ratio']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
+        gpu = self.plan.gpu
+        for interval_s in INTERVALS_S:
+            mode = _mode(interval_s)
+            mode_stats = stats[mode]
+            ratio = mode_stats["paired_ratio"]
+            n = ratio["pairs"]
+            shown = "n/a" if ratio["ratio"] is None else f"{ratio['ratio']:.4f} (95% CI {_ci(ratio)})"
+            denoising = mode_stats["paired_denoising_ratio"]
             detail = (
-                f"{self.plan.overhead.label}, median of {n} jobs vs {len(baseline)} with the monitor stopped; IQR "
-                f"{_pct(stats[mode]['steady']['iqr_ratio'])} / {_pct(stats['stopped']['steady']['iqr_ratio'])} of the "
-                f"median; CLIP scoring every clip, a dashboard open"
+                f"{self.plan.overhead.label}: {n} jobs beside {n} with the monitor paused, ABBA order, geometric mean"
+                f" of the pairs' ratios; denoising alone {_ratio(denoising)}; job IQR "
+                f"{_pct(mode_stats['running']['iqr_ratio'])} running / {_pct(mode_stats['paused']['iqr_ratio'])} "
+                f"paused; CLIP scoring every clip, a dashboard open"
             )
             check = at_most(
-                f"generation time, monitor at {mode[:-1]} s / stopped", ratio["ratio"], OVERHEAD_LIMIT, shown, detail
+                f"generation time, monitor at {interval_s:g} s / paused", ratio["ratio"], OVERHEAD_LIMIT, shown, detail
             )
-            self.record.check(check if self.plan.gpu else unjudged(check, "a CPU smoke run: recorded only"))
-            after = stats[mode]["ratio_after_switch"]
+            self.record.check(check if gpu else unjudged(check, "a CPU smoke run: recorded only"))
+            after = mode_stats["ratio_after_start"]
             check = at_most(
-                f"generation time just after the monitor started at {mode[:-1]} s (backlog) / stopped",
+                f"generation time just after the monitor started at {interval_s:g} s (backlog) / paused",
                 after["ratio"],
                 OVERHEAD_LIMIT,
-                "n/a" if after["ratio"] is None else f"{after['ratio']:.4f}",
-                f"the first job after each start, median of {stats[mode]['after_switch']['n']}",
+                _ratio(after),
+                "the first job after the start, while the monitor catches up on what it missed, against the "
+                "paused jobs' median",
             )
-            self.record.check(check if self.plan.gpu else unjudged(check, "a CPU smoke run: recorded only"))
+            self.record.check(check if gpu else unjudged(check, "a CPU smoke run: recorded only"))
             count = holds(
-                f"overhead: at least {MIN_JOBS_PER_MODE} steady jobs with the monitor at {mode[:-1]} s and stopped",
-                min(n, len(baseline)) >= MIN_JOBS_PER_MODE,
-                f"{n} and {len(baseline)}",
-                "the first job after each switch kept apart",
+                f"overhead: at least {MIN_JOBS_PER_MODE} jobs with the monitor at {interval_s:g} s, each beside a "
+                "paused one",
+                n >= MIN_JOBS_PER_MODE,
+                f"{n} pairs",
+                "the first job after the start kept apart",
             )
-            full_run = self.plan.rounds * (self.plan.block - 1) >= MIN_JOBS_PER_MODE
-            self.record.check(count if full_run else unjudged(count, "a short run"))
+            self.record.check(count if self.plan.pairs >= MIN_JOBS_PER_MODE else unjudged(count, "a short run"))
+
+    def quality_drained(self) -> float | None:
+        """Return when the scorer had no clip waiting and none in scoring (monotonic seconds), else None."""
+        quality = self.monitor_get("status").json().get("quality") or {}
+        return time.monotonic() if quality.get("pending") == 0 and not quality.get("scoring") else None
 
     def final(self, entry: dict[str, Any]) -> None:
         """The monitor back up: caught-up events, quality kept and scored, every small job's peak, the budget."""
@@ -703,9 +760,9 @@ class Acceptance:
             )
         )
         succeeded = [j["job_id"] for j in self.record.data["jobs"] if j["state"] == "succeeded"]
-        scored = wait_until(
-            lambda: (q := self.scored_quality(succeeded)) and len(q) == len(succeeded) and q, min(30.0, left())
-        ) or self.scored_quality(succeeded)
+        drained_at = wait_until(self.quality_drained, left(), pause_s=1.0)
+        entry["quality_drained_s"] = None if drained_at is None else round(time.monotonic() - drained_at, 1)
+        scored = self.scored_quality(succeeded)
         with_clip = [job_id for job_id, q in scored.items() if q.get("clip_score") is not None]
         missing = [job_id for job_id in succeeded if job_id not in with_clip]
         entry["not_scored_with_clip"] = missing
@@ -791,6 +848,19 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def _mode(interval_s: float) -> str:
+    return f"{interval_s:g}s"
+
+
+def _ci(ratio: dict[str, Any]) -> str:
+    low, high = ratio["ci95"]
+    return f"{low:.4f}-{high:.4f}"
+
+
+def _ratio(ratio: dict[str, Any]) -> str:
+    return "n/a" if ratio["ratio"] is None else f"{ratio['ratio']:.4f} (95% CI {_ci(ratio)})"
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # so the processes this run started are stopped on the way out
 
@@ -802,17 +872,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="fewer jobs: proves the run, its figures mean little")
     parser.add_argument("--budget-s", type=float, default=500.0, help="the whole run's time budget (default 500)")
-    parser.add_argument("--rounds", type=int, help="overhead rounds (each runs every mode once)")
-    parser.add_argument("--block", type=int, help="overhead jobs per mode and round (the first is kept apart)")
+    parser.add_argument("--pairs", type=int, help="overhead pairs per sampling period (a running and a paused job)")
+    parser.add_argument("--down-jobs", type=int, help="jobs run with the monitor stopped (its restart mid-run)")
     parser.add_argument("--work", type=Path, help="folder for the processes' state and logs (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     plan = CPU if args.device == "cpu" else H200_QUICK if args.quick else H200
     if args.device == "cpu" and not args.quick:
-        plan = replace(plan, rounds=2, block=3)
-    plan = replace(plan, rounds=args.rounds or plan.rounds, block=args.block or plan.block)
-    if plan.block < 2:
-        parser.error("--block must be at least 2: the first job after each switch is kept apart")
+        plan = replace(plan, pairs=4, down_jobs=3)
+    plan = replace(plan, pairs=args.pairs or plan.pairs, down_jobs=args.down_jobs or plan.down_jobs)
+    if plan.pairs < 1 or plan.down_jobs < 1:
+        parser.error("--pairs and --down-jobs must be at least 1")
     work = args.work or Path(tempfile.mkdtemp(prefix="gpu-acceptance-"))
     work.mkdir(parents=True, exist_ok=True)
     record = Record(

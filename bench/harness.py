@@ -241,6 +241,16 @@ class MonitorProcess:
             raise
         return self
 
+    def pause(self) -> None:
+        """Freeze the monitor (SIGSTOP): it uses no CPU or GPU and answers nothing until resume()."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused monitor (SIGCONT)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def status(self) -> dict[str, Any]:
         """Return /monitor/api/status."""
         return requests.get(f"{self.url}/monitor/api/status", timeout=30).json()
@@ -249,6 +259,7 @@ class MonitorProcess:
         """SIGTERM (the monitor flushes its writer), then SIGKILL after `timeout_s`."""
         if self.process is None or self.process.poll() is not None:
             return
+        self.process.send_signal(signal.SIGCONT)  # a paused monitor must run to act on SIGTERM
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout_s)

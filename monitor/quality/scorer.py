@@ -210,9 +210,11 @@ class QualityScorer:
         """Return how many clips wait to be scored."""
         return len(self._queue)
 
-    def status(self) -> dict[str, int]:
-        """Return the scorer's state for /status: clips waiting to be scored, clips in the CLIP baseline."""
-        return {"pending": self.pending(), "baseline_clips": self._calibration.samples}
+    def status(self) -> dict[str, int | bool]:
+        """Return the scorer's state for /status: clips waiting, whether one is being scored, the CLIP baseline."""
+        with self._cond:
+            scoring = self._busy
+        return {"pending": self.pending(), "scoring": scoring, "baseline_clips": self._calibration.samples}
 
     # Intake
     def submit(

@@ -12,12 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
+import requests
 
 from bench import gpu_acceptance
 from bench.acceptance_record import Record, at_most, holds, unjudged, within
 from bench.dashboard_poller import DashboardPoller
 from bench.harness import MonitorProcess
-from bench.spread import describe, ratio_of_medians
+from bench.spread import describe, paired_ratio, ratio_of_medians
 from tests.servers import wait_for
 
 ROUTES = ("alerts", "jobs", "quality", "queue", "recommendation", "reports/jobs.csv", "series", "status", "targets")
@@ -31,6 +32,23 @@ def test_the_poller_hits_every_periodic_route_of_the_dashboard_and_none_fails(tm
     assert set(stats) == set(ROUTES), stats
     assert all(route["errors"] == 0 for route in stats.values()), stats
     assert stats["series"]["count"] == 2 * stats["status"]["count"]  # the GPU and the host series each time
+
+
+def test_a_paused_monitor_answers_nothing_and_a_resumed_one_answers_again(tmp_path: Path) -> None:
+    with MonitorProcess(tmp_path / "monitor", interval_s=0.5, args=["--host-name", "poll-host"]) as monitor:
+        poller = DashboardPoller(monitor.url, host="poll-host").start()
+        wait_for(lambda: len(poller.latencies_s.get("status", [])) >= 1, 30, "a first poll")
+        poller.pause()
+        monitor.pause()
+        polled = len(poller.latencies_s["status"])
+        with pytest.raises(requests.Timeout):
+            requests.get(f"{monitor.url}/monitor/api/status", timeout=1)
+        assert len(poller.latencies_s["status"]) == polled  # the paused tab sent nothing
+        monitor.resume()
+        poller.resume()
+        wait_for(lambda: len(poller.latencies_s["status"]) > polled, 30, "polls after the pause")
+        stats = poller.stop()
+    assert all(route["errors"] == 0 for route in stats.values()), stats
 
 
 def test_the_record_is_rewritten_whole_and_passes_only_when_every_check_passed(tmp_path: Path) -> None:
@@ -73,13 +91,25 @@ def test_the_ratio_of_medians_comes_with_an_interval_around_it() -> None:
     assert describe(stopped)["iqr_ratio"] == pytest.approx(0.0066, abs=1e-3)
 
 
-def test_a_block_of_one_is_refused_since_the_first_job_after_a_switch_is_kept_apart(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
+def test_pairs_compare_each_job_with_its_neighbour_so_a_drift_of_the_machine_cancels() -> None:
+    # The machine slows by 0.5% per pair; the monitor adds 1%. Medians of the two sets mix the drift in; the
+    # pairs' ratios do not.
+    drift = [3.0 * (1 + 0.005 * i) for i in range(12)]
+    pairs = [(t * 1.01, t) for t in drift]
+    ratio = paired_ratio(pairs)
+    assert ratio["ratio"] == pytest.approx(1.01)
+    assert ratio["pairs"] == 12
+    low, high = ratio["ci95"]
+    assert low <= 1.01 <= high
+    assert high - low < 0.001
+    assert paired_ratio([])["ratio"] is None
+
+
+def test_no_pair_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        gpu_acceptance.main(["--device", "cpu", "--block", "1"])
+        gpu_acceptance.main(["--device", "cpu", "--pairs", "-1"])
     assert exited.value.code == 2
-    assert "--block must be at least 2" in capsys.readouterr().err
+    assert "--pairs and --down-jobs must be at least 1" in capsys.readouterr().err
 
 
 def test_the_h200_plan_has_ten_mixed_jobs_sizes_it_has_not_seen_and_ten_steady_jobs_per_mode() -> None:
@@ -87,7 +117,7 @@ def test_the_h200_plan_has_ten_mixed_jobs_sizes_it_has_not_seen_and_ten_steady_j
     assert len(plan.train) >= gpu_acceptance.MIN_MEASURED_JOBS
     assert plan.train[:3] == (plan.small, plan.big, plan.small)
     assert not set(plan.unseen) & set(plan.train)
-    assert plan.rounds * (plan.block - 1) >= gpu_acceptance.MIN_JOBS_PER_MODE
+    assert plan.pairs >= gpu_acceptance.MIN_JOBS_PER_MODE
     sizes = plan.train + plan.unseen
     assert {s.resolution for s in sizes} == {256, 512, 768, 1024}
     assert all(16 <= s.frames <= 32 and 10 <= s.steps <= 25 for s in sizes)
