@@ -41,6 +41,17 @@ USABLE_SHARE = 0.8
 SMALLER_RESOLUTION = {1024: 768, 768: 512, 512: 256}
 
 
+def usable_bytes(total_bytes: int, used_bytes: int, own_bytes: int) -> int:
+    """Return what one job may use at its peak on a card: all but what other processes hold, within USABLE_SHARE.
+
+    `used_bytes` is what every process holds, `own_bytes` what the generator's process holds of it (its weights,
+    which every job's predicted peak includes, so they count as usable). The generator's admission and the
+    monitor's /predict both decide with this, so "fits" means the same on the page and in the queue.
+    """
+    others_bytes = max(used_bytes - own_bytes, 0)
+    return max(min(total_bytes - others_bytes, int(total_bytes * USABLE_SHARE)), 0)
+
+
 def table_peak_bytes(resolution: int, num_frames: int) -> int:
     """Return the table's peak-memory estimate for a job of this size, in bytes."""
     return PEAK_16_FRAMES_BYTES[resolution] + max(num_frames - 16, 0) * PER_EXTRA_FRAME_BYTES

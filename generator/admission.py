@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from common.sizing import USABLE_SHARE, GiB, next_smaller_size, table_peak_bytes
+from common.sizing import GiB, next_smaller_size, table_peak_bytes, usable_bytes
 from generator.validation import JobParams
 
 
@@ -50,7 +50,7 @@ def admit(
     if memory is None:
         return Admission(params, (), None)
     free, total = memory()
-    budget = min(free + resident_bytes, int(total * USABLE_SHARE))
+    budget = usable_bytes(total, total - free, resident_bytes)
     notes: list[str] = []
     current = params
     while True:

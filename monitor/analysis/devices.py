@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.sizing import USABLE_SHARE
+from common.sizing import USABLE_SHARE, usable_bytes
 from common.units import NS_PER_S
 from monitor.storage.base import Store
 from monitor.storage.schema import GPU_SAMPLE, iso_from_us
 
 #: A sample older than this does not describe the GPU "now" (the sampler ticks every 2 s by default).
 MAX_SAMPLE_AGE_S = 120
-#: What share of a card a job may use, with what other processes hold (common/sizing.py, as the generator's
-#: admission control): the rest covers the allocator's cache and fragmentation, which torch's peak omits.
 #: The sampler writes every GPU of a host in each tick (every 0.5-2 s), so a host's samples of the last few seconds
 #: hold each of its GPUs' latest state: /predict reads those (a few rows) rather than the 120 s span (240 rows per
 #: GPU at 0.5 s sampling, most of the request's time).
@@ -45,11 +43,8 @@ class DeviceState:
 
     @property
     def available_bytes(self) -> int:
-        """Return what one job may use at its peak: the usable share of the card less what others hold.
-
-        The generator's own memory counts as available: its weights are part of every job's predicted peak.
-        """
-        return max(int(self.memory_total_bytes * USABLE_SHARE) - self.others_bytes, 0)
+        """Return what one job may use at its peak, as the generator's admission reckons it (common/sizing.py)."""
+        return usable_bytes(self.memory_total_bytes, self.memory_used_bytes, self.generator_memory_bytes or 0)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON view."""

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.sizing import USABLE_SHARE
 from monitor.analysis.devices import DeviceState
 from monitor.analysis.predict import JobShape, Prediction
 
@@ -124,8 +125,9 @@ def recommend(
     floor_index = next(i for i, rung in enumerate(LADDER) if rung == floor)
     chosen_index = next((i for i, c in enumerate(candidates) if c.fits), None)
     usable = (
-        f"{available / GB:.1f} GB usable now on {device.model} {device.host}/{device.gpu} (80% of "
-        f"{device.memory_total_bytes / GB:.1f} GB less {device.others_bytes / GB:.1f} GB held by other processes)"
+        f"{available / GB:.1f} GB usable now on {device.model} {device.host}/{device.gpu} (the "
+        f"{device.memory_total_bytes / GB:.1f} GB card less {device.others_bytes / GB:.1f} GB held by other processes,"
+        f" within {USABLE_SHARE:.0%} of it)"
     )
     in_use = f"{device.usage_ratio:.0%} of memory in use"
     if chosen_index is None:

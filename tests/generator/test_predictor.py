@@ -206,3 +206,26 @@ def test_workers_get_the_monitors_estimate_when_a_monitor_is_configured(tmp_path
     finally:
         bare.events.close()
         bare.book.close()
+
+
+@pytest.mark.parametrize(
+    ("used_gb", "own_gb"),
+    [(10, 10), (30, 10), (110, 10), (140, 0), (20, 0)],
+    ids=["alone", "a small neighbour", "a neighbour filling the card", "a full card", "no generator attributed"],
+)
+def test_admission_and_the_monitors_fits_draw_the_same_line(used_gb: int, own_gb: int) -> None:
+    # What /predict calls "fits" must be what admission runs undegraded: a job needing exactly the monitor's
+    # available bytes is admitted as asked, one byte more is degraded or refused.
+    from monitor.analysis.devices import DeviceState
+
+    total, used, own = 141 * GiB, used_gb * GiB, own_gb * GiB
+    device = DeviceState("h", "0", "NVIDIA H200", total, used, own or None, 0)
+    available = device.available_bytes
+
+    def memory() -> tuple[int, int]:
+        return total - used, total
+
+    at_line = admit(DEFAULT_JOB, memory, estimate=lambda params: available, resident_bytes=own)
+    over_line = admit(DEFAULT_JOB, memory, estimate=lambda params: available + 1, resident_bytes=own)
+    assert at_line.params == DEFAULT_JOB
+    assert over_line.params != DEFAULT_JOB

@@ -89,11 +89,11 @@ def test_measurements_recommend_more_than_the_tier_when_it_fits() -> None:
 
 
 def test_the_tier_is_recommended_when_it_is_the_best_that_fits() -> None:
-    # 48 GB card, 23.5 GB in use (49%), none of it the generator's: 38.4 - 23.5 = 14.9 GB usable; 768p/24
-    # needs 13.6 GB and 768p/32 16.4 GB (the learned law).
-    result = recommend(device(48, 23.5), predictor(LEARNED))  # type: ignore[arg-type]
+    # 24 GB card, 9.5 GB in use (40%), none of it the generator's: 24 - 9.5 = 14.5 GB usable (under 80% of the
+    # card); 768p/24 needs 13.6 GB and 768p/32 16.4 GB (the learned law).
+    result = recommend(device(24, 9.5), predictor(LEARNED))  # type: ignore[arg-type]
     assert result.chosen.prediction.shape == JobShape(768, 24, 80)
-    assert result.reason.startswith("768p/24 frames/80 steps, the seed tier for 49% of memory in use, needs about")
+    assert result.reason.startswith("768p/24 frames/80 steps, the seed tier for 40% of memory in use, needs about")
 
 
 def test_below_the_tier_only_when_the_tier_does_not_fit_and_it_says_so() -> None:
