@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -121,3 +122,40 @@ def test_the_h200_plan_has_ten_mixed_jobs_sizes_it_has_not_seen_and_ten_steady_j
     sizes = plan.train + plan.unseen
     assert {s.resolution for s in sizes} == {256, 512, 768, 1024}
     assert all(16 <= s.frames <= 32 and 10 <= s.steps <= 25 for s in sizes)
+
+
+def test_the_overhead_is_judged_from_each_running_job_and_its_paused_neighbour(tmp_path: Path) -> None:
+    import argparse
+
+    plan = gpu_acceptance.H200
+    record = Record(tmp_path / "acceptance.json", benchmark="gpu_acceptance")
+    acceptance = gpu_acceptance.Acceptance(argparse.Namespace(budget_s=600.0), plan, record, tmp_path)
+    clock = 0.0
+
+    def job(mode: str, run_s: float, **extra: Any) -> None:
+        nonlocal clock
+        view = {"job_id": f"j{clock}", "state": "succeeded", "started_at": clock, "finished_at": clock + run_s}
+        view["stage_durations_s"] = {"denoising": run_s * 0.75}
+        record.job("overhead", view, mode=mode, **extra)
+        clock += run_s + 1
+
+    for _ in range(3):
+        job("stopped", 3.0, after_switch=False)
+    for mode, cost in (("0.5s", 1.002), ("2s", 1.0)):
+        job(mode, 3.2, after_switch=True)  # the backlog's job after the start
+        for pair in range(plan.pairs):
+            drift = 3.0 * (1 + 0.004 * pair)  # the card slows: the pairs cancel it
+            job(mode, drift * cost, pair=pair, after_switch=False)
+            job(f"{mode} paused", drift, pair=pair, after_switch=False)
+
+    entry: dict[str, Any] = {}
+    acceptance.judge_overhead(entry)
+
+    assert entry["stats"]["0.5s"]["paired_ratio"]["ratio"] == pytest.approx(1.002)
+    assert entry["stats"]["0.5s"]["paired_ratio"]["pairs"] == plan.pairs
+    assert entry["stats"]["2s"]["paired_denoising_ratio"]["ratio"] == pytest.approx(1.0)
+    assert entry["stats"]["0.5s"]["ratio_after_start"]["ratio"] > 1.005
+    verdicts = {c["name"]: c["passed"] for c in record.data["checks"]}
+    assert verdicts["generation time, monitor at 0.5 s / paused"] is True
+    assert verdicts["generation time just after the monitor started at 0.5 s (backlog) / paused"] is False
+    assert verdicts["overhead: at least 10 jobs with the monitor at 2 s, each beside a paused one"] is True
