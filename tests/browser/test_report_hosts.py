@@ -46,9 +46,7 @@ def monitor_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     answer = app.test_client().post("/monitor/api/events", json={"events": [e.to_dict() for e in events]})
     assert answer.status_code == 200, answer.get_data(as_text=True)
     ctx = get_context(app)
-    ctx.writer.write(
-        [gpu_sample(used=10**9, host=SAMPLED, at_ns=int((now_s - ago) * 1e9)) for ago in range(2, 120, 2)]
-    )
+    ctx.writer.write([gpu_sample(used=10**9, host=SAMPLED, at_ns=int((now_s - ago) * 1e9)) for ago in range(2, 120, 2)])
     assert ctx.writer.flush()
     server = AppServer(app).start()
     try:
@@ -93,9 +91,7 @@ def test_a_host_without_jobs_is_named_beside_the_csv_buttons_with_all_hosts_offe
     assert [row[every_host[0].index("host")] for row in every_host[1:]] == [JOBS_FROM]
 
 
-def test_a_host_with_jobs_but_no_samples_is_told_its_gpu_csv_would_be_empty(
-    dashboard: Page, monitor_url: str
-) -> None:
+def test_a_host_with_jobs_but_no_samples_is_told_its_gpu_csv_would_be_empty(dashboard: Page, monitor_url: str) -> None:
     dashboard.goto(f"{monitor_url}/monitor/?window=1h&host={JOBS_FROM}")
     note = dashboard.locator("#reports-host")
     expect(note).to_contain_text(f"No samples from {JOBS_FROM} in the last hour", timeout=20_000)
