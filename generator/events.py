@@ -30,8 +30,12 @@ def iso(epoch_s: float) -> str:
 
 
 def job_state_event(job: Job, state: str, host: str, gpu: str) -> Event:
-    """Build the event for a job entering `state`: a state's time is when it began; an end state spans the job."""
-    now = time.time()
+    """Build the event for a job entering `state`: a state's time is when it began; an end state spans the job.
+
+    An end state ends at the job's `finished_at` where it has one (a job lost in a crash ended when it was last
+    known alive, not when the event is sent), else now.
+    """
+    ended = job.finished_at if state in FINAL_STATES and job.finished_at is not None else time.time()
     return Event(
         job_id=job.job_id,
         host=host,
@@ -39,7 +43,7 @@ def job_state_event(job: Job, state: str, host: str, gpu: str) -> Event:
         kind="job",
         status=state,
         started_at=iso(job.started_at if state == "running" and job.started_at else job.created_at),
-        duration_s=(now - job.created_at) if state in FINAL_STATES else 0.0,
+        duration_s=max(ended - job.created_at, 0.0) if state in FINAL_STATES else 0.0,
         params=job.effective.to_dict(),
         requested=job.requested.to_dict() if job.requested != job.effective else {},
         prompt=job.prompt,

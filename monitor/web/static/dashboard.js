@@ -266,7 +266,7 @@ function drawJobs(body) {
   const shown = jobs.slice(0, 12).reverse();
   if (charts.stages) {
     const present = STAGES.filter((stage) => shown.some((j) => j.stages && j.stages[stage]));
-    charts.stages.data.labels = shown.map((j) => `${j.id.slice(0, 8)} ${j.status || ""}`);
+    charts.stages.data.labels = shown.map((j) => `${j.job_id.slice(0, 8)} ${j.state || ""}`);
     charts.stages.data.datasets = present.map((stage) => ({
       label: stage.replace("_", " "),
       data: shown.map((j) => (j.stages[stage] ? j.stages[stage].duration_s : 0)),
@@ -286,8 +286,8 @@ function drawJobs(body) {
     const cells = [
       el("td", { text: dateTime(job.finished_at || job.last_event_at) }),
       // A button, so the job's detail opens from the keyboard too (monitor/web/static/job_detail.js).
-      el("td", {}, [el("button", { type: "button", class: "job-link", "data-job": job.id, title: `Open job ${job.id}` }, [el("code", { text: job.id.slice(0, 8) })])]),
-      el("td", { class: `status-${job.status}`, text: job.status || "—", title: job.error ? `${job.error}${job.suggestion ? ` — ${job.suggestion}` : ""}` : "" }),
+      el("td", {}, [el("button", { type: "button", class: "job-link", "data-job": job.job_id, title: `Open job ${job.job_id}` }, [el("code", { text: job.job_id.slice(0, 8) })])]),
+      el("td", { class: `status-${job.state}`, text: job.state || "—", title: job.error ? `${job.error}${job.suggestion ? ` — ${job.suggestion}` : ""}` : "" }),
       el("td", { text: params }),
       el("td", { text: seconds(job.run_s) }),
       el("td", { text: bytes(job.peak_memory_bytes) }),
