@@ -118,7 +118,7 @@ class Runtime:
             self.metrics.requests.labels("failed").inc()
             if job.finished_at is not None:
                 self.metrics.request_duration.observe(max(job.finished_at - job.created_at, 0.0))
-            self.events.emit(job_state_event(job, "failed", config.host_name, self.workers[0].gpu))
+            self.events.emit(job_state_event(job, "failed", config.host_name, job.gpu or self.workers[0].gpu))
 
     def start(self) -> None:
         """Start the workers (each loads and warms its model in the background)."""
