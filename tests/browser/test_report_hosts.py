@@ -91,9 +91,15 @@ def test_a_host_without_jobs_is_named_beside_the_csv_buttons_with_all_hosts_offe
     assert [row[every_host[0].index("host")] for row in every_host[1:]] == [JOBS_FROM]
 
 
-def test_a_host_with_jobs_but_no_samples_is_told_its_gpu_csv_would_be_empty(dashboard: Page, monitor_url: str) -> None:
+def test_a_host_with_jobs_but_no_samples_is_told_its_gpu_csv_would_be_empty_and_its_job_opens(
+    dashboard: Page, monitor_url: str
+) -> None:
     dashboard.goto(f"{monitor_url}/monitor/?window=1h&host={JOBS_FROM}")
     note = dashboard.locator("#reports-host")
     expect(note).to_contain_text(f"No samples from {JOBS_FROM} in the last hour", timeout=20_000)
     expect(note).not_to_contain_text("No jobs from")
     expect(dashboard.locator("#csv-jobs-all")).to_have_count(0)
+    # Its job, listed and opened, reads by the shared names (job_id, state) the dashboard now uses.
+    dashboard.locator('button.job-link[data-job="j1"]').click()
+    expect(dashboard.locator("#detail-id")).to_have_text("j1", timeout=10_000)
+    expect(dashboard.locator("#detail-status")).to_have_text("succeeded")
