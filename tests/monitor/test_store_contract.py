@@ -202,13 +202,16 @@ def test_query_window_counts_the_values_each_bucket_aggregates(store: Store) -> 
             Point("counted", {"host": "h"}, {"a": 2.0, "b": 20}, T0 + 11 * S),
             Point("counted", {"host": "h"}, {"a": 4.0}, T0 + 12 * S),
             Point("counted", {"host": "h"}, {"a": 6.0, "b": 30}, T0 + 13 * S),
+            Point("counted", {"host": "h"}, {"a": 8.0}, T0 + 25 * S),
         ]
     )
-    rows = store.query_window("counted", ["a", "b"], T0, T0 + 20 * S, bucket_s=10)
+    rows = store.query_window("counted", ["a", "b"], T0, T0 + 30 * S, bucket_s=10)
     assert [(r.time_ns, dict(r.count), r.samples) for r in rows] == [
         (T0, {"a": 1, "b": 1}, 1),
         (T0 + 10 * S, {"a": 3, "b": 2}, 3),
+        (T0 + 20 * S, {"a": 1, "b": 0}, 1),  # a field with no value in the bucket counts 0
     ]
+    assert rows[2].mean["b"] is None
     assert rows[1].mean == {"a": pytest.approx(4.0), "b": pytest.approx(25.0)}
     raw = store.query_window("counted", ["a", "b"], T0 + 11 * S, T0 + 13 * S)
     assert [dict(r.count) for r in raw] == [{"a": 1, "b": 1}, {"a": 1, "b": 0}]  # a row per point
