@@ -424,7 +424,7 @@ async function refreshReportHosts() {
     parts.push(`No jobs from ${state.host} in ${span}: its jobs CSV would hold only the header.${others}`);
   }
   if (!seen.hosts_sampled.includes(state.host)) parts.push(`No samples from ${state.host} in ${span}: its GPU CSV would be empty.`);
-  if (seen.warning) parts.push(`${sentence(seen.warning)}`);
+  if (seen.warning) parts.push(sentence(seen.warning));
   if (!parts.length) {
     note.hidden = true;
     return;
