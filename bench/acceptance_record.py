@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from common.events import epoch_s
+
 
 @dataclass(frozen=True)
 class Check:
@@ -83,7 +85,7 @@ class Record:
 
     def job(self, phase: str, view: dict[str, Any], **extra: Any) -> dict[str, Any]:
         """Keep one finished job: its sizes, outcome, times and peaks as the generator reported them."""
-        started, finished = view.get("started_at"), view.get("finished_at")
+        started, finished = epoch_s(view.get("started_at")), epoch_s(view.get("finished_at"))
         entry = {
             "phase": phase,
             "job_id": view["job_id"],

@@ -48,6 +48,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common.events import epoch_s  # noqa: E402 (the project is on the path only from here)
+
 GIB = 1 << 30
 ADMIN_TOKEN = "bench-alerts-admin"
 FINAL = ("succeeded", "failed", "cancelled")
@@ -447,7 +449,7 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             state=job and job["state"],
             step=job and job["progress"]["step"],
             finished_at=job and job["finished_at"],
-            cancelled_after_severe_s=minus(job and job["finished_at"], severe_at),
+            cancelled_after_severe_s=minus(job and epoch_s(job["finished_at"]), severe_at),
         )
         watch.below_armed_at = time.time()
         hog_crossing = {line: hog.first_above(line) for line in (WARNING_AT, SEVERE_AT)}

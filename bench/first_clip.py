@@ -30,6 +30,7 @@ from typing import Any
 import requests
 
 from bench.harness import RESULTS, ROOT, Context, Result, at_most, free_port, info, load_average, machine, wait_http
+from common.events import epoch_s
 
 CHROMIUM = "/usr/bin/chromium"
 TARGET_S = 30.0
@@ -93,7 +94,7 @@ def _clip(page: Any, url: str, image: bytes, processes: list[Any]) -> dict[str, 
     ours_s = {name: round(cpu_after.get(name, 0.0) - cpu_before.get(name, 0.0), 2) for name in cpu_after}
     return {
         "press_to_done_s": round(done_s, 2),
-        "run_s": round(job["finished_at"] - job["started_at"], 2),
+        "run_s": round(epoch_s(job["finished_at"]) - epoch_s(job["started_at"]), 2),
         "stage_durations_s": job["stage_durations_s"],
         "cpu_s": ours_s,
         "others_cpu_s": round(machine_s - sum(ours_s.values()), 2),

@@ -30,6 +30,7 @@ from waitress.server import create_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.events import epoch_s
 from generator.app import create_app
 from generator.config import GeneratorConfig
 from monitor.collection.nvml import NvmlReader
@@ -81,7 +82,8 @@ def wait(url: str, job_id: str, deadline_s: float = 900) -> dict[str, Any]:
 def summary(job: dict[str, Any], nvml_peak: int | None = None) -> dict[str, Any]:
     keys = ("state", "requested", "effective", "notes", "stage_durations_s", "peak_memory_bytes", "error", "suggestion")
     out = {key: job[key] for key in keys}
-    out["total_s"] = round(job["finished_at"] - job["started_at"], 3) if job["started_at"] else None
+    started, finished = epoch_s(job["started_at"]), epoch_s(job["finished_at"])
+    out["total_s"] = None if started is None or finished is None else round(finished - started, 3)
     if nvml_peak is not None:
         out["nvml_peak_used_bytes"] = nvml_peak
     return out

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATOR_PORT, MONITOR_PORT = 7970, 7971
 GEN = f"http://127.0.0.1:{GENERATOR_PORT}"
 MON = f"http://127.0.0.1:{MONITOR_PORT}"
+
+
+def _epoch_s(when: str) -> float:
+    """Return seconds since the epoch of a job view's RFC 3339 time (this script runs without the project's path)."""
+    return datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp()
 
 
 def wait_until(url: str, deadline_s: float) -> None:
@@ -181,7 +187,7 @@ def main() -> None:
                         "round": round_index,
                         "interval_s": interval,
                         "state": job["state"],
-                        "generation_s": job["finished_at"] - job["started_at"],
+                        "generation_s": _epoch_s(job["finished_at"]) - _epoch_s(job["started_at"]),
                         "denoising_s": job["stage_durations_s"].get("denoising"),
                         # CPU seconds over the job (submission to end, polling included): on a shared machine
                         # the generator's CPU time moves less with the neighbours than its wall time does

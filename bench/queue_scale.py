@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from bench.harness import Context, Result, info
+from common.events import epoch_s
 from generator.fleet.api_queue import CeleryQueue
 from generator.fleet.broker import QUEUE_NAME
 from generator.jobs import JobBook
@@ -94,8 +95,8 @@ def _one_at_a_time(url: str, image: bytes, count: int) -> dict[str, list[float]]
     pickup, total = [], []
     for _ in range(count):
         (job,) = _wait_all(url, [_submit(url, image)], deadline_s=300)
-        pickup.append(job["started_at"] - job["created_at"])
-        total.append(job["finished_at"] - job["created_at"])
+        pickup.append(epoch_s(job["started_at"]) - epoch_s(job["submitted_at"]))
+        total.append(epoch_s(job["finished_at"]) - epoch_s(job["submitted_at"]))
     return {"pickup_s": pickup, "total_s": total}
 
 
@@ -135,7 +136,7 @@ def run_full(ctx: Context, model: str, jobs: int) -> Result:
             started = time.time()
             job_ids = [_submit(api, image) for _ in range(jobs)]
             done = _wait_all(api, job_ids, deadline_s=60 + jobs * 60)
-            span_s = max(job["finished_at"] for job in done) - started
+            span_s = max(epoch_s(job["finished_at"]) for job in done) - started
             data["bursts"][workers] = {
                 "span_s": span_s,
                 "jobs_per_min": len(done) * 60 / span_s,

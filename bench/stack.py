@@ -21,6 +21,7 @@ import requests
 from PIL import Image
 
 from bench.harness import ROOT, free_port, wait_http
+from common.events import epoch_s
 
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 PROMPT = "a lighthouse on a cliff in a storm, waves breaking, cinematic"
@@ -171,4 +172,4 @@ def run_s(view: dict[str, Any]) -> float | None:
     """Return a finished job's generation time (running to end) from its view."""
     if view.get("started_at") is None or view.get("finished_at") is None:
         return None
-    return float(view["finished_at"]) - float(view["started_at"])
+    return epoch_s(view["finished_at"]) - epoch_s(view["started_at"])

@@ -56,6 +56,20 @@ def utc_now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def iso_from_epoch_s(epoch_s: float | None) -> str | None:
+    """Format epoch seconds as RFC 3339 UTC with microseconds (None stays None): the APIs' one time format."""
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def epoch_s(value: str | float | None) -> float | None:
+    """Return seconds since the epoch of an API time: RFC 3339, or a number (the deprecated epoch form)."""
+    if value is None or isinstance(value, int | float):
+        return value
+    return parse_iso(value).timestamp()
+
+
 def parse_iso(value: str) -> datetime:
     """Parse an RFC 3339 timestamp; naive times are refused since they are ambiguous."""
     parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))

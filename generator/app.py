@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from common import job_token, openapi
 from common.auth import bearer_allows
+from common.events import iso_from_epoch_s
 from common.http_metrics import instrument
 from common.redact import redact_url
 from common.sizing import LIMITS, RESOLUTIONS, form_defaults
@@ -117,7 +118,7 @@ class Runtime:
             self.metrics.requests.labels("failed").inc()
             if job.finished_at is not None:
                 self.metrics.request_duration.observe(max(job.finished_at - job.created_at, 0.0))
-            self.events.emit(job_state_event(job, "failed", config.host_name, self.workers[0].gpu))
+            self.events.emit(job_state_event(job, "failed", config.host_name, job.gpu or self.workers[0].gpu))
 
     def start(self) -> None:
         """Start the workers (each loads and warms its model in the background)."""
@@ -280,9 +281,12 @@ def job_view(job: Job, history: list[Job] | None = None) -> dict[str, Any]:
         "effective": job.effective.to_dict(),
         "notes": job.notes,
         "prompt": job.prompt,
+        # The monitor's vocabulary too: RFC 3339 UTC times. `created_at` (epoch seconds) is the deprecated alias
+        # of `submitted_at`, kept for the clients written against it.
+        "submitted_at": iso_from_epoch_s(job.created_at),
+        "started_at": iso_from_epoch_s(job.started_at),
+        "finished_at": iso_from_epoch_s(job.finished_at),
         "created_at": job.created_at,
-        "started_at": job.started_at,
-        "finished_at": job.finished_at,
         "peak_memory_bytes": job.peak_memory_bytes,
         "peak_memory_allocated_bytes": job.peak_memory_allocated_bytes,
         "video_url": f"/api/jobs/{job.job_id}/video" if job.state == "succeeded" else None,

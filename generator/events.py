@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from common.events import FINAL_STATES, MAX_TEXT, Event
+from common.events import FINAL_STATES, MAX_TEXT, Event, parse_iso
 from common.spool import Spool
 from generator.jobs import Job
 from generator.validation import ValidationError
@@ -30,16 +30,26 @@ def iso(epoch_s: float) -> str:
 
 
 def job_state_event(job: Job, state: str, host: str, gpu: str) -> Event:
-    """Build the event for a job entering `state`: a state's time is when it began; an end state spans the job."""
-    now = time.time()
+    """Build the event for a job entering `state`: a state's time is when it began; an end state spans the job.
+
+    An end state ends at the job's `finished_at` where it has one (a job lost in a crash ended when it was last
+    known alive, not when the event is sent), else now.
+    """
+    began = iso(job.started_at if state == "running" and job.started_at else job.created_at)
+    duration_s = 0.0
+    if state in FINAL_STATES:
+        ended = iso(job.finished_at if job.finished_at is not None else time.time())
+        # From the two times as the API shows them (whole microseconds), so that the monitor's end time is the
+        # generator's `finished_at` to the microsecond.
+        duration_s = max((parse_iso(ended) - parse_iso(began)).total_seconds(), 0.0)
     return Event(
         job_id=job.job_id,
         host=host,
         gpu=gpu,
         kind="job",
         status=state,
-        started_at=iso(job.started_at if state == "running" and job.started_at else job.created_at),
-        duration_s=(now - job.created_at) if state in FINAL_STATES else 0.0,
+        started_at=began,
+        duration_s=duration_s,
         params=job.effective.to_dict(),
         requested=job.requested.to_dict() if job.requested != job.effective else {},
         prompt=job.prompt,

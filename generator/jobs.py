@@ -14,10 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.events import FINAL_STATES
+from common.events import FINAL_STATES, iso_from_epoch_s
 from generator.validation import PRIORITIES, JobParams
 
 ACTIVE_STATES = ("queued", "running")
+# A running job's last sign of life (a stage, a step) is written to disk at most this often: after a crash, the
+# job ended when it was last known alive, to this much, rather than when the generator came back.
+ALIVE_EVERY_S = 2.0
 
 
 class QueueFull(Exception):
@@ -40,6 +43,7 @@ class Job:
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    alive_at: float | None = None  # running: the last time a worker was known to work on it (epoch seconds)
     step: int = 0
     total_steps: int = 0
     stage_durations_s: dict[str, float] = field(default_factory=dict)
@@ -79,8 +83,15 @@ class JobBook:
 
     HISTORY_JOBS = 20  # succeeded jobs the time estimates are based on
 
-    def __init__(self, state_dir: Path, queue_size: int, priority_max_wait_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        queue_size: int,
+        priority_max_wait_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        self._clock = clock  # wall-clock epoch seconds: the jobs' times
         self._db = sqlite3.connect(state_dir / "jobs.db", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._migrate()
@@ -91,6 +102,7 @@ class JobBook:
         self._priority_max_wait_s = priority_max_wait_s
         self._history: deque[Job] = deque(maxlen=self.HISTORY_JOBS)  # newest first
         self.recovered: list[Job] = []
+        self._alive_written: dict[str, float] = {}  # running job → the alive_at on disk
         self._recover()
 
     def _migrate(self) -> None:
@@ -120,16 +132,27 @@ class JobBook:
         )
 
     def _recover(self) -> None:
-        """Reload the active jobs; a job that was running when the process died failed, queued ones queue again."""
+        """Reload the active jobs; a job that was running when the process died failed, queued ones queue again.
+
+        A job lost in a crash ended when it was last known alive (its last stage or step on disk), not at this
+        restart: its run time must not include the downtime. The restart's time goes in its notes.
+        """
+        restarted_at = self._clock()
         rows = self._db.execute(
             "SELECT body FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at"
         ).fetchall()
         for (body,) in rows:
             job = Job.from_row(body)
             if job.state == "running":
-                job.state, job.finished_at = "failed", time.time()
-                job.error = "the generator restarted while this job was running"
+                known = [t for t in (job.alive_at, job.started_at, job.created_at) if t is not None]
+                job.state, job.finished_at = "failed", min(max(known), restarted_at)
+                job.error = "lost in a crash: the generator stopped while this job was running"
                 job.suggestion = "submit the job again"
+                job.notes = [
+                    *job.notes,
+                    f"lost in a crash: last known alive at {iso_from_epoch_s(job.finished_at)}; "
+                    f"the generator restarted at {iso_from_epoch_s(restarted_at)}",
+                ]
                 self._persist(job)
                 self.recovered.append(job)
             else:
@@ -141,6 +164,8 @@ class JobBook:
         self._history.extend(Job.from_row(body) for (body,) in rows)
 
     def _persist(self, job: Job) -> None:
+        if job.state == "running" and job.alive_at is not None:
+            self._alive_written[job.job_id] = job.alive_at
         self._db.execute(
             "INSERT OR REPLACE INTO jobs (job_id, created_at, state, finished_at, body) VALUES (?, ?, ?, ?, ?)",
             (job.job_id, job.created_at, job.state, job.finished_at, job.to_row()),
@@ -167,7 +192,14 @@ class JobBook:
         with self._lock:
             if len(self._queue) >= self._queue_size:
                 raise QueueFull(retry_after_s)
-            job = Job(job_id=job_id, prompt=prompt, requested=params, effective=params, priority=priority)
+            job = Job(
+                job_id=job_id,
+                prompt=prompt,
+                requested=params,
+                effective=params,
+                priority=priority,
+                created_at=self._clock(),
+            )
             self._active[job.job_id] = job
             self._queue.append(job.job_id)
             self._persist(job)
@@ -242,7 +274,7 @@ class JobBook:
 
     def _serving_order(self) -> builtins.list[str]:
         """Order the queue by priority, oldest first within one; a job waiting too long counts as high."""
-        now = time.time()
+        now = self._clock()
 
         def rank(job_id: str) -> int:
             job = self._active[job_id]
@@ -270,7 +302,8 @@ class JobBook:
             job_id = self._serving_order()[0]
             self._queue.remove(job_id)
             job = self._active[job_id]
-            job.state, job.started_at = "running", time.time()
+            job.state, job.started_at = "running", self._clock()
+            job.alive_at = job.started_at
             self._persist(job)
             return job
 
@@ -282,7 +315,7 @@ class JobBook:
                 return self.get(job_id)
             if job.state == "queued":
                 self._queue.remove(job_id)
-                job.state, job.finished_at = "cancelled", time.time()
+                job.state, job.finished_at = "cancelled", self._clock()
                 job.error = "cancelled before it started"
                 self._persist(job)
                 del self._active[job_id]
@@ -291,14 +324,22 @@ class JobBook:
             return job
 
     def update(self, job: Job, **changes: Any) -> None:
-        """Change a job's fields; state changes are written to disk, and a finished job leaves memory."""
+        """Change a job's fields; state changes are written to disk, and a finished job leaves memory.
+
+        Any change to a running job is a sign of life: `alive_at` moves, and reaches the disk every ALIVE_EVERY_S.
+        """
         with self._lock:
             for name, value in changes.items():
                 setattr(job, name, value)
-            if "state" in changes or "effective" in changes or "video_path" in changes:
+            alive_due = False
+            if job.state == "running":
+                job.alive_at = self._clock()
+                alive_due = job.alive_at - self._alive_written.get(job.job_id, 0.0) >= ALIVE_EVERY_S
+            if "state" in changes or "effective" in changes or "video_path" in changes or alive_due:
                 self._persist(job)
             if job.state in FINAL_STATES and self._active.get(job.job_id) is job:
                 del self._active[job.job_id]
+                self._alive_written.pop(job.job_id, None)
                 if job.state == "succeeded":
                     self._history.appendleft(job)
 

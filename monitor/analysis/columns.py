@@ -211,6 +211,13 @@ def _gpu_column(name: str) -> Column:
         return Column(name, "RFC 3339 UTC", "the bucket's start (buckets start at multiples of `bucket`)")
     if name in ("host", "gpu", "gpu_model"):
         return _JOB_FIXED[name]
+    if name == "samples":
+        return Column(
+            name,
+            "count",
+            "raw samples the bucket aggregates (of its most often reported field): 1 is one reading, "
+            "bucket / the sampling interval a full bucket",
+        )
     if name == "memory_total_bytes_max":
         return Column(name, "bytes", "the card's memory")
     field, _, aggregate = name.rpartition("_")
@@ -229,7 +236,7 @@ _HOST_FIELDS = {
 
 
 def _host_column(name: str) -> Column:
-    if name in ("bucket_start", "host"):
+    if name in ("bucket_start", "host", "samples"):
         return _gpu_column(name)
     if name == "memory_total_bytes_max":
         return Column(name, "bytes", "the host's memory")

@@ -47,9 +47,9 @@ def recent_jobs(
     rows: dict[str, dict[str, Any]] = {}
     for point in reversed(points):  # oldest first: a job summarised twice (unfinished, then ended) keeps its last
         row = summary_row(point)
-        rows[row["id"]] = row
+        rows[row["job_id"]] = row
     since = iso_from_us(start_ns // 1000)
     for row in live_rows(host):
-        if row["id"] not in rows and row["last_event_at"] >= since:
-            rows[row["id"]] = row
+        if row["job_id"] not in rows and row["last_event_at"] >= since:
+            rows[row["job_id"]] = row
     return sorted(rows.values(), key=lambda row: row["last_event_at"], reverse=True)[:limit]

@@ -106,7 +106,7 @@ def cost(store: Store, summary: dict[str, Any], prices: Prices) -> dict[str, Any
     if summary.get("finished_at"):
         end_ns = int(_s(summary["finished_at"]) * NS_PER_S)
         found = store.query_points(
-            JOB_SUMMARY, end_ns - NS_PER_S, end_ns + NS_PER_S, fields={"job_id": summary["id"]}, limit=1
+            JOB_SUMMARY, end_ns - NS_PER_S, end_ns + NS_PER_S, fields={"job_id": summary["job_id"]}, limit=1
         )
         point = found[0] if found else None
     fields = point.fields if point is not None else {}

@@ -161,11 +161,13 @@ def summary_row(point: Point) -> dict[str, Any]:
     ended = iso_from_us(point.time_ns // 1000)  # the summary's time is its end event's
     params = {name: f[name] for name in PARAM_NAMES if f.get(name) is not None}
     requested = {name: f[f"requested_{name}"] for name in PARAM_NAMES if f.get(f"requested_{name}") is not None}
+    job_id = f.get("job_id")
     return {
-        "id": f.get("job_id"),
+        "job_id": job_id,
+        "state": status,
+        **jobs.deprecated_aliases(job_id if isinstance(job_id, str) else None, status),
         "host": point.tags.get("host"),
         "gpu": point.tags.get("gpu"),
-        "status": status,
         "params": params,
         "requested": {} if requested == params else requested,  # as the events say it: only when degraded
         "prompt": f.get("prompt"),
@@ -247,7 +249,7 @@ class JobSummarizer:
             if host is not None and events[-1].host != host:
                 continue
             row = jobs.summarize(job_id, [point_to_event(event_to_point(e)) for e in events])
-            row["status"] = row["status"] or "running"
+            row["state"] = row["status"] = row["state"] or "running"
             rows.append(row)
         return rows
 

@@ -54,11 +54,13 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
     peaks = [e["peak_memory_bytes"] for e in ordered if e.get("peak_memory_bytes") is not None]
     run_s = _seconds_between(started, finished)
     allocated = [e["peak_memory_allocated_bytes"] for e in ordered if e.get("peak_memory_allocated_bytes") is not None]
+    state = states[-1]["status"] if states else None
     return {
-        "id": job_id,
+        "job_id": job_id,
+        "state": state,
+        **deprecated_aliases(job_id, state),
         "host": last["host"],
         "gpu": last["gpu"],
-        "status": states[-1]["status"] if states else None,
         "params": latest("params") or {},
         "requested": latest("requested") or {},
         "prompt": latest("prompt"),
@@ -81,6 +83,12 @@ def summarize(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "stages": stage_breakdown(ordered),
         "last_event_at": max(e["ended_at"] for e in ordered),
     }
+
+
+def deprecated_aliases(job_id: str | None, state: str | None) -> dict[str, Any]:
+    """Return a job row's deprecated names, kept for the clients written before both services shared one
+    vocabulary (`job_id`, `state`): `id` and `status`."""
+    return {"id": job_id, "status": state}
 
 
 def detail(job_id: str, events: Sequence[dict[str, Any]]) -> dict[str, Any]:

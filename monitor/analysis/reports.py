@@ -93,6 +93,7 @@ GPU_COLUMNS = (
     "host",
     "gpu",
     "gpu_model",
+    "samples",
     *(f"{name}_{agg}" for name in GPU_FIELDS for agg in ("mean", "max")),
     "memory_total_bytes_max",
 )
@@ -100,6 +101,7 @@ HOST_FIELDS = ("cpu_ratio", "memory_used_bytes", "generator_rss_bytes", "outputs
 HOST_COLUMNS = (
     "bucket_start",
     "host",
+    "samples",
     *(f"{name}_{agg}" for name in HOST_FIELDS for agg in ("mean", "max")),
     "memory_total_bytes_max",
 )
@@ -278,6 +280,7 @@ def gpu_rows(
                 text_cell(host_name),
                 text_cell(gpu),
                 text_cell(names.name(host_name, gpu)),
+                number_cell(row.samples),
                 *(number_cell(getattr(row, agg).get(name)) for name in GPU_FIELDS for agg in ("mean", "max")),
                 number_cell(row.max.get("memory_total_bytes")),
             ]
@@ -300,6 +303,7 @@ def host_rows(
             yield [
                 time_cell(row.time_ns // 1000),
                 text_cell(row.tags.get("host", "")),
+                number_cell(row.samples),
                 *(number_cell(getattr(row, agg).get(name)) for name in HOST_FIELDS for agg in ("mean", "max")),
                 number_cell(row.max.get("memory_total_bytes")),
             ]

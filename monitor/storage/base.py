@@ -49,15 +49,23 @@ class _Cleaned(Point):
 
 @dataclass(frozen=True)
 class WindowRow:
-    """One time bucket of one tag set: the mean and max of each numeric field (None where it had no value).
+    """One time bucket of one tag set: the mean, max and count of each numeric field (None, 0 where it had none).
 
-    Without bucketing (`bucket_s=None`) each row is one point and `mean` and `max` both hold its values.
+    `count` is how many raw values each field's mean and max were taken over, so a bucket of one sample can be
+    told from one of 120. Without bucketing (`bucket_s=None`) each row is one point: `mean` and `max` both hold
+    its values and `count` is 1 for each field it has.
     """
 
     tags: Mapping[str, str]
     time_ns: int
     mean: Mapping[str, float | None]
     max: Mapping[str, float | int | None]
+    count: Mapping[str, int]
+
+    @property
+    def samples(self) -> int:
+        """Return the raw points the bucket aggregates: the count of its most often reported field."""
+        return max(self.count.values(), default=0)
 
 
 #: A `query_window` call's arguments in order: measurement, fields, start_ns, end_ns, tags, bucket_s. Stores that
@@ -96,8 +104,9 @@ class Store(Protocol):
     ) -> list[WindowRow]:
         """Return the numeric `fields` in [start_ns, end_ns) per tag set, bucketed server-side when asked.
 
-        Buckets start at multiples of `bucket_s` since the epoch; empty buckets are left out. Boolean and
-        string fields are skipped. Rows are sorted by tag set, then time.
+        Each row says per field how many raw values it aggregates (`WindowRow.count`). Buckets start at
+        multiples of `bucket_s` since the epoch; empty buckets are left out. Boolean and string fields are
+        skipped. Rows are sorted by tag set, then time.
         """
         ...
 
@@ -184,6 +193,25 @@ def check_identifier(name: str, what: str) -> str:
     if not isinstance(name, str) or not _IDENTIFIER.match(name):
         raise ValueError(f"{what} must be letters, digits and underscores, got {name!r}")
     return name
+
+
+def numeric_only(rows: list[WindowRow]) -> list[WindowRow]:
+    """Leave out fields with no number in any row (strings, booleans, absent), as InfluxDB's types do; sort."""
+    present = {f for row in rows for f, v in row.max.items() if v is not None}
+    if all(present.issuperset(row.max) for row in rows):
+        return sort_rows(rows)  # every field has a number somewhere: nothing to leave out
+    return sort_rows(
+        [
+            WindowRow(
+                row.tags,
+                row.time_ns,
+                {f: v for f, v in row.mean.items() if f in present},
+                {f: v for f, v in row.max.items() if f in present},
+                {f: v for f, v in row.count.items() if f in present},
+            )
+            for row in rows
+        ]
+    )
 
 
 def sort_rows(rows: list[WindowRow]) -> list[WindowRow]:

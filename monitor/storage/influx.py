@@ -251,7 +251,8 @@ class InfluxStore:
                 q = f"SELECT {select} {source} GROUP BY *"
             else:
                 select = ", ".join(
-                    f"mean({quote_ident(f)}) AS mean{i}, max({quote_ident(f)}) AS max{i}" for i, f in enumerate(numeric)
+                    f"mean({q}) AS mean{i}, max({q}) AS max{i}, count({q}) AS count{i}"
+                    for i, q in enumerate(map(quote_ident, numeric))
                 )
                 q = f"SELECT {select} {source} GROUP BY time({int(bucket_s)}s), * fill(none)"
             plans.append((q, numeric, types, bucket_s is None))
@@ -268,11 +269,13 @@ class InfluxStore:
                     if raw:
                         vals = {f: self._cast(types[f], row[f"v{i}"]) for i, f in enumerate(numeric)}
                         mean = {f: None if v is None else float(v) for f, v in vals.items()}
-                        rows.append(WindowRow(series_tags, row["time"], mean, vals))
+                        counts = {f: int(v is not None) for f, v in vals.items()}
+                        rows.append(WindowRow(series_tags, row["time"], mean, vals, counts))
                     else:
                         mean = {f: self._cast("float", row[f"mean{i}"]) for i, f in enumerate(numeric)}
                         maxes = {f: self._cast(types[f], row[f"max{i}"]) for i, f in enumerate(numeric)}
-                        rows.append(WindowRow(series_tags, row["time"], mean, maxes))
+                        counts = {f: int(row[f"count{i}"] or 0) for i, f in enumerate(numeric)}
+                        rows.append(WindowRow(series_tags, row["time"], mean, maxes, counts))
             out.append(sort_rows(rows))
         return out
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from common.units import NS_PER_S
-from monitor.storage.base import FilterValue, Point, Store, WindowQuery, WindowRow, clean_point, sort_rows
+from monitor.storage.base import FilterValue, Point, Store, WindowQuery, WindowRow, clean_point, numeric_only
 
 LEVELS_S = (12, 288)  # 1 h at 12 s buckets and 24 h at 288 s (the API's 300 buckets) read one row per bucket
 Number = int | float
@@ -276,19 +276,9 @@ class RollupStore:
                     continue
                 mean = {f: (by_field[f].total / by_field[f].count) if f in by_field else None for f in fields}
                 maxima = {f: self._typed(kinds[f], by_field[f].largest) if f in by_field else None for f in fields}
-                rows.append(WindowRow(tags_of[key], time_ns, mean, maxima))
-        present = {f for row in rows for f, v in row.max.items() if v is not None}
-        return sort_rows(
-            [
-                WindowRow(
-                    row.tags,
-                    row.time_ns,
-                    {f: v for f, v in row.mean.items() if f in present},
-                    {f: v for f, v in row.max.items() if f in present},
-                )
-                for row in rows
-            ]
-        )
+                counts = {f: by_field[f].count if f in by_field else 0 for f in fields}
+                rows.append(WindowRow(tags_of[key], time_ns, mean, maxima, counts))
+        return numeric_only(rows)
 
     def _raw_rows(
         self, measurement: str, fields: list[str], start_ns: int, end_ns: int, tags: Mapping[str, str] | None

@@ -24,7 +24,7 @@ from monitor.storage.base import (
     WindowRow,
     check_identifier,
     clean_point,
-    sort_rows,
+    numeric_only,
 )
 
 _SCHEMA = """
@@ -47,24 +47,6 @@ def _numeric(field: str) -> str:
     path = f"'$.{field}'"
     is_number = f"json_type(fields, {path}) IN ('integer', 'real')"
     return f"(CASE WHEN {is_number} THEN json_extract(fields, {path}) END)"
-
-
-def _numeric_only(rows: list[WindowRow]) -> list[WindowRow]:
-    """Leave out fields with no number in any row (strings, booleans, absent), as InfluxDB's types do."""
-    present = {f for row in rows for f, v in row.max.items() if v is not None}
-    if all(present.issuperset(row.max) for row in rows):
-        return sort_rows(rows)  # every field has a number somewhere: nothing to leave out
-    return sort_rows(
-        [
-            WindowRow(
-                row.tags,
-                row.time_ns,
-                {f: v for f, v in row.mean.items() if f in present},
-                {f: v for f, v in row.max.items() if f in present},
-            )
-            for row in rows
-        ]
-    )
 
 
 class SqliteStore:
@@ -152,13 +134,14 @@ class SqliteStore:
                 if any(v is not None for v in vals):
                     mean = {f: None if v is None else float(v) for f, v in zip(fields, vals, strict=False)}
                     maxes = dict(zip(fields, vals, strict=False))
+                    counts = {f: int(v is not None) for f, v in maxes.items()}
                     row_tags = tag_sets.get(tags_json) or tag_sets.setdefault(tags_json, json.loads(tags_json))
-                    rows.append(WindowRow(row_tags, time_ns, mean, maxes))
-            return _numeric_only(rows)
+                    rows.append(WindowRow(row_tags, time_ns, mean, maxes, counts))
+            return numeric_only(rows)
         if bucket_s <= 0:
             raise ValueError(f"bucket_s must be positive, got {bucket_s}")
         bucket_ns = bucket_s * NS_PER_S
-        aggregates = ", ".join(f"avg({v}), max({v})" for v in values)
+        aggregates = ", ".join(f"avg({v}), max({v}), count({v})" for v in values)
         any_value = " OR ".join(f"count({v}) > 0" for v in values)
         sql = (
             f"SELECT tags, (time_ns / {bucket_ns}) * {bucket_ns} AS bucket, {aggregates} FROM points "
@@ -166,10 +149,11 @@ class SqliteStore:
         )
         rows = []
         for tags_json, bucket, *aggs in self._select(sql, params):
-            mean = {f: aggs[2 * i] for i, f in enumerate(fields)}
-            maxes = {f: aggs[2 * i + 1] for i, f in enumerate(fields)}
-            rows.append(WindowRow(json.loads(tags_json), bucket, mean, maxes))
-        return _numeric_only(rows)
+            mean = {f: aggs[3 * i] for i, f in enumerate(fields)}
+            maxes = {f: aggs[3 * i + 1] for i, f in enumerate(fields)}
+            counts = {f: aggs[3 * i + 2] for i, f in enumerate(fields)}
+            rows.append(WindowRow(json.loads(tags_json), bucket, mean, maxes, counts))
+        return numeric_only(rows)
 
     def query_points(
         self,

@@ -75,6 +75,8 @@ def series() -> ResponseReturnValue:
                 "t_ms": row.time_ns // 1_000_000,
                 "mean": dict(row.mean),
                 "max": dict(row.max),
+                "count": dict(row.count),
+                "samples": row.samples,
             }
         )
     return jsonify(

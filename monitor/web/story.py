@@ -42,7 +42,7 @@ def story(job_id: str) -> ResponseReturnValue:
     quality = ctx.quality.result(job_id) if ctx.quality is not None else None
     generator_url = ctx.config.generator_url
     video_url = None
-    if detail["status"] == "succeeded" and generator_url:
+    if detail["state"] == "succeeded" and generator_url:
         video_url = f"{generator_url.rstrip('/')}/api/jobs/{job_id}/video"
     config = ctx.config
     return jsonify(

@@ -1,19 +1,23 @@
 """Fault: `python -m generator` is SIGKILLed mid-job and restarted with the same state folder.
 
-The running job is reported failed (job state persists across restarts) and counted failed in the restarted
-generator's request metrics, the job queued behind it runs, the
+The running job is reported failed (job state persists across restarts), ended when it was last known alive (not
+at the restart: its run time holds no downtime) with the crash and the restart time in its notes, and counted
+failed in the restarted generator's request metrics, the job queued behind it runs, the
 monitor (a real `python -m monitor` with its alerting wired) raises GeneratorUnreachable while the generator
 is gone and resolves it once it answers again, and the failure reaches the monitor as an event.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import requests
 import yaml
 
+from common.events import epoch_s
+from generator.jobs import ALIVE_EVERY_S
 from tests.faults.procs import ROOT, GeneratorProcess, MonitorProcess
 from tests.servers import free_port, wait_for
 
@@ -60,12 +64,20 @@ def test_a_killed_generator_fails_its_job_resumes_its_queue_and_is_alerted(tmp_p
         assert generator.job(queued)["state"] == "queued"
 
         generator.kill()
+        killed_at = time.time()
         wait_for(lambda: firing(monitor, "GeneratorUnreachable"), 30, "GeneratorUnreachable to fire")
 
         generator.start()
+        restarted_at = time.time()
         failed = generator.job(running)
         assert failed["state"] == "failed"
-        assert failed["error"]
+        assert failed["error"].startswith("lost in a crash")
+        # It ended when last known alive (a step at most ALIVE_EVERY_S before the kill), not at the restart.
+        finished_s = epoch_s(failed["finished_at"])
+        assert epoch_s(failed["started_at"]) <= finished_s <= killed_at
+        assert killed_at - finished_s <= ALIVE_EVERY_S + 5  # 5 s: a step of the tiny model on loaded cores
+        assert restarted_at - finished_s > restarted_at - killed_at  # the downtime is not run time
+        assert "the generator restarted at" in failed["notes"][-1]
         # The restarted process counts the lost job, so the error ratio (GeneratorErrorRateHigh) sees crashes.
         exposition = requests.get(f"{generator.url}/metrics", timeout=10).text
         assert 'i2v_requests_total{status="failed"} 1.0' in exposition
@@ -78,11 +90,14 @@ def test_a_killed_generator_fails_its_job_resumes_its_queue_and_is_alerted(tmp_p
         # The failure of the killed job reaches the monitor as an event, like any other.
         wait_for(
             lambda: (
-                requests.get(f"{monitor.url}/monitor/api/jobs/{running}", timeout=10).json().get("status") == "failed"
+                requests.get(f"{monitor.url}/monitor/api/jobs/{running}", timeout=10).json().get("state") == "failed"
             ),
             60,
             "the monitor to see the killed job failed",
         )
+        seen = requests.get(f"{monitor.url}/monitor/api/jobs/{running}", timeout=10).json()
+        assert seen["finished_at"] == failed["finished_at"]  # the monitor's run_s holds no downtime either
+        assert seen["run_s"] <= killed_at - epoch_s(failed["started_at"])
     finally:
         generator.stop()
         monitor.stop()

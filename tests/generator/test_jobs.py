@@ -10,7 +10,7 @@ import pytest
 
 from common.sizing import GiB
 from generator.admission import admit
-from generator.jobs import Job, JobBook
+from generator.jobs import ALIVE_EVERY_S, Job, JobBook
 from generator.validation import JobParams
 
 PARAMS = JobParams(resolution=256, num_frames=8, steps=10, guidance_scale=9.0, fps=8)
@@ -26,9 +26,42 @@ def test_a_restart_fails_the_running_job_and_requeues_the_rest(tmp_path: Path) -
     reopened = JobBook(tmp_path, queue_size=4)
 
     assert reopened.get(first.job_id).state == "failed"
-    assert "restarted" in reopened.get(first.job_id).error
+    assert "lost in a crash" in reopened.get(first.job_id).error
     assert [job.job_id for job in reopened.recovered] == [first.job_id]
     assert reopened.take(timeout_s=1).job_id == second.job_id
+
+
+class Clock:
+    """Wall-clock seconds that move only when told."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_job_lost_in_a_crash_ended_when_last_known_alive_not_at_the_restart(tmp_path: Path) -> None:
+    clock = Clock(1_000.0)
+    book = JobBook(tmp_path, queue_size=4, clock=clock)
+    job = book.submit("lost", "one", PARAMS, retry_after_s=1)
+    clock.now = 1_010.0
+    assert book.take(timeout_s=1) is job  # started at 1010
+    for clock.now, step in ((1_011.0, 1), (1_013.5, 2), (1_014.0, 3)):
+        book.update(job, step=step)  # signs of life; on disk at most every ALIVE_EVERY_S (1013.5, not 1014)
+    book.close()  # the process dies here; it comes back an hour later
+
+    clock.now = 4_614.0
+    lost = JobBook(tmp_path, queue_size=4, clock=clock).get("lost")
+
+    assert lost.state == "failed"
+    assert 1_014.0 - ALIVE_EVERY_S <= lost.finished_at <= 1_014.0  # not 4614: the downtime is not run time
+    assert lost.finished_at == 1_013.5
+    assert lost.error.startswith("lost in a crash")
+    assert lost.notes[-1] == (
+        "lost in a crash: last known alive at 1970-01-01T00:16:53.500000Z; "
+        "the generator restarted at 1970-01-01T01:16:54.000000Z"
+    )
 
 
 def test_admission_alternates_resolution_and_frames_and_refuses_what_never_fits() -> None:

@@ -89,6 +89,8 @@ def test_series_returns_one_series_per_gpu_for_the_window(monitor: Monitor) -> N
     assert len(first["points"]) == 150  # a sample every 2 s over 300 s
     assert first["points"][0]["mean"]["utilization_ratio"] == 0.5
     assert "up" not in first["points"][0]["mean"]  # booleans are not averaged
+    assert first["points"][0]["count"] == {"utilization_ratio": 1, "memory_used_bytes": 1}
+    assert first["points"][0]["samples"] == 1  # 1 s buckets over 2 s samples: one sample each
     only_gpu1 = monitor.get("series", window="5m", gpu="1", fields="memory_used_bytes").json()
     assert [s["tags"]["gpu"] for s in only_gpu1["series"]] == ["1"]
     assert set(only_gpu1["series"][0]["points"][0]["max"]) == {"memory_used_bytes"}
@@ -123,6 +125,9 @@ def test_a_day_is_downsampled_to_at_most_about_300_buckets(monitor: Monitor) -> 
     points = body["series"][0]["points"]
     assert 290 <= len(points) <= 301
     assert all(p["t_ms"] % (288 * 1000) == 0 for p in points)
+    # Read from the rollups: each bucket says how many of the minute samples it averages, and none is lost.
+    assert {p["samples"] for p in points[1:-1]} <= {4, 5}
+    assert sum(p["samples"] for p in points) == 1440
 
 
 def test_host_series(monitor: Monitor) -> None:

@@ -86,5 +86,5 @@ def test_hosts_csv_has_a_row_per_bucket_and_host(app: Flask) -> None:
     assert ctx.writer.flush()
     text = app.test_client().get("/monitor/api/reports/hosts.csv?since=5m&bucket=1m").get_data(as_text=True)
     header, *rows = [line.split(",") for line in text.strip().split("\r\n")]
-    assert header[:4] == ["bucket_start", "host", "cpu_ratio_mean", "cpu_ratio_max"]
-    assert [(r[1], float(r[2]), float(r[3])) for r in rows] == [("analyst-box", 0.5, 0.75)]
+    assert header[:5] == ["bucket_start", "host", "samples", "cpu_ratio_mean", "cpu_ratio_max"]
+    assert [(r[1], r[2], float(r[3]), float(r[4])) for r in rows] == [("analyst-box", "2", 0.5, 0.75)]

@@ -323,6 +323,7 @@ def test_gpu_csv_has_the_mean_and_max_per_bucket_host_and_gpu(store: Store, tmp_
     assert rows[1]["gpu_model"] == H100
     assert float(rows[1]["power_w_mean"]) == pytest.approx(300.5)
     assert rows[1]["memory_total_bytes_max"] == str(80 * 10**9)
+    assert [r["samples"] for r in rows] == ["30"] * 6  # a sample every 2 s in each 1 min bucket
 
 
 @pytest.mark.parametrize(

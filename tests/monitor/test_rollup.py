@@ -70,6 +70,7 @@ def assert_same(got: list[WindowRow], want: list[WindowRow]) -> None:
     assert [(r.tags, r.time_ns) for r in got] == [(r.tags, r.time_ns) for r in want]
     for g, w in zip(got, want, strict=True):
         assert g.max == w.max
+        assert g.count == w.count
         assert set(g.mean) == set(w.mean)
         for name, value in w.mean.items():
             assert g.mean[name] == pytest.approx(value, rel=1e-12) if value is not None else g.mean[name] is None

@@ -172,6 +172,8 @@ def test_query_window_buckets_mean_and_max_per_tag_set(store: Store) -> None:
     assert first.time_ns == T0
     assert first.mean == {"util": pytest.approx(4.5), "mem": pytest.approx(45.0)}  # bool and string skipped
     assert first.max == {"util": 9.0, "mem": 90}
+    assert first.count == {"util": 10, "mem": 10}
+    assert first.samples == 10
     assert isinstance(first.max["mem"], int)
     assert isinstance(first.max["util"], float)
     assert isinstance(first.mean["mem"], float)
@@ -189,6 +191,30 @@ def test_query_window_leaves_out_empty_buckets_and_aligns_to_the_epoch(store: St
     )
     rows = store.query_window("sparse", ["v"], T0 + 1 * S, T0 + 60 * S, bucket_s=20)
     assert [(r.time_ns, r.mean["v"]) for r in rows] == [(T0, 1.0), (T0 + 40 * S, 3.0)]
+
+
+def test_query_window_counts_the_values_each_bucket_aggregates(store: Store) -> None:
+    # One sample in the first bucket, three in the second, one of them without `b`: an analyst must be able to
+    # tell a bucket of one sample from a full one, and a field reported less often than the others.
+    store.write(
+        [
+            Point("counted", {"host": "h"}, {"a": 1.0, "b": 10}, T0 + 2 * S),
+            Point("counted", {"host": "h"}, {"a": 2.0, "b": 20}, T0 + 11 * S),
+            Point("counted", {"host": "h"}, {"a": 4.0}, T0 + 12 * S),
+            Point("counted", {"host": "h"}, {"a": 6.0, "b": 30}, T0 + 13 * S),
+            Point("counted", {"host": "h"}, {"a": 8.0}, T0 + 25 * S),
+        ]
+    )
+    rows = store.query_window("counted", ["a", "b"], T0, T0 + 30 * S, bucket_s=10)
+    assert [(r.time_ns, dict(r.count), r.samples) for r in rows] == [
+        (T0, {"a": 1, "b": 1}, 1),
+        (T0 + 10 * S, {"a": 3, "b": 2}, 3),
+        (T0 + 20 * S, {"a": 1, "b": 0}, 1),  # a field with no value in the bucket counts 0
+    ]
+    assert rows[2].mean["b"] is None
+    assert rows[1].mean == {"a": pytest.approx(4.0), "b": pytest.approx(25.0)}
+    raw = store.query_window("counted", ["a", "b"], T0 + 11 * S, T0 + 13 * S)
+    assert [dict(r.count) for r in raw] == [{"a": 1, "b": 1}, {"a": 1, "b": 0}]  # a row per point
 
 
 def test_query_window_of_unknown_things_is_empty(store: Store) -> None:

@@ -26,6 +26,7 @@ const TARGETS_EVERY_MS = 30000;
 const DAILY_EVERY_MS = 30000; // the daily report: when jobs change, at most this often
 const REPORTS = ["jobs.csv", "gpu.csv"];
 const REPORT_BUCKETS = { "5m": "10s", "1h": "1m", "24h": "5m" }; // gpu.csv rows per GPU: 30, 60, 288
+const WINDOW_WORDS = { "5m": "5 minutes", "1h": "hour", "24h": "24 hours" };
 const CHART_MISSING = "Chart.js is not installed on the monitor: run `npm install` in the repository root (make run does it). Tables and alerts still update.";
 
 const state = {
@@ -40,6 +41,9 @@ const state = {
   slowAt: 0,
   targetsAt: 0,
   reportsAt: 0,
+  reportHosts: null, // /targets over the reports' window: which hosts had jobs and samples then
+  reportHostsKey: "",
+  reportHostsAt: 0,
   dailyAt: 0,
   series: {}, // the samples held per measurement, extended by deltas (see fetchSeries)
   timer: null,
@@ -262,7 +266,7 @@ function drawJobs(body) {
   const shown = jobs.slice(0, 12).reverse();
   if (charts.stages) {
     const present = STAGES.filter((stage) => shown.some((j) => j.stages && j.stages[stage]));
-    charts.stages.data.labels = shown.map((j) => `${j.id.slice(0, 8)} ${j.status || ""}`);
+    charts.stages.data.labels = shown.map((j) => `${j.job_id.slice(0, 8)} ${j.state || ""}`);
     charts.stages.data.datasets = present.map((stage) => ({
       label: stage.replace("_", " "),
       data: shown.map((j) => (j.stages[stage] ? j.stages[stage].duration_s : 0)),
@@ -282,8 +286,8 @@ function drawJobs(body) {
     const cells = [
       el("td", { text: dateTime(job.finished_at || job.last_event_at) }),
       // A button, so the job's detail opens from the keyboard too (monitor/web/static/job_detail.js).
-      el("td", {}, [el("button", { type: "button", class: "job-link", "data-job": job.id, title: `Open job ${job.id}` }, [el("code", { text: job.id.slice(0, 8) })])]),
-      el("td", { class: `status-${job.status}`, text: job.status || "—", title: job.error ? `${job.error}${job.suggestion ? ` — ${job.suggestion}` : ""}` : "" }),
+      el("td", {}, [el("button", { type: "button", class: "job-link", "data-job": job.job_id, title: `Open job ${job.job_id}` }, [el("code", { text: job.job_id.slice(0, 8) })])]),
+      el("td", { class: `status-${job.state}`, text: job.state || "—", title: job.error ? `${job.error}${job.suggestion ? ` — ${job.suggestion}` : ""}` : "" }),
       el("td", { text: params }),
       el("td", { text: seconds(job.run_s) }),
       el("td", { text: bytes(job.peak_memory_bytes) }),
@@ -376,6 +380,7 @@ async function refreshReports() {
     if (name === "gpu.csv") query.set("bucket", REPORT_BUCKETS[state.window]);
     link.href = `${API}/reports/${name}?${query}`;
   }
+  await refreshReportHosts();
   if (Date.now() - state.reportsAt < TARGETS_EVERY_MS) return;
   state.reportsAt = Date.now();
   let available = false;
@@ -390,6 +395,47 @@ async function refreshReports() {
   }
   $("reports-status").hidden = available;
   $("reports-status").textContent = available ? "" : (config.viewer_token_required ? "CSV reports need the viewer token: sign in above." : "CSV reports are not available on this monitor yet.");
+  if (!available) $("reports-host").hidden = true;
+}
+
+// The CSV buttons filter to the chosen host. A host that had no jobs in the reports' window (one that only
+// sends samples, or a generator and monitor that disagree on the host's name) would give a jobs CSV of headers
+// only, so the page says so next to the buttons, names the hosts that had jobs, and offers them all.
+async function refreshReportHosts() {
+  const key = `${state.host}|${state.window}`;
+  if (key !== state.reportHostsKey || Date.now() - state.reportHostsAt >= TARGETS_EVERY_MS) {
+    const result = await getJSON("targets", { window: state.window });
+    if (result.ok) {
+      state.reportHosts = result.body;
+      state.reportHostsKey = key;
+      state.reportHostsAt = Date.now();
+    }
+  }
+  const note = $("reports-host");
+  const seen = state.reportHosts;
+  if (!seen || !state.host || state.reportHostsKey !== key || $("csv-jobs").getAttribute("aria-disabled") === "true") {
+    note.hidden = true;
+    return;
+  }
+  const span = `the last ${WINDOW_WORDS[state.window] || state.window}`;
+  const parts = [];
+  if (!seen.hosts_with_jobs.includes(state.host)) {
+    const others = seen.hosts_with_jobs.length ? ` Jobs came from ${seen.hosts_with_jobs.join(", ")}.` : " No host had jobs then.";
+    parts.push(`No jobs from ${state.host} in ${span}: its jobs CSV would hold only the header.${others}`);
+  }
+  if (!seen.hosts_sampled.includes(state.host)) parts.push(`No samples from ${state.host} in ${span}: its GPU CSV would be empty.`);
+  if (seen.warning) parts.push(sentence(seen.warning));
+  if (!parts.length) {
+    note.hidden = true;
+    return;
+  }
+  const children = [parts.join(" ")];
+  if (!seen.hosts_with_jobs.includes(state.host) && seen.hosts_with_jobs.length) {
+    const all = new URLSearchParams({ since: state.window });
+    children.push(" ", el("a", { id: "csv-jobs-all", href: `${API}/reports/jobs.csv?${all}`, download: "", text: "Download jobs from all hosts" }));
+  }
+  note.replaceChildren(...children);
+  note.hidden = false;
 }
 
 async function refreshTargets(force) {

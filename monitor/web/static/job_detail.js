@@ -116,11 +116,11 @@ function drawDevice(device, origin) {
 
 function drawStory(story) {
   const job = story.job;
-  $("detail-id").textContent = job.id.slice(0, 12);
-  $("detail-id").title = job.id;
+  $("detail-id").textContent = job.job_id.slice(0, 12);
+  $("detail-id").title = job.job_id;
   const status = $("detail-status");
-  status.textContent = job.status || "running";
-  status.className = `detail-status status-${job.status}`;
+  status.textContent = job.state || "running";
+  status.className = `detail-status status-${job.state}`;
   fill($("detail-facts"), [
     ["Parameters", params(job.params)],
     ["Asked for", story.degraded ? params(story.degraded.requested) : null],
