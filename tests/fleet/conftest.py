@@ -198,7 +198,7 @@ def serve(app: Flask) -> Iterator[Served]:
 
 
 @contextlib.contextmanager
-def queue_api(root: Path, queue_url: str, monitor_url: str | None = None) -> Iterator[Served]:
+def queue_api(root: Path, queue_url: str, monitor_url: str | None = None, lease_s: float = 3.0) -> Iterator[Served]:
     """Serve queue mode's API in this process (it runs no model, so it starts at once), as `python -m generator
     --queue` builds it."""
     config = GeneratorConfig(
@@ -208,7 +208,7 @@ def queue_api(root: Path, queue_url: str, monitor_url: str | None = None) -> Ite
         host_name="api-host",
         queue_url=queue_url,
         monitor_url=monitor_url,
-        lease_s=3.0,
+        lease_s=lease_s,
     )
     app = create_generator(config)
     try:
