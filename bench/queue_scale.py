@@ -3,7 +3,7 @@
 Full run (`python -m bench.run --only queue`, about 3-4 minutes here; or `python -m bench.queue_scale [--model
 tiny] [--jobs N] [--repeats R]`): a real redis-server (AOF on), `python -m generator --queue` and N `python -m
 generator worker` processes, each on one torch thread, a worker added for each N (Redis and the API stay up). For
-each N, `repeats` bursts of `jobs` jobs (20 and 3 by default) are submitted at once and each is timed from its
+each N, `repeats` bursts of `jobs` jobs (10 and 3 by default) are submitted at once and each is timed from its
 first submission to its last job's end: jobs per minute per burst, their median and range, and the ratio of the
 medians to one worker's with a 95% bootstrap interval. Every burst must end with exactly `jobs` succeeded.
 
@@ -53,7 +53,7 @@ from tests.servers import RedisServer, free_port, wait_for
 
 WORKER_COUNTS = (1, 2, 3)
 SEQUENTIAL_JOBS = 8
-BURST_JOBS = 20
+BURST_JOBS = 10
 REPEATS = 3
 JOB = {"prompt": "a red fox", "resolution": "256", "num_frames": "8", "steps": "10", "guidance_scale": "1", "fps": "8"}
 MICRO = replace(
@@ -254,7 +254,7 @@ def run_quick(ctx: Context, jobs: int = 20) -> Result:
 
 
 def run(ctx: Context) -> Result:
-    """Run the benchmark: quick (no model) or full (processes, micro model, 3 bursts of 20 jobs per worker count)."""
+    """Run the benchmark: quick (no model) or full (processes, micro model, 3 bursts of 10 jobs per worker count)."""
     if ctx.quick:
         return run_quick(ctx)
     return run_full(ctx, str(_micro_model(ctx)))

@@ -374,20 +374,21 @@ function drawFleet(result) {
       ? [d.memory_used_bytes != null && d.memory_total_bytes ? `${bytes(d.memory_used_bytes)} of ${bytes(d.memory_total_bytes)}` : null,
         d.utilization_ratio != null ? `${Math.round(d.utilization_ratio * 100)}% busy` : null,
         d.temperature_c != null ? `${Math.round(d.temperature_c)} °C` : null].filter(Boolean).join(" · ")
-      : (w.device_note || (w.gpu === "cpu" ? "a CPU worker: no GPU samples" : "—"));
+      : (w.device_note ? "no recent sample (its host's monitor?)" : (w.gpu === "cpu" ? "a CPU worker: no GPU samples" : "—"));
     const job = w.job_id
       ? el("td", {}, [el("button", { type: "button", class: "job-link", "data-job": w.job_id, title: `Open job ${w.job_id}` }, [el("code", { text: w.job_id.slice(0, 8) })])])
       : el("td", { class: "muted", text: "—" });
     const age = w.heartbeat_age_s;
     const stale = staleAfter !== null && age != null && age > staleAfter;
+    // Worker and state first: on a phone the table scrolls sideways and these two are what is seen.
     tbody.append(el("tr", { "data-worker": w.name || "" }, [
       el("td", { text: w.host || "—", title: w.name || "" }),
-      el("td", {}, [gpu, el("span", { class: "muted", text: uuid, title: w.gpu_uuid || "" })]),
       el("td", { class: `state-${w.state}`, text: w.state, title: w.error || "" }),
       job,
+      el("td", {}, [gpu, el("span", { class: "muted", text: uuid, title: w.gpu_uuid || "" })]),
       el("td", { class: stale ? "stale-heartbeat" : "", text: age == null ? "—" : `${seconds(age)} ago` }),
       el("td", { text: `${w.model || "—"}${w.ready ? "" : " (not loaded)"}` }),
-      el("td", { class: d ? "" : "muted", text: now }),
+      el("td", { class: d ? "" : "muted", text: now, title: w.device_note || "" }),
     ]));
   }
 }
