@@ -1,6 +1,6 @@
 """Queue mode: throughput with 1, 2 and 3 GPU workers, and the latency the queue adds to a job.
 
-Full run (`python -m bench.run --only queue`, about 3-4 minutes here; or `python -m bench.queue_scale [--model
+Full run (`python -m bench.run --only queue`, about 4-5 minutes here; or `python -m bench.queue_scale [--model
 tiny] [--jobs N] [--repeats R]`): a real redis-server (AOF on), `python -m generator --queue` and N `python -m
 generator worker` processes, each on one torch thread, a worker added for each N (Redis and the API stay up). For
 each N, `repeats` bursts of `jobs` jobs (10 and 3 by default) are submitted at once and each is timed from its
