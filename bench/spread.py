@@ -76,3 +76,23 @@ def paired_ratio(pairs: Sequence[tuple[float, float]], *, resamples: int = 2000,
         "pairs": len(logs),
         "resamples": resamples,
     }
+
+
+def difference_of_medians(
+    minuend: Sequence[float], subtrahend: Sequence[float], *, resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Return median(minuend) - median(subtrahend) and its 95% bootstrap interval (each set resampled alone).
+
+    None values throughout when either set is empty.
+    """
+    if not minuend or not subtrahend:
+        return {"difference": None, "ci95": None, "resamples": 0}
+    difference = statistics.median(minuend) - statistics.median(subtrahend)
+    rng = random.Random(seed)
+    draws = sorted(
+        statistics.median(rng.choices(minuend, k=len(minuend)))
+        - statistics.median(rng.choices(subtrahend, k=len(subtrahend)))
+        for _ in range(resamples)
+    )
+    low, high = draws[int(0.025 * resamples)], draws[min(int(0.975 * resamples), resamples - 1)]
+    return {"difference": round(difference, 5), "ci95": [round(low, 5), round(high, 5)], "resamples": resamples}

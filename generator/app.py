@@ -30,6 +30,7 @@ from generator.admission import table_estimate
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event, rejection_event
 from generator.fleet.api_queue import CeleryQueue, QueueUnavailable
+from generator.fleet_status import fleet_status
 from generator.jobs import ACTIVE_STATES, Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
@@ -188,6 +189,7 @@ def create_app(config: GeneratorConfig, runtime_factory: Callable[[GeneratorConf
     app.register_blueprint(api)
     openapi.register(app, Path(__file__).with_name("openapi.yaml"))
     app.register_blueprint(advice)  # /api/recommendation and /api/predict, proxied to the monitor
+    app.register_blueprint(fleet_status)  # /api/fleet: the workers and the queue, for the monitor's dashboard
     app.register_blueprint(session_blueprint("viewer_session", "/api", _tokens))  # the page's viewer sign-in
     # Job tokens (for rating one's own clip) are keyed from the admin token the monitor shares, so it can verify
     # them; without one, with a random key of this generator's own (the monitor's rating route is open then).
@@ -300,11 +302,19 @@ def index() -> str:
     """Serve the page to submit a job and watch it."""
     rt = runtime()
     # Where the workers run decides what the form offers first: a job that finishes quickly there. In queue mode
-    # the workers are GPU processes elsewhere.
+    # the workers are processes elsewhere: a GPU's defaults unless every ready one announced a CPU.
+    device_type, device = ("cuda", "")
+    if rt.workers:
+        device_type, device = rt.workers[0].device.type, rt.workers[0].gpu
+    elif rt.fleet is not None:
+        with contextlib.suppress(QueueUnavailable):  # Redis away: the page still serves, with a GPU's defaults
+            gpus = {str(w.get("gpu")) for w in rt.fleet.workers() if w.get("ready")}
+            if gpus == {"cpu"}:
+                device_type, device = "cpu", "cpu"
     return render_template(
         "index.html",
-        defaults=form_defaults(rt.workers[0].device.type if rt.workers else "cuda"),
-        device=rt.workers[0].gpu if rt.workers else "",
+        defaults=form_defaults(device_type),
+        device=device,
         resolutions=RESOLUTIONS,
         limits=LIMITS,
         max_prompt=MAX_PROMPT_CHARS,

@@ -10,9 +10,11 @@ from, and admission writes that in the job's notes.
 
 The blueprint proxies the monitor's recommendation and prediction for the generator's page (one origin):
 - `GET /api/recommendation[?guidance=&max_time_s=&gpu=]`: the best parameters that fit this generator's GPU
-  now (its first GPU unless `gpu=` names another of its workers').
-- `GET /api/predict?resolution=&frames=&steps=[&guidance=&gpu=]`: whether a job of those parameters fits now.
-Both answer the monitor's JSON and status; 503 when no monitor is configured, 504 when it does not answer.
+  now (its first GPU unless `gpu=` names another of its workers'). In queue mode the API has no GPU: the
+  fleet's ready worker with the most memory for a job (or the one `host=`/`gpu=` name) is asked about.
+- `GET /api/predict?resolution=&frames=&steps=[&guidance=&gpu=&host=]`: whether a job of those parameters fits now.
+Both answer the monitor's JSON and status; 503 when no monitor is configured or (queue mode) no worker is ready,
+400 when `gpu=`/`host=` name none of the workers, 504 when the monitor does not answer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from common.sizing import GiB
 from generator.admission import MemoryEstimate, table_estimate
+from generator.fleet_status import NoAdviceTarget, advice_target
 from generator.validation import JobParams
 
 log = logging.getLogger(__name__)
@@ -158,13 +161,13 @@ def _proxy(path: str, names: tuple[str, ...]) -> tuple[Response, int]:
     if predictor is None:
         message = "no monitor is configured: start the generator with --monitor-url (env GENERATOR_MONITOR_URL)"
         return jsonify(error=message), 503
-    gpus = [worker.gpu for worker in runtime.workers]
-    gpu = request.args.get("gpu") or gpus[0]
-    if gpu not in gpus:
-        return jsonify(error=f"gpu must be one of this generator's: {', '.join(gpus)}"), 400
+    try:
+        host, gpu = advice_target(runtime, request.args.get("host") or None, request.args.get("gpu") or None)
+    except NoAdviceTarget as refused:
+        return jsonify(error=str(refused)), refused.status
     query: dict[str, Any] = {name: request.args[name] for name in names if request.args.get(name)}
     query["gpu"] = gpu
-    query["host"] = predictor.host_name
+    query["host"] = host
     body, status = predictor.proxy(path, query)
     return jsonify(body), status
 

@@ -51,6 +51,21 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and ("out of memory" in text or "ALLOC_FAILED" in text)
 
 
+def device_identity(device: torch.device) -> tuple[str | None, str | None]:
+    """Return a CUDA device's name and its UUID as NVML spells it (`GPU-...`), or None for what is not known.
+
+    The UUID is how the monitor's samples (tagged `uuid`) are matched to a worker; on a CPU both are None.
+    """
+    if device.type != "cuda":
+        return None, None
+    properties = torch.cuda.get_device_properties(device)
+    uuid = getattr(properties, "uuid", None)
+    text = None if uuid is None else str(uuid)
+    if text is not None and not text.startswith("GPU-"):
+        text = f"GPU-{text}"
+    return properties.name, text
+
+
 class Worker:
     """One thread owning one device's pipeline: loads and warms it, then takes jobs from the book."""
 
@@ -77,6 +92,10 @@ class Worker:
         self.memory_fraction = memory_fraction
         self.job_memory = job_memory or JobMemory(device)
         self.gpu = str(device.index or 0) if device.type == "cuda" else "cpu"
+        # The card's name and NVML-style UUID, read when the model loads (None on a CPU): the fleet's view.
+        self.gpu_name: str | None = None
+        self.gpu_uuid: str | None = None
+        self.current_job_id: str | None = None  # the job this worker runs now, for the fleet's view
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.pipe: Any = None
@@ -130,6 +149,7 @@ class Worker:
         if self.device.type == "cuda" and self.memory_fraction is not None:
             # The operator's share of a shared card: torch's allocator raises OutOfMemoryError beyond it.
             torch.cuda.set_per_process_memory_fraction(self.memory_fraction, self.device)
+        self.gpu_name, self.gpu_uuid = device_identity(self.device)
         started = time.time()
         self.pipe = load_pipeline(self.model, self.device, self.dtype, self.cache_dir)
         self._synchronize()
@@ -196,11 +216,13 @@ class Worker:
     def run_job(self, job: Job) -> None:
         """Run one job to its end state; every failure mode ends in a reported state, never a dead worker."""
         self.metrics.jobs_running.inc()
+        self.current_job_id = job.job_id
         self.book.update(job, gpu=self.gpu)
         self.job_event(job, "running")
         try:
             self._run_admitted(job)
         finally:
+            self.current_job_id = None
             self.metrics.jobs_running.dec()
             # After the job's end is reported, so its time does not include it: the card is free for others
             # between jobs, and the next job's measurement starts from the weights alone.

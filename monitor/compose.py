@@ -31,6 +31,7 @@ from monitor.analysis.energy import EnergyMeter
 from monitor.analysis.job_summary import JobSummarizer
 from monitor.analysis.predict import Predictor
 from monitor.bus import Bus
+from monitor.collection.fleet import FleetSource
 from monitor.config import MonitorConfig
 from monitor.storage import Store, open_store, schema
 from monitor.storage.ingest import EventIngest
@@ -176,6 +177,7 @@ def create_app(
         sampler=sampler,
         quality=quality,
         alerts=alerts,
+        fleet=FleetSource(config.generator_url) if config.generator_url else None,
         clock_ns=clock_ns,
         bus=bus,
     )

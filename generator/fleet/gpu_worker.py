@@ -254,8 +254,9 @@ class Housekeeper:
         """Do one round: announce, renew, sweep, promote."""
         w, store, lease_s = self.worker, self.worker.store, self.config.lease_s
         current = w.current
-        announcement = {**self.info, "ready": w.ready.is_set(), "error": w.load_error,
-                        "job_id": current[0] if current else None, "seen_at": time.time()}  # fmt: skip
+        announcement = {**self.info, "ready": w.ready.is_set(), "error": w.load_error, "gpu_name": w.gpu_name,
+                        "gpu_uuid": w.gpu_uuid, "job_id": current[0] if current else None,
+                        "seen_at": time.time()}  # fmt: skip
         store.register_worker(w.name, announcement, ttl_s=lease_s)
         if current is not None:
             store.renew(current[0], current[1], lease_s)

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from common.http_metrics import instrument
-from monitor.web import advice, api, dashboard, errors, ingest, reports, story, viewer
+from monitor.web import advice, api, dashboard, errors, fleet, ingest, reports, story, viewer
 from monitor.web.context import MonitorContext, attach
 
 
@@ -34,7 +34,7 @@ def make_app(context: MonitorContext) -> Flask:
     app.json = BoundedJSONProvider(app)
     attach(app, context)
     errors.init_app(app)
-    for blueprint in (ingest, api, dashboard, advice, reports, story, viewer):
+    for blueprint in (ingest, api, dashboard, advice, fleet, reports, story, viewer):
         blueprint.init_app(app)
     if context.quality is not None:
         from monitor.web import quality  # the scorer's module loads torch: only where a scorer exists

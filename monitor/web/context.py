@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from monitor.alerts import AlertService
     from monitor.analysis.job_summary import JobSummarizer
     from monitor.analysis.predict import Predictor
+    from monitor.collection.fleet import FleetSource
     from monitor.quality.scorer import QualityScorer
 
 EXTENSION = "monitor"
@@ -52,6 +53,7 @@ class MonitorContext:
     sampler: SamplerHealth | None = None
     quality: QualityScorer | None = None
     alerts: AlertService | None = None
+    fleet: FleetSource | None = None  # the generator's workers and queue (None: no --generator-url)
     clock_ns: Callable[[], int] = time.time_ns
     bus: Bus = field(default_factory=Bus)
     node_modules: Path = NODE_MODULES
@@ -64,6 +66,8 @@ class MonitorContext:
     def close(self) -> None:
         """Stop the predictor's fits, flush and stop the writer (undelivered points stay spooled), close the store."""
         self.predictor.close()
+        if self.fleet is not None:
+            self.fleet.close()
         self.writer.close()
         self.store.close()
 

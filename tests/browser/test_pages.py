@@ -133,6 +133,18 @@ def test_the_monitor_tab_draws_the_samples_and_the_jobs_stage_bars(page: Page, s
     expect(page.locator("#chart-quality + .empty")).to_be_hidden()
 
 
+def test_the_fleet_panel_shows_the_local_worker_and_the_in_process_queue(page: Page, stack: Stack) -> None:
+    rows = page.locator("#fleet tbody tr")
+    expect(rows).to_have_count(1, timeout=15_000)  # single-host mode: the one local worker, same shape
+    expect(rows.first.locator("td").nth(0)).to_have_text(HOST)
+    expect(rows.first.locator("td").nth(1)).to_have_text("idle")
+    device = "CPU" if stack.generator.runtime.workers[0].gpu == "cpu" else "GPU 0"
+    expect(rows.first.locator("td").nth(3)).to_contain_text(device)
+    expect(rows.first.locator("td").nth(5)).to_have_text("tiny")
+    expect(page.locator("#fleet-status")).to_contain_text("In-process queue")
+    expect(page.locator("#fleet-queue li")).to_have_text(["high: 0 waiting", "normal: 0 waiting", "batch: 0 waiting"])
+
+
 def test_the_window_selector_changes_every_time_chart(page: Page, stack: Stack) -> None:
     page.get_by_label("Window").focus()
     page.keyboard.press("End")  # keyboard only: the last option, 24 h

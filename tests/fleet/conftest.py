@@ -8,22 +8,32 @@ cores, and these tests run about 40 jobs. What they prove is the queue's, not th
 
 from __future__ import annotations
 
+import contextlib
 import io
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import torch
+from flask import Flask
 
+from generator.app import create_app as create_generator
+from generator.config import GeneratorConfig
+from generator.fleet.api_queue import redis_client
+from generator.fleet.store import RedisJobStore
 from generator.pipeline import TINY, random_pipeline, save_pipeline
+from monitor.compose import create_app as create_monitor
+from monitor.config import MonitorConfig
+from monitor.web.context import get_context
 from tests.faults.procs import MonitorProcess, ServiceProcess
 from tests.generator.conftest import SMALL_JOB, png_bytes
-from tests.servers import RedisServer, free_port, wait_for
+from tests.servers import AppServer, RedisServer, free_port, wait_for
 
 # One UNet block of 4 channels and a 4-channel VAE with the real 8x downsampling: about 1 s a job here.
 MICRO = replace(
@@ -37,10 +47,12 @@ LEASE_S = "3"
 class ApiProcess(ServiceProcess):
     """`python -m generator --queue URL`: the API of queue mode (no model)."""
 
-    def __init__(self, root: Path, queue_url: str, outputs: Path, monitor_url: str, env: dict[str, str]) -> None:
-        """Pick a port; state under `root`."""
+    def __init__(
+        self, root: Path, queue_url: str, outputs: Path, monitor_url: str, env: dict[str, str], port: int | None = None
+    ) -> None:
+        """Take `port` (or pick one); state under `root`."""
         root.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         args = ["--queue", queue_url, "--port", str(self.port), "--outputs", str(outputs)]
         args += ["--state-dir", str(root / "state"), "--monitor-url", monitor_url]
         super().__init__("generator", args, {"I2V_HOST_NAME": "api-host", **env}, root / "api.log", "/ready")
@@ -76,11 +88,12 @@ class Fleet:
     def __init__(self, root: Path, model: Path) -> None:
         """Prepare every process; `start()` runs them."""
         self.redis = RedisServer(root / "redis")
-        self.monitor = MonitorProcess(root / "monitor", interval_s=2.0)
+        api_port = free_port()  # the monitor reads the API's workers and queue (its fleet panel)
+        self.monitor = MonitorProcess(root / "monitor", interval_s=2.0, generator_url=f"http://127.0.0.1:{api_port}")
         outputs = root / "outputs"  # the shared clip folder (a ReadWriteMany volume on Kubernetes)
         # One torch thread per process on two shared cores; short leases so a dead worker is noticed in seconds.
         env = {"OMP_NUM_THREADS": "1", "GENERATOR_QUEUE_SIZE": "32", "GENERATOR_LEASE_S": LEASE_S, "LOG_LEVEL": "INFO"}
-        self.api = ApiProcess(root / "api", self.redis.url, outputs, self.monitor.url, env)
+        self.api = ApiProcess(root / "api", self.redis.url, outputs, self.monitor.url, env, port=api_port)
         self.workers = {
             host: WorkerProcess(root / host, host, self.redis.url, model, outputs, self.monitor.url, env)
             for host in HOSTS
@@ -164,3 +177,72 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, micro_model: Path) -> Iterat
         yield running.start()
     finally:
         running.stop()
+
+
+@dataclass
+class Served:
+    """A Flask app served by waitress on a loopback port, in this process."""
+
+    app: Flask
+    url: str
+
+
+@contextlib.contextmanager
+def serve(app: Flask) -> Iterator[Served]:
+    """Serve `app` on a free port until the block ends."""
+    server = AppServer(app).start()
+    try:
+        yield Served(app, server.url)
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def queue_api(root: Path, queue_url: str, monitor_url: str | None = None, lease_s: float = 3.0) -> Iterator[Served]:
+    """Serve queue mode's API in this process (it runs no model, so it starts at once), as `python -m generator
+    --queue` builds it."""
+    config = GeneratorConfig(
+        port=free_port(),
+        outputs=root / "outputs",
+        state_dir=root / "state",
+        host_name="api-host",
+        queue_url=queue_url,
+        monitor_url=monitor_url,
+        lease_s=lease_s,
+    )
+    app = create_generator(config)
+    try:
+        with serve(app) as served:
+            yield served
+    finally:
+        app.extensions["generator"].close()
+
+
+@contextlib.contextmanager
+def monitor_for(root: Path, generator_url: str | None) -> Iterator[Served]:
+    """Serve a monitor (SQLite, no sampler) whose `--generator-url` is `generator_url`."""
+    config = replace(
+        MonitorConfig(),
+        store_url=f"sqlite:///{root / 'monitor.db'}",
+        data_dir=root,
+        spool_dir=root / "spool",
+        alert_state_path=None,
+        generator_url=generator_url,
+        host_name="monitor-host",
+    )
+    app = create_monitor(config)
+    try:
+        with serve(app) as served:
+            yield served
+    finally:
+        get_context(app).close()
+
+
+def announce(queue_url: str, name: str, **info: Any) -> None:
+    """Write a worker's announcement as its housekeeping does (`RedisJobStore.register_worker`), for 60 s."""
+    store = RedisJobStore(redis_client(queue_url))
+    defaults = {"host": "gpu-host", "gpu": "0", "model": "tiny", "pid": 1, "port": 0, "usable_bytes": None,
+                "ready": True, "error": None, "gpu_name": None, "gpu_uuid": None, "job_id": None,
+                "seen_at": time.time()}  # fmt: skip
+    store.register_worker(name, {**defaults, **info}, ttl_s=60)
+    store.r.close()

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import requests
 
-from tests.fleet.conftest import FINAL, HOSTS, Fleet
+from tests.fleet.conftest import FINAL, HOSTS, LEASE_S, Fleet
 from tests.servers import wait_for
 
 LONG = {"steps": "100"}  # about 8 s of denoising on the micro model: long enough to catch a job mid-run
@@ -101,6 +102,38 @@ def test_cancel_a_queued_job_and_a_job_running_on_another_worker(fleet: Fleet) -
     assert all(job["progress"]["step"] < 100 for job in ended)
     assert fleet.job(queued)["state"] == "cancelled"
     assert fleet.job(queued)["started_at"] is None  # no worker ever took it
+
+
+def test_the_fleet_view_shows_each_worker_its_job_and_the_shared_queue_through_the_monitor(fleet: Fleet) -> None:
+    blockers = [fleet.submit_ok(**LONG) for _ in HOSTS]
+    waiting = [fleet.submit_ok(), fleet.submit_ok(priority="batch")]
+    fleet.wait_states(blockers, ("running",), deadline_s=60)
+
+    def fleet_view() -> dict[str, Any]:
+        return requests.get(f"{fleet.api.url}/api/fleet", timeout=10).json()
+
+    # Each worker names the job it runs from its next announcement (every third of the lease).
+    wait_for(lambda: {w["job_id"] for w in fleet_view()["workers"]} == set(blockers), 15, "the announcements")
+    view = fleet_view()
+    workers = view["workers"]
+    assert sorted(w["host"] for w in workers) == sorted(HOSTS)
+    assert {w["state"] for w in workers} == {"busy"}
+    assert all(w["gpu"] == "cpu" and w["model"] and w["ready"] for w in workers)
+    assert all(0 <= w["heartbeat_age_s"] <= float(LEASE_S) for w in workers)  # rewritten every lease/3
+    depth = {p["priority"]: p["pending"] for p in view["queue"]["priorities"]}
+    assert (view["queue"]["mode"], depth) == ("queue", {"high": 0, "normal": 1, "batch": 1})
+    # The monitor reads the same through its --generator-url: a CPU worker has no GPU sample, and says so.
+    seen = requests.get(f"{fleet.monitor.url}/monitor/api/fleet", timeout=10).json()
+    assert {(w["host"], w["job_id"]) for w in seen["workers"]} == {(w["host"], w["job_id"]) for w in workers}
+    assert all(w["device"] is None and w["device_note"] is None for w in seen["workers"])
+    # The page's advice asks the monitor about one of the fleet's workers (a CPU one: by time), never a 500.
+    advice = requests.get(f"{fleet.api.url}/api/recommendation", timeout=10)
+    assert advice.status_code == 200, advice.text
+    assert advice.json()["basis"] == "time"
+    for job_id in blockers:
+        requests.post(f"{fleet.api.url}/api/jobs/{job_id}/cancel", timeout=10)
+    fleet.wait_states(blockers + waiting, FINAL, deadline_s=120)
+    wait_for(lambda: {w["state"] for w in fleet_view()["workers"]} == {"idle"}, 30, "every worker to be idle")
 
 
 def test_redis_restarted_mid_run_loses_no_accepted_job(fleet: Fleet) -> None:

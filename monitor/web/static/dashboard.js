@@ -20,7 +20,7 @@ const STAGE_COLOURS = {
 const SERIES_COLOURS = ["#0969da", "#bf3989", "#1a7f37", "#bc4c00", "#8250df", "#9a6700", "#0e7490", "#57606a"];
 const GPU_FIELDS = ["utilization_ratio", "memory_used_bytes", "memory_total_bytes", "temperature_c", "power_w"];
 const TICK_MS = { "5m": 60e3, "1h": 15 * 60e3, "24h": 4 * 3600e3 };
-const SLOW_EVERY_MS = 5000; // quality and the recommendation: at least this often
+const SLOW_EVERY_MS = 5000; // quality, the recommendation and the fleet (workers, queue): at least this often
 const JOBS_EVERY_MS = 15000; // jobs and queue: at once after a job changes state, else at least this often
 const TARGETS_EVERY_MS = 30000;
 const DAILY_EVERY_MS = 30000; // the daily report: when jobs change, at most this often
@@ -338,6 +338,65 @@ function drawAlerts(result) {
   }
 }
 
+// Every worker of the generator (host, GPU and its last sample, state, job, heartbeat) and the queue they share,
+// per priority. Read through the monitor (GET fleet), which asks the generator; when it cannot, the panel says why.
+function drawFleet(result) {
+  const status = $("fleet-status");
+  const chips = $("fleet-queue");
+  const tbody = $("fleet").tBodies[0];
+  const body = result.body;
+  if (!result.ok || !body || !Array.isArray(body.workers) || !body.queue) {
+    const why = result.error || (result.status ? `HTTP ${result.status}` : "the monitor did not answer");
+    status.textContent = `Workers and queue unavailable: ${sentence(why)}`;
+    status.className = "rec-warning";
+    chips.replaceChildren();
+    tbody.replaceChildren(el("tr", {}, [el("td", { colspan: "7", class: "muted", text: "Unknown while the generator cannot be read." })]));
+    return;
+  }
+  const queue = body.queue;
+  const busy = body.workers.filter((w) => w.state === "busy").length;
+  const kind = queue.mode === "queue" ? "Shared queue" : "In-process queue";
+  status.className = "muted";
+  status.textContent = `${kind} (${queue.backend}): ${queue.pending} waiting. ${body.workers.length} worker(s), ${busy} busy. From the generator at ${body.source}.`;
+  chips.replaceChildren(...(queue.priorities || []).map((p) => el("li", {
+    class: p.pending ? "waiting" : "",
+    "data-priority": p.priority,
+    text: `${p.priority}: ${p.pending} waiting${p.oldest_age_s != null ? `, oldest ${seconds(p.oldest_age_s)}` : ""}`,
+  })));
+  tbody.replaceChildren();
+  if (!body.workers.length) {
+    const none = queue.mode === "queue" ? "No live worker: none has announced itself to the queue within its lease." : "No worker.";
+    tbody.append(el("tr", {}, [el("td", { colspan: "7", class: "rec-warning", text: none })]));
+    return;
+  }
+  const staleAfter = body.heartbeat_interval_s ? 2 * body.heartbeat_interval_s : null;
+  for (const w of body.workers) {
+    const gpu = w.gpu === "cpu" ? "CPU" : `GPU ${w.gpu}${w.gpu_name ? ` · ${w.gpu_name}` : ""}`;
+    const uuid = w.gpu_uuid ? ` ${w.gpu_uuid.slice(0, 12)}…` : "";
+    const d = w.device;
+    const now = d
+      ? [d.memory_used_bytes != null && d.memory_total_bytes ? `${bytes(d.memory_used_bytes)} of ${bytes(d.memory_total_bytes)}` : null,
+        d.utilization_ratio != null ? `${Math.round(d.utilization_ratio * 100)}% busy` : null,
+        d.temperature_c != null ? `${Math.round(d.temperature_c)} °C` : null].filter(Boolean).join(" · ")
+      : (w.device_note ? "no recent sample (its host's monitor?)" : (w.gpu === "cpu" ? "a CPU worker: no GPU samples" : "—"));
+    const job = w.job_id
+      ? el("td", {}, [el("button", { type: "button", class: "job-link", "data-job": w.job_id, title: `Open job ${w.job_id}` }, [el("code", { text: w.job_id.slice(0, 8) })])])
+      : el("td", { class: "muted", text: "—" });
+    const age = w.heartbeat_age_s;
+    const stale = staleAfter !== null && age != null && age > staleAfter;
+    // Worker and state first: on a phone the table scrolls sideways and these two are what is seen.
+    tbody.append(el("tr", { "data-worker": w.name || "" }, [
+      el("td", { text: w.host || "—", title: w.name || "" }),
+      el("td", { class: `state-${w.state}`, text: w.state, title: w.error || "" }),
+      job,
+      el("td", {}, [gpu, el("span", { class: "muted", text: uuid, title: w.gpu_uuid || "" })]),
+      el("td", { class: stale ? "stale-heartbeat" : "", text: age == null ? "—" : `${seconds(age)} ago` }),
+      el("td", { text: `${w.model || "—"}${w.ready ? "" : " (not loaded)"}` }),
+      el("td", { class: d ? "" : "muted", text: now, title: w.device_note || "" }),
+    ]));
+  }
+}
+
 function drawRecommendation(result) {
   const box = $("recommendation");
   box.replaceChildren();
@@ -553,7 +612,7 @@ async function refresh(force = false) {
   await refreshTargets(force);
   const gpuFilter = { window: state.window, host: state.host, gpu: state.gpu };
   const skipped = Promise.resolve(null);
-  const [gpu, host, alerts, jobs, queue, quality, recommendation] = await Promise.all([
+  const [gpu, host, alerts, jobs, queue, quality, recommendation, fleet] = await Promise.all([
     fetchSeries("gpu", { measurement: "gpu_sample", fields: GPU_FIELDS.join(","), ...gpuFilter }),
     fetchSeries("host", { measurement: "host_sample", fields: "cpu_ratio,memory_used_bytes,memory_total_bytes", window: state.window, host: state.host }),
     getJSON("alerts"),
@@ -561,6 +620,7 @@ async function refresh(force = false) {
     jobsDue ? getJSON("queue", { window: state.window, host: state.host }) : skipped,
     slow ? getJSON("quality", gpuFilter) : skipped,
     slow ? getJSON("recommendation", { gpu: state.gpu, host: state.host }) : skipped,
+    slow ? getJSON("fleet") : skipped,
   ]);
   const storeFailures = [gpu, host, jobs, queue, quality].filter((r) => r && r.status === 503);
   if (gpu.ok) drawGpus(gpu.body);
@@ -585,6 +645,7 @@ async function refresh(force = false) {
       state.slowAt = Date.now();
     }
     drawRecommendation(recommendation);
+    drawFleet(fleet);
     refreshReports();
   }
 

@@ -205,9 +205,12 @@ export function initJobDetail(helpers) {
   dialog.addEventListener("click", (event) => {
     if (event.target === dialog) dialog.close();
   });
-  $("jobs").addEventListener("click", (event) => {
-    const button = event.target.closest("button[data-job]");
-    if (button) openJob(button.dataset.job);
-  });
+  // The jobs table and the fleet panel (a worker's current job) open a job the same way.
+  for (const table of ["jobs", "fleet"]) {
+    $(table).addEventListener("click", (event) => {
+      const button = event.target.closest("button[data-job]");
+      if (button) openJob(button.dataset.job);
+    });
+  }
   if (location.hash.startsWith("#job-")) openJob(decodeURIComponent(location.hash.slice(5)));
 }
