@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -14,12 +15,14 @@ from PIL import Image
 
 from common.events import STARTUP_JOB_ID, Event
 from common.logs import extra
+from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompileWatch
 from generator.admission import admit, next_smaller, table_estimate
+from generator.compile_report import CompileReporter
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
 from generator.peak_memory import JobMemory, PeakMemory
-from generator.pipeline import load_pipeline, parameter_counts
+from generator.pipeline import accelerate, load_pipeline, parameter_counts
 from generator.stages import JobCancelled, StageTimer, StageTiming
 from generator.validation import JobParams
 from generator.video import write_mp4
@@ -69,6 +72,7 @@ class Worker:
         estimate: Callable[[JobParams], int] = table_estimate,
         memory_fraction: float | None = None,
         job_memory: JobMemory | None = None,
+        acceleration: Acceleration | None = None,
     ) -> None:
         self.book, self.events, self.metrics = book, events, metrics
         self.model, self.device, self.dtype = model, device, dtype
@@ -76,11 +80,17 @@ class Worker:
         self.estimate = estimate
         self.memory_fraction = memory_fraction
         self.job_memory = job_memory or JobMemory(device)
+        self.acceleration = acceleration or Acceleration()
         self.gpu = str(device.index or 0) if device.type == "cuda" else "cpu"
         self.ready = threading.Event()
         self.load_error: str | None = None
+        # What /ready says while this worker is not ready (read by the HTTP threads; a str swap is atomic).
+        self.status = "starting"
         self.pipe: Any = None
         self.timer: StageTimer | None = None
+        self.watches: list[CompileWatch] = []
+        self.compiles = CompileReporter([], metrics, book, self._compile_event)
+        self._compiled_unet: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"worker-{self.gpu}", daemon=True)
 
@@ -131,6 +141,7 @@ class Worker:
             # The operator's share of a shared card: torch's allocator raises OutOfMemoryError beyond it.
             torch.cuda.set_per_process_memory_fraction(self.memory_fraction, self.device)
         started = time.time()
+        self.status = f"loading the {self.model} model"
         self.pipe = load_pipeline(self.model, self.device, self.dtype, self.cache_dir)
         self._synchronize()
         self._stage_event(STARTUP_JOB_ID, StageTiming("model_load", started, time.time() - started), WARMUP)
@@ -141,13 +152,53 @@ class Worker:
             parameter_counts(self.pipe),
             extra=extra(gpu=self.gpu),
         )
+        self.watches = accelerate(self.pipe, self.acceleration)
+        self._compiled_unet = self.pipe.unet if self.watches else None
+        inductor = self.acceleration.backend == "inductor"
+        mega_cache = self.acceleration.cache_dir if inductor else None
+        self.compiles = CompileReporter(
+            self.watches,
+            self.metrics,
+            self.book,
+            self._compile_event,
+            mega_cache,
+        )
         self.timer = StageTimer(self.pipe, self._synchronize)
+        image = Image.new("RGB", (256, 256), (128, 128, 128))
+        if self.watches:
+            self._warm_compiles(image)
+        self.status = "warming up"
         started = time.time()
-        self._call_pipeline(WARMUP, Image.new("RGB", (256, 256), (128, 128, 128)), "warm-up", lambda _: None)
+        self._call_pipeline(WARMUP, image, "warm-up", lambda timing: self.compiles.notice(timing, WARMUP))
         self._stage_event(STARTUP_JOB_ID, StageTiming("warmup", started, time.time() - started), WARMUP)
         self.job_memory.release()  # the first job starts from the weights alone, as every later one does
+        self.status = "ready"
         self.metrics.ready.set(1)
         self.ready.set()
+
+    def _warm_compiles(self, image: Image.Image) -> None:
+        """Compile the UNet for each warm-up size before /ready, one denoising step each, and save the cache.
+
+        A size that does not fit the card is skipped (a job of that size compiles it, and says so): the warm-up
+        must never keep the service from starting.
+        """
+        shapes = self.acceleration.warmup
+        for index, shape in enumerate(shapes, 1):
+            self.status = f"compiling the UNet for {shape} ({index} of {len(shapes)})"
+            params = JobParams(shape.resolution, shape.num_frames, 1, WARMUP_GUIDANCE, 8, seed=0)
+            listener = functools.partial(self.compiles.notice, params=params)
+            try:
+                self._call_pipeline(params, image, "warm-up", listener, output="latent")
+            except Exception as error:
+                if not is_out_of_memory(error):
+                    raise
+                log.warning(
+                    "compile warm-up at %s skipped: out of memory; a job of that size compiles it",
+                    shape,
+                    extra=extra(gpu=self.gpu),
+                )
+            self.job_memory.release()
+        self.compiles.save_mega_cache()
 
     def _call_pipeline(
         self,
@@ -156,12 +207,17 @@ class Worker:
         prompt: str,
         listener: Callable[[StageTiming], None],
         cancelled: Callable[[], bool] = lambda: False,
+        output: str = "np",
     ) -> Any:
         assert self.timer is not None
+        if self._compiled_unet is not None:
+            # Without guidance the pipeline sends one batch instead of two: a size-1 batch is its own graph, with
+            # more guards per size, and eager is then about as fast as the compiled batch of two.
+            self.pipe.unet = self._compiled_unet if params.guidance_scale > 1 else self.watches[0].eager
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        output = self.timer.run(
+        result = self.timer.run(
             listener,
             cancelled,
             prompt=prompt,
@@ -173,9 +229,9 @@ class Worker:
             guidance_scale=params.guidance_scale,
             target_fps=params.fps,
             generator=generator,
-            output_type="np",
+            output_type=output,
         )
-        return output.frames[0]
+        return result.frames[0]
 
     def _memory(self) -> Callable[[], tuple[int, int]] | None:
         if self.device.type != "cuda":
@@ -220,6 +276,8 @@ class Worker:
             return
         if verdict.params != job.effective or verdict.notes:
             self.book.update(job, effective=verdict.params, notes=[*job.notes, *verdict.notes])
+        if self._compiled_unet is not None and job.effective.guidance_scale <= 1:
+            self.book.update(job, notes=[*job.notes, "guidance_scale 1: the UNet runs uncompiled (one batch)"])
         self.job_memory.begin()
         outcome: tuple[str, str | None, str | None] = ("succeeded", None, None)
         frames = None
@@ -268,6 +326,10 @@ class Worker:
             self.book.update(job, stage_durations_s=durations)
         self.metrics.stage_duration.labels(timing.stage).observe(timing.duration_s)
         self._stage_event(job.job_id, timing, job.effective, job)
+        self.compiles.notice(timing, job.effective, job)
+
+    def _compile_event(self, timing: StageTiming, params: JobParams, job: Job | None) -> None:
+        self._stage_event(job.job_id if job else STARTUP_JOB_ID, timing, params, job)
 
     def _stage_event(self, job_id: str, timing: StageTiming, params: JobParams, job: Job | None = None) -> None:
         peak = self.job_memory.peak() if timing.stage in ("denoising", "decode_video") else None
