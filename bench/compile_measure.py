@@ -456,7 +456,7 @@ class Bench:
 
 
 class _EventList(logging.Handler):
-    """Keep the generator's events (its JSON log lines) in a list, and record each start-up stage at once.
+    """Keep the generator's events (its log records carry each whole) in a list, and record each start-up stage at once.
 
     A compile that outlasts the phase's deadline still leaves the stages before it in the JSON.
     """
@@ -468,7 +468,7 @@ class _EventList(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         """Parse and keep one event."""
-        event = json.loads(record.getMessage())
+        event = record.event  # type: ignore[attr-defined]  # the generator logs each event whole
         self.events.append(event)
         if event.get("job_id") == "startup":
             self.record("startup_stage", **_brief(event))

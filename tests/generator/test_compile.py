@@ -8,7 +8,6 @@ shapes costs about five times as much CPU, and which sizes share a dynamic graph
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -118,15 +117,15 @@ def test_ready_says_what_the_worker_is_compiling(tmp_path: Path) -> None:
 
 
 class EventLines(logging.Handler):
-    """Keep the events the generator logs (one JSON line each, the same objects it sends to the monitor)."""
+    """Keep the events the generator logs (each record carries the whole event it sends to the monitor)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.events: list[dict[str, Any]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Parse and keep one event line."""
-        self.events.append(json.loads(record.getMessage()))
+        """Keep one event."""
+        self.events.append(record.event)  # type: ignore[attr-defined]
 
     def compiles(self, job_id: str) -> list[dict[str, Any]]:
         """Return the compile stage events of one job (or of "startup")."""
