@@ -207,12 +207,12 @@ def accelerate(pipe: I2VGenXLPipeline, settings: Acceleration) -> list[CompileWa
     if settings.compile:
         unet = CompileWatch("unet", settings.backend, settings.mode, settings.dynamic)
         # Through the pipeline's own setattr, which records the compiled module's class as the original's.
-        pipe.unet = unet.compile(pipe.unet, settings.dynamic)
+        pipe.unet = unet.compile(pipe.unet, settings.dynamic, len(settings.warmup))
         watches.append(unet)
         if settings.compile_vae:
             # The decoder only: decode_latents calls vae.decode, whose post-quantisation conv is one layer.
             vae = CompileWatch("vae", settings.backend, settings.mode, settings.dynamic)
-            pipe.vae.decoder = vae.compile(pipe.vae.decoder, settings.dynamic)
+            pipe.vae.decoder = vae.compile(pipe.vae.decoder, settings.dynamic, len(settings.warmup))
             watches.append(vae)
     return watches
 
