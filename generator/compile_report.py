@@ -63,7 +63,8 @@ class CompileReporter:
             if job is not None:
                 note = (
                     f"waited {timing.duration_s:.0f} s for the {watch.module} to compile for {shape} "
-                    f"({timing.stage.replace('_', ' ')}): a size the warm-up had not compiled; later jobs reuse it"
+                    f"({timing.stage.replace('_', ' ')}): a graph the warm-up had not built (a guard failed); "
+                    "later jobs reuse it"
                 )
                 self.book.update(job, notes=[*job.notes, note])
                 self.save_mega_cache()

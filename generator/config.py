@@ -44,8 +44,8 @@ class GeneratorConfig:
     # Finished jobs (their row and outputs/<id>/) are removed past either limit, oldest first; 0 turns one off.
     retention_days: float = 30.0
     retention_gb: float = 0.0
-    # None: compile the UNet on a GPU, run it eagerly on the CPU (where inductor's C++ build would cost minutes).
-    compile: bool | None = None
+    # Off until GPU figures show that it pays (bench/compile_gpu.py); on, each warm-up size compiles before /ready.
+    compile: bool = False
     compile_mode: str = "default"
     compile_backend: str = "inductor"
     compile_cache: Path | None = None
@@ -57,7 +57,8 @@ class GeneratorConfig:
     def acceleration(self, on_gpu: bool) -> Acceleration:
         """Return how the pipeline runs on a GPU (`on_gpu`) or the CPU; the cache defaults to the state dir."""
         return Acceleration(
-            compile=on_gpu if self.compile is None else self.compile,
+            # On the CPU inductor would build C++ for minutes at each size: compiling is for GPUs.
+            compile=self.compile and on_gpu,
             mode=self.compile_mode,
             backend=self.compile_backend,
             cache_dir=self._compile_cache_dir(),
@@ -199,8 +200,8 @@ SETTINGS: tuple[Setting, ...] = (
         "compile",
         "--compile",
         ("GENERATOR_COMPILE",),
-        "auto",
-        "torch.compile the UNet: `auto` (on with a GPU, off on the CPU), `1` or `0`; `--no-compile` turns it off",
+        "0",
+        "torch.compile the UNet on a GPU (`1`, `--compile`), a static graph per warm-up size; off by default",
     ),
     Setting(
         "compile_mode",

@@ -15,7 +15,7 @@ from PIL import Image
 
 from common.events import STARTUP_JOB_ID, Event
 from common.logs import extra
-from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompileWatch
+from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompileWatch, Shape
 from generator.admission import admit, next_smaller, table_estimate
 from generator.compile_report import CompileReporter
 from generator.events import EventSender, iso, job_state_event
@@ -91,6 +91,9 @@ class Worker:
         self.watches: list[CompileWatch] = []
         self.compiles = CompileReporter([], metrics, book, self._compile_event)
         self._compiled_unet: Any = None
+        # The sizes the warm-up compiled; the compiled UNet runs only at these (static shapes: any other size would
+        # compile inside the job, so it runs eager instead).
+        self.compiled_sizes: set[Shape] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"worker-{self.gpu}", daemon=True)
 
@@ -179,21 +182,23 @@ class Worker:
     def _warm_compiles(self, image: Image.Image) -> None:
         """Compile the UNet for each warm-up size before /ready, one denoising step each, and save the cache.
 
-        A size that does not fit the card is skipped (a job of that size compiles it, and says so): the warm-up
-        must never keep the service from starting.
+        A size that does not fit the card is skipped (jobs of that size run eager): the warm-up must never keep the
+        service from starting.
         """
         shapes = self.acceleration.warmup
         for index, shape in enumerate(shapes, 1):
             self.status = f"compiling the UNet for {shape} ({index} of {len(shapes)})"
             params = JobParams(shape.resolution, shape.num_frames, 1, WARMUP_GUIDANCE, 8, seed=0)
             listener = functools.partial(self.compiles.notice, params=params)
+            self.compiled_sizes.add(shape)
             try:
                 self._call_pipeline(params, image, "warm-up", listener, output="latent")
             except Exception as error:
+                self.compiled_sizes.discard(shape)
                 if not is_out_of_memory(error):
                     raise
                 log.warning(
-                    "compile warm-up at %s skipped: out of memory; a job of that size compiles it",
+                    "compile warm-up at %s skipped: out of memory; jobs of that size run the UNet eager",
                     shape,
                     extra=extra(gpu=self.gpu),
                 )
@@ -211,9 +216,7 @@ class Worker:
     ) -> Any:
         assert self.timer is not None
         if self._compiled_unet is not None:
-            # Without guidance the pipeline sends one batch instead of two: a size-1 batch is its own graph, with
-            # more guards per size, and eager is then about as fast as the compiled batch of two.
-            self.pipe.unet = self._compiled_unet if params.guidance_scale > 1 else self.watches[0].eager
+            self.pipe.unet = self._compiled_unet if self.runs_compiled(params) else self.watches[0].eager
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
@@ -232,6 +235,20 @@ class Worker:
             output_type=output,
         )
         return result.frames[0]
+
+    def runs_compiled(self, params: JobParams) -> bool:
+        """Say whether a job of `params` runs the compiled UNet: a size the warm-up compiled, with guidance.
+
+        Without guidance the pipeline sends one batch instead of two: another static graph, which no job compiles.
+        """
+        shape = Shape(params.resolution, params.num_frames)
+        return self._compiled_unet is not None and params.guidance_scale > 1 and shape in self.compiled_sizes
+
+    def _eager_reason(self, params: JobParams) -> str:
+        if params.guidance_scale <= 1:
+            return "guidance_scale 1: the UNet runs uncompiled (one batch, a graph the warm-up did not compile)"
+        shape = Shape(params.resolution, params.num_frames)
+        return f"the UNet runs uncompiled: {shape} is not among the compiled warm-up sizes (GENERATOR_COMPILE_WARMUP)"
 
     def _memory(self) -> Callable[[], tuple[int, int]] | None:
         if self.device.type != "cuda":
@@ -276,8 +293,8 @@ class Worker:
             return
         if verdict.params != job.effective or verdict.notes:
             self.book.update(job, effective=verdict.params, notes=[*job.notes, *verdict.notes])
-        if self._compiled_unet is not None and job.effective.guidance_scale <= 1:
-            self.book.update(job, notes=[*job.notes, "guidance_scale 1: the UNet runs uncompiled (one batch)"])
+        if self._compiled_unet is not None and not self.runs_compiled(job.effective):
+            self.book.update(job, notes=[*job.notes, self._eager_reason(job.effective)])
         self.job_memory.begin()
         outcome: tuple[str, str | None, str | None] = ("succeeded", None, None)
         frames = None

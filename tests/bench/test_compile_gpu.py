@@ -99,7 +99,7 @@ def test_every_phase_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None
     assert summary["phases"] == {"cold": "complete", "warm": "complete"}
     assert [row["size"] for row in summary["sizes"]] == ["64x64x4", "64x64x8"]
     for row in summary["sizes"]:
-        assert row["eager_step_s"] > 0 and row["compiled_step_s"] > 0 and row["flop_per_step"] > 0
+        assert min(row["eager_step_s"], row["compiled_step_s"], row["flop_per_step"]) > 0
         assert row["unet_outputs_agree"] is True
     assert summary["latents_agree"] is True
     assert summary["warm_start"]["ready_s"] > 0
