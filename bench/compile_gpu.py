@@ -291,6 +291,7 @@ def summarise(result: dict[str, Any], peak_override: float | None) -> dict[str, 
         "latents_agree": agreement.get("compiled_vs_eager", {}).get("agree"),
         "latents_relative_max_diff": agreement.get("compiled_vs_eager", {}).get("relative_max_diff"),
         "eager_rerun_relative_max_diff": agreement.get("eager_vs_eager", {}).get("relative_max_diff"),
+        "graphs_built_during_agreement": agreement.get("graphs_built"),
         "warm_start": {
             "ready_s": warm_start.get("since_spawn_s"),
             "imports_s": warm.get("load", {}).get("imports_s"),

@@ -314,6 +314,7 @@ class Bench:
         torch = self.torch
         steps = self.args.agreement_steps
         latents, seconds = {}, {}
+        graphs_before = self.watch.graphs_total
         runs = (("eager", self.eager_unet), ("eager_again", self.eager_unet), ("compiled", self.compiled_unet))
         for name, unet in runs:
             self.pipe.unet = unet
@@ -327,6 +328,8 @@ class Bench:
             steps=steps,
             seed=7,
             pipeline_s=seconds,
+            # The compiled size through the pipeline's own calls (other timesteps): it must not compile again.
+            graphs_built=self.watch.graphs_total - graphs_before,
             compiled_vs_eager=compare(latents["compiled"], latents["eager"], LATENTS_RELATIVE_TOLERANCE),
             eager_vs_eager=compare(latents["eager_again"], latents["eager"], LATENTS_RELATIVE_TOLERANCE),
             finite=bool(all(torch.isfinite(x).all() for x in latents.values())),
