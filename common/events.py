@@ -10,6 +10,7 @@ from typing import Any
 
 STAGES = (
     "model_load",
+    "compile",
     "warmup",
     "text_encoding",
     "image_encoding",

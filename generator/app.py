@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,7 @@ from common.redact import redact_url
 from common.sizing import LIMITS, RESOLUTIONS, form_defaults
 from common.viewer import session_blueprint, viewer_only
 from generator import eta, progress, rating
+from generator.acceleration import Acceleration, prepare_cache
 from generator.admission import table_estimate
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event, rejection_event
@@ -49,6 +51,7 @@ from generator.validation import (
 from generator.worker import Worker
 
 api = Blueprint("generator", __name__)
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -91,12 +94,14 @@ class Runtime:
         # Admission asks the monitor for estimates learned from measured jobs, else uses the table.
         self.predictor = MonitorPredictor(config.monitor_url, config.host_name) if config.monitor_url else None
         self.workers: list[Worker] = []
+        self.acceleration: Acceleration | None = None  # queue mode: the worker processes' own, in their /health
         if self.fleet is not None:
             return
         device, dtype = pick_device()
         if devices is None:
             count = torch.cuda.device_count() if device.type == "cuda" else 0
             devices = [torch.device("cuda", index) for index in range(count)] or [device]
+        self.acceleration = config.acceleration(on_gpu=devices[0].type == "cuda")
         self.workers = [
             Worker(
                 book=local_book,
@@ -110,6 +115,7 @@ class Runtime:
                 host_name=config.host_name,
                 memory_fraction=config.gpu_memory_fraction,
                 estimate=self.predictor.for_gpu(str(d.index or 0)) if self.predictor else table_estimate,
+                acceleration=self.acceleration,
             )
             for d in devices
         ]
@@ -122,7 +128,11 @@ class Runtime:
             self.events.emit(job_state_event(job, "failed", config.host_name, job.gpu or self.workers[0].gpu))
 
     def start(self) -> None:
-        """Start the workers (each loads and warms its model in the background)."""
+        """Start the workers (each loads, compiles and warms its model in the background)."""
+        if self.acceleration and self.acceleration.compile and self.acceleration.cache_dir is not None:
+            # Before any worker compiles: the caches' folder is process-wide, read when inductor first needs it.
+            loaded = prepare_cache(self.acceleration.cache_dir)
+            log.info("compile cache %s (%d artifacts loaded)", self.acceleration.cache_dir, loaded)
         for worker in self.workers:
             worker.start()
         if self.retention is not None:
@@ -494,7 +504,7 @@ def job_video(job_id: str) -> tuple[Response, int] | Response:
 def health() -> Response:
     """Liveness, with the PID the monitor attributes GPU memory to."""
     rt = runtime()
-    workers = [{"gpu": w.gpu, "ready": w.ready.is_set(), "error": w.load_error} for w in rt.workers]
+    workers = [{"gpu": w.gpu, "ready": w.ready.is_set(), "status": w.status, "error": w.load_error} for w in rt.workers]
     queue: dict[str, Any] = {"mode": "in-process"}
     if rt.fleet is not None:
         queue = {"mode": "celery", "url": redact_url(rt.config.queue_url or "")}
@@ -509,6 +519,7 @@ def health() -> Response:
         host=rt.config.host_name,
         model=rt.config.model,
         workers=workers,
+        acceleration=rt.acceleration.describe() if rt.acceleration else None,
         queue=queue,
         queue_pending=sum(n for n, _ in rt.depths().values()) if "error" not in queue else None,
         events_spooled=rt.events.pending(),
@@ -518,7 +529,11 @@ def health() -> Response:
 
 @api.get("/ready")
 def ready() -> tuple[Response, int]:
-    """200 once every worker's model is loaded and warmed (queue mode: once Redis answers), else 503 and why."""
+    """200 once every worker's model is loaded, compiled and warmed (queue mode: once Redis answers), else 503 and why.
+
+    Compiling for the warm-up sizes happens here, before ready: a job taken earlier would wait for the compile
+    (minutes on a cold cache) or race it for the GPU. Jobs submitted meanwhile are queued and run once ready.
+    """
     rt = runtime()
     if rt.fleet is not None:
         try:
@@ -530,7 +545,8 @@ def ready() -> tuple[Response, int]:
     if all(worker.ready.is_set() for worker in workers):
         return jsonify(ready=True), 200
     errors = [worker.load_error for worker in workers if worker.load_error]
-    return jsonify(ready=False, reason=errors[0] if errors else "model loading and warming up"), 503
+    waiting = [worker.status for worker in workers if not worker.ready.is_set()]
+    return jsonify(ready=False, reason=errors[0] if errors else waiting[0]), 503
 
 
 @api.get("/metrics")

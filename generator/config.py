@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.settings import Setting, env_value
 from common.version import version_line
+from generator.acceleration import DEFAULT_WARMUP, Acceleration, parse_shapes
 
 MiB = 1024 * 1024
 
@@ -43,6 +44,35 @@ class GeneratorConfig:
     # Finished jobs (their row and outputs/<id>/) are removed past either limit, oldest first; 0 turns one off.
     retention_days: float = 30.0
     retention_gb: float = 0.0
+    # Off until GPU figures show that it pays (bench/compile_gpu.py); on, each warm-up size compiles before /ready.
+    compile: bool = False
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
+    compile_cache: Path | None = None
+    compile_warmup: str = DEFAULT_WARMUP
+    compile_vae: bool = False
+    attention: str = "auto"
+    channels_last: bool = False
+
+    def acceleration(self, on_gpu: bool) -> Acceleration:
+        """Return how the pipeline runs on a GPU (`on_gpu`) or the CPU; the cache defaults to the state dir."""
+        return Acceleration(
+            # On the CPU inductor would build C++ for minutes at each size: compiling is for GPUs.
+            compile=self.compile and on_gpu,
+            mode=self.compile_mode,
+            backend=self.compile_backend,
+            cache_dir=self._compile_cache_dir(),
+            warmup=parse_shapes(self.compile_warmup),
+            compile_vae=self.compile_vae,
+            attention=self.attention,
+            channels_last=self.channels_last,
+        )
+
+    def _compile_cache_dir(self) -> Path:
+        # torch's cache keys leave out the attention kernel chosen when a graph was traced: a graph cached under
+        # one choice would be reused under another, so each choice but the default has its own folder.
+        base = self.compile_cache or self.state_dir / "compile-cache"
+        return base if self.attention == "auto" else base / f"attention-{self.attention}"
 
     @property
     def retention_max_age_s(self) -> float | None:
@@ -81,6 +111,7 @@ class GeneratorConfig:
             )
         if self.monitor_url and not self.monitor_url.startswith(("http://", "https://")):
             raise ValueError(f"--monitor-url must start with http:// or https://, got {self.monitor_url!r}")
+        self.acceleration(on_gpu=True).validate()
         if self.host not in ("127.0.0.1", "localhost", "::1"):
             tokens = [("I2V_ADMIN_TOKEN", self.admin_token)]
             if serves_jobs:
@@ -109,15 +140,16 @@ class GeneratorConfig:
         for setting in SETTINGS:
             if setting.flag is not None:
                 kind = str(types[setting.field])
+                described = f"{setting.help} (env {setting.env[0]}; default {setting.default})"
+                if "bool" in kind:  # --compile / --no-compile
+                    parser.add_argument(
+                        setting.flag, dest=setting.field, action=argparse.BooleanOptionalAction, help=described
+                    )
+                    continue
                 parse: Callable[[str], object] = (
                     int if kind == "int" else float if kind == "float" else Path if "Path" in kind else str
                 )
-                parser.add_argument(
-                    setting.flag,
-                    dest=setting.field,
-                    type=parse,
-                    help=f"{setting.help} (env {setting.env[0]}; default {setting.default})",
-                )
+                parser.add_argument(setting.flag, dest=setting.field, type=parse, help=described)
         args = parser.parse_args(argv)
         overrides.update({k: v for k, v in vars(args).items() if v is not None})
         return replace(cls(), **overrides)  # type: ignore[arg-type]
@@ -164,6 +196,50 @@ SETTINGS: tuple[Setting, ...] = (
         "600",
         "seconds a job waits below high priority before it is served as high",
     ),
+    Setting(
+        "compile",
+        "--compile",
+        ("GENERATOR_COMPILE",),
+        "0",
+        "torch.compile the UNet on a GPU (`1`, `--compile`), a static graph per warm-up size; off by default",
+    ),
+    Setting(
+        "compile_mode",
+        "--compile-mode",
+        ("GENERATOR_COMPILE_MODE",),
+        "default",
+        "`default`, `reduce-overhead` (CUDA graphs), `max-autotune-no-cudagraphs` or `max-autotune`",
+    ),
+    Setting(
+        "compile_backend",
+        None,
+        ("GENERATOR_COMPILE_BACKEND",),
+        "inductor",
+        "`inductor`; `eager` or `aot_eager` run dynamo without generating code (tests, debugging)",
+    ),
+    Setting(
+        "compile_cache",
+        "--compile-cache",
+        ("GENERATOR_COMPILE_CACHE",),
+        "`<state dir>/compile-cache`",
+        "torch.compile's caches and the Mega-Cache file (a subfolder per non-default attention kernel)",
+    ),
+    Setting(
+        "compile_warmup",
+        "--compile-warmup",
+        ("GENERATOR_COMPILE_WARMUP",),
+        DEFAULT_WARMUP,
+        "sizes (resolution x frames) compiled before `/ready`, one denoising step each",
+    ),
+    Setting("compile_vae", None, ("GENERATOR_COMPILE_VAE",), "0", "compile the VAE's decoder too (`1`)"),
+    Setting(
+        "attention",
+        None,
+        ("GENERATOR_ATTENTION",),
+        "auto",
+        "attention kernel tried first: `auto`, `flash`, `efficient`, `cudnn` or `math`",
+    ),
+    Setting("channels_last", None, ("GENERATOR_CHANNELS_LAST",), "0", "channels-last (NHWC) convolution weights (`1`)"),
     Setting("host_name", None, ("I2V_HOST_NAME",), "this machine's name", "the `host` tag of events and metrics"),
     Setting(
         "admin_token",
@@ -208,8 +284,19 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _convert(kind: object, value: str, variable: str) -> object:
     text = str(kind)
+    if "bool" in text:
+        if "None" in text and value.lower() == "auto":
+            return None
+        if value.lower() not in _TRUE + _FALSE:
+            choices = ("auto", *_TRUE, *_FALSE) if "None" in text else _TRUE + _FALSE
+            raise ValueError(f"{variable} must be one of {', '.join(choices)}, got {value!r}")
+        return value.lower() in _TRUE
     try:
         if "float" in text:
             return float(value)

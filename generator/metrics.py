@@ -71,11 +71,24 @@ class GeneratorMetrics:
             "The event spool's share of its bound in use (0-1); at 1 its oldest events are dropped.",
             registry=r,
         )
+        # One per stage in which a compiled module built graphs: phase "warmup" before /ready (expected), "job"
+        # when a job waited (a size the warm-up did not cover, or a guard that keeps failing: the alert's input).
+        self.compiles = Counter(
+            "i2v_compiles",
+            "torch.compile compiles of a model module, by module and phase (warmup before ready, or job).",
+            ["module", "phase"],
+            registry=r,
+        )
 
     def reject(self, http_status: int) -> None:
         """Count a refused submission in i2v_requests_total{status="rejected"} and by its reason."""
         self.requests.labels("rejected").inc()
         self.rejected.labels(REJECTION_REASONS.get(http_status, "invalid_input")).inc()
+
+    def expect_compiles(self, module: str) -> None:
+        """Export `module`'s compile counters at 0 before the first compile, so increase() sees the first one."""
+        for phase in ("warmup", "job"):
+            self.compiles.labels(module, phase)
 
     def watch_events(self, sender: EventFigures) -> None:
         """Export the event sender's losses, refusals and failed attempts, read at each scrape."""

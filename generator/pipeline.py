@@ -26,6 +26,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
+from generator.acceleration import Acceleration, CompileWatch, to_channels_last, use_attention
 from generator.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,30 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, cache_di
         pipe = I2VGenXLPipeline.from_pretrained(path, local_files_only=True, torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def accelerate(pipe: I2VGenXLPipeline, settings: Acceleration) -> list[CompileWatch]:
+    """Apply `settings` to a loaded pipeline: attention kernel, channels-last weights, compiled UNet (and VAE).
+
+    Compiling is lazy: each module compiles on its first call at a new size class, inside whichever stage calls
+    it. Returns one watch per compiled module, in the order UNet, VAE decoder.
+    """
+    use_attention(settings.attention)
+    if settings.channels_last:
+        to_channels_last(pipe.unet)
+        to_channels_last(pipe.vae)
+    watches = []
+    if settings.compile:
+        unet = CompileWatch("unet", settings.backend, settings.mode, settings.dynamic)
+        # Through the pipeline's own setattr, which records the compiled module's class as the original's.
+        pipe.unet = unet.compile(pipe.unet, settings.dynamic, len(settings.warmup))
+        watches.append(unet)
+        if settings.compile_vae:
+            # The decoder only: decode_latents calls vae.decode, whose post-quantisation conv is one layer.
+            vae = CompileWatch("vae", settings.backend, settings.mode, settings.dynamic)
+            pipe.vae.decoder = vae.compile(pipe.vae.decoder, settings.dynamic, len(settings.warmup))
+            watches.append(vae)
+    return watches
 
 
 def save_pipeline(pipe: Any, path: Path) -> None:

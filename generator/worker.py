@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -14,12 +15,14 @@ from PIL import Image
 
 from common.events import STARTUP_JOB_ID, Event
 from common.logs import extra
+from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompileWatch, Shape
 from generator.admission import admit, next_smaller, table_estimate
+from generator.compile_report import CompileReporter
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
 from generator.peak_memory import JobMemory, PeakMemory
-from generator.pipeline import load_pipeline, parameter_counts
+from generator.pipeline import accelerate, load_pipeline, parameter_counts
 from generator.stages import JobCancelled, StageTimer, StageTiming
 from generator.validation import JobParams
 from generator.video import write_mp4
@@ -84,6 +87,7 @@ class Worker:
         estimate: Callable[[JobParams], int] = table_estimate,
         memory_fraction: float | None = None,
         job_memory: JobMemory | None = None,
+        acceleration: Acceleration | None = None,
     ) -> None:
         self.book, self.events, self.metrics = book, events, metrics
         self.model, self.device, self.dtype = model, device, dtype
@@ -91,6 +95,7 @@ class Worker:
         self.estimate = estimate
         self.memory_fraction = memory_fraction
         self.job_memory = job_memory or JobMemory(device)
+        self.acceleration = acceleration or Acceleration()
         self.gpu = str(device.index or 0) if device.type == "cuda" else "cpu"
         # The card's name and NVML-style UUID, read when the model loads (None on a CPU): the fleet's view.
         self.gpu_name: str | None = None
@@ -98,8 +103,16 @@ class Worker:
         self.current_job_id: str | None = None  # the job this worker runs now, for the fleet's view
         self.ready = threading.Event()
         self.load_error: str | None = None
+        # What /ready says while this worker is not ready (read by the HTTP threads; a str swap is atomic).
+        self.status = "starting"
         self.pipe: Any = None
         self.timer: StageTimer | None = None
+        self.watches: list[CompileWatch] = []
+        self.compiles = CompileReporter([], metrics, book, self._compile_event)
+        self._compiled_unet: Any = None
+        # The sizes the warm-up compiled; the compiled UNet runs only at these (static shapes: any other size would
+        # compile inside the job, so it runs eager instead).
+        self.compiled_sizes: set[Shape] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"worker-{self.gpu}", daemon=True)
 
@@ -151,6 +164,7 @@ class Worker:
             torch.cuda.set_per_process_memory_fraction(self.memory_fraction, self.device)
         self.gpu_name, self.gpu_uuid = device_identity(self.device)
         started = time.time()
+        self.status = f"loading the {self.model} model"
         self.pipe = load_pipeline(self.model, self.device, self.dtype, self.cache_dir)
         self._synchronize()
         self._stage_event(STARTUP_JOB_ID, StageTiming("model_load", started, time.time() - started), WARMUP)
@@ -161,13 +175,55 @@ class Worker:
             parameter_counts(self.pipe),
             extra=extra(gpu=self.gpu),
         )
+        self.watches = accelerate(self.pipe, self.acceleration)
+        self._compiled_unet = self.pipe.unet if self.watches else None
+        inductor = self.acceleration.backend == "inductor"
+        mega_cache = self.acceleration.cache_dir if inductor else None
+        self.compiles = CompileReporter(
+            self.watches,
+            self.metrics,
+            self.book,
+            self._compile_event,
+            mega_cache,
+        )
         self.timer = StageTimer(self.pipe, self._synchronize)
+        image = Image.new("RGB", (256, 256), (128, 128, 128))
+        if self.watches:
+            self._warm_compiles(image)
+        self.status = "warming up"
         started = time.time()
-        self._call_pipeline(WARMUP, Image.new("RGB", (256, 256), (128, 128, 128)), "warm-up", lambda _: None)
+        self._call_pipeline(WARMUP, image, "warm-up", lambda timing: self.compiles.notice(timing, WARMUP))
         self._stage_event(STARTUP_JOB_ID, StageTiming("warmup", started, time.time() - started), WARMUP)
         self.job_memory.release()  # the first job starts from the weights alone, as every later one does
+        self.status = "ready"
         self.metrics.ready.set(1)
         self.ready.set()
+
+    def _warm_compiles(self, image: Image.Image) -> None:
+        """Compile the UNet for each warm-up size before /ready, one denoising step each, and save the cache.
+
+        A size that does not fit the card is skipped (jobs of that size run eager): the warm-up must never keep the
+        service from starting.
+        """
+        shapes = self.acceleration.warmup
+        for index, shape in enumerate(shapes, 1):
+            self.status = f"compiling the UNet for {shape} ({index} of {len(shapes)})"
+            params = JobParams(shape.resolution, shape.num_frames, 1, WARMUP_GUIDANCE, 8, seed=0)
+            listener = functools.partial(self.compiles.notice, params=params)
+            self.compiled_sizes.add(shape)
+            try:
+                self._call_pipeline(params, image, "warm-up", listener, output="latent")
+            except Exception as error:
+                self.compiled_sizes.discard(shape)
+                if not is_out_of_memory(error):
+                    raise
+                log.warning(
+                    "compile warm-up at %s skipped: out of memory; jobs of that size run the UNet eager",
+                    shape,
+                    extra=extra(gpu=self.gpu),
+                )
+            self.job_memory.release()
+        self.compiles.save_mega_cache()
 
     def _call_pipeline(
         self,
@@ -176,12 +232,15 @@ class Worker:
         prompt: str,
         listener: Callable[[StageTiming], None],
         cancelled: Callable[[], bool] = lambda: False,
+        output: str = "np",
     ) -> Any:
         assert self.timer is not None
+        if self._compiled_unet is not None:
+            self.pipe.unet = self._compiled_unet if self.runs_compiled(params) else self.watches[0].eager
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(params.seed)
-        output = self.timer.run(
+        result = self.timer.run(
             listener,
             cancelled,
             prompt=prompt,
@@ -193,9 +252,23 @@ class Worker:
             guidance_scale=params.guidance_scale,
             target_fps=params.fps,
             generator=generator,
-            output_type="np",
+            output_type=output,
         )
-        return output.frames[0]
+        return result.frames[0]
+
+    def runs_compiled(self, params: JobParams) -> bool:
+        """Say whether a job of `params` runs the compiled UNet: a size the warm-up compiled, with guidance.
+
+        Without guidance the pipeline sends one batch instead of two: another static graph, which no job compiles.
+        """
+        shape = Shape(params.resolution, params.num_frames)
+        return self._compiled_unet is not None and params.guidance_scale > 1 and shape in self.compiled_sizes
+
+    def _eager_reason(self, params: JobParams) -> str:
+        if params.guidance_scale <= 1:
+            return "guidance_scale 1: the UNet runs uncompiled (one batch, a graph the warm-up did not compile)"
+        shape = Shape(params.resolution, params.num_frames)
+        return f"the UNet runs uncompiled: {shape} is not among the compiled warm-up sizes (GENERATOR_COMPILE_WARMUP)"
 
     def _memory(self) -> Callable[[], tuple[int, int]] | None:
         if self.device.type != "cuda":
@@ -242,6 +315,8 @@ class Worker:
             return
         if verdict.params != job.effective or verdict.notes:
             self.book.update(job, effective=verdict.params, notes=[*job.notes, *verdict.notes])
+        if self._compiled_unet is not None and not self.runs_compiled(job.effective):
+            self.book.update(job, notes=[*job.notes, self._eager_reason(job.effective)])
         self.job_memory.begin()
         outcome: tuple[str, str | None, str | None] = ("succeeded", None, None)
         frames = None
@@ -290,6 +365,10 @@ class Worker:
             self.book.update(job, stage_durations_s=durations)
         self.metrics.stage_duration.labels(timing.stage).observe(timing.duration_s)
         self._stage_event(job.job_id, timing, job.effective, job)
+        self.compiles.notice(timing, job.effective, job)
+
+    def _compile_event(self, timing: StageTiming, params: JobParams, job: Job | None) -> None:
+        self._stage_event(job.job_id if job else STARTUP_JOB_ID, timing, params, job)
 
     def _stage_event(self, job_id: str, timing: StageTiming, params: JobParams, job: Job | None = None) -> None:
         peak = self.job_memory.peak() if timing.stage in ("denoising", "decode_video") else None

@@ -19,6 +19,7 @@ chromium chromium
 prometheus-alertmanager prometheus-alertmanager
 docker-compose docker-compose
 redis-server redis-server
+g++ g++
 "
 
 missing=""

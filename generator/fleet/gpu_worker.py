@@ -31,6 +31,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from waitress.server import create_server
 
 from common.events import FINAL_STATES
+from generator.acceleration import prepare_cache
 from generator.admission import GiB, admit, next_smaller
 from generator.config import GeneratorConfig
 from generator.events import EventSender
@@ -296,7 +297,8 @@ def health_app(worker: QueueWorker, metrics: GeneratorMetrics, events: EventSend
     def health() -> Response:
         return jsonify(
             status="ok", pid=os.getpid(), name=worker.name, host=worker.host_name, gpu=worker.gpu,
-            ready=worker.ready.is_set(), error=worker.load_error, job_id=worker.current[0] if worker.current else None,
+            ready=worker.ready.is_set(), progress=worker.status, error=worker.load_error,
+            job_id=worker.current[0] if worker.current else None, acceleration=worker.acceleration.describe(),
             events_spooled=events.pending(),
         )  # fmt: skip
 
@@ -304,7 +306,7 @@ def health_app(worker: QueueWorker, metrics: GeneratorMetrics, events: EventSend
     def ready() -> tuple[Response, int]:
         if worker.ready.is_set():
             return jsonify(ready=True), 200
-        return jsonify(ready=False, reason=worker.load_error or "model loading and warming up"), 503
+        return jsonify(ready=False, reason=worker.load_error or worker.status), 503
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -333,6 +335,10 @@ def run_worker(config: GeneratorConfig) -> int:
     store = RedisJobStore(redis_client(config.queue_url, timeout_s=5.0))
     celery = make_celery(config.queue_url, config.visibility_timeout_s)
     predictor = MonitorPredictor(config.monitor_url, config.host_name) if config.monitor_url else None
+    acceleration = config.acceleration(on_gpu=device.type == "cuda")
+    if acceleration.compile and acceleration.cache_dir is not None:
+        # Before the first compile: the caches' folder is process-wide, read when inductor first needs it.
+        prepare_cache(acceleration.cache_dir)
     worker = QueueWorker(
         store=store,
         celery=celery,
@@ -347,6 +353,7 @@ def run_worker(config: GeneratorConfig) -> int:
         cache_dir=config.state_dir / "cache",
         host_name=config.host_name,
         memory_fraction=config.gpu_memory_fraction,
+        acceleration=acceleration,
         **({"estimate": predictor.for_gpu(gpu)} if predictor else {}),
     )
     server = create_server(health_app(worker, metrics, events), host=config.host, port=config.port, threads=2)

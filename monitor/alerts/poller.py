@@ -4,7 +4,8 @@ Windowed values follow PromQL: the error ratio is increase(failed) / increase(al
 p95 is histogram_quantile(0.95, increase(buckets)) with linear interpolation inside the bucket. A counter that
 goes down (the generator restarted) is a reset, as in PromQL's increase(): its new value counts as an increase
 from zero, so the jobs a crash lost, which the restarted generator counts as failed, reach the error ratio.
-The window survives a monitor restart through `to_state()` / `restore()`.
+Compiles inside jobs are increase(i2v_compiles_total{phase="job"}) over an hour, with resets treated alike.
+The windows survive a monitor restart through `to_state()` / `restore()`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 ERROR_STATUSES = ("failed", "error", "oom")
 REJECTED_STATUS = "rejected"
 MIN_SUBMISSIONS = 10  # below this many submissions in the window the rejection ratio reads 0: too few to judge
+COMPILE_WINDOW_S = 3600.0
 
 
 @dataclass
@@ -129,6 +131,8 @@ class GeneratorPoller:
         self._clock = clock
         self._scrapes: deque[_Scrape] = deque()
         self._counters = _Monotonic()
+        # (time, compiles inside jobs so far, made monotonic): an hour of them, apart from the 5-minute scrapes.
+        self._job_compiles: deque[tuple[float, float]] = deque()
         self._lock = threading.Lock()
         self._failing = False
         self.rejections: dict[str, float] = {}  # rejected submissions by reason over the window
@@ -139,6 +143,7 @@ class GeneratorPoller:
             return {
                 "scrapes": [scrape.to_dict() for scrape in self._scrapes],
                 "counters": self._counters.to_dict(),
+                "job_compiles": [list(point) for point in self._job_compiles],
             }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -146,11 +151,12 @@ class GeneratorPoller:
         try:
             scrapes = deque(_Scrape.from_dict(item) for item in state.get("scrapes", []))
             counters = _Monotonic.from_dict(state.get("counters", {}))
+            job_compiles = deque((float(at), float(total)) for at, total in state.get("job_compiles", []))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("the saved scrape window is unreadable (%s): starting a new one", exc)
             return
         with self._lock:
-            self._scrapes, self._counters = scrapes, counters
+            self._scrapes, self._counters, self._job_compiles = scrapes, counters, job_compiles
 
     def poll(self) -> dict[str, float | None]:
         """Return generator_up, consecutive_ooms, queue_pending, the event spool's fill and the windowed values."""
@@ -163,6 +169,7 @@ class GeneratorPoller:
                 "rejection_ratio_5m",
                 "events_lost_5m",
                 "event_spool_fill_ratio",
+                "job_compiles_1h",
             )
         )
         values["generator_up"] = 1.0 if self._healthy() else 0.0
@@ -183,6 +190,7 @@ class GeneratorPoller:
             log.info("scraping %s/metrics works again", self.base_url)
         self._failing = False
         raw = _Scrape(at=self._clock())
+        job_compiles: float | None = None
         for family in families:
             for sample in family.samples:
                 if sample.name == "i2v_consecutive_oom_failures":
@@ -203,10 +211,13 @@ class GeneratorPoller:
                     raw.events_dropped = (raw.events_dropped or 0.0) + sample.value
                 elif sample.name == "i2v_events_spool_fill_ratio":
                     values["event_spool_fill_ratio"] = max(values["event_spool_fill_ratio"] or 0.0, sample.value)
+                elif sample.name == "i2v_compiles_total" and sample.labels.get("phase") == "job":
+                    job_compiles = (job_compiles or 0.0) + sample.value
         with self._lock:  # to_state() may read the window from another thread (the restart action saving it)
             scrape = self._monotonic(raw)
             self._remember(scrape)
             windowed = self._windowed(scrape)
+            values["job_compiles_1h"] = self._compiles_in_window(scrape.at, job_compiles)
         values["error_ratio_5m"], values["request_p95_s"], values["rejection_ratio_5m"], values["events_lost_5m"] = (
             windowed
         )
@@ -221,6 +232,18 @@ class GeneratorPoller:
             rejected_by_reason={k: adjust(f"reason:{k}", v) for k, v in raw.rejected_by_reason.items()},
             events_dropped=None if raw.events_dropped is None else adjust("events_dropped", raw.events_dropped),
         )
+
+    def _compiles_in_window(self, at: float, raw: float | None) -> float | None:
+        """Return the compiles inside jobs over the last hour; None until two scrapes, or without compiling."""
+        if raw is None:  # the generator runs eagerly (or predates compiling): nothing to count
+            self._job_compiles.clear()
+            return None
+        self._job_compiles.append((at, self._counters.adjust("job_compiles", raw)))
+        while len(self._job_compiles) > 2 and self._job_compiles[1][0] <= at - COMPILE_WINDOW_S:
+            self._job_compiles.popleft()
+        if len(self._job_compiles) < 2:
+            return None
+        return self._job_compiles[-1][1] - self._job_compiles[0][1]
 
     def _healthy(self) -> bool:
         try:

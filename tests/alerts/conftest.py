@@ -143,7 +143,22 @@ class FakeGenerator(_Server):
         )
         self.queue = Gauge("i2v_queue_pending", "", registry=self.registry)
         self.ooms = Gauge("i2v_consecutive_oom_failures", "", registry=self.registry)
+        self._compiles: Counter | None = None
         super().__init__()
+
+    def compiles(self) -> Counter:
+        """Start exporting i2v_compiles_total{module, phase}, as a generator with a compiled UNet does."""
+        if self._compiles is None:
+            self._compiles = Counter("i2v_compiles", "", ["module", "phase"], registry=self.registry)
+            self._compiles.labels("unet", "job")
+        return self._compiles
+
+    def restart_compiles(self) -> None:
+        """Start the compile counters from zero again, as a restarted generator does."""
+        if self._compiles is not None:
+            self.registry.unregister(self._compiles)
+        self._compiles = None
+        self.compiles()
 
     def handle(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
         url = urlparse(path)

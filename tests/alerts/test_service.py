@@ -63,6 +63,7 @@ def test_the_poller_reads_the_generator_metrics_like_promql(clock: FakeClock, fa
         "rejection_ratio_5m": None,
         "events_lost_5m": None,
         "event_spool_fill_ratio": None,
+        "job_compiles_1h": None,
     }
     for _ in range(9):
         fake_generator.requests.labels("succeeded").inc()
@@ -80,6 +81,29 @@ def test_the_poller_reads_the_generator_metrics_like_promql(clock: FakeClock, fa
     assert poller.poll()["error_ratio_5m"] == 0.0
     fake_generator.healthy = False
     assert poller.poll()["generator_up"] == 0.0
+
+
+def test_the_poller_counts_compiles_inside_jobs_over_the_last_hour(
+    clock: FakeClock, fake_generator: FakeGenerator
+) -> None:
+    poller = GeneratorPoller(fake_generator.url, clock=clock)
+    assert poller.poll()["job_compiles_1h"] is None  # eager: the generator exports no compile counter
+    compiles = fake_generator.compiles()
+    compiles.labels("unet", "warmup").inc(2)
+    assert poller.poll()["job_compiles_1h"] is None  # one scrape: no window yet
+    clock.advance(60)
+    compiles.labels("unet", "job").inc()
+    compiles.labels("vae", "job").inc()
+    assert poller.poll()["job_compiles_1h"] == 2.0  # warm-up compiles never count
+    clock.advance(1800)
+    compiles.labels("unet", "job").inc()
+    assert poller.poll()["job_compiles_1h"] == 3.0
+    clock.advance(1800)
+    assert poller.poll()["job_compiles_1h"] == 1.0  # the first two left the hour
+    fake_generator.restart_compiles()
+    assert poller.poll()["job_compiles_1h"] == 1.0  # a restart's counter starts at 0 again: a reset, as in PromQL
+    fake_generator.compiles().labels("unet", "job").inc()
+    assert poller.poll()["job_compiles_1h"] == 2.0  # the new process's compile counts on top
 
 
 def test_a_dead_generator_reads_as_down_with_unknown_values(clock: FakeClock) -> None:

@@ -159,6 +159,11 @@ def test_the_generator_container_runs_python_m_generator_with_a_config_it_accept
     assert (config.host, config.port, config.monitor_url) == ("0.0.0.0", 7860, "http://monitor:7861")
     assert config.host_name == "gpu-host-1"
     assert f":{config.port}/health" in " ".join(service["healthcheck"]["test"])
+    # Compiling is off unless turned on; its caches live on their own volume, so a restart or a new container
+    # reuses the kernels once it is.
+    acceleration = config.acceleration(on_gpu=True)
+    assert not acceleration.compile
+    assert f"compile-cache:{acceleration.cache_dir}" in [_volume(v) for v in service["volumes"]]
     assert config.viewer_token == environ["I2V_VIEWER_TOKEN"]
     # Binding 0.0.0.0 is refused without either token: that is why compose requires them.
     for token in ("I2V_ADMIN_TOKEN", "I2V_VIEWER_TOKEN"):

@@ -1,0 +1,76 @@
+"""The compile cost is paid once: a new process on an empty cache folder holding only the Mega-Cache file reuses the
+first process's kernels instead of compiling them.
+
+Inductor for real (its C++ build of one small CPU kernel), on a two-layer module, in two fresh processes: a compile
+inside this one would hit its own in-memory caches and prove nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+COMPILE_ONCE = """
+import json, sys
+from pathlib import Path
+
+import torch
+from torch._dynamo.utils import counters
+
+from generator.acceleration import CompileWatch, prepare_cache, save_cache
+
+cache = Path(sys.argv[1])
+loaded = prepare_cache(cache)
+watch = CompileWatch("mlp", "inductor", "default", dynamic=True)
+model = watch.compile(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()), dynamic=True)
+with torch.no_grad():
+    model(torch.randn(4, 8))
+    model(torch.randn(6, 8))  # another batch size: the same dynamic graph
+print(json.dumps({
+    "loaded": loaded,
+    "graphs": watch.graphs_total,
+    "inductor": dict(counters["inductor"]),
+    "mega_cache_bytes": save_cache(cache),
+}))
+"""
+
+
+def compile_in_a_new_process(cache: Path) -> dict:
+    if shutil.which("g++") is None:
+        pytest.fail("g++ is missing (inductor builds CPU kernels with it): run scripts/install-system-deps.sh")
+    completed = subprocess.run(
+        [sys.executable, "-c", COMPILE_ONCE, str(cache)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
+def test_a_new_host_with_only_the_mega_cache_file_compiles_nothing(tmp_path: Path) -> None:
+    first = compile_in_a_new_process(tmp_path / "first")
+
+    assert first["loaded"] == 0
+    assert first["graphs"] == 1
+    assert first["inductor"].get("fxgraph_cache_miss", 0) == 1
+    assert first["mega_cache_bytes"] > 0
+
+    new_host = tmp_path / "new-host"
+    new_host.mkdir()
+    shutil.copy(tmp_path / "first" / "mega-cache.bin", new_host / "mega-cache.bin")
+    second = compile_in_a_new_process(new_host)
+
+    assert second["loaded"] > 0
+    assert second["graphs"] == 1  # dynamo still traces: the kernels are what the cache saves
+    assert second["inductor"].get("fxgraph_cache_hit", 0) == 1
+    assert second["inductor"].get("fxgraph_cache_miss", 0) == 0
