@@ -297,7 +297,7 @@ SETTINGS: tuple[Setting, ...] = (
         "--quality-max-wait",
         ("MONITOR_QUALITY_MAX_WAIT",),
         "300",
-        "seconds a clip waits for a gap between jobs before it is scored on the CPU",
+        "seconds a clip waits for a gap between jobs before it is scored beside the running job (one per job ending)",
     ),
     Setting(
         "quality_startup_quiet_s",

@@ -68,6 +68,12 @@ _JOB_FIXED = {
     "total_s": Column("total_s", "s", "finished_at - submitted_at: what the user waited"),
     "denoising_steps": Column("denoising_steps", "steps", "denoising steps that ran", "it never denoised"),
     "mean_step_s": Column("mean_step_s", "s", "mean time of one denoising step", "it never denoised"),
+    "median_step_s": Column(
+        "median_step_s",
+        "s",
+        "median time of one denoising step: the first step's one-off warm-up at a size new to the generator left out",
+        "it never denoised",
+    ),
     "peak_memory_bytes": Column(
         "peak_memory_bytes",
         "bytes",

@@ -9,8 +9,8 @@ writes one point:
   same point); fields: `job_id`, `submitted_at_us`/`started_at_us` (epoch µs), `queued_s`, `run_s`
   (running → end: the generation time), `total_s`, the effective parameters (`resolution`, `num_frames`,
   `steps`, `guidance_scale`, `fps`, `seed`) and the requested ones (`requested_*`, equal when nothing was
-  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, the job's peak memory
-  three ways (below), `prompt`, `error`, `suggestion`, `video_path`, `notes` (admission's, a line each),
+  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, `median_step_s`, the job's
+  peak memory three ways (below), `prompt`, `error`, `suggestion`, `video_path`, `notes` (admission's, a line each),
   `gpu_seconds` (run_s on a GPU: the GPU time the job held; blank on a CPU), and `complete` (false when some of
   the job's events were not seen, e.g. it began before this monitor started and the store could not supply
   them). `energy_j` is added once the GPU's energy counter has a reading after the job's end
@@ -78,6 +78,7 @@ FIELD_TYPES: dict[str, str] = {
     **{f"{stage}_s": "float" for stage in STAGES},
     "denoising_steps": "int",
     "mean_step_s": "float",
+    "median_step_s": "float",
     "peak_memory_bytes": "int",
     "peak_memory_allocated_bytes": "int",
     "nvml_peak_memory_bytes": "int",
@@ -124,6 +125,7 @@ def summary_point(
         **{f"{stage}_s": stages[stage]["duration_s"] if stage in stages else None for stage in STAGES},
         "denoising_steps": denoising.get("steps"),
         "mean_step_s": denoising.get("mean_step_s"),
+        "median_step_s": denoising.get("median_step_s"),
         "peak_memory_bytes": summary["peak_memory_bytes"],
         "peak_memory_allocated_bytes": summary["peak_memory_allocated_bytes"],
         "nvml_peak_memory_bytes": nvml_peak_bytes,
@@ -150,7 +152,11 @@ def _stages(fields: Mapping[str, FieldValue]) -> dict[str, dict[str, Any]]:
         if seconds is not None:
             stages[stage] = {"duration_s": seconds, "count": 1}  # the generator reports each stage once
     if "denoising" in stages and fields.get("denoising_steps") is not None:
-        stages["denoising"].update(steps=fields["denoising_steps"], mean_step_s=fields.get("mean_step_s"))
+        stages["denoising"].update(
+            steps=fields["denoising_steps"],
+            mean_step_s=fields.get("mean_step_s"),
+            median_step_s=fields.get("median_step_s"),
+        )
     return stages
 
 

@@ -1,9 +1,11 @@
 """One GPU model's laws: peak memory and generation time fitted to its succeeded jobs, and their held-out error.
 
 A job teaches memory when it reports its peak (`peak_memory_bytes`: torch's reserved peak for that job alone,
-what the card had to give it), and time when it reports its denoising steps: the mean step time teaches the
+what the card had to give it), and time when it reports its denoising steps: the median step time teaches the
 per-step law and the rest of its run (running to end, less the steps) the law of what happens outside the loop
-(see monitor/analysis/scaling.py). Generation time = outside + steps x per step.
+(see monitor/analysis/scaling.py). Generation time = outside + steps x per step. The first step at a size new
+to the generator's process carries a one-off warm-up (0.4-0.8 s on an H200), which lands in the outside part: a
+mean step would spread it over the steps and bend the per-step law most for short jobs (16% off at 256p/28/22).
 
 Held-out error: what the laws would have predicted for the jobs of each size had they not seen that size (leave
 one size out: every job of one (resolution, frames) taken out of the fit at once, for each size in turn), against
@@ -32,7 +34,7 @@ class Observation:
     shape: JobShape
     peak_memory_bytes: int | None
     run_s: float | None
-    step_s: float | None = None  # mean seconds per denoising step, when every step ran
+    step_s: float | None = None  # seconds per denoising step (the median step), when every step ran
 
     @property
     def outside_s(self) -> float | None:

@@ -111,8 +111,10 @@ def observation(point: Point, gpu_model: str = "") -> Observation | None:
         return None
     guidance = f.get("guidance_scale")
     shape = JobShape(resolution, frames, steps, float(guidance) if isinstance(guidance, int | float) else 9.0)
-    peak, run_s, step_s = f.get("peak_memory_bytes"), f.get("run_s"), f.get("mean_step_s")
-    every_step = f.get("denoising_steps") == steps  # a mean over some steps is fine, but a cut-short run is not
+    # the median step (a first step's warm-up left out) where the summary has it; older summaries have the mean
+    step_s = f.get("median_step_s") or f.get("mean_step_s")
+    peak, run_s = f.get("peak_memory_bytes"), f.get("run_s")
+    every_step = f.get("denoising_steps") == steps  # a cut-short run's steps do not describe the job
     return Observation(
         gpu_model=gpu_model,
         shape=shape,

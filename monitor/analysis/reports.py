@@ -72,6 +72,7 @@ JOB_COLUMNS = (
     *(f"{stage}_s" for stage in STAGES),
     "denoising_steps",
     "mean_step_s",
+    "median_step_s",
     "peak_memory_bytes",
     "peak_memory_allocated_bytes",
     "nvml_peak_memory_bytes",

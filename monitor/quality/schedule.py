@@ -11,9 +11,13 @@ per clip, taken by the scorer's worker:
 - Once the device has been idle for `SETTLE_S`, the clip is scored, and CLIP may take the GPU. The settle time
   covers the next queued job's `running` event, which the generator sends within about a second of the
   previous job's end, possibly in the next batch.
-- A clip that has waited `max_wait_s` is scored anyway with CLIP refused the GPU (on the scorer's share of
-  the CPU cores): a generator that never idles still gets every clip scored within a bounded delay, and its
-  GPU is never shared.
+- A clip that has waited `max_wait_s` is overdue: while jobs run it is scored anyway, one overdue clip per job
+  that ends (or per `max_wait_s` during one long job), so a generator that never idles still gets every clip
+  scored within a bounded delay, at the pace it makes them. CLIP may use the GPU for it: on an H200 a ViT-L
+  pass over a clip's frames is milliseconds of GPU work, while the same pass on the CPU took seconds of half
+  the cores and slowed the running job by 2-4% (denoising 2%), where one clip per job on the GPU costs less
+  than the target of 0.5%. The pace keeps a backlog (the clips that waited while the monitor was down) from
+  being scored in one burst during a job; it drains between jobs.
 - For `startup_quiet_s` after the scorer starts, nothing is scored between jobs: the generator replays what it
   spooled while the monitor was down (retrying at most every 30 s), and a job running now may be in it.
 """
@@ -42,6 +46,7 @@ class Decision:
     allow_gpu: bool
     reason: str
     wait_s: float = 0.0  # when not run: the longest the decision can stay the same without a new event
+    overdue: bool = False  # scored after waiting the bound, while jobs may run
 
 
 class GpuActivity:
@@ -74,6 +79,8 @@ class GpuActivity:
         self._running: dict[str, float] = {}  # job id → when it was last heard, on this device
         self._idle_since = -float("inf")  # when the last job here ended
         self._quiet_until = -float("inf")
+        self._ends = 0  # jobs ended here since the start
+        self._overdue_at = (-1, -float("inf"))  # (jobs ended, time) when the last overdue clip was let through
 
     def start(self) -> None:
         """Begin the start-up quiet period (the scorer's start)."""
@@ -91,6 +98,7 @@ class GpuActivity:
                 if event.kind == "job" and event.status in FINAL_STATES:
                     if self._running.pop(event.job_id, None) is not None:
                         self._idle_since = now
+                        self._ends += 1
                         changed = True
                 elif event.kind == "stage" or event.status == "running":
                     changed |= event.job_id not in self._running
@@ -112,13 +120,12 @@ class GpuActivity:
             ready_at = max(self._quiet_until, self._idle_since + self._settle_s)
             oldest_seen = min((self._running[j] for j in running), default=now)
         if waited_s >= self.max_wait_s:
-            reason = f"waited {self.max_wait_s:g} s for a gap between jobs on {self._where()}: scored on the CPU"
-            return Decision(run=True, allow_gpu=False, reason=reason)
+            return self._overdue(running, now)
         left_s = self.max_wait_s - waited_s
         if running:
             reason = (
-                f"job {', '.join(running)} running on {self._where()}: scored when it ends, or on the CPU "
-                f"within {left_s:.0f} s"
+                f"job {', '.join(running)} running on {self._where()}: scored when it ends, or beside the next "
+                f"job within {left_s:.0f} s"
             )
             silent_in_s = oldest_seen + self._silent_after_s - now
             return Decision(run=False, allow_gpu=False, reason=reason, wait_s=max(0.0, min(left_s, silent_in_s)))
@@ -127,6 +134,24 @@ class GpuActivity:
             reason = f"{what} on {self._where()} moments ago: waiting {ready_at - now:.0f} s for the next job to show"
             return Decision(run=False, allow_gpu=False, reason=reason, wait_s=min(left_s, ready_at - now))
         return Decision(run=True, allow_gpu=True, reason=f"scored between jobs ({self._where()} idle)")
+
+    def _overdue(self, running: list[str], now: float) -> Decision:
+        """Decide for an overdue clip: at once between jobs, else one per job ended (or per max_wait_s)."""
+        waited = f"waited {self.max_wait_s:g} s for a gap between jobs on {self._where()}"
+        with self._lock:
+            ends_then, at = self._overdue_at
+            due_at = at + self.max_wait_s
+            if running and self._ends == ends_then and now < due_at:
+                reason = f"{waited}: scored when job {', '.join(running)} ends (one overdue clip per job)"
+                return Decision(run=False, allow_gpu=False, reason=reason, wait_s=due_at - now, overdue=True)
+        where = f"beside job {', '.join(running)}" if running else "between jobs"
+        return Decision(run=True, allow_gpu=True, reason=f"{waited}: scored {where}", overdue=True)
+
+    def took(self, decision: Decision) -> None:
+        """Note that a clip was scored on `decision` (an overdue one uses up the pace's allowance)."""
+        if decision.overdue and decision.run:
+            with self._lock:
+                self._overdue_at = (self._ends, self._clock())
 
     def _live(self, now: float) -> list[str]:
         return [job for job, seen in self._running.items() if now - seen < self._silent_after_s]

@@ -171,7 +171,7 @@ class QualityScorer:
         )
         self._deferred = Counter(
             "i2v_quality_deferred",
-            "Clips scored on the CPU after waiting the longest for a gap between jobs.",
+            "Clips scored after waiting the longest for a gap between jobs (one per job that ends while jobs run).",
             registry=registry,
         )
         self._low = Counter("i2v_quality_low", "Clips flagged low quality.", registry=registry)
@@ -400,6 +400,7 @@ class QualityScorer:
             if self._queue:
                 decision = self.activity.decide(self._clock() - self._queue[0].queued_at)
                 if decision.run:
+                    self.activity.took(decision)
                     job = self._queue.popleft()
                     self._busy = True
                     current = self._results.get(job.job_id)
@@ -432,7 +433,7 @@ class QualityScorer:
                 unscorable_reason=f"scoring failed: {type(e).__name__}: {e}",
             )
         result = replace(result, schedule=decision.reason)
-        if not decision.allow_gpu:
+        if decision.overdue:
             self._deferred.inc()
         with self._cond:
             latest = self._results.get(job.job_id)

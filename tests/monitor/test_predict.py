@@ -247,3 +247,28 @@ def test_predict_refuses_bad_parameters_saying_what_to_change(tmp_path: Path, qu
         assert says in response.get_json()["error"]
     finally:
         get_context(app).close()
+
+
+def test_the_per_step_law_learns_the_median_step_so_a_first_steps_warm_up_does_not_bend_it() -> None:
+    # An H200's 256p/16/25 job: its first step at a size new to the process took 0.75 s, the rest 0.10 s.
+    from monitor.analysis.jobs import stage_breakdown
+    from monitor.analysis.predict import observation
+    from monitor.storage import Point
+
+    durations = [0.75] + [0.10] * 24
+    events = [
+        {"kind": "stage", "stage": "denoising_step", "duration_s": d, "step": i + 1} for i, d in enumerate(durations)
+    ]
+    denoising = stage_breakdown(events)["denoising"]
+    assert denoising["mean_step_s"] == pytest.approx(0.126)
+    assert denoising["median_step_s"] == pytest.approx(0.10)
+
+    fields = {"resolution": 256, "num_frames": 16, "steps": 25, "guidance_scale": 9.0, "run_s": 3.6}
+    fields |= {"denoising_steps": 25, "mean_step_s": 0.126, "median_step_s": 0.10}
+    learned = observation(Point("job_summary", {}, fields, 0))
+    assert learned is not None
+    assert learned.step_s == pytest.approx(0.10)
+    assert learned.outside_s == pytest.approx(3.6 - 2.5)  # the warm-up is outside the loop's steps
+    older = observation(Point("job_summary", {}, {**fields, "median_step_s": None}, 0))
+    assert older is not None
+    assert older.step_s == pytest.approx(0.126)  # summaries stored before the median: the mean

@@ -56,15 +56,41 @@ def test_the_rule_waits_for_a_gap_settles_after_a_job_and_bounds_the_wait() -> N
     assert activity.hear([event("a", "running"), event("b", "running", gpu="1"), event(STARTUP_JOB_ID, stage="warmup")])
     busy = activity.decide(100.0)
     assert (busy.run, busy.allow_gpu, busy.wait_s) == (False, False, 200.0)
-    assert busy.reason == "job a running on GPU 0: scored when it ends, or on the CPU within 200 s"
-    deferred = activity.decide(300.0)
-    assert (deferred.run, deferred.allow_gpu) == (True, False)
+    assert busy.reason == "job a running on GPU 0: scored when it ends, or beside the next job within 200 s"
+    overdue = activity.decide(300.0)
+    assert (overdue.run, overdue.allow_gpu, overdue.overdue) == (True, True, True)
+    assert overdue.reason == "waited 300 s for a gap between jobs on GPU 0: scored beside job a"
 
     assert activity.hear([event("a", "succeeded")])
     clock.now += 1.0
     assert not activity.decide(0.0).run  # the next job's running event may be a second behind
     clock.now += 1.0
     assert activity.decide(0.0) == Decision(run=True, allow_gpu=True, reason="scored between jobs (GPU 0 idle)")
+
+
+def test_overdue_clips_are_scored_one_per_job_that_ends_while_jobs_run() -> None:
+    # A backlog must not be scored in one burst beside a running job: one overdue clip per job that ends (the
+    # pace the generator makes them), or one per max_wait_s during a single long job.
+    clock = Clock()
+    activity = GpuActivity("0", max_wait_s=30.0, startup_quiet_s=0.0, clock=clock)
+    activity.hear([event("a", "running")])
+    first = activity.decide(400.0)
+    assert first.run
+    activity.took(first)
+    held = activity.decide(400.0)
+    assert (held.run, held.wait_s) == (False, 30.0)
+    assert held.reason == (
+        "waited 30 s for a gap between jobs on GPU 0: scored when job a ends (one overdue clip per job)"
+    )
+    assert activity.decide(400.0) == held  # asking does not use the allowance; only took() does
+
+    activity.hear([event("a", "succeeded"), event("b", "running")])
+    second = activity.decide(400.0)
+    assert second.run
+    activity.took(second)
+    assert not activity.decide(400.0).run
+    clock.now += 30.0  # job b runs long: one more per max_wait_s
+    assert activity.decide(400.0).run
 
 
 def test_a_job_silent_for_ten_minutes_no_longer_blocks_scoring() -> None:
@@ -187,7 +213,7 @@ def test_a_clip_that_finished_as_the_next_job_started_waits_for_that_job_to_end(
     wait_for(lambda: not rig.clip.on_gpu, 10, "the scorer to give CLIP's GPU copy back when job c started")
 
 
-def test_a_clip_waits_at_most_the_bound_then_is_scored_with_the_gpu_refused(
+def test_a_clip_waits_at_most_the_bound_then_is_scored_beside_the_running_job(
     make_rig: Any, clips: dict[str, Path], input_png: Path
 ) -> None:
     rig: Rig = make_rig(max_wait_s=1.0)
@@ -197,8 +223,7 @@ def test_a_clip_waits_at_most_the_bound_then_is_scored_with_the_gpu_refused(
     assert rig.scorer.wait_idle(30.0)  # the job never ends; the clip is scored after about a second anyway
     scored = rig.quality("a")
     assert scored["status"] == "scored"
-    assert scored["schedule"] == "waited 1 s for a gap between jobs on GPU 0: scored on the CPU"
-    assert not rig.clip.on_gpu
+    assert scored["schedule"] == "waited 1 s for a gap between jobs on GPU 0: scored beside job busy"
     assert rig.scorer.activity.running() == ["busy"]
     assert rig.registry.get_sample_value("i2v_quality_deferred_total") == 1
     assert rig.registry.get_sample_value("i2v_quality_queue_pending") == 0
