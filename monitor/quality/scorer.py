@@ -408,7 +408,10 @@ class QualityScorer:
                         self._keep(replace(current, status=SCORING, pending=False, schedule=decision.reason))
                     return "score", (job, decision)
                 wait_s = max(MIN_WAIT_S, decision.wait_s)
-            if self._clip is not None and self._clip.on_gpu and self.activity.running():
+            # An overdue clip is scored beside the next job that ends: keep CLIP's GPU copy for it rather than
+            # copying the weights back to the card for every clip (seconds of CPU and a transfer beside the job).
+            overdue = bool(self._queue) and self._clock() - self._queue[0].queued_at >= self.activity.max_wait_s
+            if self._clip is not None and self._clip.on_gpu and self.activity.running() and not overdue:
                 self._busy = True
                 return "release", None
             self._cond.wait(wait_s)
