@@ -220,7 +220,7 @@ def test_the_api_lists_and_acknowledges_alerts(
     (watchdog,) = [a for a in body["active"] if a["alertname"] == "Watchdog"]
     assert watchdog["state"] == "firing"
     assert body["history"] == []
-    assert body["rules"] == 33
+    assert body["rules"] == 34
     assert body["actions"]["restart_generator"]["gave_up"] is False
 
     assert client.post(f"/monitor/api/alerts/{watchdog['id']}/ack", json={"by": "bob"}).status_code == 401
