@@ -778,6 +778,11 @@ class Acceptance:
             )
         )
         succeeded = [j["job_id"] for j in self.record.data["jobs"] if j["state"] == "succeeded"]
+        # every clip must have reached the scorer (its job's end event ingested) before "none pending" means done
+        wait_until(
+            lambda: all((self.monitor_job(job_id) or {}).get("state") == "succeeded" for job_id in succeeded[-3:]),
+            min(30.0, left()),
+        )
         drained_at = wait_until(self.quality_drained, left(), pause_s=1.0)
         entry["quality_drained_s"] = None if drained_at is None else round(time.monotonic() - drained_at, 1)
         scored = self.scored_quality(succeeded)
