@@ -13,11 +13,12 @@ per clip, taken by the scorer's worker:
   previous job's end, possibly in the next batch.
 - A clip that has waited `max_wait_s` is overdue: while jobs run it is scored anyway, one overdue clip per job
   that ends (or per `max_wait_s` during one long job), so a generator that never idles still gets every clip
-  scored within a bounded delay, at the pace it makes them. CLIP may use the GPU for it: on an H200 a ViT-L
-  pass over a clip's frames is milliseconds of GPU work, while the same pass on the CPU took seconds of half
-  the cores and slowed the running job by 2-4% (denoising 2%), where one clip per job on the GPU costs less
-  than the target of 0.5%. The pace keeps a backlog (the clips that waited while the monitor was down) from
-  being scored in one burst during a job; it drains between jobs.
+  scored within a bounded delay, at the pace it makes them. CLIP may use the GPU for it: a ViT-L pass over a
+  clip's frames is milliseconds of GPU work there, while on the CPU it took seconds of half the cores (on an
+  H200, with that CPU fallback, back-to-back 512p/16/10 jobs were 4.5% slower than beside a paused monitor;
+  with this rule 4.0%, so most of that cost lies elsewhere: see the README's GPU acceptance figures). The pace
+  keeps a backlog (the clips that waited while the monitor was down) from being scored in one burst during a
+  job; it drains between jobs.
 - For `startup_quiet_s` after the scorer starts, nothing is scored between jobs: the generator replays what it
   spooled while the monitor was down (retrying at most every 30 s), and a job running now may be in it.
 """
