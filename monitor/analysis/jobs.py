@@ -23,7 +23,7 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
 
 
 def stage_breakdown(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Sum each stage's durations; denoising also gets its step count and mean step time."""
+    """Sum each stage's durations; denoising also gets its step count and its mean and median step time."""
     stages: dict[str, dict[str, Any]] = {}
     step_durations: list[float] = []
     for event in events:
