@@ -2,11 +2,12 @@
 
 `MonitorPredictor.estimate(params, gpu)` calls the monitor's `GET /monitor/api/predict` with a short timeout
 and keeps each answer for `ttl_s` per parameter set, so admission control asks at most once a minute per
-shape. When the monitor does not answer (or answers nonsense), the monitor is left alone for `retry_after_s`,
-so a job waits for at most one timeout, and meanwhile the monitor's last answer for the same job (up to
-`max_stale_s` old) answers, or else the design's table. The monitor answers from its last fit at once, however
-long a fit takes, so a slow fit never sends admission to the table. Either way the estimate says where it came
-from, and admission writes that in the job's notes.
+shape. An expired answer (up to `max_stale_s` old) answers at once while the monitor is asked again in the
+background, so only a shape never asked about waits on the monitor, for at most one timeout. When the monitor
+does not answer (or answers nonsense), it is left alone for `retry_after_s`, and meanwhile the monitor's last
+answer for the same job (up to `max_stale_s` old) answers, or else the design's table. The monitor answers from
+its last fit at once, however long a fit takes, so a slow fit never sends admission to the table. Either way the
+estimate says where it came from, and admission writes that in the job's notes.
 
 The blueprint proxies the monitor's recommendation and prediction for the generator's page (one origin):
 - `GET /api/recommendation[?guidance=&max_time_s=&gpu=]`: the best parameters that fit this generator's GPU
@@ -77,6 +78,7 @@ class MonitorPredictor:
         self._cache: OrderedDict[tuple, tuple[float, MemoryEstimate]] = OrderedDict()
         self._down_until = 0.0
         self._down_reason = ""
+        self._refreshing: set[tuple] = set()  # keys asked again in the background now
         self._lock = threading.Lock()
 
     def for_gpu(self, gpu: str) -> Callable[[JobParams], int]:
@@ -92,21 +94,51 @@ class MonitorPredictor:
             if cached is not None and cached[0] > now:
                 return cached[1]
             down = now < self._down_until
+            recent = cached is not None and now - (cached[0] - self.ttl_s) <= self.max_stale_s
+            refresh = recent and not down and key not in self._refreshing
+            if refresh:
+                self._refreshing.add(key)
+        if recent and not down:
+            # An expired answer still answers at once and is asked again in the background: a job never waits
+            # on the monitor for a shape asked about before (a hung monitor cost each such job the read timeout).
+            if refresh:
+                threading.Thread(
+                    target=self._refresh, args=(key, params, gpu), name="predict-refresh", daemon=True
+                ).start()
+            return self._fallback(params, "asked again in the background", cached, now)
         if down:
             return self._fallback(params, self._down_reason, cached, now)
         try:
             answer = self._predict(params, gpu)
         except (requests.RequestException, ValueError, KeyError, TypeError) as e:
-            reason = f"the monitor did not answer ({type(e).__name__}); asking again in {self.retry_after_s:.0f} s"
+            return self._fallback(params, self._failed(e, now), cached, now)
+        self._keep(key, answer, now)
+        return answer
+
+    def _refresh(self, key: tuple, params: JobParams, gpu: str) -> None:
+        """Ask the monitor again for an expired answer (a background thread); keep the new one."""
+        try:
+            self._keep(key, self._predict(params, gpu), self._clock())
+        except (requests.RequestException, ValueError, KeyError, TypeError) as e:
+            self._failed(e, self._clock())
+        finally:
             with self._lock:
-                self._down_until, self._down_reason = now + self.retry_after_s, reason
-            log.warning("memory estimate without the monitor: %s", reason)
-            return self._fallback(params, reason, cached, now)
+                self._refreshing.discard(key)
+
+    def _keep(self, key: tuple, answer: MemoryEstimate, now: float) -> None:
         with self._lock:
             self._cache[key] = (now + self.ttl_s, answer)
+            self._cache.move_to_end(key)
             while len(self._cache) > MAX_CACHED:
                 self._cache.popitem(last=False)
-        return answer
+
+    def _failed(self, error: Exception, now: float) -> str:
+        """Leave the monitor alone for retry_after_s; return why, for the notes."""
+        reason = f"the monitor did not answer ({type(error).__name__}); asking again in {self.retry_after_s:.0f} s"
+        with self._lock:
+            self._down_until, self._down_reason = now + self.retry_after_s, reason
+        log.warning("memory estimate without the monitor: %s", reason)
+        return reason
 
     def _predict(self, params: JobParams, gpu: str) -> MemoryEstimate:
         query: dict[str, str | int | float] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -103,8 +104,36 @@ def test_answers_are_cached_per_parameter_set_for_a_while(monitor: str) -> None:
     predictor.estimate(replace(DEFAULT_JOB, num_frames=24), "0")
     assert session.gets == 2
     now[0] = 61
-    predictor.estimate(DEFAULT_JOB, "0")
-    assert session.gets == 3
+    assert predictor.estimate(DEFAULT_JOB, "0") == first  # expired: answers at once, asked again behind
+    wait_for(lambda: session.gets == 3, 10, "the expired answer to be asked again in the background")
+
+
+def test_an_expired_answer_answers_at_once_while_a_hung_monitor_is_asked_again(monitor: str) -> None:
+    # A monitor that accepts and never answers (frozen, or stuck) must not hold a job for the read timeout.
+    now, gate = [0.0], threading.Event()
+
+    class HungAfterFirst(CountingSession):
+        def get(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+            if self.gets >= 1:
+                self.gets += 1
+                gate.wait(30)
+                raise requests.ReadTimeout("the monitor did not answer")
+            return super().get(*args, **kwargs)
+
+    session = HungAfterFirst()
+    predictor = MonitorPredictor(monitor, HOST, session=session, ttl_s=60, clock=lambda: now[0])
+    learned = predictor.estimate(DEFAULT_JOB, "0")
+    now[0] = 61
+    try:
+        stale = predictor.estimate(DEFAULT_JOB, "0")  # returns while the refresh hangs
+        assert stale == learned
+        assert stale.source.endswith("its answer from 61 s ago (asked again in the background)")
+        wait_for(lambda: session.gets == 2, 10, "the background refresh to be waiting on the monitor")
+        assert predictor.estimate(DEFAULT_JOB, "0") == learned
+        assert session.gets == 2  # one refresh at a time
+    finally:
+        gate.set()
+    wait_for(lambda: "did not answer (ReadTimeout)" in predictor.estimate(DEFAULT_JOB, "0").source, 10, "the refresh")
 
 
 def test_without_the_monitor_the_table_answers_at_once_and_says_why() -> None:
@@ -136,6 +165,8 @@ def test_while_the_monitor_is_down_its_last_answer_for_the_job_beats_the_table(t
         get_context(app).close()
     now[0] = 61  # the answer has expired and the monitor is gone
 
+    assert predictor.estimate(DEFAULT_JOB, "0") == learned  # at once; asked again in the background, in vain
+    wait_for(lambda: "did not answer" in predictor.estimate(DEFAULT_JOB, "0").source, 10, "the refresh to fail")
     stale = predictor.estimate(DEFAULT_JOB, "0")
     assert stale == learned
     assert "learned from 30 job(s)" in stale.source
