@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file
@@ -31,7 +31,7 @@ from generator.acceleration import Acceleration, prepare_cache
 from generator.admission import table_estimate
 from generator.config import GeneratorConfig
 from generator.events import EventSender, job_state_event, rejection_event
-from generator.fleet.api_queue import CeleryQueue, QueueUnavailable
+from generator.fleet.unavailable import QueueUnavailable
 from generator.fleet_status import fleet_status
 from generator.jobs import ACTIVE_STATES, Job, JobBook, QueueFull
 from generator.metrics import GeneratorMetrics
@@ -49,6 +49,9 @@ from generator.validation import (
     parse_prompt,
 )
 from generator.worker import Worker
+
+if TYPE_CHECKING:
+    from generator.fleet.api_queue import CeleryQueue
 
 api = Blueprint("generator", __name__)
 log = logging.getLogger(__name__)
@@ -68,6 +71,8 @@ class Runtime:
         self.fleet: CeleryQueue | None = None
         self.book: JobBook | CeleryQueue
         if config.queue_url:
+            from generator.fleet.api_queue import CeleryQueue  # Celery and Redis load only in queue mode
+
             self.book = self.fleet = CeleryQueue(
                 config.queue_url, config.queue_size, visibility_timeout_s=config.visibility_timeout_s
             )

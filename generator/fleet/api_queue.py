@@ -20,14 +20,11 @@ from kombu.exceptions import OperationalError
 from common.redact import redact_url
 from generator.fleet.broker import make_celery, publish
 from generator.fleet.store import RedisJobStore, new_job
+from generator.fleet.unavailable import QueueUnavailable
 from generator.jobs import Job
 from generator.validation import JobParams
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError, OSError)
-
-
-class QueueUnavailable(Exception):
-    """Redis (the broker and the job store) cannot be reached; the message says which and why."""
 
 
 def redis_client(url: str, timeout_s: float = 3.0) -> redis.Redis:
