@@ -106,7 +106,8 @@ class Runtime:
         if devices is None:
             count = torch.cuda.device_count() if device.type == "cuda" else 0
             devices = [torch.device("cuda", index) for index in range(count)] or [device]
-        self.acceleration = config.acceleration(on_gpu=devices[0].type == "cuda")
+        # no devices: a runtime that serves the API alone (the listing benchmark's), compiled for no GPU
+        self.acceleration = config.acceleration(on_gpu=any(d.type == "cuda" for d in devices))
         self.workers = [
             Worker(
                 book=local_book,
