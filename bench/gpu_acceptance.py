@@ -29,7 +29,7 @@ and followed over HTTP, nothing imported from either process. In order:
    waiting for the scorer's backlog to drain once the jobs stop.
 
 Every check is judged against its target and the JSON (`--out`) is rewritten after every job, so a run cut short
-keeps what it measured. A time budget (`--budget-s`, 500 s: the whole run fits one 9-minute device call) shrinks
+keeps what it measured. A time budget (`--budget-s`, 560 s: the whole run fits one 10-minute device call) shrinks
 or skips what would not fit, and says so. The Markdown table for the README is printed at the end. Exit status:
 0 when every check passed (a quick or CPU run: when none it judged failed), 1 otherwise.
 """
@@ -894,7 +894,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the JSON to write (rewritten as the run goes)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="fewer jobs: proves the run, its figures mean little")
-    parser.add_argument("--budget-s", type=float, default=500.0, help="the whole run's time budget (default 500)")
+    parser.add_argument("--budget-s", type=float, default=560.0, help="the whole run's time budget (default 560)")
     parser.add_argument("--pairs", type=int, help="overhead pairs per sampling period (a running and a paused job)")
     parser.add_argument("--down-jobs", type=int, help="jobs run with the monitor stopped (its restart mid-run)")
     parser.add_argument("--work", type=Path, help="folder for the processes' state and logs (default: a temp dir)")
