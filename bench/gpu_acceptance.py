@@ -942,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
                 round(elapsed, 1),
                 args.budget_s,
                 f"{elapsed:.0f} s",
-                "one device call of 9 minutes",
+                "one device call of 10 minutes",
             )
         )
         # Only the full GPU run is an acceptance; a quick or CPU run passes when nothing it judged failed.
