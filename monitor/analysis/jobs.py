@@ -11,9 +11,12 @@ from common.events import FINAL_STATES, STARTUP_JOB_ID, parse_iso
 TERMINAL = FINAL_STATES
 
 
-def _order(event: dict[str, Any]) -> tuple[str, str]:
+def _order(event: dict[str, Any]) -> tuple[str, bool, str]:
     # By end: an end state's event starts at submission, so ordering by start would put it before "running".
-    return (event["ended_at"], event["started_at"])
+    # An end state sorts after whatever ends at the same instant: a job lost in a crash ends when it was last known
+    # alive, which can be the very instant its `running` event marks.
+    final = event["kind"] == "job" and event.get("status") in TERMINAL
+    return (event["ended_at"], final, event["started_at"])
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:

@@ -145,3 +145,21 @@ def test_a_job_that_just_ended_is_listed_before_its_summary_reaches_the_store(tm
         store.close()
     assert [(r["id"], r["status"]) for r in rows] == [("late", "running"), ("done", "succeeded")]
     assert rows[1]["finished_at"] == "2024-05-01T12:00:02.500000Z"
+
+
+def test_a_job_lost_in_a_crash_the_instant_it_started_running_reads_failed() -> None:
+    # Lost in a crash, a job ends when it was last known alive: here the instant of its `running` event. Ordered
+    # by end, the two tie; the end state must still come last.
+    at = "2026-12-01T19:29:36.532406Z"
+    base = {"job_id": "lost", "kind": "job", "stage": None, "host": "fault-host", "gpu": "cpu"}
+    events = [
+        {
+            **base,
+            "status": "queued",
+            "started_at": "2026-12-01T19:29:36.530526Z",
+            "ended_at": "2026-12-01T19:29:36.530526Z",
+        },
+        {**base, "status": "failed", "started_at": "2026-12-01T19:29:36.530526Z", "ended_at": at},
+        {**base, "status": "running", "started_at": at, "ended_at": at},
+    ]
+    assert summarize("lost", events)["state"] == "failed"
