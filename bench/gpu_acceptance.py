@@ -24,7 +24,8 @@ and followed over HTTP, nothing imported from either process. In order:
      Pausing instead of restarting costs no CLIP load per switch, so twice the jobs fit in the same minutes, and
      each job is compared with its neighbour: the ratio is the geometric mean of the pairs' ratios. Clips wait
      at most 30 s for a gap between jobs (`--quality-max-wait 30`, not the default 300 s), so during these
-     back-to-back jobs they are scored with CLIP on the CPU, and that cost is in the figure.
+     back-to-back jobs they are scored beside the running ones (one per job that ends), and that cost is in the
+     figure.
 5. every small job's peak against the fresh process's, whatever ran before it; every clip scored with CLIP,
    waiting for the scorer's backlog to drain once the jobs stop.
 
@@ -71,7 +72,7 @@ PREDICT_TIME_TOLERANCE = 0.10
 OVERHEAD_LIMIT = 1.005  # generation time with the monitor / without
 MIN_MEASURED_JOBS = 10
 MIN_JOBS_PER_MODE = 10
-QUALITY_MAX_WAIT_S = 30  # not the default 300 s: so clips are scored on the CPU during the overhead jobs, charged
+QUALITY_MAX_WAIT_S = 30  # not the default 300 s: clips are scored beside the overhead jobs, and charged to them
 FINAL_RESERVE_S = 75.0  # the closing checks (the scorer's backlog draining) and stopping everything
 INTERVALS_S = (0.5, 2.0)  # the sampling periods whose overhead is measured
 STOPPED = "stopped"

@@ -16,7 +16,7 @@ Metrics (on the registry given to QualityScorer): `i2v_quality_score` (histogram
 once per scored clip, not again on a rating), `i2v_quality_scoring_duration_seconds`,
 `i2v_quality_jobs_total{outcome=scored|unscorable|rejected}`, `i2v_quality_low_total`,
 `i2v_quality_write_errors_total`, `i2v_quality_queue_pending` (clips waiting to be scored),
-`i2v_quality_deferred_total` (clips scored on the CPU after the longest wait for a gap between jobs).
+`i2v_quality_deferred_total` (clips scored beside a running job after the longest wait for a gap between jobs).
 
 How this differs from VBench: VBench's motion smoothness interpolates frames with AMT and its dynamic degree
 uses RAFT flow, neither of whose weights can be had here, so Farneback flow stands in (it underestimates large,

@@ -10,7 +10,8 @@ scorer does between jobs) and `gpu_allows()` says so (free memory covers the mod
 the CPU, in bf16 where the CPU computes it natively (AVX512-BF16 or AMX: about twice as fast as fp32 there,
 cosines within 1e-3 of fp32's) and in fp32 elsewhere (fp16 on a CPU is ~20x slower). The fp16 copy stays on the
 GPU between clips while allowed, and is dropped (and the cache emptied) the first time it is not, when the
-scorer sees a job start, or after an out-of-memory error, after which that clip is scored on the CPU.
+scorer sees a job start (unless an overdue clip waits to be scored beside it), or after an out-of-memory error,
+after which that clip is scored on the CPU.
 
 CPU threads: the scorer runs beside the generator, so it takes half the cores by default (at least one), set
 around each CPU pass and restored after. Measured on 2 shared cores with another process busy on one: ViT-B/32

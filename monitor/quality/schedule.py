@@ -55,7 +55,7 @@ class GpuActivity:
 
     Args:
         device: the `gpu` tag of the device scoring uses ("0" for CLIP on cuda:0, "cpu" without a GPU).
-        max_wait_s: the longest a clip waits for a gap between jobs before it is scored on the CPU.
+        max_wait_s: the longest a clip waits for a gap between jobs before it is scored beside a running job.
         startup_quiet_s: how long after `start()` no clip is scored between jobs (see the module's notes).
         clock: monotonic seconds.
     """
