@@ -2,7 +2,8 @@
 
 A compiled module builds graphs lazily, inside whichever stage first calls it at a new size class (the UNet in a
 denoising step, the VAE's decoder in decode). After each stage the worker asks here whether any module built
-graphs during it; that stage's time is what the compile cost, its own work included.
+graphs during it (the stage timer counts `graph_totals()` at each stage's end); that stage's time is what the
+compile cost, its own work included.
 """
 
 from __future__ import annotations
@@ -36,17 +37,19 @@ class CompileReporter:
     ) -> None:
         self.watches, self.metrics, self.book, self.emit = watches, metrics, book, emit
         self.mega_cache_dir = mega_cache_dir
-        self._seen = {watch.module: watch.graphs_total for watch in watches}
         for watch in watches:
             metrics.expect_compiles(watch.module)
+
+    def graph_totals(self) -> dict[str, int]:
+        """Return the graphs each compiled module has built so far: the counters the stage timer splits by stage."""
+        return {watch.module: watch.graphs_total for watch in self.watches}
 
     def notice(self, timing: StageTiming, params: JobParams, job: Job | None = None) -> None:
         """Report every module that built graphs during the stage just timed (`job` None: the start-up)."""
         for watch in self.watches:
-            built = watch.graphs_total - self._seen[watch.module]
+            built = timing.counted.get(watch.module, 0)
             if built == 0:
                 continue
-            self._seen[watch.module] = watch.graphs_total
             shape = Shape(params.resolution, params.num_frames)
             self.metrics.compiles.labels(watch.module, "job" if job else "warmup").inc()
             self.metrics.stage_duration.labels("compile").observe(timing.duration_s)

@@ -18,6 +18,7 @@ from common.logs import extra
 from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompileWatch, Shape
 from generator.admission import admit, next_smaller, table_estimate
 from generator.compile_report import CompileReporter
+from generator.device_clock import clock_for
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
@@ -186,7 +187,12 @@ class Worker:
             self._compile_event,
             mega_cache,
         )
-        self.timer = StageTimer(self.pipe, self._synchronize)
+        self.timer = StageTimer(
+            self.pipe,
+            clock_for(self.device),
+            steps_in_flight=1 if self.device.type == "cuda" else 0,
+            counters=lambda: self.compiles.graph_totals(),
+        )
         image = Image.new("RGB", (256, 256), (128, 128, 128))
         if self.watches:
             self._warm_compiles(image)
