@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         sender.close()
         sink.kill()
         sink.wait()
+        sink.stdout.close()
     result: dict[str, Any] = {
         "benchmark": "step_sync",
         "command": "python -m bench.step_sync " + " ".join(argv if argv is not None else sys.argv[1:]),
