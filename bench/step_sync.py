@@ -26,6 +26,7 @@ operations it warns about.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import subprocess
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for mode in MODES:  # warm-up: kernel choice, allocator growth, the sink's first connection
             trial(mode)
-        syncs = {mode: count_syncs(lambda m=mode: trial(m)) for mode in MODES} if device.type == "cuda" else {}
+        syncs = {mode: count_syncs(functools.partial(trial, mode)) for mode in MODES} if device.type == "cuda" else {}
         trials: dict[str, list[float]] = {mode: [] for mode in MODES}
         for round_index in range(args.rounds):
             shift = round_index % len(MODES)
