@@ -59,7 +59,7 @@ def _no_listener(_: StageTiming) -> None:
 
 
 class StageTimer:
-    """Wrap a pipeline once; each run reports its stages to the listener given by `timing()`.
+    """Wrap a pipeline once; each run reports its stages to the listener given to `run()`.
 
     Args:
         pipe: the diffusers pipeline, wrapped in place.
