@@ -82,6 +82,16 @@ FULL = Shapes(
 )  # fmt: skip
 
 
+def host_timesteps(scheduler: Any) -> list[Any]:
+    """Return the scheduler's timesteps as host numbers where its `step` reads them only as numbers, else [].
+
+    DDIM (I2VGen-XL's scheduler) uses the timestep as an index and in comparisons: handed the CUDA tensor, each
+    step waits for the GPU to read it; handed the same number from the host, it computes the same values without
+    waiting. Other schedulers keep the tensors the pipeline passes.
+    """
+    return scheduler.timesteps.tolist() if isinstance(scheduler, DDIMScheduler) else []
+
+
 def pick_device() -> tuple[torch.device, torch.dtype]:
     """Return CUDA in fp16 when present, else the CPU in fp32 (fp16 on a CPU is 20x slower)."""
     if torch.cuda.is_available():

@@ -17,9 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffusers import DDIMScheduler
-
 from generator.device_clock import DeviceClock, HostClock
+from generator.pipeline import host_timesteps
 
 log = logging.getLogger("generator.stages")
 
@@ -139,7 +138,7 @@ class StageTimer:
         def mark_loop_start(*args: Any, **kwargs: Any) -> Any:
             result = original(*args, **kwargs)
             # The pipeline sets the timesteps before it prepares the latents; reading them waits once per job.
-            self._host_timesteps = scheduler.timesteps.tolist() if isinstance(scheduler, DDIMScheduler) else []
+            self._host_timesteps = host_timesteps(scheduler)
             self._loop_started = self._step_started = self._clock.now()
             self._step = 0
             return result
@@ -157,8 +156,6 @@ class StageTimer:
                 self._book_steps_in_flight()
                 raise JobCancelled("cancelled between denoising steps")
             if self._step < len(self._host_timesteps):
-                # DDIM uses the timestep only as an index and in comparisons: the host number gives the same
-                # result without waiting for the GPU.
                 timestep = self._host_timesteps[self._step]
             result = original(model_output, timestep, *args, **kwargs)
             self._step += 1
