@@ -25,6 +25,7 @@ from tests.servers import InfluxServer, free_port, wait_for
 
 T0 = 1_700_000_000 * 1_000_000_000
 DATABASE = "slow"
+STORE_DELAY_S = 3.0  # every answer of the store, through the proxy
 
 
 class SlowProxy:
@@ -74,7 +75,7 @@ class SlowProxy:
 @pytest.fixture
 def slow_proxy(influxd: InfluxServer) -> Iterator[SlowProxy]:
     """A proxy to the session's influxd that delays every answer by 3 s."""
-    proxy = SlowProxy(influxd.url, delay_s=3.0)
+    proxy = SlowProxy(influxd.url, delay_s=STORE_DELAY_S)
     yield proxy
     proxy.close()
 
@@ -115,7 +116,9 @@ def test_a_slow_store_never_blocks_producers_and_memory_stays_bounded(
         store.close()
 
     assert largest_buffer <= buffer_max  # bounded memory: the rest went to disk
-    assert slowest_write_s < 1.5  # producers never waited on the 3 s store (a disk append at most)
+    # Producers never waited on the store: a write that did would take its whole delay; a disk append on a loaded
+    # 2-core machine took up to 1.5 s.
+    assert slowest_write_s < STORE_DELAY_S - 0.5
     assert during.spool_pending_points > 0  # the overflow really went to the spool
     assert during.store_reachable is not False  # slow is not down: nothing was counted as an outage
     health = writer.health()
