@@ -80,7 +80,12 @@ class TinyWorker:
         (self.root / "outputs" / job_id).mkdir(parents=True)
         Image.new("RGB", (80, 60), (200, 120, 40)).save(self.root / "outputs" / job_id / "input.png")
         self.book.submit(job_id, "a red fox", params, retry_after_s=1)
-        wait_for(lambda: self.book.get(job_id).state not in ("queued", "running"), 300, f"job {job_id} to end")
+
+        def ended() -> bool:
+            job = self.book.get(job_id)
+            return job is not None and job.state not in ("queued", "running")
+
+        wait_for(ended, 300, f"job {job_id} to end")
         job = self.book.get(job_id)
         assert job is not None
         assert job.state == "succeeded", job.error
