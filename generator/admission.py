@@ -10,15 +10,28 @@ from generator.validation import JobParams
 
 
 class MemoryEstimate(int):
-    """A peak-memory estimate in bytes that also says where it came from (admission puts that in the notes)."""
+    """A peak-memory estimate in bytes that also says where it came from (admission puts that in the notes).
+
+    The monitor's answer also predicts the job's time: `run_s` for a size the generator's process has run, and
+    `warmup_s`, what the first job of that size in a process adds once. None where the answer did not say (the
+    table, a monitor from before the warm-up was learned).
+    """
 
     source: str
+    run_s: float | None
+    warmup_s: float | None
 
-    def __new__(cls, value: int, source: str) -> MemoryEstimate:
-        """Return `value` bytes, remembering `source`."""
+    def __new__(
+        cls, value: int, source: str, run_s: float | None = None, warmup_s: float | None = None
+    ) -> MemoryEstimate:
+        """Return `value` bytes, remembering `source` and the predicted seconds."""
         estimate = super().__new__(cls, value)
-        estimate.source = source
+        estimate.source, estimate.run_s, estimate.warmup_s = source, run_s, warmup_s
         return estimate
+
+    def said(self, source: str) -> MemoryEstimate:
+        """Return the same estimate, saying `source` instead (a kept answer, reused)."""
+        return MemoryEstimate(int(self), source, self.run_s, self.warmup_s)
 
 
 def table_estimate(params: JobParams) -> int:

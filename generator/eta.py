@@ -1,4 +1,5 @@
-"""Estimate how long jobs will take from the stage durations of the jobs already finished."""
+"""Estimate how long jobs will take: from the monitor's prediction where admission got one, else from the stage
+durations of the jobs already finished."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import statistics
 import time
 from collections.abc import Sequence
 
+from generator.admission import MemoryEstimate
 from generator.jobs import Job
 from generator.validation import JobParams
 
@@ -43,13 +45,26 @@ def duration_estimate_s(params: JobParams, history: Sequence[Job]) -> float | No
     return (head or 0.0) + step * params.steps + (tail or 0.0)
 
 
+def predicted_run_s(estimate: int | None, new_size: bool) -> float | None:
+    """Return the monitor's predicted run of a job (None without one): its warm time, plus the one-off warm-up
+    when the job's size is new to the worker's process (its first denoising step pays it; generator/warm_sizes.py).
+    """
+    if not isinstance(estimate, MemoryEstimate) or estimate.run_s is None:
+        return None
+    warmup_s = estimate.warmup_s if new_size and estimate.warmup_s is not None else 0.0
+    return estimate.run_s + warmup_s
+
+
 def remaining_s(job: Job, history: Sequence[Job], now: float | None = None) -> float | None:
-    """Return the expected time until a running job ends, from its own step times once it has some."""
+    """Return the expected time until a running job ends: from its own step times once it has some, before that
+    from the monitor's prediction admission got (warm-up included for a new size), else from the history."""
     now = time.time() if now is None else now
     durations = job.stage_durations_s
     tail = _scaled(history, job.effective, "tail") or 0.0
     if job.step > 0 and "denoising_step_mean" in durations:
         return durations["denoising_step_mean"] * (job.total_steps - job.step) + tail
+    if job.predicted_run_s is not None and job.started_at is not None:
+        return max(job.predicted_run_s - (now - job.started_at), 0.0)
     total = duration_estimate_s(job.effective, history)
     if total is None or job.started_at is None:
         return None

@@ -53,6 +53,9 @@ class Job:
     video_path: str | None = None
     peak_memory_bytes: int | None = None  # reserved: what the card had to give (generator/peak_memory.py)
     peak_memory_allocated_bytes: int | None = None
+    # The monitor's predicted run (s) as admission got it: warm, plus the warm-up when the size was new to the
+    # worker's process. None without a monitor's answer.
+    predicted_run_s: float | None = None
     cancel_requested: bool = False
     gpu: str | None = None
     # The class it is served in (high, normal, batch) and, in queue mode, the host whose worker ran it.

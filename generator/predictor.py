@@ -1,5 +1,8 @@
 """Ask the monitor for a job's peak-memory estimate (learned from measured jobs); fall back to the table.
 
+The answer carries the job's predicted time too (warm, and the warm-up a size new to the process adds once), which
+the worker turns into the job's predicted run (generator/eta.py).
+
 `MonitorPredictor.estimate(params, gpu)` calls the monitor's `GET /monitor/api/predict` with a short timeout
 and keeps each answer for `ttl_s` per parameter set, so admission control asks at most once a minute per
 shape. An expired answer (up to `max_stale_s` old) answers at once while the monitor is asked again in the
@@ -163,7 +166,8 @@ class MonitorPredictor:
             f"memory estimate from the monitor: {need / GiB:.1f} GB ({peak / GiB:.1f} GB predicted + "
             f"{margin / GiB:.1f} GB margin; {how})"
         )
-        return MemoryEstimate(need, source)
+        time = body.get("time") or {}
+        return MemoryEstimate(need, source, _seconds(time.get("seconds")), _seconds(time.get("warmup_s")))
 
     def _fallback(
         self, params: JobParams, reason: str, cached: tuple[float, MemoryEstimate] | None, now: float
@@ -171,7 +175,7 @@ class MonitorPredictor:
         """Return the monitor's last answer for this job when recent enough, else the table's estimate."""
         if cached is not None and now - (cached[0] - self.ttl_s) <= self.max_stale_s:
             age_s = now - (cached[0] - self.ttl_s)
-            return MemoryEstimate(cached[1], f"{cached[1].source}; its answer from {age_s:.0f} s ago ({reason})")
+            return cached[1].said(f"{cached[1].source}; its answer from {age_s:.0f} s ago ({reason})")
         need = table_estimate(params)
         return MemoryEstimate(need, f"memory estimate from the table: {need / GiB:.1f} GB ({reason})")
 
@@ -182,6 +186,13 @@ class MonitorPredictor:
             return response.json(), response.status_code
         except (requests.RequestException, ValueError) as e:
             return {"error": f"the monitor at {self.base_url} did not answer ({type(e).__name__}): try again"}, 504
+
+
+def _seconds(value: Any) -> float | None:
+    """Return a predicted number of seconds, or None where the answer has none (a monitor from before it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        return None
+    return float(value)
 
 
 advice = Blueprint("advice", __name__)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from common.events import STARTUP_JOB_ID, Event
 from common.logs import extra
+from generator import eta
 from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompileWatch, Shape
 from generator.admission import admit, next_smaller, table_estimate
 from generator.compile_report import CompileReporter
@@ -27,6 +28,7 @@ from generator.pipeline import accelerate, load_pipeline, parameter_counts
 from generator.stages import JobCancelled, StageTimer, StageTiming
 from generator.validation import JobParams
 from generator.video import write_mp4
+from generator.warm_sizes import WarmSizes
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class Worker:
         # The sizes the warm-up compiled; the compiled UNet runs only at these (static shapes: any other size would
         # compile inside the job, so it runs eager instead).
         self.compiled_sizes: set[Shape] = set()
+        # The sizes this process has denoised at: a job's first step at a new one pays a one-off warm-up.
+        self.warm_sizes = WarmSizes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"worker-{self.gpu}", daemon=True)
 
@@ -199,6 +203,7 @@ class Worker:
         self.status = "warming up"
         started = time.time()
         self._call_pipeline(WARMUP, image, "warm-up", lambda timing: self.compiles.notice(timing, WARMUP))
+        self.warm_sizes.ran(WARMUP)
         self._stage_event(STARTUP_JOB_ID, StageTiming("warmup", started, time.time() - started), WARMUP)
         self.job_memory.release()  # the first job starts from the weights alone, as every later one does
         self.status = "ready"
@@ -219,6 +224,7 @@ class Worker:
             self.compiled_sizes.add(shape)
             try:
                 self._call_pipeline(params, image, "warm-up", listener, output="latent")
+                self.warm_sizes.ran(params)
             except Exception as error:
                 self.compiled_sizes.discard(shape)
                 if not is_out_of_memory(error):
@@ -321,6 +327,9 @@ class Worker:
             return
         if verdict.params != job.effective or verdict.notes:
             self.book.update(job, effective=verdict.params, notes=[*job.notes, *verdict.notes])
+        predicted_s = eta.predicted_run_s(verdict.estimate_bytes, self.warm_sizes.is_new(verdict.params))
+        if predicted_s is not None:
+            self.book.update(job, predicted_run_s=predicted_s)
         if self._compiled_unet is not None and not self.runs_compiled(job.effective):
             self.book.update(job, notes=[*job.notes, self._eager_reason(job.effective)])
         self.job_memory.begin()
@@ -359,6 +368,9 @@ class Worker:
         self._finish(job, "succeeded", video_path=str(video.resolve()), peak=peak)
 
     def _on_stage(self, job: Job, timing: StageTiming) -> None:
+        first_at_size = None
+        if timing.stage == "denoising_step" and timing.step == 1:
+            first_at_size = self.warm_sizes.ran(job.effective)  # the monitor learns the warm-up from these
         durations = dict(job.stage_durations_s)
         if timing.stage == "denoising_step" and timing.step is not None:
             step = timing.step
@@ -370,13 +382,20 @@ class Worker:
             durations[timing.stage] = timing.duration_s
             self.book.update(job, stage_durations_s=durations)
         self.metrics.stage_duration.labels(timing.stage).observe(timing.duration_s)
-        self._stage_event(job.job_id, timing, job.effective, job)
+        self._stage_event(job.job_id, timing, job.effective, job, first_at_size)
         self.compiles.notice(timing, job.effective, job)
 
     def _compile_event(self, timing: StageTiming, params: JobParams, job: Job | None) -> None:
         self._stage_event(job.job_id if job else STARTUP_JOB_ID, timing, params, job)
 
-    def _stage_event(self, job_id: str, timing: StageTiming, params: JobParams, job: Job | None = None) -> None:
+    def _stage_event(
+        self,
+        job_id: str,
+        timing: StageTiming,
+        params: JobParams,
+        job: Job | None = None,
+        first_at_size: bool | None = None,
+    ) -> None:
         peak = self.job_memory.peak() if timing.stage in ("denoising", "decode_video") else None
         self.events.emit(
             Event(
@@ -392,6 +411,7 @@ class Worker:
                 params=params.to_dict(),
                 peak_memory_bytes=None if peak is None else peak.reserved_bytes,
                 peak_memory_allocated_bytes=None if peak is None else peak.allocated_bytes,
+                first_at_size=first_at_size,
             )
         )
 

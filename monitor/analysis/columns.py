@@ -74,6 +74,19 @@ _JOB_FIXED = {
         "median time of one denoising step: the first step's one-off warm-up at a size new to the generator left out",
         "it never denoised",
     ),
+    "first_step_s": Column("first_step_s", "s", "time of the first denoising step", "it never denoised"),
+    "warmup_s": Column(
+        "warmup_s",
+        "s",
+        "first_step_s - median_step_s, at least 0: the one-off warm-up a size new to the generator's process pays",
+        "it never denoised",
+    ),
+    "first_at_size": Column(
+        "first_at_size",
+        "true/false",
+        "the job's size (resolution, frames, guidance) was new to its generator process: it paid the warm-up",
+        "a generator from before it said so, or the job never denoised",
+    ),
     "peak_memory_bytes": Column(
         "peak_memory_bytes",
         "bytes",

@@ -9,7 +9,9 @@ writes one point:
   same point); fields: `job_id`, `submitted_at_us`/`started_at_us` (epoch µs), `queued_s`, `run_s`
   (running → end: the generation time), `total_s`, the effective parameters (`resolution`, `num_frames`,
   `steps`, `guidance_scale`, `fps`, `seed`) and the requested ones (`requested_*`, equal when nothing was
-  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, `median_step_s`, the job's
+  degraded), each stage's seconds (`<stage>_s`), `denoising_steps`, `mean_step_s`, `median_step_s`, the first
+  step's seconds `first_step_s` and its warm-up `warmup_s` (beyond the median step), `first_at_size` (the
+  generator's word that the job's size was new to its process: the jobs that paid the one-off warm-up), the job's
   peak memory three ways (below), `prompt`, `error`, `suggestion`, `video_path`, `notes` (admission's, a line each),
   `gpu_seconds` (run_s on a GPU: the GPU time the job held; blank on a CPU), and `complete` (false when some of
   the job's events were not seen, e.g. it began before this monitor started and the store could not supply
@@ -79,6 +81,9 @@ FIELD_TYPES: dict[str, str] = {
     "denoising_steps": "int",
     "mean_step_s": "float",
     "median_step_s": "float",
+    "first_step_s": "float",
+    "warmup_s": "float",
+    "first_at_size": "bool",
     "peak_memory_bytes": "int",
     "peak_memory_allocated_bytes": "int",
     "nvml_peak_memory_bytes": "int",
@@ -126,6 +131,9 @@ def summary_point(
         "denoising_steps": denoising.get("steps"),
         "mean_step_s": denoising.get("mean_step_s"),
         "median_step_s": denoising.get("median_step_s"),
+        "first_step_s": denoising.get("first_step_s"),
+        "warmup_s": denoising.get("warmup_s"),
+        "first_at_size": denoising.get("first_at_size"),
         "peak_memory_bytes": summary["peak_memory_bytes"],
         "peak_memory_allocated_bytes": summary["peak_memory_allocated_bytes"],
         "nvml_peak_memory_bytes": nvml_peak_bytes,
@@ -156,6 +164,9 @@ def _stages(fields: Mapping[str, FieldValue]) -> dict[str, dict[str, Any]]:
             steps=fields["denoising_steps"],
             mean_step_s=fields.get("mean_step_s"),
             median_step_s=fields.get("median_step_s"),
+            first_step_s=fields.get("first_step_s"),
+            warmup_s=fields.get("warmup_s"),
+            first_at_size=fields.get("first_at_size"),
         )
     return stages
 

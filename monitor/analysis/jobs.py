@@ -26,9 +26,16 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
 
 
 def stage_breakdown(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Sum each stage's durations; denoising also gets its step count and its mean and median step time."""
+    """Sum each stage's durations; denoising also gets its step count, its step times and its first step's warm-up.
+
+    `first_step_s` is step 1's seconds and `warmup_s` what it took beyond the median step (never below 0): the
+    one-off warm-up a size new to the generator's process pays (cuDNN and the allocator at a new shape). The
+    generator says on that step whether the size was new (`first_at_size`); a job of a size its process had run
+    pays only a step's noise, and the laws learn the warm-up from the jobs that were first.
+    """
     stages: dict[str, dict[str, Any]] = {}
     step_durations: list[float] = []
+    first_step: dict[str, Any] | None = None
     for event in events:
         if event["kind"] != "stage" or not event.get("stage"):
             continue
@@ -37,6 +44,8 @@ def stage_breakdown(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any
         entry["count"] += 1
         if event["stage"] == "denoising_step":
             step_durations.append(event["duration_s"])
+            if event.get("step") == 1:
+                first_step = event
     steps = stages.pop("denoising_step", None)
     if steps is not None:
         denoising = stages.setdefault("denoising", {"duration_s": steps["duration_s"], "count": 1})
@@ -44,7 +53,12 @@ def stage_breakdown(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any
         denoising["mean_step_s"] = round(steps["duration_s"] / steps["count"], 6)
         # The first step at a size new to the generator's process carries a one-off warm-up (0.4-0.8 s on an
         # H200, two to seven steps' worth at 256p): the median is the step's own time, what the laws learn.
-        denoising["median_step_s"] = round(statistics.median(step_durations), 6)
+        median = statistics.median(step_durations)
+        denoising["median_step_s"] = round(median, 6)
+        if first_step is not None:
+            denoising["first_step_s"] = round(first_step["duration_s"], 6)
+            denoising["warmup_s"] = round(max(first_step["duration_s"] - median, 0.0), 6)
+            denoising["first_at_size"] = first_step.get("first_at_size")
     return stages
 
 

@@ -38,7 +38,12 @@ log = logging.getLogger(__name__)
 
 LAW = (
     "peak memory = weights + a·c·P·F + b·c·P²·F; time = outside + steps x (t0 + t1·c·P·F + t2·c·P²·F), "
-    "outside = f0 + f1·P·F + f2·P²·F (P: megapixels per frame, F: frames, c: 1 with guidance, 0.5 without)"
+    "outside = f0 + f1·P·F + f2·P²·F; the first job of a size in a generator process adds its warm-up "
+    "w0 + w1·c·P·F (P: megapixels per frame, F: frames, c: 1 with guidance, 0.5 without)"
+)
+TIME_BASIS = (
+    "seconds: a job of a size its generator process has run before; fresh_size_seconds: the first job of this "
+    "size in a process, which pays warmup_s once (its first denoising step, at a shape new to cuDNN and the allocator)"
 )
 
 __all__ = ["JobShape", "Laws", "Observation", "Prediction", "Predictor", "observation"]
@@ -51,8 +56,19 @@ class Prediction:
     gpu_model: str | None
     shape: JobShape
     memory: Estimate
-    time: Estimate
+    time: Estimate  # a warm repeat: a size the generator's process has run
+    warmup: Estimate  # what the first job of this size in a process adds
     fitted_at_ns: int | None = None
+
+    @property
+    def fresh_size_s(self) -> float:
+        """Return the seconds of the first job of this size in a generator process: warm time plus warm-up."""
+        return self.time.value + self.warmup.value
+
+    @property
+    def fresh_size_margin_s(self) -> float:
+        """Return the margin of the fresh-size seconds: the two margins added in quadrature."""
+        return math.hypot(self.time.margin, self.warmup.margin)
 
     @property
     def peak_bytes(self) -> int:
@@ -95,6 +111,13 @@ class Prediction:
                 "source": self.time.source,
                 "jobs": self.time.jobs,
                 "prior_weight": round(self.time.prior_weight, 4),
+                "warmup_s": round(self.warmup.value, 3),
+                "warmup_margin_s": round(self.warmup.margin, 3),
+                "warmup_source": self.warmup.source,
+                "warmup_jobs": self.warmup.jobs,
+                "fresh_size_seconds": round(self.fresh_size_s, 3),
+                "fresh_size_margin_s": round(self.fresh_size_margin_s, 3),
+                "basis": TIME_BASIS,
             },
             "fitted_at": None if self.fitted_at_ns is None else iso_from_us(self.fitted_at_ns // 1000),
             "how": self.describe(),
@@ -113,7 +136,7 @@ def observation(point: Point, gpu_model: str = "") -> Observation | None:
     shape = JobShape(resolution, frames, steps, float(guidance) if isinstance(guidance, int | float) else 9.0)
     # the median step (a first step's warm-up left out) where the summary has it; older summaries have the mean
     step_s = f.get("median_step_s") or f.get("mean_step_s")
-    peak, run_s = f.get("peak_memory_bytes"), f.get("run_s")
+    peak, run_s, warmup_s, first = f.get("peak_memory_bytes"), f.get("run_s"), f.get("warmup_s"), f.get("first_at_size")
     every_step = f.get("denoising_steps") == steps  # a cut-short run's steps do not describe the job
     return Observation(
         gpu_model=gpu_model,
@@ -121,6 +144,8 @@ def observation(point: Point, gpu_model: str = "") -> Observation | None:
         peak_memory_bytes=peak if isinstance(peak, int) and peak > 0 else None,
         run_s=float(run_s) if isinstance(run_s, int | float) and run_s > 0 else None,
         step_s=float(step_s) if isinstance(step_s, int | float) and step_s > 0 and every_step else None,
+        warmup_s=float(warmup_s) if isinstance(warmup_s, int | float) and warmup_s >= 0 else None,
+        first_at_size=first if isinstance(first, bool) else None,
     )
 
 
@@ -211,7 +236,15 @@ class Predictor:
         """Predict peak memory and generation time of a job on a GPU model (None: unknown, the prior answers)."""
         fit = self._current()
         laws = fit.laws.get(gpu_model or "", PRIOR_LAWS)
-        return Prediction(gpu_model, shape, laws.memory.estimate(shape), laws.time.estimate(shape), fit.fitted_at_ns)
+        time_law = laws.time
+        return Prediction(
+            gpu_model,
+            shape,
+            laws.memory.estimate(shape),
+            time_law.estimate(shape),
+            time_law.warmup_estimate(shape),
+            fit.fitted_at_ns,
+        )
 
     def laws(self, gpu_model: str | None) -> Laws:
         """Return the last fit's laws of a GPU model (the prior's when nothing was measured on it)."""

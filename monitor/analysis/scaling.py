@@ -16,12 +16,16 @@ So, with c counted as 1 or 0.5 (the share of the guided batch):
   kernels do not keep the score matrix, as PyTorch's SDPA does not, and grows where they do);
 - time per denoising step = t0 + t1·c·P·F + t2·c·P^2·F;
 - time outside the denoising loop (encoders, VAE decode, export) = f0 + f1·P·F + f2·P^2·F;
-- generation time = outside + steps x per step.
+- generation time = outside + steps x per step, for a size the generator's process has run before;
+- the one-off warm-up of the first denoising step at a size new to the process (cuDNN picking its kernels and the
+  allocator growing its pool for new shapes) = w0 + w1·c·P·F: a fixed part and a part that grows with the
+  activations. A job that is the first of its size pays generation time + warm-up.
 
 Fitting: least squares on relative errors (sizes span 60x, and a 1% miss matters as much on a small job as on
 a big one) with a Gaussian prior on each coefficient, i.e. ridge regression towards a prior law. The prior is
 the same pipeline measured on an H100: 4.6 GB of weights and 0.62 GB per megapixel-frame (512p/16: 7.2 GB, 1024p/32:
-25.3 GB), 0.0148 s + 0.0553 s per megapixel-frame per step, 0.57 s + 0.054 s per megapixel-frame outside.
+25.3 GB), 0.0148 s + 0.0553 s per megapixel-frame per step, 0.57 s + 0.054 s per megapixel-frame outside. The
+warm-up's prior is the H200's (the only card it was measured on): 0.4 s at the smallest sizes to 0.8 s at 1024p/32.
 Each term may differ from it by `prior_share` of the prior's whole value at the largest size (1024p/32), against
 an assumed measurement spread `noise`: one job outweighs the prior many times over where it measures, and the
 prior only decides what the jobs cannot tell apart (the slope when every job had one size). With no job at all
@@ -111,6 +115,12 @@ def outside_features(shape: JobShape) -> Vector:
     return (1.0, p * f, p * p * f)
 
 
+def warmup_features(shape: JobShape) -> Vector:
+    """Return 1, c·P·F: the warm-up's fixed part (kernel choice) and its part growing with the activations."""
+    p, f, c = shape.megapixels, shape.num_frames, shape.batch_share
+    return (1.0, c * p * f)
+
+
 REFERENCE = JobShape(1024, 32, 50)  # the largest job: the prior's shares and the normalisation refer to it
 
 
@@ -162,6 +172,15 @@ OUTSIDE = LawForm(
     prior=(0.57, 0.054, 0.0),
     prior_share=(0.5, 0.5, 0.3),
     noise=0.1,  # encoders, decode and export vary more from run to run than a denoising step
+    unmeasured_spread=0.5,
+)
+WARMUP = LawForm(
+    name="first-at-size warm-up",
+    terms=("fixed_s", "per_megapixel_frame_s"),
+    features=warmup_features,
+    prior=(0.4, 0.012),  # the H200: 0.4 s at 256p, about 0.8 s at 1024p/32 (33.6 megapixel-frames)
+    prior_share=(0.5, 0.5),
+    noise=0.25,  # one step's excess: a step's own noise and the kernels tried vary from one process to the next
     unmeasured_spread=0.5,
 )
 

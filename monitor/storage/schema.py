@@ -87,6 +87,7 @@ FIELD_TYPES: dict[str, Mapping[str, str]] = {
         "peak_memory_bytes": "int",
         "peak_memory_allocated_bytes": "int",
         "notes": "str",
+        "first_at_size": "bool",
         **{name: "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
         **{f"requested_{name}": "float" if name == "guidance_scale" else "int" for name in PARAM_NAMES},
     },
@@ -185,6 +186,7 @@ def event_to_point(event: Event) -> Point:
         "peak_memory_bytes": event.peak_memory_bytes,
         "peak_memory_allocated_bytes": event.peak_memory_allocated_bytes,
         "notes": "\n".join(n.replace("\n", " ") for n in event.notes) or None,  # one text field, a note a line
+        "first_at_size": event.first_at_size,
     }
     for name in PARAM_NAMES:
         fields[name] = event.params.get(name)
@@ -227,6 +229,7 @@ def point_to_event(point: Point) -> dict[str, Any]:
         "peak_memory_bytes": f.get("peak_memory_bytes"),
         "peak_memory_allocated_bytes": f.get("peak_memory_allocated_bytes"),
         "notes": str(f["notes"]).split("\n") if f.get("notes") else [],
+        "first_at_size": f.get("first_at_size"),
         "params": params,
         "requested": requested,
     }

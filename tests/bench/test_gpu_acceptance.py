@@ -159,3 +159,9 @@ def test_the_overhead_is_judged_from_each_running_job_and_its_paused_neighbour(t
     assert verdicts["generation time, monitor at 0.5 s / paused"] is True
     assert verdicts["generation time just after the monitor started at 0.5 s (backlog) / paused"] is False
     assert verdicts["overhead: at least 10 jobs with the monitor at 2 s, each beside a paused one"] is True
+
+
+def test_an_unseen_size_is_judged_against_its_fresh_size_time_warm_up_included() -> None:
+    fresh = {"time": {"seconds": 6.0, "warmup_s": 0.6, "fresh_size_seconds": 6.6}}
+    assert gpu_acceptance.fresh_size_s(fresh) == 6.6
+    assert gpu_acceptance.fresh_size_s({"time": {"seconds": 6.0}}) == 6.0  # a monitor from before: its one time

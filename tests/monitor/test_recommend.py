@@ -43,7 +43,10 @@ def device(total_gb: float, used_gb: float, own_gb: float | None = None, model: 
 
 
 def predictor(laws: Laws) -> object:
-    return lambda shape: Prediction(H100, shape, laws.memory.estimate(shape), laws.time.estimate(shape))
+    time = laws.time
+    return lambda shape: Prediction(
+        H100, shape, laws.memory.estimate(shape), time.estimate(shape), time.warmup_estimate(shape)
+    )
 
 
 def ladder_index(shape: JobShape) -> int:
