@@ -128,6 +128,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             host_name="test-host",
             outputs_dir=generator.config.outputs,
             clip_model=save_tiny_clip(root / "weights"),
+            # The generator started first and spooled only its start-up events: no job in a replay to wait for, so the
+            # first clip is scored as soon as its job ends (tests/quality/test_schedule.py covers the quiet period).
+            quality_startup_quiet_s=0.0,
             alert_rules=fast_severe_rules(root),
             restart_command=shlex.join([sys.executable, "-c", append_line, str(marker)]),
             admin_token=ADMIN_TOKEN,
