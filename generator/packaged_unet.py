@@ -60,6 +60,7 @@ class PackagedUNet(torch.nn.Module):
         self.inductor_options = dict(inductor_options)
         self.fingerprint = unet_fingerprint(eager, device, {**settings, "inductor": self.inductor_options})
         self.graphs_total = 0  # packages this process exported and compiled
+        self.package_calls_total = 0  # calls a package served (the rest ran the eager UNet)
         self.loads: list[PackageLoad] = []
         self._runners: dict[Signature, Any] = {}
         self._building = False
@@ -118,6 +119,7 @@ class PackagedUNet(torch.nn.Module):
                 cross_attention_kwargs=cross_attention_kwargs,
                 return_dict=return_dict,
             )
+        self.package_calls_total += 1
         return (runner(*inputs),)
 
     def _load_or_build(self, inputs: tuple[torch.Tensor, ...]) -> Any:

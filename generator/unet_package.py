@@ -129,7 +129,8 @@ def build_package(
         exported = torch.export.export(UNetCall(unet), tuple(inputs), strict=False)
     exported_at = time.perf_counter()
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".partial")
+    # AOTInductor insists on a name ending in .pt2.
+    descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=PACKAGE_SUFFIX)
     os.close(descriptor)
     try:
         options = {**inductor_options, "aot_inductor.package_constants_in_so": False}
