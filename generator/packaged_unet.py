@@ -20,7 +20,14 @@ from typing import Any
 
 import torch
 
-from generator.unet_package import UnloadablePackage, build_package, load_package, package_path, unet_fingerprint
+from generator.unet_package import (
+    BuildTiming,
+    UnloadablePackage,
+    build_package,
+    load_package,
+    package_path,
+    unet_fingerprint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,7 @@ class PackagedUNet(torch.nn.Module):
         self.graphs_total = 0  # packages this process exported and compiled
         self.package_calls_total = 0  # calls a package served (the rest ran the eager UNet)
         self.loads: list[PackageLoad] = []
+        self.builds: list[BuildTiming] = []  # for benchmarks: the worker reports builds through graphs_total
         self._runners: dict[Signature, Any] = {}
         self._building = False
 
@@ -128,6 +136,7 @@ class PackagedUNet(torch.nn.Module):
         if runner is None:
             timing = build_package(self.eager, inputs, path, self.inductor_options)
             self.graphs_total += 1
+            self.builds.append(timing)
             log.info(
                 "UNet package built for sample %s in %.1f s (export %.1f s, AOTInductor %.1f s): %s, %d bytes",
                 tuple(inputs[0].shape),
