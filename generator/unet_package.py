@@ -86,7 +86,8 @@ def unet_fingerprint(unet: torch.nn.Module, device: torch.device, settings: Mapp
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     described = {
         "unet": type(unet).__name__,
-        "config": dict(getattr(unet, "config", {})),
+        # Without diffusers' private keys: `_use_default_values` is listed from a set, in another order each process.
+        "config": {k: v for k, v in dict(getattr(unet, "config", {})).items() if not k.startswith("_")},
         "tensors": tensors,
         "diffusers": metadata.version("diffusers"),
         "torch": torch.__version__,

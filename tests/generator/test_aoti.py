@@ -10,7 +10,10 @@ module with the UNet's call signature, whose package builds in about ten seconds
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from generator.packaged_unet import PackagedUNet
 from generator.unet_package import package_path, unet_fingerprint
 from tests.generator.test_compile import CompiledWorker
 
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGED = Shape(64, 4)  # the smallest latents (8x8, 4 frames): the package's size does not change its build time
 
 
@@ -264,6 +268,34 @@ def test_the_key_changes_with_the_size_the_layout_and_the_settings() -> None:
     unet.to(memory_format=torch.channels_last)  # other strides: other generated code
     assert unet_fingerprint(unet, cpu, {"attention": "auto"}) != fingerprint
     assert unet_fingerprint(unet.double(), cpu, {"attention": "auto"}) != fingerprint
+
+
+FINGERPRINT = """
+import torch
+from pathlib import Path
+from generator.pipeline import load_pipeline
+from generator.unet_package import unet_fingerprint
+
+pipe = load_pipeline("tiny", torch.device("cpu"), torch.float32, Path(__import__("tempfile").mkdtemp()))
+print(unet_fingerprint(pipe.unet, torch.device("cpu"), {"attention": "auto"}))
+"""
+
+
+def test_the_key_is_the_same_in_the_next_process() -> None:
+    # What a restart relies on: nothing in the key may depend on the process (hash seeds order sets).
+    fingerprints = set()
+    for seed in ("1", "2"):
+        completed = subprocess.run(
+            [sys.executable, "-c", FINGERPRINT],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        fingerprints.add(completed.stdout.split()[-1])
+    assert len(fingerprints) == 1
 
 
 def test_the_aoti_backend_refuses_what_a_package_cannot_do() -> None:
