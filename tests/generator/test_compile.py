@@ -91,6 +91,7 @@ def test_every_setting_has_its_environment_variable(tmp_path: Path) -> None:
         ({"GENERATOR_COMPILE_MODE": "fast"}, "GENERATOR_COMPILE_MODE must be one of"),
         ({"GENERATOR_COMPILE_BACKEND": "tvm"}, "GENERATOR_COMPILE_BACKEND must be one of"),
         ({"GENERATOR_COMPILE_BACKEND": "eager", "GENERATOR_COMPILE_MODE": "reduce-overhead"}, "needs the inductor"),
+        ({"GENERATOR_COMPILE_BACKEND": "aoti", "GENERATOR_COMPILE_MODE": "max-autotune"}, "does not apply to packages"),
         ({"GENERATOR_COMPILE_WARMUP": "512"}, "is not RESOLUTIONxFRAMES"),
         ({"GENERATOR_COMPILE_WARMUP": "640x16"}, "outside the API's sizes"),
         ({"GENERATOR_COMPILE_WARMUP": "512x64"}, "outside the API's sizes"),
