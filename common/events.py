@@ -11,6 +11,7 @@ from typing import Any
 STAGES = (
     "model_load",
     "compile",
+    "package_load",
     "warmup",
     "text_encoding",
     "image_encoding",

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -31,8 +31,13 @@ from common.sizing import LIMITS, RESOLUTIONS
 log = logging.getLogger(__name__)
 
 MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
-# eager and aot_eager run dynamo (tracing, guards, recompiles) without generating code: tests and debugging.
-BACKENDS = ("inductor", "eager", "aot_eager")
+# aoti: the UNet exported and compiled ahead of time into a package per warm-up size (generator/packaged_unet.py),
+# which a restart loads without tracing. eager and aot_eager run dynamo (tracing, guards, recompiles) without
+# generating code: tests and debugging.
+BACKENDS = ("inductor", "aoti", "eager", "aot_eager")
+# A package is plain generated code: the modes that add CUDA graphs are torch.compile's runtime, not the package's.
+AOTI_MODES = ("default", "max-autotune-no-cudagraphs")
+PACKAGES_FOLDER = "unet-packages"
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 MEGA_CACHE_FILE = "mega-cache.bin"
 # Guidance as the warm-up runs it: with guidance the pipeline batches both passes (batch 2), which is what jobs
@@ -96,12 +101,25 @@ class Acceleration:
             raise ValueError(f"GENERATOR_COMPILE_MODE must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"GENERATOR_COMPILE_BACKEND must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.backend != "inductor" and self.mode != "default":
+        if self.backend == "aoti":
+            if self.mode not in AOTI_MODES:
+                raise ValueError(f"GENERATOR_COMPILE_MODE {self.mode!r} does not apply to packages (aoti backend)")
+            if self.dynamic or self.compile_vae:
+                raise ValueError("the aoti backend packages the UNet at static sizes only (no dynamic, no VAE)")
+        elif self.backend != "inductor" and self.mode != "default":
             raise ValueError(f"GENERATOR_COMPILE_MODE {self.mode!r} needs the inductor backend")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"GENERATOR_ATTENTION must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention!r}"
             )
+
+    def packages_folder(self) -> Path:
+        """Return the folder of the UNet's AOTInductor packages (aoti backend): inside the compile cache."""
+        return (self.cache_dir or Path(tempfile.gettempdir()) / "i2v-compile-cache") / PACKAGES_FOLDER
+
+    def inductor_options(self) -> dict[str, Any]:
+        """Return the inductor options the compile mode stands for (what AOTInductor builds a package with)."""
+        return dict(torch._inductor.list_mode_options(self.mode)) if self.mode != "default" else {}
 
     def describe(self) -> dict[str, Any]:
         """Return the settings as plain values, for /health and the start-up log."""
@@ -116,6 +134,14 @@ class Acceleration:
             "attention": self.attention,
             "channels_last": self.channels_last,
         }
+
+
+class CompiledModule(Protocol):
+    """A module compiled ahead of its calls (a torch.compile watch, the UNet's packages): what is reported of it."""
+
+    module: str  # its name in events and i2v_compiles_total
+    graphs_total: int  # graphs (or packages) built so far: each one is a compile
+    eager: Any  # the module uncompiled, which the worker runs at sizes not compiled
 
 
 class CompileWatch:

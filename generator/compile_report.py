@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from generator.acceleration import CompileWatch, Shape, save_cache
+from generator.acceleration import CompiledModule, Shape, save_cache
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
 from generator.stages import StageTiming
@@ -29,7 +29,7 @@ class CompileReporter:
 
     def __init__(
         self,
-        watches: list[CompileWatch],
+        watches: list[CompiledModule],
         metrics: GeneratorMetrics,
         book: JobBook,
         emit: StageEmitter,

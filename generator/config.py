@@ -215,7 +215,8 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         ("GENERATOR_COMPILE_BACKEND",),
         "inductor",
-        "`inductor`; `eager` or `aot_eager` run dynamo without generating code (tests, debugging)",
+        "`inductor`; `aoti`: a package per warm-up size, loaded at restart without tracing; "
+        "`eager` or `aot_eager` (tests)",
     ),
     Setting(
         "compile_cache",

@@ -26,7 +26,8 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from generator.acceleration import Acceleration, CompileWatch, to_channels_last, use_attention
+from generator.acceleration import Acceleration, CompiledModule, CompileWatch, to_channels_last, use_attention
+from generator.packaged_unet import PackagedUNet
 from generator.tokenizer import build_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -203,18 +204,30 @@ def load_pipeline(model: str, device: torch.device, dtype: torch.dtype, cache_di
     return pipe
 
 
-def accelerate(pipe: I2VGenXLPipeline, settings: Acceleration) -> list[CompileWatch]:
+def accelerate(pipe: I2VGenXLPipeline, settings: Acceleration) -> list[CompiledModule]:
     """Apply `settings` to a loaded pipeline: attention kernel, channels-last weights, compiled UNet (and VAE).
 
     Compiling is lazy: each module compiles on its first call at a new size class, inside whichever stage calls
-    it. Returns one watch per compiled module, in the order UNet, VAE decoder.
+    it (the aoti backend only inside `PackagedUNet.building()`). Returns one watch per compiled module, in the
+    order UNet, VAE decoder.
     """
     use_attention(settings.attention)
     if settings.channels_last:
         to_channels_last(pipe.unet)
         to_channels_last(pipe.vae)
-    watches = []
-    if settings.compile:
+    watches: list[CompiledModule] = []
+    if settings.compile and settings.backend == "aoti":
+        packaged = PackagedUNet(
+            pipe.unet,
+            settings.packages_folder(),
+            pipe.unet.device,
+            settings.inductor_options(),
+            # Chosen when the UNet is exported; the strides of channels-last weights are in the key already.
+            {"attention": settings.attention},
+        )
+        pipe.unet = packaged
+        watches.append(packaged)
+    elif settings.compile:
         unet = CompileWatch("unet", settings.backend, settings.mode, settings.dynamic)
         # Through the pipeline's own setattr, which records the compiled module's class as the original's.
         pipe.unet = unet.compile(pipe.unet, settings.dynamic, len(settings.warmup))

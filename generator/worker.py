@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -16,13 +17,14 @@ from PIL import Image
 from common.events import STARTUP_JOB_ID, Event
 from common.logs import extra
 from generator import eta
-from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompileWatch, Shape
+from generator.acceleration import WARMUP_GUIDANCE, Acceleration, CompiledModule, Shape
 from generator.admission import admit, next_smaller, table_estimate
 from generator.compile_report import CompileReporter
 from generator.device_clock import clock_for
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
+from generator.packaged_unet import PackagedUNet
 from generator.peak_memory import JobMemory, PeakMemory
 from generator.pipeline import accelerate, load_pipeline, parameter_counts
 from generator.stages import JobCancelled, StageTimer, StageTiming
@@ -110,7 +112,7 @@ class Worker:
         self.status = "starting"
         self.pipe: Any = None
         self.timer: StageTimer | None = None
-        self.watches: list[CompileWatch] = []
+        self.watches: list[CompiledModule] = []
         self.compiles = CompileReporter([], metrics, book, self._compile_event)
         self._compiled_unet: Any = None
         # The sizes the warm-up compiled; the compiled UNet runs only at these (static shapes: any other size would
@@ -213,18 +215,24 @@ class Worker:
     def _warm_compiles(self, image: Image.Image) -> None:
         """Compile the UNet for each warm-up size before /ready, one denoising step each, and save the cache.
 
+        With packages (aoti backend) the step loads the size's package, or exports, compiles and saves it first.
         A size that does not fit the card is skipped (jobs of that size run eager): the warm-up must never keep the
         service from starting.
         """
         shapes = self.acceleration.warmup
+        packaged = self._compiled_unet if isinstance(self._compiled_unet, PackagedUNet) else None
         for index, shape in enumerate(shapes, 1):
-            self.status = f"compiling the UNet for {shape} ({index} of {len(shapes)})"
+            verb = "loading or building the UNet package" if packaged else "compiling the UNet"
+            self.status = f"{verb} for {shape} ({index} of {len(shapes)})"
             params = JobParams(shape.resolution, shape.num_frames, 1, WARMUP_GUIDANCE, 8, seed=0)
             listener = functools.partial(self.compiles.notice, params=params)
             self.compiled_sizes.add(shape)
             try:
-                self._call_pipeline(params, image, "warm-up", listener, output="latent")
+                with packaged.building() if packaged else contextlib.nullcontext():
+                    self._call_pipeline(params, image, "warm-up", listener, output="latent")
                 self.warm_sizes.ran(params)
+                if packaged:
+                    self._report_package_loads(packaged, params)
             except Exception as error:
                 self.compiled_sizes.discard(shape)
                 if not is_out_of_memory(error):
@@ -236,6 +244,14 @@ class Worker:
                 )
             self.job_memory.release()
         self.compiles.save_mega_cache()
+
+    def _report_package_loads(self, packaged: PackagedUNet, params: JobParams) -> None:
+        """Report each package the warm-up step loaded from disk as a `package_load` start-up stage (not a compile)."""
+        for load in packaged.loads:
+            timing = StageTiming("package_load", load.started_at, load.duration_s)
+            self.metrics.stage_duration.labels("package_load").observe(load.duration_s)
+            self._stage_event(STARTUP_JOB_ID, timing, params)
+        packaged.loads.clear()
 
     def _call_pipeline(
         self,

@@ -91,6 +91,7 @@ def test_every_setting_has_its_environment_variable(tmp_path: Path) -> None:
         ({"GENERATOR_COMPILE_MODE": "fast"}, "GENERATOR_COMPILE_MODE must be one of"),
         ({"GENERATOR_COMPILE_BACKEND": "tvm"}, "GENERATOR_COMPILE_BACKEND must be one of"),
         ({"GENERATOR_COMPILE_BACKEND": "eager", "GENERATOR_COMPILE_MODE": "reduce-overhead"}, "needs the inductor"),
+        ({"GENERATOR_COMPILE_BACKEND": "aoti", "GENERATOR_COMPILE_MODE": "max-autotune"}, "does not apply to packages"),
         ({"GENERATOR_COMPILE_WARMUP": "512"}, "is not RESOLUTIONxFRAMES"),
         ({"GENERATOR_COMPILE_WARMUP": "640x16"}, "outside the API's sizes"),
         ({"GENERATOR_COMPILE_WARMUP": "512x64"}, "outside the API's sizes"),
@@ -137,7 +138,7 @@ class EventLines(logging.Handler):
 class CompiledWorker:
     """A started worker on the tiny model with its UNet compiled (eager backend), and what it reported."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, acceleration: Acceleration | None = None) -> None:
         self.root = root
         self.lines = EventLines()
         self.event_log = logging.getLogger("generator.event")
@@ -157,8 +158,15 @@ class CompiledWorker:
             cache_dir=root / "cache",
             host_name="test-host",
             # The worker's own warm-up job is 256x256x8: compiled here first, it does not compile again.
-            acceleration=Acceleration(compile=True, backend="eager", dynamic=False, warmup=(Shape(256, 8),)),
+            acceleration=acceleration
+            or Acceleration(compile=True, backend="eager", dynamic=False, warmup=(Shape(256, 8),)),
         )
+
+    def start(self) -> None:
+        """Start the worker and wait until it is ready (or failed to load)."""
+        self.worker.start()
+        wait_for(lambda: self.worker.ready.is_set() or self.worker.load_error is not None, 300, "the warm-up")
+        assert self.worker.load_error is None
 
     def run(self, resolution: int, num_frames: int, guidance_scale: float = 9.0) -> Job:
         """Queue a two-step job of this size, wait for its end and return it."""
@@ -189,9 +197,7 @@ class CompiledWorker:
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CompiledWorker]:
     handle = CompiledWorker(tmp_path_factory.mktemp("compiled"))
-    handle.worker.start()
-    wait_for(lambda: handle.worker.ready.is_set() or handle.worker.load_error is not None, 300, "the compile warm-up")
-    assert handle.worker.load_error is None
+    handle.start()
     try:
         yield handle
     finally:
