@@ -32,19 +32,19 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return load_pipeline("tiny", CPU, torch.float32, tmp_path_factory.mktemp("cache"))
 
 
+CALL = {
+    "prompt": "a cat",
+    "image": Image.new("RGB", (64, 64), (90, 140, 200)),
+    "height": 64,
+    "width": 64,
+    "num_frames": 8,
+    "num_inference_steps": STEPS,
+    "output_type": "np",
+}
+
+
 def run(timer: StageTimer, timings: list[StageTiming], cancelled: Any = lambda: False) -> np.ndarray:
-    return timer.run(
-        timings.append,
-        cancelled,
-        prompt="a cat",
-        image=Image.new("RGB", (64, 64), (90, 140, 200)),
-        height=64,
-        width=64,
-        num_frames=8,
-        num_inference_steps=STEPS,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).frames[0]
+    return timer.run(timings.append, cancelled, **CALL, generator=torch.Generator().manual_seed(3)).frames[0]
 
 
 class UNetCalls:
@@ -103,16 +103,7 @@ def test_every_step_is_booked_once_in_order_and_the_steps_tile_the_loop(tiny: An
 def test_the_host_timestep_leaves_the_clip_unchanged(tmp_path: Path) -> None:
     fresh = load_pipeline("tiny", CPU, torch.float32, tmp_path / "cache")  # not yet wrapped by any timer
     torch.manual_seed(0)  # the pipeline draws the image latents' noise from torch's global generator
-    untimed = fresh(
-        prompt="a cat",
-        image=Image.new("RGB", (64, 64), (90, 140, 200)),
-        height=64,
-        width=64,
-        num_frames=8,
-        num_inference_steps=STEPS,
-        generator=torch.Generator().manual_seed(3),
-        output_type="np",
-    ).frames[0]
+    untimed = fresh(**CALL, generator=torch.Generator().manual_seed(3)).frames[0]
     seen: list[object] = []
     scheduler_step = fresh.scheduler.step
 
