@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 import requests
 
 START_DEADLINE_S = 30.0
+
+log = logging.getLogger("tests.servers")
 
 
 def free_port() -> int:
@@ -173,7 +176,13 @@ class AppServer:
         # The worker threads go first, so none of them pulls the trigger after it is closed.
         self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
         socket_map = self._server._map
-        self._server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
+        try:
+            self._server.trigger.pull_trigger(lambda: wasyncore.close_all(socket_map))
+        except OSError as error:
+            # Seen once in a full run (EBADF): the trigger's pipe was closed by something else in the process, not
+            # reproduced alone. Logged (warnings fail the suite); the sockets are closed from here, the loop ends.
+            log.warning("the app server's trigger failed (%s); closing its sockets directly", error)
+            wasyncore.close_all(socket_map)
         self._thread.join(timeout=10)
 
 
