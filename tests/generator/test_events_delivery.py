@@ -13,6 +13,7 @@ from flask import Flask
 from werkzeug.serving import make_server
 
 from common.events import Event, EventError
+from generator import events as events_module
 from generator.events import EventSender
 from generator.metrics import GeneratorMetrics
 from tests.generator.conftest import GeneratorServer, serve_generator
@@ -81,7 +82,10 @@ def emitted() -> Iterator[EmittedEvents]:
     logger.setLevel(level)
 
 
-def test_events_spooled_while_the_monitor_is_away_arrive_once_each_in_order(tmp_path, emitted) -> None:
+def test_events_spooled_while_the_monitor_is_away_arrive_once_each_in_order(tmp_path, emitted, monkeypatch) -> None:
+    # Every refused attempt doubles the sender's wait; capped at 2 s instead of 30 s, the retry that finds the
+    # monitor comes within 2 s of its start, not up to 30 s later.
+    monkeypatch.setattr(events_module, "BACKOFF_MAX_S", 2.0)
     monitor_port = free_port()
     servers = serve_generator(tmp_path, monitor_url=f"http://127.0.0.1:{monitor_port}")
     generator: GeneratorServer = next(servers)
