@@ -614,17 +614,40 @@ class Acceptance:
         for index, paused in enumerate(order):
             if paused:
                 self.pause_monitor()
+                scored_before = None
+            else:
+                scored_before = self.clips_scored()
             try:
                 views = self.jobs.run([self.plan.overhead], deadline=self.budget.deadline)
             finally:
                 if paused:
                     self.resume_monitor()
+            scored_after = None if paused else self.clips_scored()
+            # Clips the monitor scored while this job ran (a frozen monitor scores none): the pairs whose running
+            # job had none tell the scoring's share of the cost from the rest of it.
+            scored_during = None if scored_before is None or scored_after is None else scored_after - scored_before
             for view in views:
                 self.record.job(
-                    "overhead", view, mode=f"{mode} paused" if paused else mode, pair=index // 2, after_switch=False
+                    "overhead",
+                    view,
+                    mode=f"{mode} paused" if paused else mode,
+                    pair=index // 2,
+                    after_switch=False,
+                    clips_scored_during=0 if paused else scored_during,
                 )
         session["poller"] = self.stop_poller()
         return session
+
+    def clips_scored(self) -> int | None:
+        """Return how many clips the monitor has scored since it started (its /metrics), None if it does not say."""
+        try:
+            text = requests.get(f"{self.monitor_url}/metrics", timeout=10).text
+        except requests.RequestException:
+            return None
+        for line in text.splitlines():
+            if line.startswith("i2v_quality_scoring_duration_seconds_count"):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return None
 
     def pause_monitor(self) -> None:
         """Close the dashboard and freeze the monitor (SIGSTOP): no CPU, no GPU work, no answers."""
@@ -659,8 +682,10 @@ class Acceptance:
         def values(chosen: list[dict[str, Any]], key: str = "run_s") -> list[float]:
             return [j[key] for j in chosen if j.get(key)]
 
-        def pairs(mode: str, key: str) -> list[tuple[float, float]]:
-            running = {j["pair"]: j.get(key) for j in of(mode)}
+        def pairs(mode: str, key: str, unscored_only: bool = False) -> list[tuple[float, float]]:
+            running = {
+                j["pair"]: j.get(key) for j in of(mode) if not unscored_only or j.get("clips_scored_during") == 0
+            }
             paused = {j["pair"]: j.get(key) for j in of(f"{mode} paused")}
             return [(running[p], paused[p]) for p in sorted(running) if running[p] and paused.get(p)]
 
@@ -674,6 +699,9 @@ class Acceptance:
                 "after_start": describe(values(of(mode, after_switch=True))),
                 "paired_ratio": paired_ratio(pairs(mode, "run_s")),
                 "paired_denoising_ratio": paired_ratio(pairs(mode, "denoising_s")),
+                # Only the pairs whose running job had no clip scored beside it: the cost without scoring.
+                "paired_ratio_no_scoring": paired_ratio(pairs(mode, "run_s", unscored_only=True)),
+                "paired_denoising_ratio_no_scoring": paired_ratio(pairs(mode, "denoising_s", unscored_only=True)),
                 "ratio_of_medians": ratio_of_medians(values(running), values(paused)),
                 "ratio_after_start": ratio_of_medians(values(of(mode, after_switch=True)), values(paused)),
                 "ratio_to_stopped": ratio_of_medians(values(running), values(of(STOPPED))),
@@ -687,11 +715,13 @@ class Acceptance:
             n = ratio["pairs"]
             shown = "n/a" if ratio["ratio"] is None else f"{ratio['ratio']:.4f} (95% CI {_ci(ratio)})"
             denoising = mode_stats["paired_denoising_ratio"]
+            unscored = mode_stats["paired_ratio_no_scoring"]
             detail = (
                 f"{self.plan.overhead.label}: {n} jobs beside {n} with the monitor paused, ABBA order, geometric mean"
                 f" of the pairs' ratios; denoising alone {_ratio(denoising)}; job IQR "
                 f"{_pct(mode_stats['running']['iqr_ratio'])} running / {_pct(mode_stats['paused']['iqr_ratio'])} "
-                f"paused; CLIP scoring every clip, a dashboard open"
+                f"paused; CLIP scoring every clip, a dashboard open; the {unscored['pairs']} pairs without a clip "
+                f"scored beside the running job: {_ratio(unscored)}"
             )
             check = at_most(
                 f"generation time, monitor at {interval_s:g} s / paused", ratio["ratio"], OVERHEAD_LIMIT, shown, detail

@@ -161,6 +161,36 @@ def test_the_overhead_is_judged_from_each_running_job_and_its_paused_neighbour(t
     assert verdicts["overhead: at least 10 jobs with the monitor at 2 s, each beside a paused one"] is True
 
 
+def test_the_pairs_whose_running_job_had_no_clip_scored_beside_it_are_also_judged_apart(tmp_path: Path) -> None:
+    import argparse
+
+    plan = gpu_acceptance.H200
+    record = Record(tmp_path / "acceptance.json", benchmark="gpu_acceptance")
+    acceptance = gpu_acceptance.Acceptance(argparse.Namespace(budget_s=600.0), plan, record, tmp_path)
+    clock = 0.0
+
+    def job(mode: str, run_s: float, pair: int, clips_scored_during: int) -> None:
+        nonlocal clock
+        view = {"job_id": f"j{clock}", "state": "succeeded", "started_at": clock, "finished_at": clock + run_s}
+        view["stage_durations_s"] = {"denoising": run_s * 0.75}
+        record.job("overhead", view, mode=mode, pair=pair, after_switch=False, clips_scored_during=clips_scored_during)
+        clock += run_s + 1
+
+    for pair in range(plan.pairs):  # a clip scored beside every other running job, costing it 3%
+        scored = pair % 2
+        job("0.5s", 3.0 * (1.03 if scored else 1.0), pair, scored)
+        job("0.5s paused", 3.0, pair, 0)
+
+    entry: dict[str, Any] = {}
+    acceptance.judge_overhead(entry)
+
+    stats = entry["stats"]["0.5s"]
+    assert stats["paired_ratio"]["ratio"] == pytest.approx(1.03**0.5, rel=1e-4)
+    assert stats["paired_ratio_no_scoring"]["ratio"] == pytest.approx(1.0)
+    assert stats["paired_ratio_no_scoring"]["pairs"] == (plan.pairs + 1) // 2
+    assert stats["paired_denoising_ratio_no_scoring"]["ratio"] == pytest.approx(1.0)
+
+
 def test_an_unseen_size_is_judged_against_its_fresh_size_time_warm_up_included() -> None:
     fresh = {"time": {"seconds": 6.0, "warmup_s": 0.6, "fresh_size_seconds": 6.6}}
     assert gpu_acceptance.fresh_size_s(fresh) == 6.6
