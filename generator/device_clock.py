@@ -74,10 +74,9 @@ class CudaClock:
     def time_of(self, mark: object) -> float:
         """Wait for the event (the GIL is released meanwhile) and place it on the wall clock."""
         assert isinstance(mark, torch.cuda.Event)
-        if self._anchor_event is None:  # a mark before any anchor: read it as now
-            mark.synchronize()
-            return time.time()
         mark.synchronize()
+        if self._anchor_event is None:  # a mark before any anchor: read it as now
+            return time.time()
         return self._anchor_s + self._anchor_event.elapsed_time(mark) / 1000.0
 
 
