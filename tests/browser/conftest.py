@@ -75,6 +75,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             sample_interval_s=1.0,
             host_name=HOST,
             outputs_dir=generator.config.outputs,
+            # The generator started first and spooled only its start-up events: no job in a replay to wait for, so
+            # a clip is scored as soon as its job ends (tests/quality/test_schedule.py covers the quiet period).
+            quality_startup_quiet_s=0.0,
         ).validate()
         store = open_store(config.store_url)
         writer = Writer(store, Spool(config.spool_dir, config.spool_max_bytes), conform=schema.conform)
