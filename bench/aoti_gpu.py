@@ -24,14 +24,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.compile_gpu import child_env, parse_size, read_records, stop
+from bench.compile_gpu import child_env, parse_size, run_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("packages", "restart", "compiled")
@@ -149,32 +148,12 @@ def child_command(args: argparse.Namespace, phase: str, records: Path) -> list[s
 def run_child(
     args: argparse.Namespace, phase: str, records_dir: Path, deadline_s: float, result: dict[str, Any]
 ) -> None:
-    """Run one phase until it ends or its deadline, merging its records into the JSON as they come."""
+    """Run one phase in its own process until it ends or its deadline (see bench/compile_gpu.py's `run_phase`)."""
     records = records_dir / f"{phase}.jsonl"
-    entry: dict[str, Any] = {"status": "running", "deadline_s": round(deadline_s, 1), "records": []}
-    result["phases"][phase] = entry
-    started = time.monotonic()
-    process = subprocess.Popen(
-        child_command(args, phase, records), cwd=ROOT, env=child_env(Path(args.cache_dir)), start_new_session=True
+    command = child_command(args, phase, records)
+    run_phase(
+        result, phase, command, child_env(Path(args.cache_dir)), records, deadline_s, lambda: write(args.out, result)
     )
-    seen = 0
-    while process.poll() is None:
-        if time.monotonic() - started > deadline_s:
-            stop(process)
-            entry["status"] = "timed out (the budget ran out)"
-            break
-        time.sleep(0.5)
-        entry["records"] = read_records(records)
-        if len(entry["records"]) != seen:
-            seen = len(entry["records"])
-            write(args.out, result)
-    entry["records"] = read_records(records)
-    entry["wall_s"] = round(time.monotonic() - started, 1)
-    if entry["status"] == "running":
-        done = any(r.get("kind") == "done" for r in entry["records"])
-        errors = [r for r in entry["records"] if r.get("kind") == "error"]
-        ok = process.returncode == 0 and done and not errors
-        entry["status"] = "complete" if ok else f"failed (exit {process.returncode}, {len(errors)} error(s))"
 
 
 def write(out: Path, result: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -189,25 +190,40 @@ def run_child(
     result: dict[str, Any],
     out: Path,
 ) -> None:
-    """Run one phase until it ends or its deadline, merging its records into the JSON as they come."""
+    """Run one phase in its own process until it ends or its deadline (see `run_phase`)."""
     records = records_dir / f"{phase}.jsonl"
+    command = child_command(args, phase, cache_dir, records)
+    run_phase(
+        result, phase, command, child_env(cache_dir), records, deadline_s, lambda: write(out, result, args.peak_tflops)
+    )
+
+
+def run_phase(
+    result: dict[str, Any],
+    phase: str,
+    command: list[str],
+    env: dict[str, str],
+    records: Path,
+    deadline_s: float,
+    save: Callable[[], None],
+) -> None:
+    """Run a phase's child until it ends or its deadline, merging the records it appends into the result and
+    saving the result whenever a record arrives (a run cut short keeps what it measured)."""
     entry: dict[str, Any] = {"status": "running", "deadline_s": round(deadline_s, 1), "records": []}
     result["phases"][phase] = entry
     started = time.monotonic()
-    process = subprocess.Popen(
-        child_command(args, phase, cache_dir, records), cwd=ROOT, env=child_env(cache_dir), start_new_session=True
-    )
+    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
     seen = 0
     while process.poll() is None:
         if time.monotonic() - started > deadline_s:
             stop(process)
             entry["status"] = "timed out (the budget ran out)"
             break
-        time.sleep(0.5)
+        time.sleep(0.5)  # the child appends a record every few seconds at most
         entry["records"] = read_records(records)
         if len(entry["records"]) != seen:
             seen = len(entry["records"])
-            write(out, result, args.peak_tflops)
+            save()
     entry["records"] = read_records(records)
     entry["wall_s"] = round(time.monotonic() - started, 1)
     if entry["status"] == "running":
