@@ -90,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from common.events import Event
     from generator.device_clock import clock_for
-    from generator.events import EventSender, iso
+    from generator.events import EventSender
     from generator.pipeline import load_pipeline, pick_device
     from generator.stages import StageTimer, StageTiming
+    from generator.validation import JobParams
+    from generator.worker import stage_event
 
     device, dtype = pick_device()
     work = Path(tempfile.mkdtemp(prefix="step-sync-"))
@@ -114,21 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         "output_type": "latent",
     }
 
+    params = JobParams(args.resolution, args.num_frames, args.steps, 9.0, 8)
+
     def emit(timing: StageTiming) -> None:  # what the worker sends for each stage
-        sender.emit(
-            Event(
-                job_id="bench",
-                host="bench",
-                gpu=str(device.index or 0),
-                kind="stage",
-                stage=timing.stage,
-                started_at=iso(timing.started_at),
-                duration_s=timing.duration_s,
-                step=timing.step,
-                total_steps=timing.total_steps,
-                params={"resolution": args.resolution, "num_frames": args.num_frames, "steps": args.steps},
-            )
-        )
+        sender.emit(stage_event("bench", "bench", str(device.index or 0), timing, params))
 
     def timed(in_flight: int, listener: Callable[[StageTiming], None]) -> Callable[[], Any]:
         timer = StageTimer(fresh_copy(pipe), clock_for(device), steps_in_flight=in_flight)

@@ -74,6 +74,33 @@ def device_identity(device: torch.device) -> tuple[str | None, str | None]:
     return properties.name, text
 
 
+def stage_event(
+    job_id: str,
+    host: str,
+    gpu: str,
+    timing: StageTiming,
+    params: JobParams,
+    peak: PeakMemory | None = None,
+    first_at_size: bool | None = None,
+) -> Event:
+    """Build the event for one timed stage of a job (or of the start-up) on `gpu`."""
+    return Event(
+        job_id=job_id,
+        host=host,
+        gpu=gpu,
+        kind="stage",
+        stage=timing.stage,
+        started_at=iso(timing.started_at),
+        duration_s=timing.duration_s,
+        step=timing.step,
+        total_steps=timing.total_steps,
+        params=params.to_dict(),
+        peak_memory_bytes=None if peak is None else peak.reserved_bytes,
+        peak_memory_allocated_bytes=None if peak is None else peak.allocated_bytes,
+        first_at_size=first_at_size,
+    )
+
+
 class Worker:
     """One thread owning one device's pipeline: loads and warms it, then takes jobs from the book."""
 
@@ -413,23 +440,7 @@ class Worker:
         first_at_size: bool | None = None,
     ) -> None:
         peak = self.job_memory.peak() if timing.stage in ("denoising", "decode_video") else None
-        self.events.emit(
-            Event(
-                job_id=job_id,
-                host=self.host_name,
-                gpu=self.gpu,
-                kind="stage",
-                stage=timing.stage,
-                started_at=iso(timing.started_at),
-                duration_s=timing.duration_s,
-                step=timing.step,
-                total_steps=timing.total_steps,
-                params=params.to_dict(),
-                peak_memory_bytes=None if peak is None else peak.reserved_bytes,
-                peak_memory_allocated_bytes=None if peak is None else peak.allocated_bytes,
-                first_at_size=first_at_size,
-            )
-        )
+        self.events.emit(stage_event(job_id, self.host_name, self.gpu, timing, params, peak, first_at_size))
 
     def job_event(self, job: Job, state: str) -> None:
         """Emit a job state change from this worker's device."""
