@@ -109,6 +109,10 @@ class EventSender:
         self.failures_total = 0  # delivery attempts the monitor did not take (the events stayed spooled)
         self.refused_total = 0  # events the monitor refused as invalid, dropped one by one
         self._unspoolable_lost_total = 0
+        # Emitted and not yet settled (in the spool, sent or counted lost): also those the sender thread has taken
+        # off the inbox and is writing, so `queued` and `flush` never report an empty hand mid-write.
+        self._unspooled = 0
+        self._unspooled_lock = threading.Lock()
         self._spool_failing = False
         self._failing: str | None = None  # why the last attempt failed, logged once until it changes
         self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
@@ -125,6 +129,8 @@ class EventSender:
             extra={"event": event.to_dict(), "job_id": event.job_id, "gpu": event.gpu},
         )
         if self._url:
+            with self._unspooled_lock:
+                self._unspooled += 1
             self._inbox.put(event)
             self._wake.set()
 
@@ -137,8 +143,9 @@ class EventSender:
         return self._spool.size_bytes() / self._spool.max_bytes if self._spool else 0.0
 
     def queued(self) -> int:
-        """Return the events emitted and not yet written to the spool."""
-        return self._inbox.qsize()
+        """Return the events emitted and not yet written to the spool (those being written included)."""
+        with self._unspooled_lock:
+            return self._unspooled
 
     @property
     def dropped_total(self) -> int:
@@ -151,7 +158,7 @@ class EventSender:
         """Wait until every emitted event is delivered; return whether that happened within the timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._inbox.empty() and self.pending() == 0:
+            if self.queued() == 0 and self.pending() == 0:
                 return True
             self._wake.set()
             time.sleep(0.05)
@@ -167,11 +174,18 @@ class EventSender:
             self._spool.close()
 
     def _drain_inbox(self) -> None:
-        batch = []
+        taken: list[Event] = []
         while not self._inbox.empty():
             event = self._inbox.get_nowait()
             if event is not None:
-                batch.append(event.to_dict())
+                taken.append(event)
+        try:
+            self._spool_batch([event.to_dict() for event in taken])
+        finally:
+            with self._unspooled_lock:
+                self._unspooled -= len(taken)
+
+    def _spool_batch(self, batch: list[dict]) -> None:
         if not batch or not self._spool:
             return
         try:
