@@ -123,6 +123,7 @@ def build_quality(
         activity=activity,
         history=None if store is None else QualityHistory(store, config.host_name),
         outputs_dir=config.outputs_dir,
+        max_queue=config.quality_max_queue,
         threshold=config.quality_threshold,
         on_result=on_result,
     )

@@ -52,6 +52,7 @@ class MonitorConfig:
     quality_threshold: float = 0.6
     quality_max_wait_s: float = 300.0
     quality_startup_quiet_s: float = 40.0
+    quality_max_queue: int = 1000
     alert_rules: Path | None = None
     alert_state_path: Path | None = Path("var/monitor/alerts-state.json")
     alertmanager_urls: tuple[str, ...] = ()
@@ -110,6 +111,8 @@ class MonitorConfig:
             raise ConfigError(f"--quality-threshold must be 0-1, got {self.quality_threshold}")
         if not 0 <= self.quality_max_wait_s <= 86_400:
             raise ConfigError(f"--quality-max-wait must be 0-86400 seconds, got {self.quality_max_wait_s}")
+        if not 1 <= self.quality_max_queue <= 100_000:
+            raise ConfigError(f"MONITOR_QUALITY_MAX_QUEUE must be 1-100000 clips, got {self.quality_max_queue}")
         if not 0 <= self.quality_startup_quiet_s <= 3600:
             raise ConfigError(
                 f"MONITOR_QUALITY_STARTUP_QUIET must be 0-3600 seconds, got {self.quality_startup_quiet_s}"
@@ -183,6 +186,7 @@ class MonitorConfig:
         pick("quality_threshold", args.quality_threshold, convert=float)
         pick("quality_max_wait_s", args.quality_max_wait, convert=float)
         pick("quality_startup_quiet_s", None, convert=float)
+        pick("quality_max_queue", None, convert=int)
         pick("alert_rules", args.alert_rules, convert=Path)
         pick("alertmanager_urls", None, convert=url_list)
         pick("alert_webhook_urls", None, convert=url_list)
@@ -305,6 +309,13 @@ SETTINGS: tuple[Setting, ...] = (
         ("MONITOR_QUALITY_STARTUP_QUIET",),
         "40",
         "seconds after start before clips are scored between jobs (the generator's replay may say a job runs)",
+    ),
+    Setting(
+        "quality_max_queue",
+        None,
+        ("MONITOR_QUALITY_MAX_QUEUE",),
+        "1000",
+        "clips waiting to be scored held in memory; with a store, those beyond wait there and are taken back later",
     ),
     Setting(
         "alert_rules",

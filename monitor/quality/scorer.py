@@ -13,6 +13,11 @@ from memory is read back for the API and for a rating, and at start the worker r
 queues the backlog (this host's clips that succeeded in the last day with no quality point, oldest first, as
 many as the queue takes) before it scores anything; a queued job the store already has a result for is not
 scored again (a generator replays its events after a monitor restart).
+
+The queue in memory is bounded (`max_queue`). With a store, a clip that finds it full is not lost: it waits in
+the store (its `succeeded` event is there, with no quality point), counted as pending, its result saying so;
+once the queue is down to half, the worker takes the store's backlog back into it, oldest first, as at start
+(also what a start's backlog left there). Without a store such a clip is refused and counted.
 """
 
 from __future__ import annotations
@@ -55,8 +60,18 @@ INPUT_IMAGE_NAME = "input.png"
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.2, 0.5, 1.0, 1.5, 2.0, 5.0, 10.0, 30.0)
 BACKLOG_WINDOW_S = 86_400
+# Clips waiting in memory at most. The schedule keeps clips waiting by design (up to `max_wait_s` of back-to-back
+# jobs: 100 clips at a job every 3 s with the default 300 s) and a restart adds its backlog: the GPU acceptance
+# run had 32 waiting (the old bound) and refused clips. A waiting clip is a few hundred bytes.
+MAX_QUEUE = 1000
+SWEEP_RETRY_S = 5.0  # between reads of the store's backlog while it may hold clips the queue did not take
+STORE_LAG_S = 10.0  # an ingested event reaches the store within this (the writer flushes every second)
 MIN_WAIT_S = 0.05  # the worker's shortest sleep between decisions
 REFUSED_REASON = "the event named a clip outside the monitor's outputs folder (MONITOR_OUTPUTS): not read"
+IN_STORE_REASON = (
+    "the scoring queue was full ({max_queue} clips): the clip waits in the store and is taken back into the "
+    "queue, oldest first, once it has room"
+)
 
 
 @dataclass(frozen=True)
@@ -79,7 +94,8 @@ class QualityScorer:
         activity: the scheduling rule and what it heard (default: the CPU's, waiting only for jobs it hears
             of, with no start-up quiet period: monitor/compose.py passes its own).
         history: reads results back from the store (None: results live in memory only).
-        max_queue: clips waiting at most; `submit` refuses (and counts) beyond it.
+        max_queue: clips waiting in memory at most; beyond it a clip waits in the store (with `history`), else
+            `submit` refuses (and counts) it.
         max_results: jobs whose results are kept in memory, oldest dropped first.
         registry: the Prometheus registry the metrics join (when None, a private one: `self.registry`, which
             the monitor's /metrics registry includes).
@@ -101,7 +117,7 @@ class QualityScorer:
         host_name: str,
         activity: GpuActivity | None = None,
         history: QualityHistory | None = None,
-        max_queue: int = 32,
+        max_queue: int = MAX_QUEUE,
         max_results: int = 1000,
         registry: CollectorRegistry | None = None,
         on_low_quality: Callable[[QualityResult], None] | None = None,
@@ -141,6 +157,9 @@ class QualityScorer:
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
         self._unchecked: set[str] = set()  # queued jobs not yet looked up in the store
+        self._in_store: set[str] = set()  # jobs the full queue left waiting in the store (their results say so)
+        self._store_backlog_since: float | None = None  # when the store last got a clip the queue did not take
+        self._next_sweep = -float("inf")
         self._busy = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -164,8 +183,8 @@ class QualityScorer:
         )
         self._jobs = Counter(
             "i2v_quality_jobs",
-            "Clips by scoring outcome (scored, unscorable, rejected: queue full, refused: not under the outputs "
-            "folder).",
+            "Clips by scoring outcome (scored, unscorable, in_store: the queue full, left waiting in the store, "
+            "rejected: the queue full and no store, refused: not under the outputs folder).",
             ["outcome"],
             registry=registry,
         )
@@ -207,8 +226,8 @@ class QualityScorer:
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout_s)
 
     def pending(self) -> int:
-        """Return how many clips wait to be scored."""
-        return len(self._queue)
+        """Return how many clips wait to be scored (in the queue, and those it left waiting in the store)."""
+        return len(self._queue) + len(self._in_store)
 
     def status(self) -> dict[str, int | bool]:
         """Return the scorer's state for /status: clips waiting, whether one is being scored, the CLIP baseline."""
@@ -225,21 +244,45 @@ class QualityScorer:
         prompt: str | None = None,
         gpu: str = "0",
     ) -> bool:
-        """Queue a finished clip; False (and counted) when the queue is full. A job already known is kept."""
+        """Queue a finished clip; a job already known is kept.
+
+        When the queue is full the clip waits in the store (with `history`), else it is refused: False, counted.
+        """
         image = None if image_path is None else str(image_path)
         with self._cond:
-            if job_id in self._results:
+            if job_id in self._results and job_id not in self._in_store:
                 return True
             if len(self._queue) >= self._max_queue:
-                self.rejected += 1
-                self._jobs.labels("rejected").inc()
-                log.warning("quality queue full (%d): job %s not scored", self._max_queue, job_id)
-                return False
+                return self._leave_in_store(job_id, str(video_path), gpu)
+            self._in_store.discard(job_id)
             self._queue.append(_Job(job_id, str(video_path), image, prompt, gpu, self._clock()))
             if self._history is not None:
                 self._unchecked.add(job_id)
             self._keep(QualityResult(job_id=job_id, gpu=gpu, status=QUEUED, video_path=str(video_path), pending=True))
             self._cond.notify_all()
+        return True
+
+    def _leave_in_store(self, job_id: str, video_path: str, gpu: str) -> bool:
+        """Leave a clip the full queue cannot take waiting in the store; refuse it without one (holding the lock)."""
+        if self._history is None:
+            self.rejected += 1
+            self._jobs.labels("rejected").inc()
+            log.warning("quality queue full (%d): job %s not scored", self._max_queue, job_id)
+            return False
+        if self._store_backlog_since is None:
+            log.warning(
+                "quality queue full (%d): clips wait in the store until it has room (logged once until it has)",
+                self._max_queue,
+            )
+        self._store_backlog_since = self._clock()
+        if job_id in self._in_store or len(self._in_store) >= self._max_results:
+            return True  # beyond the bound a clip is not counted or answered for, but the sweep still takes it
+        self._in_store.add(job_id)
+        self._jobs.labels("in_store").inc()
+        reason = IN_STORE_REASON.format(max_queue=self._max_queue)
+        self._keep(
+            QualityResult(job_id=job_id, gpu=gpu, status=QUEUED, video_path=video_path, pending=True, schedule=reason)
+        )
         return True
 
     def submit_event(self, event: Event) -> bool:
@@ -321,7 +364,7 @@ class QualityScorer:
         """
         with self._cond:
             current = self._results.get(job_id)
-            if current is not None and current.status == QUEUED:
+            if current is not None and current.status == QUEUED and job_id not in self._in_store:
                 return replace(current, schedule=self._why_waiting(job_id))
         if current is not None or self._history is None:
             return current
@@ -381,6 +424,8 @@ class QualityScorer:
                 return
             if step == "check":
                 self._drop_stored(arg)
+            elif step == "sweep":
+                self._sweep()
             elif step == "release":  # a job started while CLIP held the GPU: give it back now
                 assert self._clip is not None
                 self._clip.release_gpu()
@@ -388,7 +433,7 @@ class QualityScorer:
                 self._score_queued(*arg)
 
     def _next_step(self) -> tuple[str, Any]:
-        """Wait (holding the condition) for the next step: check, release, score (with its job) or stop."""
+        """Wait (holding the condition) for the next step: check, sweep, release, score (with its job) or stop."""
         while not self._stopping:
             self._busy = False
             self._cond.notify_all()
@@ -397,6 +442,12 @@ class QualityScorer:
                 self._busy = True
                 return "check", unchecked
             wait_s: float | None = None
+            if self._store_backlog_since is not None and len(self._queue) <= self._max_queue // 2:
+                sweep_in_s = self._next_sweep - self._clock()
+                if sweep_in_s <= 0:
+                    self._busy = True
+                    return "sweep", None
+                wait_s = sweep_in_s
             if self._queue:
                 decision = self.activity.decide(self._clock() - self._queue[0].queued_at)
                 if decision.run:
@@ -407,7 +458,7 @@ class QualityScorer:
                     if current is not None:
                         self._keep(replace(current, status=SCORING, pending=False, schedule=decision.reason))
                     return "score", (job, decision)
-                wait_s = max(MIN_WAIT_S, decision.wait_s)
+                wait_s = max(MIN_WAIT_S, min(decision.wait_s, wait_s if wait_s is not None else decision.wait_s))
             # An overdue clip is scored beside the next job that ends: keep CLIP's GPU copy for it rather than
             # copying the weights back to the card for every clip (seconds of CPU and a transfer beside the job).
             overdue = bool(self._queue) and self._clock() - self._queue[0].queued_at >= self.activity.max_wait_s
@@ -473,12 +524,47 @@ class QualityScorer:
             backlog = self._read(self._history.unscored, BACKLOG_WINDOW_S, free, held.__contains__, default=[])
         for clip in backlog:
             self._submit_finished(clip)
+        if backlog and len(backlog) >= free:
+            with self._cond:  # the store may hold more than the queue took: swept once it has room
+                self._store_backlog_since = self._clock()
         log.info(
             "quality: CLIP baseline restored from %d stored clips; %d unscored clips from the last %d h queued",
             len(cosines),
             len(backlog),
             BACKLOG_WINDOW_S // 3600,
         )
+
+    def _sweep(self) -> None:
+        """Take the store's backlog (the clips the full queue left there first among it) back into the queue.
+
+        Until a read finds fewer clips than the queue has room for, at least `STORE_LAG_S` after the last clip
+        was left there (so that its event has reached the store), the store may hold more: read again later.
+        A clip left there and still not found then is dropped from the pending count, logged and counted lost.
+        """
+        assert self._history is not None
+        with self._cond:
+            free = self._max_queue - len(self._queue)
+            held = {job_id for job_id in self._results if job_id not in self._in_store}
+            since = self._store_backlog_since
+        backlog = self._read(self._history.unscored, BACKLOG_WINDOW_S, free, held.__contains__, default=None)
+        for clip in backlog or ():
+            self._submit_finished(clip)
+        now = self._clock()
+        with self._cond:
+            self._next_sweep = now + SWEEP_RETRY_S
+            settled = since is not None and since == self._store_backlog_since and now - since >= STORE_LAG_S
+            if backlog is None or len(backlog) >= free or not settled:
+                return
+            self._store_backlog_since = None
+            lost, self._in_store = self._in_store, set()
+            for job_id in lost:
+                current = self._results.get(job_id)
+                if current is not None and current.status == QUEUED:
+                    del self._results[job_id]
+            self.rejected += len(lost)
+            self._jobs.labels("rejected").inc(len(lost))
+        if lost:
+            log.warning("quality: %d clips left waiting in the store are not found there: not scored", len(lost))
 
     def _drop_stored(self, job_ids: set[str]) -> None:
         """Take the store's result for queued jobs it already has one for (events replayed after a restart)."""

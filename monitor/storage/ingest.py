@@ -2,6 +2,13 @@
 
 Idempotent on `event_id`, twice over: an event's point has a time derived from its `event_id`, so the store keeps
 a replayed event once; and a bounded set of recently seen ids answers a replayed batch without writing it again.
+
+One batch at a time, so listeners hear the events in the order they happened. A sender posts its spool in order,
+one batch at a time, but a monitor that was frozen (SIGSTOP, a long pause) finds, once thawed, the posts the
+sender timed out on still waiting in its sockets beside the newer ones that replay them, and serves them on
+several threads: side by side, the older batch would claim the first events, the newer one the rest, and the
+newer one could publish its part first. The scorer's job tracker then heard a job's steps after its end and took
+it for running, holding every clip for minutes; the job summaries left those steps out.
 """
 
 from __future__ import annotations
@@ -80,19 +87,21 @@ class EventIngest:
         self._accepted_total = 0
         self._duplicates_total = 0
         self._lock = threading.Lock()
+        self._one_batch = threading.Lock()  # see the module's notes
 
     def ingest(self, events: Sequence[Event]) -> IngestResult:
         """Store the events not seen before, durably; raise OSError (nothing counted) if the spool fails."""
-        fresh = self.recent_ids.add_new([e.event_id for e in events])
-        new_events = [e for e, is_new in zip(events, fresh, strict=True) if is_new]
-        if new_events:
-            try:  # on disk before the answer: the generator drops what it was told is stored
-                self.writer.write_durable([event_to_point(e) for e in new_events])
-            except OSError:
-                self.recent_ids.forget([e.event_id for e in new_events])
-                raise
-            if self._on_events is not None:
-                self._on_events(new_events)
+        with self._one_batch:
+            fresh = self.recent_ids.add_new([e.event_id for e in events])
+            new_events = [e for e, is_new in zip(events, fresh, strict=True) if is_new]
+            if new_events:
+                try:  # on disk before the answer: the generator drops what it was told is stored
+                    self.writer.write_durable([event_to_point(e) for e in new_events])
+                except OSError:
+                    self.recent_ids.forget([e.event_id for e in new_events])
+                    raise
+                if self._on_events is not None:
+                    self._on_events(new_events)
         self._note_hosts(new_events)
         result = IngestResult(len(new_events), len(events) - len(new_events))
         with self._lock:

@@ -96,11 +96,22 @@ class ServiceProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=30)
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): it answers nothing, though the kernel still accepts connections."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused process (SIGCONT)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> int | None:
         """SIGTERM, wait for a clean exit (SIGKILL after 30 s); return the exit status."""
         if not self.alive():
             return None if self.process is None else self.process.returncode
         assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)  # a paused process must run to act on SIGTERM
         self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout=30)

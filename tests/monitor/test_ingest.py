@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -186,3 +187,36 @@ def test_listeners_get_only_new_events_and_a_failing_one_does_not_fail_ingest(mo
     assert post(url, batch).status_code == 200
     assert post(url, batch).status_code == 200
     assert seen == [e["event_id"] for e in batch]
+
+
+def test_a_stale_batch_served_beside_its_replay_does_not_let_the_replay_publish_first(
+    monitor: tuple[str, object],
+) -> None:
+    # A monitor thawed after a freeze serves, side by side, a post the sender timed out on (its spool's head)
+    # and the newer post that replays it with what came after (here the job's end). Listeners must hear the
+    # events in the order they happened, whichever request claims them.
+    url, app = monitor
+    heard: list[str] = []
+    first_heard, go_on = threading.Event(), threading.Event()
+
+    def slow(events: object) -> None:  # a listener busy with the stale batch when its replay arrives
+        if not first_heard.is_set():
+            first_heard.set()
+            go_on.wait(10)
+
+    bus = get_context(app).bus  # type: ignore[arg-type]
+    bus.subscribe(EVENTS, slow)
+    bus.subscribe(EVENTS, lambda events: heard.extend(e.event_id for e in events))
+    steps = [event(step=i) for i in (1, 2)]
+    end = event(kind="job", stage=None, step=None, total_steps=None, status="succeeded")
+    stale = threading.Thread(target=post, args=(url, steps))
+    replay = threading.Thread(target=post, args=(url, [*steps, end]))
+    stale.start()
+    assert first_heard.wait(10)
+    replay.start()
+    replay.join(1.0)  # unordered, the replay publishes the end now; ordered, it waits for the stale batch
+    go_on.set()
+    stale.join(10)
+    replay.join(10)
+    names = {e["event_id"]: name for e, name in zip([*steps, end], ["step 1", "step 2", "end"], strict=True)}
+    assert [names[event_id] for event_id in heard] == ["step 1", "step 2", "end"]

@@ -159,7 +159,9 @@ def make_rig(tmp_path: Path, clip_dir: Path) -> Iterator[Any]:
         outputs_dir=tmp_path / "outputs",
     )
 
-    def build(*, max_wait_s: float = 60.0, startup_quiet_s: float = 0.0, history: bool = False) -> Rig:
+    def build(
+        *, max_wait_s: float = 60.0, startup_quiet_s: float = 0.0, history: bool = False, max_queue: int = 1000
+    ) -> Rig:
         clip = ClipScorer.from_dir(
             clip_dir, gpu_allows=lambda: True, cuda_available=lambda: True, cuda_device="cpu", cpu_dtype=torch.float32
         )
@@ -171,6 +173,7 @@ def make_rig(tmp_path: Path, clip_dir: Path) -> Iterator[Any]:
             clip=clip, write=writer.write, host_name="node-a", registry=registry, on_result=results.append,
             activity=GpuActivity(clip.device_tag, max_wait_s=max_wait_s, startup_quiet_s=startup_quiet_s),
             history=QualityHistory(store, "node-a") if history else None, outputs_dir=config.outputs_dir,
+            max_queue=max_queue,
         )  # fmt: skip
         app = create_app(config, store=store, writer=writer, quality=scorer)
         scorer.start()
@@ -249,3 +252,26 @@ def test_after_a_restart_the_backlog_waits_for_the_running_job_then_is_scored_ol
     assert second.scorer.wait_idle(30.0)
     assert [r.job_id for r in second.results] == ["x", "y", "z"]
     assert all(r.schedule == "scored between jobs (GPU 0 idle)" for r in second.results)
+
+
+def test_clips_the_full_queue_cannot_take_wait_in_the_store_and_are_all_scored(
+    make_rig: Any, clips: dict[str, Path], input_png: Path
+) -> None:
+    rig: Rig = make_rig(history=True, max_queue=2)
+    # Three clips end while job "busy" runs, one more than the queue holds (the GPU acceptance run refused clips
+    # this way: a restart's backlog and clips waiting beside back-to-back jobs filled its queue of 32).
+    rig.ingest(event("busy", "running"))
+    rig.ingest(*(finished(rig, job_id, clips, input_png) for job_id in ("a", "b", "c")))
+
+    waiting = rig.quality("c")
+    assert (waiting["status"], waiting["pending"]) == ("queued", True)
+    assert waiting["schedule"].startswith("the scoring queue was full (2 clips): the clip waits in the store")
+    assert rig.client.get("/monitor/api/status").get_json()["quality"]["pending"] == 3
+    assert rig.registry.get_sample_value("i2v_quality_jobs_total", {"outcome": "in_store"}) == 1
+
+    rig.ingest(finished(rig, "busy", clips, input_png))  # a and b are scored; c is taken back and scored after them
+    wait_for(lambda: len(rig.results) == 4 and rig.scorer.pending() == 0, 30, "every clip to be scored")
+    assert [r.job_id for r in rig.results] == ["a", "b", "c", "busy"]
+    assert all(r.status == "scored" and r.clip_score is not None for r in rig.results)
+    assert rig.quality("c")["status"] == "scored"
+    assert rig.registry.get_sample_value("i2v_quality_jobs_total", {"outcome": "rejected"}) is None
