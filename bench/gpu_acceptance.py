@@ -672,6 +672,29 @@ class Acceptance:
                 out[job_id] = answer.json()
         return out
 
+    def quality_answer(self, job_id: str) -> dict[str, Any]:
+        """Return what the monitor answers for a job's quality: its HTTP status, and why it is not scored."""
+        answer = self.monitor_get(f"jobs/{job_id}/quality")
+        try:
+            body = answer.json()
+        except ValueError:
+            body = {"error": answer.text[:300]}
+        keys = ("status", "pending", "schedule", "unscorable_reason", "clip_score", "clip_reason", "scored_on", "error")
+        return {"http_status": answer.status_code, **{key: body.get(key) for key in keys if key in body}}
+
+    def quality_outcomes(self) -> dict[str, float] | None:
+        """Return the monitor's clips by scoring outcome since it started (/metrics), None if it does not say."""
+        try:
+            text = requests.get(f"{self.monitor_url}/metrics", timeout=10).text
+        except requests.RequestException:
+            return None
+        prefix = 'i2v_quality_jobs_total{outcome="'
+        return {
+            line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(prefix)
+        }
+
     def judge_overhead(self, entry: dict[str, Any]) -> None:
         """Per sampling period: the running jobs against their paused neighbours (pairs, and medians), their spread."""
         jobs = [j for j in self.record.data["jobs"] if j["phase"] == "overhead" and j["state"] == "succeeded"]
@@ -823,13 +846,20 @@ class Acceptance:
         with_clip = [job_id for job_id, q in scored.items() if q.get("clip_score") is not None]
         missing = [job_id for job_id in succeeded if job_id not in with_clip]
         entry["not_scored_with_clip"] = missing
+        # Why each was not: the monitor's answer (a 404 is a clip it never took), and its counts by outcome.
+        entry["not_scored_with_clip_why"] = {job_id: self.quality_answer(job_id) for job_id in missing[:20]}
+        entry["quality_outcomes"] = self.quality_outcomes()
         self.record.check(
             holds(
                 f"every clip scored with CLIP ({plan.clip}, random weights)",
                 not missing,
                 f"{len(with_clip)} of {len(succeeded)}",
                 "quality `scored` with a CLIP score, also for clips that waited while the monitor was stopped"
-                + (f"; not: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}" if missing else ""),
+                + (f"; not: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}" if missing else "")
+                + "".join(
+                    f"; {job_id[:8]}: {_why(why)}"
+                    for job_id, why in list(entry["not_scored_with_clip_why"].items())[:3]
+                ),
             )
         )
         small_peaks = [
@@ -892,6 +922,14 @@ def fresh_size_s(prediction: dict[str, Any]) -> float:
     """
     time_s = prediction["time"]
     return float(time_s.get("fresh_size_seconds", time_s["seconds"]))
+
+
+def _why(answer: dict[str, Any]) -> str:
+    """Say in a few words why the monitor's quality answer is not a clip scored with CLIP."""
+    if answer.get("http_status") != 200:
+        return f"HTTP {answer.get('http_status')} {answer.get('error') or ''}".strip()
+    reason = answer.get("unscorable_reason") or answer.get("schedule") or answer.get("clip_reason") or ""
+    return f"{answer.get('status')}{' (pending)' if answer.get('pending') else ''}: {reason}"[:200]
 
 
 def _same(a: float | None, b: float | None) -> bool:
