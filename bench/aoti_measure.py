@@ -14,6 +14,7 @@ Steps are timed by bench/compile_measure.py's `Bench` (median of timed calls aft
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import functools
 import logging
 import tempfile
@@ -30,6 +31,9 @@ Size = tuple[int, int]
 
 def child_main(args: argparse.Namespace) -> int:
     """Run one phase, recording as it goes; a failed task is recorded and the next one runs."""
+    # A segfault in a package (its load or its call) ends the process without an exception: this leaves its
+    # Python stack on stderr.
+    faulthandler.enable(all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     record = Recorder(args.records)
     import torch

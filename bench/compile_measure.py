@@ -16,6 +16,7 @@ generator's static-shape settings, and the caches through its own `prepare_cache
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import statistics
@@ -49,6 +50,8 @@ class Recorder:
 
 def child_main(args: argparse.Namespace) -> int:
     """Run one phase (cold or warm), recording as it goes; a failed task is recorded and the next one runs."""
+    # A segfault in compiled code ends the process without an exception: this leaves its Python stack on stderr.
+    faulthandler.enable(all_threads=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     record = Recorder(args.records)
     import torch

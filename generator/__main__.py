@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
     `python -m generator worker ...` runs one GPU worker of queue mode instead (generator/fleet/gpu_worker.py).
     """
+    # A crash in native code (a compiled UNet package, CUDA, a codec) has no Python exception: this leaves every
+    # thread's Python stack on stderr, the log, before the process dies.
+    faulthandler.enable(all_threads=True)
     try:
         configure_logging("generator")
     except LogConfigError as error:
