@@ -48,7 +48,7 @@ from generator.validation import (
     parse_priority,
     parse_prompt,
 )
-from generator.worker import Worker
+from generator.worker import Worker, acceleration_view
 
 if TYPE_CHECKING:
     from generator.fleet.api_queue import CeleryQueue
@@ -525,7 +525,7 @@ def health() -> Response:
         host=rt.config.host_name,
         model=rt.config.model,
         workers=workers,
-        acceleration=rt.acceleration.describe() if rt.acceleration else None,
+        acceleration=acceleration_view(rt.acceleration, rt.workers),
         queue=queue,
         queue_pending=sum(n for n, _ in rt.depths().values()) if "error" not in queue else None,
         events_spooled=rt.events.pending(),

@@ -80,6 +80,23 @@ class GeneratorMetrics:
             registry=r,
         )
 
+        # A compiled package (the aoti backend's) that killed a process on its load or first call, or raised there:
+        # the next process quarantines it and runs its size eager (generator/package_guard.py). Counted by the
+        # process that found it; the gauge says, in every later process too, how many sizes run eager for it.
+        self.package_crashes = Counter(
+            "i2v_package_crashes",
+            "Compiled packages found to have crashed a process on their load or first call (or to have raised "
+            "there), quarantined by this process, by module.",
+            ["module"],
+            registry=r,
+        )
+        self.packages_quarantined = Gauge(
+            "i2v_packages_quarantined",
+            "Warm-up sizes this process runs eager because their compiled package is quarantined, by module.",
+            ["module"],
+            registry=r,
+        )
+
     def reject(self, http_status: int) -> None:
         """Count a refused submission in i2v_requests_total{status="rejected"} and by its reason."""
         self.requests.labels("rejected").inc()
@@ -89,6 +106,11 @@ class GeneratorMetrics:
         """Export `module`'s compile counters at 0 before the first compile, so increase() sees the first one."""
         for phase in ("warmup", "job"):
             self.compiles.labels(module, phase)
+
+    def expect_packages(self, module: str) -> None:
+        """Export `module`'s package crash counter and quarantine gauge at 0 before any crash (aoti backend)."""
+        self.package_crashes.labels(module)
+        self.packages_quarantined.labels(module)
 
     def watch_events(self, sender: EventFigures) -> None:
         """Export the event sender's losses, refusals and failed attempts, read at each scrape."""

@@ -7,7 +7,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from generator.device_clock import clock_for
 from generator.events import EventSender, iso, job_state_event
 from generator.jobs import Job, JobBook
 from generator.metrics import GeneratorMetrics
-from generator.packaged_unet import PackagedUNet
+from generator.packaged_unet import FOUND_NOW, QUARANTINED, PackagedUNet, PackageSkip
 from generator.peak_memory import JobMemory, PeakMemory
 from generator.pipeline import accelerate, load_pipeline, parameter_counts
 from generator.stages import JobCancelled, StageTimer, StageTiming
@@ -101,6 +101,13 @@ def stage_event(
     )
 
 
+def acceleration_view(acceleration: Acceleration | None, workers: Iterable[Worker]) -> dict[str, Any] | None:
+    """Return /health's acceleration section: the settings, and the warm-up sizes whose package is not served."""
+    if acceleration is None:
+        return None
+    return {**acceleration.describe(), "packages_skipped": [s for w in workers for s in w.skipped_packages()]}
+
+
 class Worker:
     """One thread owning one device's pipeline: loads and warms it, then takes jobs from the book."""
 
@@ -145,6 +152,9 @@ class Worker:
         # The sizes the warm-up compiled; the compiled UNet runs only at these (static shapes: any other size would
         # compile inside the job, so it runs eager instead).
         self.compiled_sizes: set[Shape] = set()
+        # Warm-up sizes whose package the UNet does not serve (quarantined after a crash, or held by another
+        # process): they run eager, and /health says why.
+        self.package_skips: dict[Shape, PackageSkip] = {}
         # The sizes this process has denoised at: a job's first step at a new one pays a one-off warm-up.
         self.warm_sizes = WarmSizes()
         self._stop = threading.Event()
@@ -248,6 +258,8 @@ class Worker:
         """
         shapes = self.acceleration.warmup
         packaged = self._compiled_unet if isinstance(self._compiled_unet, PackagedUNet) else None
+        if packaged:
+            self.metrics.expect_packages(packaged.module)
         for index, shape in enumerate(shapes, 1):
             verb = "loading or building the UNet package" if packaged else "compiling the UNet"
             self.status = f"{verb} for {shape} ({index} of {len(shapes)})"
@@ -260,6 +272,7 @@ class Worker:
                 self.warm_sizes.ran(params)
                 if packaged:
                     self._report_package_loads(packaged, params)
+                    self._report_package_skips(packaged, shape)
             except Exception as error:
                 self.compiled_sizes.discard(shape)
                 if not is_out_of_memory(error):
@@ -279,6 +292,30 @@ class Worker:
             self.metrics.stage_duration.labels("package_load").observe(load.duration_s)
             self._stage_event(STARTUP_JOB_ID, timing, params)
         packaged.loads.clear()
+
+    def _report_package_skips(self, packaged: PackagedUNet, shape: Shape) -> None:
+        """Run `shape` eager when the warm-up step did not get its package served; count the crashes found."""
+        for skip in packaged.skips:
+            self.compiled_sizes.discard(shape)
+            self.package_skips[shape] = skip
+            if skip.reason in FOUND_NOW:
+                self.metrics.package_crashes.labels(packaged.module).inc()
+        packaged.skips.clear()
+        quarantined = sum(skip.reason in QUARANTINED for skip in self.package_skips.values())
+        self.metrics.packages_quarantined.labels(packaged.module).set(quarantined)
+
+    def skipped_packages(self) -> list[dict[str, Any]]:
+        """Describe the warm-up sizes whose package is not served, for /health's acceleration section."""
+        return [
+            {
+                "gpu": self.gpu,
+                "size": str(shape),
+                "reason": skip.reason,
+                "package": str(skip.path),
+                "message": skip.message,
+            }
+            for shape, skip in sorted(self.package_skips.copy().items())  # a copy: the worker thread adds to it
+        ]
 
     def _call_pipeline(
         self,
@@ -323,6 +360,11 @@ class Worker:
         if params.guidance_scale <= 1:
             return "guidance_scale 1: the UNet runs uncompiled (one batch, a graph the warm-up did not compile)"
         shape = Shape(params.resolution, params.num_frames)
+        skip = self.package_skips.get(shape)
+        if skip is not None and skip.reason in QUARANTINED:
+            return f"the UNet runs uncompiled: its package for {shape} crashed a process and is quarantined"
+        if skip is not None:
+            return f"the UNet runs uncompiled: another process was still loading its package for {shape}"
         return f"the UNet runs uncompiled: {shape} is not among the compiled warm-up sizes (GENERATOR_COMPILE_WARMUP)"
 
     def _memory(self) -> Callable[[], tuple[int, int]] | None:

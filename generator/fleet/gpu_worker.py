@@ -42,7 +42,7 @@ from generator.jobs import Job
 from generator.metrics import GeneratorMetrics
 from generator.pipeline import pick_device
 from generator.predictor import MonitorPredictor
-from generator.worker import OOM_PREFIX, Worker
+from generator.worker import OOM_PREFIX, Worker, acceleration_view
 
 log = logging.getLogger(__name__)
 
@@ -298,8 +298,8 @@ def health_app(worker: QueueWorker, metrics: GeneratorMetrics, events: EventSend
         return jsonify(
             status="ok", pid=os.getpid(), name=worker.name, host=worker.host_name, gpu=worker.gpu,
             ready=worker.ready.is_set(), progress=worker.status, error=worker.load_error,
-            job_id=worker.current[0] if worker.current else None, acceleration=worker.acceleration.describe(),
-            events_spooled=events.pending(),
+            job_id=worker.current[0] if worker.current else None,
+            acceleration=acceleration_view(worker.acceleration, [worker]), events_spooled=events.pending(),
         )  # fmt: skip
 
     @app.get("/ready")

@@ -4,26 +4,35 @@ blindly.
 AOTInductor for real: a package of the tiny pipeline's UNet is a C++ build of about a minute on two CPU cores, so
 the worker-level tests share one (the cold start's: a second worker on the same folder loads it, the agreement
 with eager and the weights bound at load use it). Rebuilds (another fingerprint, a corrupt file) are shown on a toy
-module with the UNet's call signature, whose package builds in about ten seconds through the same code.
+module with the UNet's call signature, whose package builds in about ten seconds through the same code; so is the
+crash quarantine (markers written here as a crashed process would have left them, beside copies of real packages).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import torch
 
+from generator import packaged_unet
 from generator.acceleration import PACKAGES_FOLDER, Acceleration, Shape
+from generator.package_guard import Holder, PackageGuard, crashed_path, marker_path
 from generator.packaged_unet import PackagedUNet
 from generator.unet_package import package_path, unet_fingerprint
+from generator.worker import acceleration_view
 from tests.generator.test_compile import CompiledWorker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +92,9 @@ def test_a_cold_start_builds_the_package_as_a_compile_and_jobs_run_it(cold: Comp
     assert (event["params"]["resolution"], event["params"]["num_frames"]) == (64, 4)
     assert cold.counter("warmup") == 1
     assert startup_stages(cold, "package_load") == []  # made, not loaded
-    assert len(list((cache_dir / PACKAGES_FOLDER).glob("unet-2x4x4x8x8-*.pt2"))) == 1
+    (package,) = (cache_dir / PACKAGES_FOLDER).glob("unet-2x4x4x8x8-*.pt2")
+    # Its first call returned: no crash marker stays, nothing is quarantined.
+    assert sorted(p.name for p in package.parent.iterdir()) == [package.name]
     unet = packaged(cold)
     served = unet.package_calls_total
 
@@ -157,6 +168,61 @@ def test_a_restart_loads_the_package_without_compiling(cold: CompiledWorker, war
     assert packaged(warm).package_calls_total == served + 2
 
 
+def holder(**changes: Any) -> Holder:
+    """Return a marker's holder: this process as it is now, with `changes`."""
+    return dataclasses.replace(Holder.this_process(), **changes)
+
+
+def leave_marker(package: Path, who: Holder) -> None:
+    """Write `package`'s crash marker as the process `who` would have left it."""
+    marker_path(package).write_text(json.dumps(dataclasses.asdict(who)))
+
+
+@pytest.fixture(scope="module")
+def after_a_crash(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, cold: CompiledWorker
+) -> Iterator[CompiledWorker]:
+    """A worker started where the last one died loading the package: its marker left beside it (same pid: the
+    container's pid 1 of the run before, which had another token)."""
+    copy = tmp_path_factory.mktemp("crashed") / "cache"
+    shutil.copytree(cache_dir, copy)
+    (package,) = (copy / PACKAGES_FOLDER).glob("*.pt2")
+    leave_marker(package, holder(token="an-earlier-run"))
+    handle = CompiledWorker(tmp_path_factory.mktemp("after-crash"), aoti(copy))
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@pytest.mark.slow
+def test_a_package_that_killed_the_last_process_is_quarantined_and_its_size_runs_eager(
+    after_a_crash: CompiledWorker,
+) -> None:
+    worker, registry = after_a_crash.worker, after_a_crash.metrics.registry
+    folder = worker.acceleration.packages_folder()
+    (crashed,) = folder.glob("*.pt2.crashed")
+    assert sorted(p.name for p in folder.iterdir()) == [crashed.name]  # no package to load, no marker
+    assert after_a_crash.counter("warmup") == 0  # nor built again
+    assert startup_stages(after_a_crash, "package_load") == []
+    assert registry.get_sample_value("i2v_package_crashes_total", {"module": "unet"}) == 1
+    assert registry.get_sample_value("i2v_packages_quarantined", {"module": "unet"}) == 1
+    view = acceleration_view(worker.acceleration, [worker])
+    assert view is not None
+    (skipped,) = view["packages_skipped"]
+    assert (skipped["size"], skipped["reason"]) == ("64x64x4", "crashed")
+    assert str(crashed) in skipped["message"]
+    assert "GENERATOR_COMPILE_BACKEND=inductor" in skipped["message"]
+    unet = packaged(after_a_crash)
+
+    job = after_a_crash.run(64, 4)
+
+    assert job.state == "succeeded", job.error
+    assert unet.package_calls_total == 0
+    assert "its package for 64x64x4 crashed a process and is quarantined" in " ".join(job.notes)
+
+
 class ToyUNet(torch.nn.Module):
     """The UNet's call signature around one linear layer: a package of it builds in seconds, not a minute."""
 
@@ -198,10 +264,10 @@ def toy_call(unet: torch.nn.Module) -> torch.Tensor:
     return output
 
 
-def toy_packaged(folder: Path, attention: str = "auto") -> PackagedUNet:
+def toy_packaged(folder: Path, attention: str = "auto", guard: PackageGuard | None = None) -> PackagedUNet:
     """Return a toy UNet served from packages in `folder`, after its warm-up call (which loads or builds one)."""
     torch.manual_seed(0)
-    unet = PackagedUNet(ToyUNet(), folder, torch.device("cpu"), {}, {"attention": attention})
+    unet = PackagedUNet(ToyUNet(), folder, torch.device("cpu"), {}, {"attention": attention}, guard)
     with unet.building():
         toy_call(unet)
     return unet
@@ -223,6 +289,7 @@ def test_a_package_on_disk_is_loaded_and_agrees(toy_folder: Path) -> None:
     served = toy_call(unet)
     assert unet.package_calls_total == 2
     assert torch.allclose(served, toy_call(unet.eager), atol=1e-6)
+    assert not marker_path(load.path).exists()  # its first call returned
 
 
 def test_another_fingerprint_builds_its_own_package(tmp_path: Path, toy_folder: Path) -> None:
@@ -248,6 +315,135 @@ def test_a_corrupt_package_is_built_anew_with_a_warning(
     assert (unet.graphs_total, unet.loads) == (1, [])
     assert package.stat().st_size > 4096
     assert unet.package_calls_total == 1
+
+
+def exited_pid() -> int:
+    """Return the pid of a process that has exited."""
+    code = "import os; print(os.getpid())"
+    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+
+
+def parent() -> psutil.Process:
+    return psutil.Process(os.getppid())
+
+
+@pytest.mark.parametrize(
+    "who",
+    [
+        lambda: holder(pid=exited_pid()),
+        lambda: holder(token="an-earlier-run"),
+        lambda: holder(pid=parent().pid, process_started_at=parent().create_time() - 3600),
+        lambda: holder(host="another-host", since=time.time() - 3600),
+    ],
+    ids=["an-exited-process", "this-pid-in-an-earlier-run", "a-pid-now-reused", "another-host-an-hour-ago"],
+)
+def test_a_package_whose_marker_outlived_its_process_is_quarantined_and_never_loaded_or_built(
+    tmp_path: Path, toy_folder: Path, caplog: pytest.LogCaptureFixture, who: Any
+) -> None:
+    shutil.copytree(toy_folder, tmp_path / "packages")
+    (package,) = (tmp_path / "packages").glob("*.pt2")
+    leave_marker(package, who())
+
+    with caplog.at_level(logging.ERROR, logger="generator.packaged_unet"):
+        unet = toy_packaged(tmp_path / "packages")
+
+    assert (unet.graphs_total, unet.loads, unet.package_calls_total) == (0, [], 0)
+    assert sorted(p.name for p in package.parent.iterdir()) == [crashed_path(package).name]
+    assert [skip.reason for skip in unet.skips] == ["crashed"]
+    assert "killed pid" in caplog.text
+    assert "GENERATOR_COMPILE_BACKEND=inductor" in caplog.text
+    assert torch.equal(toy_call(unet), toy_call(unet.eager))
+    again = toy_packaged(tmp_path / "packages")  # the next process: quarantined, still neither loaded nor built
+    assert (again.graphs_total, again.loads, [skip.reason for skip in again.skips]) == (0, [], ["quarantined"])
+
+
+@pytest.mark.parametrize(
+    "who",
+    [lambda: holder(pid=parent().pid, process_started_at=parent().create_time()), lambda: holder(host="another-host")],
+    ids=["another-live-process", "another-host-just-now"],
+)
+def test_a_marker_of_a_live_process_is_left_alone_and_the_size_runs_eager_for_now(
+    tmp_path: Path, toy_folder: Path, who: Any
+) -> None:
+    shutil.copytree(toy_folder, tmp_path / "packages")
+    (package,) = (tmp_path / "packages").glob("*.pt2")
+    leave_marker(package, who())
+    marker = marker_path(package).read_text()
+
+    unet = toy_packaged(tmp_path / "packages", guard=PackageGuard(wait_s=0))
+
+    assert (unet.graphs_total, unet.loads, [skip.reason for skip in unet.skips]) == (0, [], ["busy"])
+    assert package.is_file()
+    assert marker_path(package).read_text() == marker
+    assert not crashed_path(package).exists()
+
+
+def test_a_process_waiting_on_a_live_marker_loads_the_package_once_it_goes(tmp_path: Path, toy_folder: Path) -> None:
+    shutil.copytree(toy_folder, tmp_path / "packages")
+    (package,) = (tmp_path / "packages").glob("*.pt2")
+    leave_marker(package, holder(pid=parent().pid, process_started_at=parent().create_time()))
+    pauses: list[float] = []
+
+    def other_process_done(seconds: float) -> None:
+        pauses.append(seconds)
+        marker_path(package).unlink()  # its first call returned
+
+    unet = toy_packaged(tmp_path / "packages", guard=PackageGuard(wait_s=60, poll_s=0.5, pause=other_process_done))
+
+    assert pauses == [0.5]
+    assert (unet.graphs_total, len(unet.loads), unet.skips) == (0, 1, [])
+    assert unet.package_calls_total == 1
+    assert not marker_path(package).exists()
+
+
+def test_a_package_whose_first_call_raises_is_quarantined_and_the_call_runs_eager(
+    tmp_path: Path, toy_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(toy_folder, tmp_path / "packages")
+    (package,) = (tmp_path / "packages").glob("*.pt2")
+
+    def failing_runner(*inputs: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    # A runner that raises on its first call cannot be built on a CPU: the loader hands one out instead.
+    monkeypatch.setattr(packaged_unet, "load_package", lambda *_: failing_runner)
+    torch.manual_seed(0)
+    unet = PackagedUNet(ToyUNet(), tmp_path / "packages", torch.device("cpu"), {}, {"attention": "auto"})
+    with unet.building():
+        output = toy_call(unet)
+
+    assert torch.equal(output, toy_call(unet.eager))
+    (skip,) = unet.skips
+    assert skip.reason == "failed"
+    assert "an illegal memory access" in skip.message
+    assert sorted(p.name for p in package.parent.iterdir()) == [crashed_path(package).name]
+
+
+GUARDED_EXIT = """
+import os, signal, sys
+from pathlib import Path
+from generator.package_guard import PackageGuard
+
+assert PackageGuard(0).claim(Path(sys.argv[1])).outcome == "held"
+if sys.argv[2] == "killed":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize(("ending", "marker_stays"), [("clean", False), ("killed", True)])
+def test_only_a_process_that_dies_holding_a_marker_leaves_it(tmp_path: Path, ending: str, marker_stays: bool) -> None:
+    package = tmp_path / "unet-2x4x4x8x8-0.pt2"
+    package.write_bytes(b"a package")
+
+    subprocess.run([sys.executable, "-c", GUARDED_EXIT, str(package), ending], cwd=ROOT, timeout=120, check=False)
+
+    assert marker_path(package).exists() == marker_stays
+    claim = PackageGuard(wait_s=0).claim(package)
+    assert claim.outcome == ("crashed" if marker_stays else "held")
+    assert package.exists() != marker_stays
+    if marker_stays:
+        assert claim.holder is not None
+        assert (claim.holder.host, claim.holder.torch) == (socket.gethostname(), torch.__version__)
 
 
 def test_the_key_changes_with_the_size_the_layout_and_the_settings() -> None:
