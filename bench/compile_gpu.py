@@ -22,6 +22,7 @@ meaningless).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -49,6 +50,8 @@ PEAK_FP16_TFLOPS = [
 WARM_MIN_S = 75.0
 # Left for the parent to write the last JSON after a child is stopped.
 MARGIN_S = 4.0
+# A child's stderr kept in the JSON when captured: a fatal error's stacks of every thread fit.
+STDERR_TAIL_CHARS = 12000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,13 +209,18 @@ def run_phase(
     records: Path,
     deadline_s: float,
     save: Callable[[], None],
+    stderr_path: Path | None = None,
 ) -> None:
     """Run a phase's child until it ends or its deadline, merging the records it appends into the result and
-    saving the result whenever a record arrives (a run cut short keeps what it measured)."""
+    saving the result whenever a record arrives (a run cut short keeps what it measured).
+
+    `stderr_path`: where the child's stderr goes (else it is this process's); its tail is kept in the phase's entry.
+    """
     entry: dict[str, Any] = {"status": "running", "deadline_s": round(deadline_s, 1), "records": []}
     result["phases"][phase] = entry
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    with stderr_path.open("wb") if stderr_path else contextlib.nullcontext() as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True, stderr=stderr)
     seen = 0
     while process.poll() is None:
         if time.monotonic() - started > deadline_s:
@@ -226,6 +234,9 @@ def run_phase(
             save()
     entry["records"] = read_records(records)
     entry["wall_s"] = round(time.monotonic() - started, 1)
+    entry["exit_code"] = process.returncode  # negative: the signal that ended it (-11: a segfault)
+    if stderr_path:
+        entry["stderr_tail"] = stderr_path.read_text(errors="replace")[-STDERR_TAIL_CHARS:]
     if entry["status"] == "running":
         done = any(r.get("kind") == "done" for r in entry["records"])
         errors = [r for r in entry["records"] if r.get("kind") == "error"]
