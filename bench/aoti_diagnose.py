@@ -156,6 +156,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "device": build_records.get("load", {}).get("device", {}).get("name"),
         "package": {k: package.get(k) for k in ("path", "built", "export_s", "aoti_compile_s", "package_bytes")},
+        "build": outcome(phases["build"]) if "build" in phases else None,
         "attempts": attempts,
         "verdict": verdict(attempts),
         "phases": {name: entry.get("status") for name, entry in phases.items()},
@@ -227,26 +228,31 @@ def child_main(args: argparse.Namespace) -> int:
     from bench.compile_measure import Recorder
 
     record = Recorder(args.records)
+    steps = Steps(record, args.child)
+    steps.begin("imports")
     import torch
 
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device(args.device)
     bench = PackageBench(bench_args(args), record, device)
-    step = "load_model"
     try:
+        steps.end()
+        steps.begin("load_model")
         bench.load(time.time(), 0)
+        steps.end()
         if args.child == "build":
-            build(bench, args)
+            build(bench, args, steps)
         else:
-            step = "read_inputs"
+            steps.begin("read_inputs")
             saved = torch.load(args.work / "inputs.pt", weights_only=False)
             inputs, package = tuple(saved["inputs"]), Path(saved["package"])
-            steps = Steps(record, args.child)
+            steps.end()
             if args.child in ("generator", "restart"):
                 generator_path(bench, args, steps, inputs, package)
             else:
                 bare_package(bench, steps, inputs, package, user_managed=args.child != "copied")
     except Exception as error:  # noqa: BLE001  (the record says where and why; the parent reads it)
-        record("error", step=step, message=f"{error.__class__.__name__}: {error}"[:2000], trace=traceback.format_exc())
+        message = f"{error.__class__.__name__}: {error}"[:2000]
+        record("error", step=steps.step, message=message, trace=traceback.format_exc())
         return 1
     record("done", took_s=round(time.time() - args.spawned_at, 1))
     return 0
@@ -287,14 +293,16 @@ def six_inputs(captured: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(named[name] for name in INPUT_NAMES)
 
 
-def build(bench: Any, args: argparse.Namespace) -> None:
+def build(bench: Any, args: argparse.Namespace, steps: Steps) -> None:
     """Capture the inputs, then find the package under the generator's key or build it; save both for the others."""
     import torch
 
     from generator.package_guard import crashed_path, marker_path
     from generator.unet_package import build_package, package_path
 
+    steps.begin("capture")
     inputs = six_inputs(bench.capture(args.size))
+    steps.end()
     unet = bench.packaged_unet(Path(args.cache_dir))
     path = package_path(unet.folder, unet.fingerprint, inputs)
     restored = not path.is_file() and crashed_path(path).is_file()
@@ -303,8 +311,9 @@ def build(bench: Any, args: argparse.Namespace) -> None:
     marker_path(path).unlink(missing_ok=True)  # each attempt starts from a clean folder
     timing = None
     if not path.is_file():
-        bench.record("building", path=str(path), since_spawn_s=round(time.time() - args.spawned_at, 1))
+        steps.begin("build")
         timing = build_package(bench.eager_unet, inputs, path, unet.inductor_options)
+        steps.end(since_spawn_s=round(time.time() - args.spawned_at, 1))
     torch.save({"inputs": list(inputs), "package": str(path)}, args.work / "inputs.pt")
     bench.record(
         "package",
