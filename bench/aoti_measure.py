@@ -128,6 +128,8 @@ def packaged(bench: PackageBench, args: argparse.Namespace, size: Size) -> None:
         aoti_compile_s=round(build.compile_s, 2) if build else None,
         package_bytes=build.size_bytes if build else None,
         load_s=round(load.duration_s, 3) if load else None,
+        # Not served (quarantined after a crash, or another process loading it): the "packaged" step is eager's.
+        skipped=[f"{skip.reason}: {skip.message}" for skip in unet.skips],
         first_call_s=round(first_call_s, 2),
         since_spawn_s=round(time.time() - args.spawned_at, 1),
     )
