@@ -24,20 +24,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import logging
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 import psutil
 import torch
-
-log = logging.getLogger(__name__)
 
 MARKER_SUFFIX = ".loading"
 CRASHED_SUFFIX = ".crashed"
@@ -104,6 +101,8 @@ def is_alive(holder: Holder, me: Holder, now: float) -> bool:
         return abs(process.create_time() - holder.process_started_at) <= START_TIME_TOLERANCE_S
     except psutil.NoSuchProcess:
         return False
+    except psutil.AccessDenied:  # another user's process we may not inspect: not ours to call dead
+        return True
 
 
 @dataclass(frozen=True)
@@ -193,8 +192,10 @@ def _read_marker(marker: Path, now: float) -> Holder | Literal["gone", "writing"
     except FileNotFoundError:
         return "gone"
     try:
-        return Holder(**json.loads(text))
-    except (ValueError, TypeError):
+        stored = json.loads(text)
+        # Only the fields this version knows: a later version may write more.
+        return Holder(**{field.name: stored[field.name] for field in fields(Holder)})
+    except (ValueError, TypeError, KeyError):
         # Between its creation and its one write (microseconds), a marker is empty; later, unreadable is broken.
         return "writing" if age_s < MARKER_WRITE_S else None
 
