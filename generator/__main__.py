@@ -28,9 +28,6 @@ def main(argv: list[str] | None = None) -> int:
 
     `python -m generator worker ...` runs one GPU worker of queue mode instead (generator/fleet/gpu_worker.py).
     """
-    # A crash in native code (a compiled UNet package, CUDA, a codec) has no Python exception: this leaves every
-    # thread's Python stack on stderr, the log, before the process dies.
-    faulthandler.enable(all_threads=True)
     try:
         configure_logging("generator")
     except LogConfigError as error:
@@ -96,4 +93,7 @@ def worker_main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    # A crash in native code (a compiled UNet package, CUDA, a codec) has no Python exception: this leaves
+    # every thread's Python stack on stderr, the log, before the process dies (here, where the process owns stderr).
+    faulthandler.enable(all_threads=True)
     sys.exit(main())

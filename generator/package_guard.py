@@ -8,8 +8,8 @@ means that package killed it: the package is renamed `<package>.crashed` (kept f
 neither loaded nor built again for the same key) and its size runs the eager UNet.
 
 Who a marker belongs to: the host's name, the pid, the process's start time as the kernel keeps it and a random
-token of the process. The pid alone would not do: pids are reused, and a container's main process is pid 1 on every
-start, so a marker of pid 1 may be a crashed earlier run of this very pid (another token) or of another process
+id of the process run. The pid alone would not do: pids are reused, and a container's main process is pid 1 on every
+start, so a marker of pid 1 may be a crashed earlier run of this very pid (another run id) or of another process
 since (another start time). A marker of another host (a cache folder shared over the network) cannot be checked;
 it counts as live until it is older than any load and first call takes (`FOREIGN_MARKER_STALE_S`).
 
@@ -46,7 +46,7 @@ START_TIME_TOLERANCE_S = 1.0
 # A marker is created empty and written at once: younger than this, an unreadable one is still being written.
 MARKER_WRITE_S = 5.0
 
-_TOKEN = uuid.uuid4().hex  # this process's own: a later process with the same pid has another
+_RUN_ID = uuid.uuid4().hex  # this process's own: a later process with the same pid has another
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Holder:
     host: str
     pid: int
     process_started_at: float  # the kernel's start time of the process (epoch seconds)
-    token: str
+    run_id: str
     since: float  # when it began the load (epoch seconds)
     torch: str
 
@@ -67,7 +67,7 @@ class Holder:
             host=socket.gethostname(),
             pid=os.getpid(),
             process_started_at=psutil.Process().create_time(),
-            token=_TOKEN,
+            run_id=_RUN_ID,
             since=time.time(),
             torch=torch.__version__,
         )
@@ -93,7 +93,7 @@ def is_alive(holder: Holder, me: Holder, now: float) -> bool:
     if holder.host != me.host:
         return now - holder.since < FOREIGN_MARKER_STALE_S
     if holder.pid == me.pid:
-        return holder.token == me.token  # this process (another thread), or an earlier one that had this pid
+        return holder.run_id == me.run_id  # this process (another thread), or an earlier one that had this pid
     try:
         process = psutil.Process(holder.pid)
         if process.status() == psutil.STATUS_ZOMBIE:

@@ -47,9 +47,6 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the monitor until SIGINT or SIGTERM; return the exit status (2: bad configuration or store)."""
-    # A crash in native code (NVML, a store's driver, CLIP's kernels) has no Python exception: this leaves every
-    # thread's Python stack on stderr, the log, before the process dies.
-    faulthandler.enable(all_threads=True)
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["report"]:  # `python -m monitor report jobs|gpu ...`: a CSV report, then exit
         from monitor.report_command import main as report
@@ -103,4 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A crash in native code (NVML, a store's driver, CLIP's kernels) has no Python exception: this leaves
+    # every thread's Python stack on stderr, the log, before the process dies (here, where the process owns stderr).
+    faulthandler.enable(all_threads=True)
     sys.exit(main())

@@ -183,11 +183,11 @@ def after_a_crash(
     tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, cold: CompiledWorker
 ) -> Iterator[CompiledWorker]:
     """A worker started where the last one died loading the package: its marker left beside it (same pid: the
-    container's pid 1 of the run before, which had another token)."""
+    container's pid 1 of the run before, which had another run id)."""
     copy = tmp_path_factory.mktemp("crashed") / "cache"
     shutil.copytree(cache_dir, copy)
     (package,) = (copy / PACKAGES_FOLDER).glob("*.pt2")
-    leave_marker(package, holder(token="an-earlier-run"))
+    leave_marker(package, holder(run_id="an-earlier-run"))
     handle = CompiledWorker(tmp_path_factory.mktemp("after-crash"), aoti(copy))
     handle.start()
     try:
@@ -331,7 +331,7 @@ def parent() -> psutil.Process:
     "who",
     [
         lambda: holder(pid=exited_pid()),
-        lambda: holder(token="an-earlier-run"),
+        lambda: holder(run_id="an-earlier-run"),
         lambda: holder(pid=parent().pid, process_started_at=parent().create_time() - 3600),
         lambda: holder(host="another-host", since=time.time() - 3600),
     ],
