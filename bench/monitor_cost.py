@@ -214,7 +214,7 @@ class MonitorCost:
         self.clip_dir = work / "clip"
         self.cuda = CudaContexts() if plan.gpu else None
         self.starts_s: dict[bool, list[float]] = {False: [], True: []}  # a monitor's start + stop, by CLIP or not
-        self.job_walls_s: list[float] = []
+        self.job_cycles_s: list[float] = []  # each job's whole turn: submitted, followed, its events caught up
         self.rungs_done: list[str] = []
 
     # ---- processes ---------------------------------------------------------------------------------------
@@ -331,6 +331,7 @@ class MonitorCost:
         """Run one job (the monitor paused around it when `mode` is "paused"), and keep it with what it cost."""
         paused = mode == "paused"
         quality = rung.quality and not paused and self.monitor is not None
+        cycle_started = time.monotonic()
         if paused:
             if self.poller is not None:
                 self.poller.pause()
@@ -354,7 +355,7 @@ class MonitorCost:
         scored_after = self.monitor.clips_scored() if quality and self.monitor is not None else None
         cuda = self.cuda_context() if not paused else None
         catch_up_s = self.caught_up(view["job_id"]) if self.monitor is not None else None
-        self.job_walls_s.append(wall_s)
+        self.job_cycles_s.append(time.monotonic() - cycle_started)
         spent = {
             f"{name}_cpu_s": None if cpu_before[name] is None or cpu_after[name] is None
             else round(cpu_after[name] - cpu_before[name], 3)  # type: ignore[operator]
@@ -376,11 +377,11 @@ class MonitorCost:
     # ---- the ladder ----------------------------------------------------------------------------------------
 
     def job_s(self) -> float:
-        """Return a job's expected wall seconds, catching up included: the median so far, else the plan's guess."""
-        if not self.job_walls_s:
+        """Return a job's expected turn in seconds: the median so far (and a margin), else the plan's guess."""
+        if not self.job_cycles_s:
             return self.plan.job_guess_s
-        ordered = sorted(self.job_walls_s)
-        return ordered[len(ordered) // 2] + 0.3
+        ordered = sorted(self.job_cycles_s)
+        return ordered[len(ordered) // 2] * 1.05
 
     def start_s(self, rung: Rung) -> float:
         """Return a monitor's expected start and stop for `rung`: the longest measured of its kind, else a guess."""
