@@ -456,7 +456,7 @@ class MonitorCost:
         entry["cuda_at_end"] = self.cuda_context()
         entry["monitor_status"] = self.monitor.status() if self.monitor is not None else None
         entry["seconds_up"] = round(time.monotonic() - started, 1)
-        # The start, its discarded jobs and the stop: what the next rung's share is planned with.
+        # A start and its stop (a few seconds to flush and exit): what the later rungs' shares are planned with.
         self.starts_s[rung.clip].append(entry["monitor_start_s"] + 3.0)
 
     # ---- the figures ---------------------------------------------------------------------------------------
