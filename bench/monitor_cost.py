@@ -65,6 +65,7 @@ from bench.harness import ROOT, Context, MonitorProcess, free_port, machine
 from bench.spread import abba, describe, paired_difference, paired_ratio, ratio_between
 from bench.stack import GeneratorProcess, Jobs, Shape, run_s
 from monitor.collection.nvml import NvmlReader
+from monitor.collection.sampler import GpuReader
 
 log = logging.getLogger("monitor_cost")
 
@@ -169,9 +170,9 @@ def cpu_s(pid: int | None) -> float | None:
 class CudaContexts:
     """Tell from NVML's per-process list whether a process holds a CUDA context on a GPU (None: cannot tell)."""
 
-    def __init__(self) -> None:
-        """Open NVML (the monitor's own reader), enumerating the processes at every read."""
-        self.reader = NvmlReader(processes_interval_s=0.0, xid_events=False)
+    def __init__(self, reader: GpuReader | None = None) -> None:
+        """Read through `reader` (default: the monitor's own NVML reader, listing the processes at every read)."""
+        self.reader = reader if reader is not None else NvmlReader(processes_interval_s=0.0, xid_events=False)
 
     def holders(self) -> dict[int, int | None] | None:
         """Return {pid: GPU memory bytes} of every process on any GPU, or None without NVML."""
