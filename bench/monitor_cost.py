@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,7 +153,7 @@ def stage_seconds(view: dict[str, Any]) -> dict[str, float | None]:
         parts[name] = sum(durations[s] for s in stages) if all(s in durations for s in stages) else None
     known = [parts[name] for name in STAGES]
     whole = parts["whole"]
-    parts["other"] = None if whole is None or None in known else whole - sum(known)  # type: ignore[arg-type]
+    parts["other"] = None if whole is None or None in known else whole - sum(k for k in known if k is not None)
     return parts
 
 
@@ -338,9 +339,10 @@ class MonitorCost:
                 self.poller.pause()
             if self.monitor is not None:
                 self.monitor.pause()
+        # Read before the CPU clock starts and after it stops: rendering /metrics is the bench's cost, not the job's.
+        scored_before = self.monitor.clips_scored() if quality and self.monitor is not None else None
         pids = self.pids()
         cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
-        scored_before = self.monitor.clips_scored() if quality and self.monitor is not None else None
         started = time.monotonic()
         try:
             views = self.jobs.run([self.plan.shape], deadline=self.budget.deadline)
@@ -357,11 +359,7 @@ class MonitorCost:
         cuda = self.cuda_context() if not paused else None
         catch_up_s = self.caught_up(view["job_id"]) if self.monitor is not None else None
         self.job_cycles_s.append(time.monotonic() - cycle_started)
-        spent = {
-            f"{name}_cpu_s": None if cpu_before[name] is None or cpu_after[name] is None
-            else round(cpu_after[name] - cpu_before[name], 3)  # type: ignore[operator]
-            for name in pids
-        }  # fmt: skip
+        spent = {f"{name}_cpu_s": _spent(cpu_before[name], cpu_after[name]) for name in pids}
         return self.record.job(
             rung.name,
             view,
@@ -580,9 +578,11 @@ def _short(ratio: dict[str, Any]) -> str:
     return "n/a" if ratio.get("ratio") is None else f"{ratio['ratio']:.3f}"
 
 
-def _influxd_installed() -> bool:
-    import shutil
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else round(after - before, 3)
 
+
+def _influxd_installed() -> bool:
     return shutil.which("influxd") is not None
 
 
