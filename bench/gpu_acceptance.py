@@ -60,7 +60,7 @@ import requests
 from bench.acceptance_record import Check, Record, at_most, holds, unjudged, within
 from bench.dashboard_poller import DashboardPoller
 from bench.harness import ROOT, MonitorProcess, free_port, machine
-from bench.spread import describe, paired_ratio, ratio_of_medians
+from bench.spread import abba, describe, paired_ratio, ratio_of_medians
 from bench.stack import GeneratorProcess, Jobs, Shape, run_s
 
 log = logging.getLogger("gpu_acceptance")
@@ -609,9 +609,7 @@ class Acceptance:
         first = self.jobs.run([self.plan.overhead], deadline=self.budget.deadline)
         for view in first:
             self.record.job("overhead", view, mode=mode, after_switch=True)
-        # ABBA: running first in even pairs, paused first in odd ones
-        order = [paused for pair in range(pairs) for paused in ((False, True) if pair % 2 == 0 else (True, False))]
-        for index, paused in enumerate(order):
+        for index, paused in enumerate(abba(pairs)):
             if paused:
                 self.pause_monitor()
                 scored_before = None
@@ -640,14 +638,7 @@ class Acceptance:
 
     def clips_scored(self) -> int | None:
         """Return how many clips the monitor has scored since it started (its /metrics), None if it does not say."""
-        try:
-            text = requests.get(f"{self.monitor_url}/metrics", timeout=10).text
-        except requests.RequestException:
-            return None
-        for line in text.splitlines():
-            if line.startswith("i2v_quality_scoring_duration_seconds_count"):
-                return int(float(line.rsplit(" ", 1)[1]))
-        return None
+        return None if self.monitor is None else self.monitor.clips_scored()
 
     def pause_monitor(self) -> None:
         """Close the dashboard and freeze the monitor (SIGSTOP): no CPU, no GPU work, no answers."""

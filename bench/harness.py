@@ -255,6 +255,17 @@ class MonitorProcess:
         """Return /monitor/api/status."""
         return requests.get(f"{self.url}/monitor/api/status", timeout=30).json()
 
+    def clips_scored(self) -> int | None:
+        """Return how many clips the monitor has scored since it started (its /metrics), None if it does not say."""
+        try:
+            text = requests.get(f"{self.url}/metrics", timeout=10).text
+        except requests.RequestException:
+            return None
+        for line in text.splitlines():
+            if line.startswith("i2v_quality_scoring_duration_seconds_count"):
+                return int(float(line.rsplit(" ", 1)[1]))
+        return None
+
     def stop(self, timeout_s: float = 30.0) -> None:
         """SIGTERM (the monitor flushes its writer), then SIGKILL after `timeout_s`."""
         if self.process is None or self.process.poll() is not None:

@@ -12,11 +12,12 @@ through the bus (monitor/bus.py):
     alerts' tick reads: writer health, sampler health (errors), scorer refusals (data lost or delayed)
 
 Start order: scorer, alerts, sampler (whose first tick the alerts evaluate); stop in reverse, then the writer is
-flushed and the store closed.
+flushed and the store closed. With `MONITOR_QUALITY=0` there is no scorer: no clip is scored and no CLIP loaded.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from monitor.storage.ingest import EventIngest
 from monitor.storage.writer import Writer
 from monitor.web.app import make_app
 from monitor.web.context import MonitorContext, SamplerHealth, get_context
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # imported where built: a monitor built without them never loads them (torch, NVML)
     from monitor.alerts import AlertService
@@ -193,11 +196,12 @@ class Monitor:
     app: Flask
     sampler: Sampler
     alerts: AlertService
-    quality: QualityScorer
+    quality: QualityScorer | None  # None: quality scoring is off
 
     def start(self) -> None:
         """Start the scorer, the alerting and then the sampler (whose first tick the alerts evaluate)."""
-        self.quality.start()
+        if self.quality is not None:
+            self.quality.start()
         self.alerts.start()
         self.sampler.start()
 
@@ -205,7 +209,8 @@ class Monitor:
         """Stop in reverse: no more samples, alerts, scores; then flush the writer and close the store."""
         self.sampler.shutdown()
         self.alerts.stop()
-        self.quality.stop()
+        if self.quality is not None:
+            self.quality.stop()
         get_context(self.app).close()
 
 
@@ -226,10 +231,17 @@ def build_monitor(
     bus = Bus()
     alerts = build_alerts(config, writer, run_command)
     sampler = build_sampler(config, writer, on_snapshot=bus.publisher(topics.SNAPSHOT), gpus=gpus)
-    quality = build_quality(config, writer, sampler, on_result=bus.publisher(topics.QUALITY_RESULT), store=store)
+    quality = None
+    if config.quality:
+        quality = build_quality(config, writer, sampler, on_result=bus.publisher(topics.QUALITY_RESULT), store=store)
+    elif config.clip_model is not None:
+        log.info("quality scoring is off (MONITOR_QUALITY=0): the CLIP folder %s is not loaded", config.clip_model)
     bus.subscribe(topics.SNAPSHOT, alerts.on_snapshot)
     bus.subscribe(topics.QUALITY_RESULT, alerts.record_quality)
     # What the sampler and the scorer lost or refused, read on the alerts' tick (SamplerErrors, QualityQueueFull).
-    alerts.observe(sampler_health=sampler.health, quality_rejected_total=lambda: float(quality.rejected))
+    alerts.observe(
+        sampler_health=sampler.health,
+        quality_rejected_total=None if quality is None else lambda: float(quality.rejected),
+    )
     app = create_app(config, store=store, writer=writer, sampler=sampler, quality=quality, alerts=alerts, bus=bus)
     return Monitor(app, sampler, alerts, quality)

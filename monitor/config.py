@@ -49,6 +49,7 @@ class MonitorConfig:
     outputs_dir: Path = Path("outputs")
     store_wait_s: float = 30.0
     clip_model: Path | None = None
+    quality: bool = True
     quality_threshold: float = 0.6
     quality_max_wait_s: float = 300.0
     quality_startup_quiet_s: float = 40.0
@@ -160,7 +161,7 @@ class MonitorConfig:
         args = _parser().parse_args(argv)
         values: dict[str, object] = {}
 
-        def pick(name: str, flag: str | None, convert: Callable[[str], object] = str) -> None:
+        def pick(name: str, flag: str | None, convert: Callable[[str], object] = str, kind: str = "a number") -> None:
             setting = BY_FIELD[name]
             raw = flag if flag is not None else env_value(setting, env)
             if raw is None:
@@ -169,7 +170,7 @@ class MonitorConfig:
                 values[name] = convert(raw)
             except ValueError:
                 source = setting.flag if flag is not None and setting.flag else setting.env[0]
-                raise ConfigError(f"{source} must be a number, got {raw!r}") from None
+                raise ConfigError(f"{source} must be {kind}, got {raw!r}") from None
 
         pick("host", args.host)
         pick("port", args.port, convert=int)
@@ -183,6 +184,7 @@ class MonitorConfig:
         pick("outputs_dir", args.outputs, convert=Path)
         pick("store_wait_s", args.store_wait, convert=float)
         pick("clip_model", args.clip_model, convert=Path)
+        pick("quality", args.quality, convert=switch, kind="1 or 0 (on/off, true/false, yes/no)")
         pick("quality_threshold", args.quality_threshold, convert=float)
         pick("quality_max_wait_s", args.quality_max_wait, convert=float)
         pick("quality_startup_quiet_s", None, convert=float)
@@ -208,6 +210,16 @@ class MonitorConfig:
         values.setdefault("spool_dir", data_dir / "spool")
         values.setdefault("alert_state_path", data_dir / "alerts-state.json")
         return replace(cls(), **values)  # type: ignore[arg-type]  # values are checked by validate(), not here
+
+
+def switch(text: str) -> bool:
+    """Read an on/off setting: 1, true, yes or on; 0, false, no or off (any case). ValueError otherwise."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def url_list(text: str) -> tuple[str, ...]:
@@ -288,6 +300,14 @@ SETTINGS: tuple[Setting, ...] = (
         "none (CLIP scores are null, saying why)",
         "folder of a transformers CLIP model for quality scores",
         old_env=("CLIP_MODEL_DIR",),
+    ),
+    Setting(
+        "quality",
+        "--quality",
+        ("MONITOR_QUALITY",),
+        "1",
+        "score finished clips (`0`: no clip is scored and no CLIP loaded, e.g. where another host scores them or "
+        "this host's cores and GPU are to be spared)",
     ),
     Setting(
         "quality_threshold",

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, jsonify
 from flask.json.provider import DefaultJSONProvider
+from flask.typing import ResponseReturnValue
 
 from common.http_metrics import instrument
 from monitor.web import advice, api, dashboard, errors, fleet, ingest, reports, story, viewer
@@ -27,6 +28,13 @@ class BoundedJSONProvider(DefaultJSONProvider):
             raise ValueError("JSON nested too deeply") from None
 
 
+QUALITY_OFF = "quality scoring is off on this monitor (MONITOR_QUALITY=0): no clip is scored or rated"
+
+
+def _quality_off(job_id: str) -> ResponseReturnValue:
+    return jsonify(error=QUALITY_OFF), 404
+
+
 def make_app(context: MonitorContext) -> Flask:
     """Serve `context`: ingest, the read API, the dashboard, advice and reports; quality, alerts and /metrics
     when those parts are present."""
@@ -42,6 +50,9 @@ def make_app(context: MonitorContext) -> Flask:
         quality.init_app(
             app, context.quality, admin_token=context.config.admin_token, viewer_token=context.config.viewer_token
         )
+    elif not context.config.quality:  # switched off: say so rather than "no such endpoint"
+        app.add_url_rule("/monitor/api/jobs/<job_id>/quality", "quality_off", _quality_off)
+        app.add_url_rule("/monitor/api/jobs/<job_id>/rating", "rating_off", _quality_off, methods=["POST"])
     if context.alerts is not None:
         from monitor.web import alerts
 
