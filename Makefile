@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+# One test file per worker process, two at a time (--dist loadfile keeps a file's module fixtures in one process).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: help install system-deps run run-generator run-monitor test lint bench clean
 

@@ -116,7 +116,10 @@ def test_the_monitor_tab_draws_the_samples_and_the_jobs_stage_bars(page: Page, s
     expect(page.locator("#updated")).to_contain_text("Updated", timeout=15_000)
     page.wait_for_function(f"({CHART_POINTS})('chart-host').every((n) => n > 0)", timeout=15_000)
     page.wait_for_function(f"({STAGE_SECONDS})('{job_id[:8]}') > 0", timeout=30_000)
-    assert any(label.startswith(f"{job_id[:8]} succeeded") for label in page.evaluate(STAGE_LABELS))
+    # The bar appears with the job's first stages; its label says succeeded once the job's end is ingested.
+    page.wait_for_function(
+        f"({STAGE_LABELS})().some((label) => label.startsWith('{job_id[:8]} succeeded'))", timeout=30_000
+    )
     expect(page.locator("#jobs tbody")).to_contain_text(job_id[:8])
     running = "Chart.getChart(document.getElementById('chart-queue')).data.datasets[0].data.some((p) => p.y >= 1)"
     page.wait_for_function(running, timeout=15_000)  # the job ran within the window: the queue chart shows it
