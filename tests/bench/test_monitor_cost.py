@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +62,6 @@ def test_the_default_ladder_switches_one_part_on_at_each_rung() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("influxd") is None, reason="influxd is installed by scripts/install-system-deps.sh")
 def test_the_quick_ladder_measures_every_rung_and_every_job_succeeds(tmp_path: Path) -> None:
     out = tmp_path / "cost.json"
     command = [

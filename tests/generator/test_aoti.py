@@ -58,22 +58,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cold(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[CompiledWorker]:
-    handle = CompiledWorker(tmp_path_factory.mktemp("cold"), aoti(cache_dir))
-    handle.start()
-    try:
+    with CompiledWorker(tmp_path_factory.mktemp("cold"), aoti(cache_dir)).running() as handle:
         yield handle
-    finally:
-        handle.close()
 
 
 @pytest.fixture(scope="module")
 def warm(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, cold: CompiledWorker) -> Iterator[CompiledWorker]:
-    handle = CompiledWorker(tmp_path_factory.mktemp("warm"), aoti(cache_dir))
-    handle.start()
-    try:
+    with CompiledWorker(tmp_path_factory.mktemp("warm"), aoti(cache_dir)).running() as handle:
         yield handle
-    finally:
-        handle.close()
 
 
 def packaged(handle: CompiledWorker) -> PackagedUNet:
@@ -188,12 +180,8 @@ def after_a_crash(
     shutil.copytree(cache_dir, copy)
     (package,) = (copy / PACKAGES_FOLDER).glob("*.pt2")
     leave_marker(package, holder(run_id="an-earlier-run"))
-    handle = CompiledWorker(tmp_path_factory.mktemp("after-crash"), aoti(copy))
-    handle.start()
-    try:
+    with CompiledWorker(tmp_path_factory.mktemp("after-crash"), aoti(copy)).running() as handle:
         yield handle
-    finally:
-        handle.close()
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ shapes costs about five times as much CPU, and which sizes share a dynamic graph
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Iterator
@@ -186,6 +187,15 @@ class CompiledWorker:
         assert value is not None
         return value
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[CompiledWorker]:
+        """Start the worker and yield it ready; close it however the block ends (a failed start included)."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Stop the worker and let go of the log."""
         self.worker.stop()
@@ -196,12 +206,8 @@ class CompiledWorker:
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CompiledWorker]:
-    handle = CompiledWorker(tmp_path_factory.mktemp("compiled"))
-    handle.start()
-    try:
+    with CompiledWorker(tmp_path_factory.mktemp("compiled")).running() as handle:
         yield handle
-    finally:
-        handle.close()
 
 
 @pytest.mark.slow
