@@ -16,10 +16,12 @@ orders them):
 - `scrape`: + `--generator-url`: every interval the alerts read the generator's /health and /metrics, and the
   sampler learns its PID (per-process attribution);
 - `quality`: + clip scoring with a full-size random-weight ViT-L/14 CLIP (bench/clip_folder.py), clips waiting
-  at most 30 s for a gap between jobs (as the acceptance run), so they are scored beside the running jobs;
+  at most 30 s for a gap between jobs (as the acceptance run), so they are scored beside the running jobs, CLIP
+  on the CPU there, the scoring thread at the monitor's default CPU priority (idle);
 - `dashboard`: + an open dashboard (bench/dashboard_poller.py), as the acceptance run has.
-Not in the default ladder: `motion` (quality without CLIP: decoding and optical flow only, on the CPU) and
-`clip_cpu` (the quality rung with CUDA hidden from the monitor, so CLIP runs on the CPU).
+Not in the default ladder: `motion` (quality without CLIP: decoding and optical flow only, on the CPU),
+`quality_normal` (the `quality` rung with `MONITOR_QUALITY_CPU_PRIORITY=normal`: what the idle class saves) and
+`clip_cpu` (the quality rung with CUDA hidden from the monitor, so CLIP runs on the CPU even between jobs).
 
 Each rung: a fresh monitor on a fresh store (so no rung inherits another's history or backlog), ready, one job
 discarded (`--warmup-jobs`), then pairs of jobs, one with the monitor running and one with it paused (SIGSTOP,
@@ -60,6 +62,7 @@ import psutil
 import requests
 
 from bench.acceptance_record import Record, at_most, holds, unjudged
+from bench.clip_folder import MODELS as CLIP_MODELS
 from bench.dashboard_poller import DashboardPoller
 from bench.gpu_acceptance import Budget, wait_until
 from bench.harness import ROOT, Context, MonitorProcess, free_port, machine
@@ -98,6 +101,12 @@ class Rung:
     clip: bool  # with the CLIP folder
     clip_on_gpu: bool = True  # False: CUDA hidden from the monitor, CLIP on the CPU
     dashboard: bool = False
+    cpu_priority: str = "idle"  # MONITOR_QUALITY_CPU_PRIORITY: the scoring thread's CPU class
+
+    def monitor_env(self, env: dict[str, str]) -> dict[str, str]:
+        """Return the monitor's environment for this rung, from the run's."""
+        env = {**env, "MONITOR_QUALITY_CPU_PRIORITY": self.cpu_priority}
+        return env if self.clip_on_gpu else {**env, "CUDA_VISIBLE_DEVICES": ""}
 
     def monitor_args(self, *, interval_s: float, generator_url: str, clip_dir: Path) -> list[str]:
         """Return the monitor's flags for this rung."""
@@ -110,6 +119,7 @@ class Rung:
         return [*args, "--clip-model", str(clip_dir)] if self.clip else args
 
 
+ALL_BUT_UI = (True, True, True, True)  # sampling, scraping, scoring, CLIP
 RUNGS = {
     rung.name: rung
     for rung in (
@@ -117,8 +127,9 @@ RUNGS = {
         Rung("sampling", "+ NVML and host sampling", True, False, False, False),
         Rung("scrape", "+ the generator's /health and /metrics read every interval", True, True, False, False),
         Rung("motion", "+ clips scored without CLIP (decode, optical flow)", True, True, True, False),
-        Rung("quality", "+ clips scored with CLIP (ViT-L/14, GPU allowed)", True, True, True, True),
-        Rung("clip_cpu", "+ clips scored with CLIP kept on the CPU", True, True, True, True, clip_on_gpu=False),
+        Rung("quality", "+ clips scored with CLIP (ViT-L/14, GPU between jobs), at idle CPU priority", *ALL_BUT_UI),
+        Rung("quality_normal", "the `quality` rung, scoring at normal priority", *ALL_BUT_UI, cpu_priority="normal"),
+        Rung("clip_cpu", "+ clips scored with CLIP kept on the CPU", *ALL_BUT_UI, clip_on_gpu=False),
         Rung("dashboard", "+ a dashboard open", True, True, True, True, dashboard=True),
     )
 }
@@ -263,9 +274,13 @@ class MonitorCost:
             *rung.monitor_args(interval_s=self.args.interval, generator_url=self.generator.url, clip_dir=self.clip_dir),
             *("--outputs", str(self.generator.outputs), "--host-name", HOST),
         ]
-        env = dict(self.env) if rung.clip_on_gpu else {**self.env, "CUDA_VISIBLE_DEVICES": ""}
         monitor = MonitorProcess(
-            data_dir, store_url=store_url, interval_s=self.args.interval, port=self.monitor_port, args=args, **env
+            data_dir,
+            store_url=store_url,
+            interval_s=self.args.interval,
+            port=self.monitor_port,
+            args=args,
+            **rung.monitor_env(self.env),
         )
         started = time.monotonic()
         self.monitor = monitor.start(deadline_s=180)
@@ -596,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="the JSON to write (rewritten as the run goes)")
     parser.add_argument("--model", choices=("full", "tiny"), help="the generator's model (default: full, tiny on CPU)")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    parser.add_argument("--clip", choices=sorted(CLIP_MODELS), help="the CLIP's size (default: vit-l-14, tiny on CPU)")
     parser.add_argument("--quick", action="store_true", help="few pairs: proves the run, its figures mean little")
     parser.add_argument("--budget-s", type=float, default=540.0, help="the whole run's time budget (default 540)")
     parser.add_argument("--rungs", help=f"comma-separated, in order, from {', '.join(RUNGS)} (default: the plan's)")
@@ -614,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = replace(
         plan,
         model=args.model or plan.model,
+        clip=args.clip or plan.clip,
         rungs=rungs,
         pairs=plan.pairs if args.pairs is None else args.pairs,
         warmup_jobs=plan.warmup_jobs if args.warmup_jobs is None else args.warmup_jobs,

@@ -105,7 +105,7 @@ def build_quality(
     on_result: Callable[[Any], None] | None = None,
     store: Store | None = None,
 ) -> QualityScorer:
-    """Build the clip scorer: scored between jobs (or on the CPU after the longest wait), read back from `store`.
+    """Build the clip scorer: between jobs, or beside them on spare CPU after the longest wait; results from `store`.
 
     Raises:
         ClipLoadError: the configured CLIP folder cannot be loaded.
@@ -127,6 +127,7 @@ def build_quality(
         history=None if store is None else QualityHistory(store, config.host_name),
         outputs_dir=config.outputs_dir,
         max_queue=config.quality_max_queue,
+        cpu_priority=config.quality_cpu_priority,
         threshold=config.quality_threshold,
         on_result=on_result,
     )

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from common.cpu_priority import PRIORITIES as CPU_PRIORITIES
 from common.redact import redact_url
 from common.settings import Setting, env_value
 from common.version import version_line
@@ -54,6 +55,7 @@ class MonitorConfig:
     quality_max_wait_s: float = 300.0
     quality_startup_quiet_s: float = 40.0
     quality_max_queue: int = 1000
+    quality_cpu_priority: str = "idle"
     alert_rules: Path | None = None
     alert_state_path: Path | None = Path("var/monitor/alerts-state.json")
     alertmanager_urls: tuple[str, ...] = ()
@@ -114,6 +116,11 @@ class MonitorConfig:
             raise ConfigError(f"--quality-max-wait must be 0-86400 seconds, got {self.quality_max_wait_s}")
         if not 1 <= self.quality_max_queue <= 100_000:
             raise ConfigError(f"MONITOR_QUALITY_MAX_QUEUE must be 1-100000 clips, got {self.quality_max_queue}")
+        if self.quality_cpu_priority not in CPU_PRIORITIES:
+            raise ConfigError(
+                f"MONITOR_QUALITY_CPU_PRIORITY must be one of {', '.join(CPU_PRIORITIES)}, "
+                f"got {self.quality_cpu_priority!r}"
+            )
         if not 0 <= self.quality_startup_quiet_s <= 3600:
             raise ConfigError(
                 f"MONITOR_QUALITY_STARTUP_QUIET must be 0-3600 seconds, got {self.quality_startup_quiet_s}"
@@ -189,6 +196,7 @@ class MonitorConfig:
         pick("quality_max_wait_s", args.quality_max_wait, convert=float)
         pick("quality_startup_quiet_s", None, convert=float)
         pick("quality_max_queue", None, convert=int)
+        pick("quality_cpu_priority", None)
         pick("alert_rules", args.alert_rules, convert=Path)
         pick("alertmanager_urls", None, convert=url_list)
         pick("alert_webhook_urls", None, convert=url_list)
@@ -336,6 +344,14 @@ SETTINGS: tuple[Setting, ...] = (
         ("MONITOR_QUALITY_MAX_QUEUE",),
         "1000",
         "clips waiting to be scored held in memory; with a store, those beyond wait there and are taken back later",
+    ),
+    Setting(
+        "quality_cpu_priority",
+        None,
+        ("MONITOR_QUALITY_CPU_PRIORITY",),
+        "idle",
+        "CPU priority of clip scoring: `idle` (Linux's SCHED_IDLE: only cores nothing else wants, so the "
+        "generator never waits for it), `low` (nice 19) or `normal`",
     ),
     Setting(
         "alert_rules",

@@ -1,4 +1,4 @@
-"""When a finished clip is scored: between jobs on the device scoring uses, or after a bounded wait on the CPU.
+"""When a finished clip is scored: between jobs on the device scoring uses, or after a bounded wait beside them.
 
 Scoring a clip while the generator denoises slows the job down (on an H200, the backlog scored after a monitor
 restart made the running job 1.8% slower), so each clip waits for a gap between jobs. The rule, one decision
@@ -13,12 +13,11 @@ per clip, taken by the scorer's worker:
   previous job's end, possibly in the next batch.
 - A clip that has waited `max_wait_s` is overdue: while jobs run it is scored anyway, one overdue clip per job
   that ends (or per `max_wait_s` during one long job), so a generator that never idles still gets every clip
-  scored within a bounded delay, at the pace it makes them. CLIP may use the GPU for it: a ViT-L pass over a
-  clip's frames is milliseconds of GPU work there, while on the CPU it took seconds of half the cores (on an
-  H200, with that CPU fallback, back-to-back 512p/16/10 jobs were 4.5% slower than beside a paused monitor;
-  with this rule 4.0%, so most of that cost lies elsewhere: see the README's GPU acceptance figures). The pace
-  keeps a backlog (the clips that waited while the monitor was down) from being scored in one burst during a
-  job; it drains between jobs.
+  scored within a bounded delay, at the pace it makes them. Beside a running job CLIP stays on the CPU, where the
+  scorer's thread runs in the idle class (common/cpu_priority.py) on cores the generator leaves spare:
+  on an H200, CLIP on the GPU beside back-to-back 512p/16/10 jobs cost each job about 0.15 s of its 2.0 s of
+  denoising (7%), since two processes' kernels take turns on the card. The pace keeps a backlog (the clips that
+  waited while the monitor was down) from being scored in one burst during a job; it drains between jobs.
 - For `startup_quiet_s` after the scorer starts, nothing is scored between jobs: the generator replays what it
   spooled while the monitor was down (retrying at most every 30 s), and a job running now may be in it.
 """
@@ -145,8 +144,10 @@ class GpuActivity:
             if running and self._ends == ends_then and now < due_at:
                 reason = f"{waited}: scored when job {', '.join(running)} ends (one overdue clip per job)"
                 return Decision(run=False, allow_gpu=False, reason=reason, wait_s=due_at - now, overdue=True)
-        where = f"beside job {', '.join(running)}" if running else "between jobs"
-        return Decision(run=True, allow_gpu=True, reason=f"{waited}: scored {where}", overdue=True)
+        if running:
+            reason = f"{waited}: scored beside job {', '.join(running)}, CLIP on the CPU"
+            return Decision(run=True, allow_gpu=False, reason=reason, overdue=True)
+        return Decision(run=True, allow_gpu=True, reason=f"{waited}: scored between jobs", overdue=True)
 
     def took(self, decision: Decision) -> None:
         """Note that a clip was scored on `decision` (an overdue one uses up the pace's allowance)."""

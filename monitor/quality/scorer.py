@@ -6,7 +6,8 @@ with the new combined score.
 
 When a clip is scored is `GpuActivity`'s decision (monitor/quality/schedule.py): between jobs on the device
 scoring uses, or after a bounded wait with CLIP on the CPU. Clips waiting are `pending` (their result says
-why) and counted in `i2v_quality_queue_pending`.
+why) and counted in `i2v_quality_queue_pending`. The worker thread runs at `cpu_priority`
+(common/cpu_priority.py: by default in the idle class, on cores the generator leaves spare).
 
 With a store to read (`history`), results outlive the process (monitor/quality/history.py): a job missing
 from memory is read back for the API and for a rating, and at start the worker restores the CLIP baseline and
@@ -33,6 +34,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from common.cpu_priority import lower_this_thread
 from common.events import Event
 from monitor.quality.assess import ClipAssessor
 from monitor.quality.clip_score import ClipScorer
@@ -106,6 +108,8 @@ class QualityScorer:
         weights, threshold, calibration: the combined score's settings (combined.py).
         outputs_dir: where the generator writes `<job_id>/video.mp4`, to find clips named by relative paths.
         flow_workers: threads for optical flow (default half the cores, as CLIP takes: a sidecar's share).
+        cpu_priority: the worker thread's CPU priority, "idle", "low" or "normal" (common/cpu_priority.py); the
+            threads it starts (optical flow, torch's CPU work) inherit it.
         clock, now_ns: monotonic seconds for durations and waits, and wall-clock ns for point times.
     """
 
@@ -124,6 +128,7 @@ class QualityScorer:
         on_result: Callable[[QualityResult], None] | None = None,
         outputs_dir: str | Path | None = None,
         flow_workers: int | None = None,
+        cpu_priority: str = "normal",
         image_encoder: ImageEncoder | None = None,
         weights: Mapping[str, float] = DEFAULT_WEIGHTS,
         threshold: float = DEFAULT_THRESHOLD,
@@ -151,6 +156,8 @@ class QualityScorer:
             clock=clock,
         )
         self.flow_workers = self._assessor.flow_workers
+        self.cpu_priority = cpu_priority
+        self._priority_in_effect = "not started"
         self._calibration = self._assessor.calibration
         self._clock = clock
         self._now_ns = now_ns
@@ -229,11 +236,16 @@ class QualityScorer:
         """Return how many clips wait to be scored (in the queue, and those it left waiting in the store)."""
         return len(self._queue) + len(self._in_store)
 
-    def status(self) -> dict[str, int | bool]:
-        """Return the scorer's state for /status: clips waiting, whether one is being scored, the CLIP baseline."""
+    def status(self) -> dict[str, int | bool | str]:
+        """Return the scorer's state for /status: clips waiting, scoring now, the CLIP baseline, the CPU priority."""
         with self._cond:
             scoring = self._busy
-        return {"pending": self.pending(), "scoring": scoring, "baseline_clips": self._calibration.samples}
+        return {
+            "pending": self.pending(),
+            "scoring": scoring,
+            "baseline_clips": self._calibration.samples,
+            "cpu_priority": self._priority_in_effect,
+        }
 
     # Intake
     def submit(
@@ -416,6 +428,9 @@ class QualityScorer:
 
     # The worker
     def _run(self) -> None:
+        self._priority_in_effect = lower_this_thread(self.cpu_priority)
+        if not self._priority_in_effect.startswith(self.cpu_priority):
+            log.warning("the quality scorer runs at %s, not %s as asked", self._priority_in_effect, self.cpu_priority)
         self._restore()
         while True:
             with self._cond:
@@ -459,10 +474,8 @@ class QualityScorer:
                         self._keep(replace(current, status=SCORING, pending=False, schedule=decision.reason))
                     return "score", (job, decision)
                 wait_s = max(MIN_WAIT_S, min(decision.wait_s, wait_s if wait_s is not None else decision.wait_s))
-            # An overdue clip is scored beside the next job that ends: keep CLIP's GPU copy for it rather than
-            # copying the weights back to the card for every clip (seconds of CPU and a transfer beside the job).
-            overdue = bool(self._queue) and self._clock() - self._queue[0].queued_at >= self.activity.max_wait_s
-            if self._clip is not None and self._clip.on_gpu and self.activity.running() and not overdue:
+            # CLIP uses the GPU only between jobs: hand its copy back as soon as a job runs there.
+            if self._clip is not None and self._clip.on_gpu and self.activity.running():
                 self._busy = True
                 return "release", None
             self._cond.wait(wait_s)

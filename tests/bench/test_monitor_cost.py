@@ -129,3 +129,10 @@ def test_a_cuda_context_is_told_from_nvmls_process_list_only_when_the_generator_
 ) -> None:
     contexts = CudaContexts(ListedProcesses(*listed))
     assert contexts.holds(20, generator_pid=10)["holds"] is holds
+
+
+def test_rungs_set_the_scoring_priority_and_hide_cuda_only_where_asked() -> None:
+    base = {"PATH": "/usr/bin"}
+    assert RUNGS["quality"].monitor_env(base) == {**base, "MONITOR_QUALITY_CPU_PRIORITY": "idle"}
+    assert RUNGS["quality_normal"].monitor_env(base)["MONITOR_QUALITY_CPU_PRIORITY"] == "normal"
+    assert RUNGS["clip_cpu"].monitor_env(base)["CUDA_VISIBLE_DEVICES"] == ""

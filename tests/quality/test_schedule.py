@@ -58,8 +58,9 @@ def test_the_rule_waits_for_a_gap_settles_after_a_job_and_bounds_the_wait() -> N
     assert (busy.run, busy.allow_gpu, busy.wait_s) == (False, False, 200.0)
     assert busy.reason == "job a running on GPU 0: scored when it ends, or beside the next job within 200 s"
     overdue = activity.decide(300.0)
-    assert (overdue.run, overdue.allow_gpu, overdue.overdue) == (True, True, True)
-    assert overdue.reason == "waited 300 s for a gap between jobs on GPU 0: scored beside job a"
+    # Beside a running job CLIP stays off the GPU: two processes' kernels would take turns on the card.
+    assert (overdue.run, overdue.allow_gpu, overdue.overdue) == (True, False, True)
+    assert overdue.reason == "waited 300 s for a gap between jobs on GPU 0: scored beside job a, CLIP on the CPU"
 
     assert activity.hear([event("a", "succeeded")])
     clock.now += 1.0
@@ -173,7 +174,7 @@ def make_rig(tmp_path: Path, clip_dir: Path) -> Iterator[Any]:
             clip=clip, write=writer.write, host_name="node-a", registry=registry, on_result=results.append,
             activity=GpuActivity(clip.device_tag, max_wait_s=max_wait_s, startup_quiet_s=startup_quiet_s),
             history=QualityHistory(store, "node-a") if history else None, outputs_dir=config.outputs_dir,
-            max_queue=max_queue,
+            max_queue=max_queue, cpu_priority="idle",
         )  # fmt: skip
         app = create_app(config, store=store, writer=writer, quality=scorer)
         scorer.start()
@@ -226,7 +227,8 @@ def test_a_clip_waits_at_most_the_bound_then_is_scored_beside_the_running_job(
     assert rig.scorer.wait_idle(30.0)  # the job never ends; the clip is scored after about a second anyway
     scored = rig.quality("a")
     assert scored["status"] == "scored"
-    assert scored["schedule"] == "waited 1 s for a gap between jobs on GPU 0: scored beside job busy"
+    assert scored["schedule"] == "waited 1 s for a gap between jobs on GPU 0: scored beside job busy, CLIP on the CPU"
+    assert not rig.clip.on_gpu  # CLIP never took the GPU from the running job
     assert rig.scorer.activity.running() == ["busy"]
     assert rig.registry.get_sample_value("i2v_quality_deferred_total") == 1
     assert rig.registry.get_sample_value("i2v_quality_queue_pending") == 0
