@@ -44,7 +44,9 @@ from bench.compile_gpu import child_env, parse_size, run_phase
 ROOT = Path(__file__).resolve().parents[1]
 # In priority order: the two constant modes first (the question), then the generator's path and its restart.
 ATTEMPTS = ("shared", "copied", "generator", "restart", "shared_blocking")
-PHASES = ("build", *ATTEMPTS)
+# With --constants in-so the package carries its own weights: one attempt, loading and calling it as it is.
+IN_SO_ATTEMPTS = ("own_constants",)
+PHASES = ("build", *ATTEMPTS, *IN_SO_ATTEMPTS)
 BUILD_MIN_S = 120.0  # the model, the inputs and a package already on disk; a build needs ~300 s more
 ATTEMPT_MIN_S = 30.0  # imports, the model, a load and a call
 MARGIN_S = 4.0
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             "size": f"{args.size[0]}x{args.size[0]}x{args.size[1]}",
             "guidance_scale": 9.0,
             "cache_dir": args.cache_dir,
+            "constants": args.constants,
         },
         "phases": {},
         "summary": {},
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write(args.out, result)
     try:
-        for phase in PHASES:
+        for phase in ("build", *(IN_SO_ATTEMPTS if args.constants == "in-so" else ATTEMPTS)):
             remaining = args.budget_s - (time.monotonic() - started) - MARGIN_S
             needed = BUILD_MIN_S if phase == "build" else ATTEMPT_MIN_S
             if phase != "build" and not built(result):
@@ -115,6 +118,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=parse_size, default=(512, 16), help="RESOLUTIONxFRAMES, e.g. 512x16")
     # bench.aoti_gpu's folder: on a machine still warm from its run, its package is the one diagnosed.
     parser.add_argument("--cache-dir", default=str(Path(tempfile.gettempdir()) / "i2v-aoti-cache"))
+    parser.add_argument(
+        "--constants",
+        choices=("outside", "in-so"),
+        default="outside",
+        help="where the package's weights are: outside it, as the generator builds it (default), or in its library",
+    )
     parser.add_argument("--child", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--records", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -128,6 +137,7 @@ def child_command(args: argparse.Namespace, phase: str, records: Path, work: Pat
         sys.executable, "-m", "bench.aoti_diagnose", "--child", phase, "--records", str(records),
         "--work", str(work), "--spawned-at", str(time.time()), "--cache-dir", args.cache_dir,
         "--model", args.model, "--device", args.device, "--size", f"{args.size[0]}x{args.size[1]}",
+        "--constants", args.constants,
     ]  # fmt: skip
 
 
@@ -152,7 +162,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     phases = result["phases"]
     build_records = {r["kind"]: r for r in phases.get("build", {}).get("records", [])}
     package = build_records.get("package", {})
-    attempts = {name: outcome(phases[name]) for name in ATTEMPTS if name in phases}
+    attempts = {name: outcome(phases[name]) for name in (*ATTEMPTS, *IN_SO_ATTEMPTS) if name in phases}
     return {
         "device": build_records.get("load", {}).get("device", {}).get("name"),
         "package": {k: package.get(k) for k in ("path", "built", "export_s", "aoti_compile_s", "package_bytes")},
@@ -207,6 +217,15 @@ def verdict(attempts: dict[str, dict[str, Any]]) -> list[str]:
         said.append(f"shared and copied constants both fail (in {', '.join(map(str, steps))}): not the sharing")
     elif shared == "ok" and copied == "ok":
         said.append("the package loads and runs with shared and copied constants alike in a process of its own")
+    own = attempts.get("own_constants", {}).get("outcome")
+    if own == "ok":
+        said.append(
+            "with its weights in its library the package loads and runs: the crash is in loading a package whose "
+            "weights are outside it (compare a run with --constants outside on the same model and size)"
+        )
+    elif own and own != "skipped":
+        found = attempts["own_constants"]
+        said.append(f"with its weights in its library it fails too ({own} in {found.get('step')}): not the weights")
     for name in ("generator", "restart", "shared_blocking"):
         found = attempts.get(name)
         if found and found.get("outcome") not in ("ok", "skipped"):
@@ -248,6 +267,8 @@ def child_main(args: argparse.Namespace) -> int:
             steps.end()
             if args.child in ("generator", "restart"):
                 generator_path(bench, args, steps, inputs, package)
+            elif args.child == "own_constants":
+                bare_package(bench, steps, inputs, package, user_managed=None)
             else:
                 bare_package(bench, steps, inputs, package, user_managed=args.child != "copied")
     except Exception as error:  # noqa: BLE001  (the record says where and why; the parent reads it)
@@ -304,7 +325,9 @@ def build(bench: Any, args: argparse.Namespace, steps: Steps) -> None:
     inputs = six_inputs(bench.capture(args.size))
     steps.end()
     unet = bench.packaged_unet(Path(args.cache_dir))
-    path = package_path(unet.folder, unet.fingerprint, inputs)
+    in_so = args.constants == "in-so"
+    # A package with its weights inside is not the generator's: its own key, so neither is taken for the other.
+    path = package_path(unet.folder, f"{unet.fingerprint}|constants in so" if in_so else unet.fingerprint, inputs)
     restored = not path.is_file() and crashed_path(path).is_file()
     if restored:
         crashed_path(path).rename(path)  # quarantined by a run before: the very file to diagnose
@@ -312,7 +335,7 @@ def build(bench: Any, args: argparse.Namespace, steps: Steps) -> None:
     timing = None
     if not path.is_file():
         steps.begin("build")
-        timing = build_package(bench.eager_unet, inputs, path, unet.inductor_options)
+        timing = build_package(bench.eager_unet, inputs, path, unet.inductor_options, constants_in_so=in_so)
         steps.end(since_spawn_s=round(time.time() - args.spawned_at, 1))
     torch.save({"inputs": list(inputs), "package": str(path)}, args.work / "inputs.pt")
     bench.record(
@@ -327,8 +350,11 @@ def build(bench: Any, args: argparse.Namespace, steps: Steps) -> None:
     )
 
 
-def bare_package(bench: Any, steps: Steps, inputs: tuple[Any, ...], package: Path, user_managed: bool) -> None:
-    """Load the package step by step as generator/unet_package.py does, with shared or copied constants."""
+def bare_package(bench: Any, steps: Steps, inputs: tuple[Any, ...], package: Path, user_managed: bool | None) -> None:
+    """Load the package step by step as generator/unet_package.py does, with shared or copied constants.
+
+    `user_managed` None: the package holds its own weights, so none are handed to it.
+    """
     import torch
 
     from bench.compile_measure import UNET_RELATIVE_TOLERANCE, compare
@@ -350,15 +376,16 @@ def bare_package(bench: Any, steps: Steps, inputs: tuple[Any, ...], package: Pat
         dtypes=sorted({str(t.dtype) for t in chosen}),
         not_contiguous=sum(not t.is_contiguous() for t in chosen),
     )
-    allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-    steps.begin("load_constants")
-    runner.load_constants(
-        {name: named[name] for name in wanted if name in named}, check_full_update=True, user_managed=user_managed
-    )
-    steps.end(
-        user_managed=user_managed,
-        added_bytes=torch.cuda.memory_allocated(device) - allocated if allocated is not None else None,
-    )
+    if user_managed is not None:
+        allocated = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+        steps.begin("load_constants")
+        runner.load_constants(
+            {name: named[name] for name in wanted if name in named}, check_full_update=True, user_managed=user_managed
+        )
+        steps.end(
+            user_managed=user_managed,
+            added_bytes=torch.cuda.memory_allocated(device) - allocated if allocated is not None else None,
+        )
     with torch.no_grad():
         steps.begin("call")
         output = runner(*inputs)

@@ -117,11 +117,18 @@ class BuildTiming:
 
 
 def build_package(
-    unet: torch.nn.Module, inputs: Sequence[torch.Tensor], path: Path, inductor_options: Mapping[str, Any]
+    unet: torch.nn.Module,
+    inputs: Sequence[torch.Tensor],
+    path: Path,
+    inductor_options: Mapping[str, Any],
+    *,
+    constants_in_so: bool = False,
 ) -> BuildTiming:
     """Export `unet` at `inputs`' exact shapes, compile it with AOTInductor and write the package to `path`.
 
     Written under a temporary name and renamed: a reader (another worker, the next start) never sees half a file.
+    `constants_in_so` builds the weights into the package's library instead (a copy of them per size; the crash
+    diagnosis compares the two, bench/aoti_diagnose.py).
     """
     started = time.perf_counter()
     with torch.no_grad():
@@ -134,7 +141,7 @@ def build_package(
     descriptor, partial = tempfile.mkstemp(dir=path.parent, prefix=".partial-", suffix=PACKAGE_SUFFIX)
     os.close(descriptor)
     try:
-        options = {**inductor_options, "aot_inductor.package_constants_in_so": False}
+        options = {**inductor_options, "aot_inductor.package_constants_in_so": constants_in_so}
         torch._inductor.aoti_compile_and_package(exported, package_path=partial, inductor_configs=options)
         Path(partial).replace(path)
     finally:

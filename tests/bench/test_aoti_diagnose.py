@@ -103,7 +103,20 @@ def test_the_flags_default_to_the_generators_first_size_and_the_aoti_benchs_fold
 
     assert args.size == (512, 16)
     assert args.cache_dir.endswith("i2v-aoti-cache")
+    assert args.constants == "outside"  # the generator's packages
     assert parse_args(["--size", "64x4", "--model", "tiny"]).size == (64, 4)
+
+
+def test_a_package_with_its_own_weights_that_runs_points_at_the_weights_outside() -> None:
+    ran = {"status": "complete", "exit_code": 0, "records": [*steps("load", "call", "compare", ended=3)]}
+    died = {"status": "failed (exit -11)", "exit_code": -11, "records": steps("load", ended=0)}
+
+    assert summarise({"phases": {"own_constants": ran}})["verdict"][0].startswith(
+        "with its weights in its library the package loads and runs"
+    )
+    assert summarise({"phases": {"own_constants": died}})["verdict"] == [
+        "with its weights in its library it fails too (died (signal 11) in load): not the weights"
+    ]
 
 
 CRASHING_CHILD = """
