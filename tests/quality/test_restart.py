@@ -104,7 +104,12 @@ def test_results_baseline_and_waiting_clips_survive_a_monitor_restart(
     # Job "two" ends while "busy" runs: its clip waits, and the monitor stops before scoring it.
     first.ingest(event("busy", "running"), event("two", "succeeded", prompt=PROMPT, video_path=str(videos["two"])))
     assert first.get("jobs/two/quality").json()["pending"] is True
-    assert first.get("status").json()["quality"] == {"pending": 1, "scoring": False, "baseline_clips": 1}
+    assert first.get("status").json()["quality"] == {
+        "pending": 1,
+        "scoring": False,
+        "baseline_clips": 1,
+        "cpu_priority": "idle (SCHED_IDLE: spare cores only)",  # python -m monitor's default
+    }
     first.stop()
 
     second: MonitorInstance = run_monitor()
