@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 
 from common.sizing import LIMITS, RESOLUTIONS
+from generator.regional import compile_blocks, count_blocks
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ BACKENDS = ("inductor", "aoti", "eager", "aot_eager")
 # A package is plain generated code: the modes that add CUDA graphs are torch.compile's runtime, not the package's.
 AOTI_MODES = ("default", "max-autotune-no-cudagraphs")
 PACKAGES_FOLDER = "unet-packages"
+# whole: the UNet is one graph per size. regional: its repeated blocks are compiled one by one, identical blocks
+# sharing a graph (generator/regional.py), so a start traces a few small graphs instead of the whole UNet.
+SCOPES = ("whole", "regional")
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 MEGA_CACHE_FILE = "mega-cache.bin"
 # Guidance as the warm-up runs it: with guidance the pipeline batches both passes (batch 2), which is what jobs
@@ -88,6 +92,7 @@ class Acceleration:
     compile: bool = False
     mode: str = "default"
     backend: str = "inductor"
+    scope: str = "whole"
     dynamic: bool = False
     cache_dir: Path | None = None
     warmup: tuple[Shape, ...] = parse_shapes(DEFAULT_WARMUP)
@@ -101,7 +106,11 @@ class Acceleration:
             raise ValueError(f"GENERATOR_COMPILE_MODE must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"GENERATOR_COMPILE_BACKEND must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"GENERATOR_COMPILE_SCOPE must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.backend == "aoti":
+            if self.scope != "whole":
+                raise ValueError("GENERATOR_COMPILE_SCOPE regional needs torch.compile (aoti packages the whole UNet)")
             if self.mode not in AOTI_MODES:
                 raise ValueError(f"GENERATOR_COMPILE_MODE {self.mode!r} does not apply to packages (aoti backend)")
             if self.dynamic or self.compile_vae:
@@ -127,6 +136,7 @@ class Acceleration:
             "compile": self.compile,
             "mode": self.mode,
             "backend": self.backend,
+            "scope": self.scope,
             "dynamic": self.dynamic,
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "warmup": [str(shape) for shape in self.warmup],
@@ -178,21 +188,43 @@ class CompileWatch:
 
         `sizes`: how many static graphs it will hold (one per warm-up size).
         """
+        self.eager = module
+        self._prepare(dynamic, graphs_per_code=sizes)
+        # dynamic=True marks every input dimension dynamic from the first trace (one graph for every size);
+        # False keeps every shape static, a graph per size, and never turns dimensions dynamic on a second size.
+        return torch.compile(module, backend=self, dynamic=dynamic)
+
+    def compile_blocks(
+        self, module: torch.nn.Module, block_classes: Collection[str], dynamic: bool, sizes: int = 1
+    ) -> torch.nn.Module:
+        """Return a copy of `module` with its blocks of `block_classes` compiled through this watch (regional).
+
+        The original, uncompiled, stays in `eager` and shares its weights with the copy. Every block of a class
+        shares that class's graphs: one per distinct shape the class meets, at each of `sizes` static sizes.
+        """
+        self.eager = module
+        # At worst every instance of a class meets shapes of its own: that many graphs per size on its forward.
+        most_instances = max(count_blocks(module, block_classes).values(), default=1)
+        self._prepare(dynamic, graphs_per_code=most_instances * sizes)
+        return compile_blocks(module, block_classes, lambda block: torch.compile(block, backend=self, dynamic=dynamic))
+
+    @staticmethod
+    def _prepare(dynamic: bool, graphs_per_code: int) -> None:
+        """Set dynamo's process-wide limits so that the graphs a module needs are never refused."""
         import torch._dynamo.config
         import torch.fx.experimental._config
 
-        self.eager = module
         if dynamic:
             # Duck sizing gives equal dimensions one symbol (frames == latent height at 256p and 32 frames), and
             # the graph then needs them equal: a later size where they differ would recompile.
             torch.fx.experimental._config.use_duck_shape = False
         else:
-            # Past this many graphs per module dynamo falls back to eager silently; each warm-up size is one.
-            limit = torch._dynamo.config.recompile_limit
-            torch._dynamo.config.recompile_limit = max(limit, sizes + 4)
-        # dynamic=True marks every input dimension dynamic from the first trace (one graph for every size);
-        # False keeps every shape static, a graph per size, and never turns dimensions dynamic on a second size.
-        return torch.compile(module, backend=self, dynamic=dynamic)
+            # Dynamo keeps this many graphs per code object (a module class's forward) and past it runs that code
+            # eager silently: each static size is a graph, and under regional each distinct block at each size.
+            wanted = graphs_per_code + 4
+            config = torch._dynamo.config
+            config.recompile_limit = max(config.recompile_limit, wanted)
+            config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, wanted)
 
 
 def prepare_cache(cache_dir: Path) -> int:

@@ -48,6 +48,7 @@ class GeneratorConfig:
     compile: bool = False
     compile_mode: str = "default"
     compile_backend: str = "inductor"
+    compile_scope: str = "whole"
     compile_cache: Path | None = None
     compile_warmup: str = DEFAULT_WARMUP
     compile_vae: bool = False
@@ -61,6 +62,7 @@ class GeneratorConfig:
             compile=self.compile and on_gpu,
             mode=self.compile_mode,
             backend=self.compile_backend,
+            scope=self.compile_scope,
             cache_dir=self._compile_cache_dir(),
             warmup=parse_shapes(self.compile_warmup),
             compile_vae=self.compile_vae,
@@ -217,6 +219,14 @@ SETTINGS: tuple[Setting, ...] = (
         "inductor",
         "`inductor`; `aoti`: a package per warm-up size, loaded at restart without tracing; "
         "`eager` or `aot_eager` (tests)",
+    ),
+    Setting(
+        "compile_scope",
+        "--compile-scope",
+        ("GENERATOR_COMPILE_SCOPE",),
+        "whole",
+        "`whole`: the UNet, one graph per size; `regional`: its repeated blocks one by one, identical blocks "
+        "sharing a graph (fewer and smaller traces)",
     ),
     Setting(
         "compile_cache",
