@@ -14,6 +14,12 @@ JSON is rewritten as each record arrives, summary included:
         Mega-Cache): imports, model load, the first compiled call, cache hits and misses; SDPA kernels (flash,
         efficient, cuDNN) on eager at 512x16; (e) 1024x16 eager (and FLOPs), then compiled, while budget lasts.
 
+`--scope regional` compiles the UNet's repeated blocks one by one instead of the whole UNet (the generator's
+GENERATOR_COMPILE_SCOPE); `--skip` leaves tasks out by name (the figures already measured), so that the regional
+compile's cold cost, its step against eager and its warm start fit one device call:
+
+    python -m bench.compile_gpu --scope regional --skip sdpa --out $OUT/compile_regional.json --budget-s 520
+
 The caches live in a fresh temporary folder (removed at the end unless --cache-dir names one). A CPU smoke run of
 the same code paths: `--model tiny --device cpu --backend eager --size 256x8 --large-size 256x16` (figures
 meaningless).
@@ -50,6 +56,13 @@ PEAK_FP16_TFLOPS = [
 WARM_MIN_S = 75.0
 # Left for the parent to write the last JSON after a child is stopped.
 MARGIN_S = 4.0
+# Each phase's tasks in priority order (bench/compile_measure.py runs them); --skip names some to leave out.
+TASKS = {
+    "cold": ("eager", "compiled", "agreement", "mega_cache"),
+    "warm": ("warm_start", "sdpa", "large_eager", "large_compiled"),
+}
+# Without these there is nothing to compare or restart on.
+REQUIRED_TASKS = ("eager", "compiled", "warm_start")
 # A child's stderr kept in the JSON when captured: a fatal error's stacks of every thread fit.
 STDERR_TAIL_CHARS = 12000
 
@@ -80,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device,
             "backend": args.backend,
             "mode": args.mode,
+            "scope": args.scope,
+            "skipped_tasks": list(args.skip),
             "dynamic": False,
             "size": size_name(args.size),
             "large_size": size_name(args.large_size),
@@ -128,6 +143,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--backend", default="inductor", help="inductor, or eager (dynamo only) for a CPU smoke run")
     parser.add_argument("--mode", default="default", help="torch.compile mode")
+    parser.add_argument(
+        "--scope", choices=("whole", "regional"), default="whole", help="compile the whole UNet or its repeated blocks"
+    )
+    parser.add_argument(
+        "--skip",
+        type=parse_skip,
+        default=(),
+        help=f"tasks to leave out, comma-separated: {', '.join(t for ts in TASKS.values() for t in ts)}",
+    )
     parser.add_argument("--size", type=parse_size, default=(512, 16), help="main size, RESOLUTIONxFRAMES")
     parser.add_argument("--large-size", type=parse_size, default=(1024, 16), help="the size measured last")
     parser.add_argument("--warmup-calls", type=int, default=2, help="untimed UNet calls before the timed ones")
@@ -141,6 +165,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--records", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--spawned-at", type=float, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def parse_skip(text: str) -> tuple[str, ...]:
+    """Parse "sdpa,large_eager" into task names, refusing unknown ones and the ones every figure needs."""
+    names = tuple(filter(None, (name.strip() for name in text.split(","))))
+    known = {task for tasks in TASKS.values() for task in tasks}
+    for name in names:
+        if name not in known:
+            raise argparse.ArgumentTypeError(f"{name!r} is no task ({', '.join(sorted(known))})")
+        if name in REQUIRED_TASKS:
+            raise argparse.ArgumentTypeError(f"{name!r} cannot be skipped: the later figures need it")
+    return names
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -163,6 +199,7 @@ def child_command(args: argparse.Namespace, phase: str, cache_dir: Path, records
         sys.executable, "-m", "bench.compile_gpu", "--child", phase,
         "--records", str(records), "--spawned-at", str(time.time()), "--cache-dir", str(cache_dir),
         "--model", args.model, "--device", args.device, "--backend", args.backend, "--mode", args.mode,
+        "--scope", args.scope, "--skip", ",".join(args.skip),
         "--size", f"{args.size[0]}x{args.size[1]}", "--large-size", f"{args.large_size[0]}x{args.large_size[1]}",
         "--warmup-calls", str(args.warmup_calls), "--repeats", str(args.repeats),
         "--variant-repeats", str(args.variant_repeats), "--agreement-steps", str(args.agreement_steps),
@@ -312,6 +349,7 @@ def summarise(result: dict[str, Any], peak_override: float | None) -> dict[str, 
     caches = warm_start.get("cache_counters", {})
     return {
         "device": device,
+        "scope": result.get("settings", {}).get("scope", "whole"),
         "peak_fp16_tflops": peak,
         "model_load_s": cold.get("load", {}).get("model_load_s"),
         "sizes": [row for row in sizes if row],
@@ -324,6 +362,7 @@ def summarise(result: dict[str, Any], peak_override: float | None) -> dict[str, 
             "imports_s": warm.get("load", {}).get("imports_s"),
             "model_load_s": warm.get("load", {}).get("model_load_s"),
             "compile_from_cache_s": warm_start.get("compile_s"),
+            "graphs_built": warm_start.get("graphs_built"),
             "fx_graph_cache_hits": caches.get("inductor", {}).get("fxgraph_cache_hit"),
             "fx_graph_cache_misses": caches.get("inductor", {}).get("fxgraph_cache_miss"),
             "autograd_cache_hits": caches.get("aot_autograd", {}).get("autograd_cache_hit"),
@@ -366,6 +405,7 @@ def size_row(
         row[f"{variant}_tflops"] = round(tflops, 1) if tflops else None
         row[f"{variant}_share_of_peak"] = round(tflops / peak, 3) if tflops and peak else None
     row["compile_s"] = (compile_record or {}).get("compile_s")
+    row["graphs_built"] = (compile_record or {}).get("graphs_built")
     eager_s, compiled_s = row["eager_step_s"], row["compiled_step_s"]
     row["speedup"] = round(eager_s / compiled_s, 3) if eager_s and compiled_s else None
     row["unet_outputs_agree"] = ((compiled or {}).get("unet_agreement") or {}).get("agree")

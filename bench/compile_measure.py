@@ -3,7 +3,8 @@
 Every record is flushed at once (the parent kills this process at its deadline; what it wrote stays). The UNet is
 timed on the inputs the pipeline itself gave it (captured by a hook on one eager step), so eager and compiled see
 exactly what a job's denoising step sends. Compiling goes through the generator's own `accelerate` with the
-generator's static-shape settings, and the caches through its own `prepare_cache`/`save_cache`.
+generator's static-shape settings (the whole UNet, or its repeated blocks with --scope regional), and the caches
+through its own `prepare_cache`/`save_cache`. --skip leaves tasks out.
 
   cold   (a) eager step at the main size with its FLOPs (f), (b) the static-shape compile there and the compiled
          step, (c) seeded latents after a few steps, eager twice (run-to-run noise) and compiled, compared; the
@@ -27,6 +28,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.compile_gpu import TASKS
 
 PROMPT = "a sailing boat on a calm sea at sunset"
 # Latents after a few fp16 steps: the compiled graph fuses and reorders floating-point work, so they differ from
@@ -67,21 +70,17 @@ def child_main(args: argparse.Namespace) -> int:
     except Exception as error:  # noqa: BLE001  (nothing runs without the model: the record says why)
         record("error", task="load", message=f"{error.__class__.__name__}: {error}", trace=traceback.format_exc())
         return 1
-    tasks: list[tuple[str, Callable[[], None]]]
-    if args.child == "cold":
-        tasks = [
-            ("eager", lambda: bench.eager(args.size, "eager")),
-            ("compiled", lambda: bench.compiled(args.size, "compiled")),
-            ("agreement", lambda: bench.agreement(args.size)),
-            ("mega_cache", bench.save_mega_cache),
-        ]
-    else:
-        tasks = [
-            ("warm_start", lambda: bench.compiled(args.size, "warm_start")),
-            ("sdpa", lambda: bench.sdpa(args.size)),
-            ("large_eager", lambda: bench.eager(args.large_size, "large_eager")),
-            ("large_compiled", lambda: bench.compiled(args.large_size, "large_compiled")),
-        ]
+    everything: dict[str, Callable[[], None]] = {
+        "eager": lambda: bench.eager(args.size, "eager"),
+        "compiled": lambda: bench.compiled(args.size, "compiled"),
+        "agreement": lambda: bench.agreement(args.size),
+        "mega_cache": bench.save_mega_cache,
+        "warm_start": lambda: bench.compiled(args.size, "warm_start"),
+        "sdpa": lambda: bench.sdpa(args.size),
+        "large_eager": lambda: bench.eager(args.large_size, "large_eager"),
+        "large_compiled": lambda: bench.compiled(args.large_size, "large_compiled"),
+    }
+    tasks = [(name, everything[name]) for name in TASKS[args.child] if name not in args.skip]
     for name, task in tasks:
         try:
             task()
@@ -257,14 +256,16 @@ class Bench:
         self.record(f"{kind}_flop", size=size_name(size), flop_per_step=self.count_flop(inputs))
 
     def compile_unet(self) -> None:
-        """Wrap the UNet as the generator does with compile on: static shapes, its own backend watch."""
+        """Wrap the UNet as the generator does with compile on: static shapes, the scope asked, its own watch."""
         if self.compiled_unet is not None:
             return
         from generator.acceleration import Acceleration
         from generator.pipeline import accelerate
 
         self.pipe.unet = self.eager_unet
-        settings = Acceleration(compile=True, backend=self.args.backend, mode=self.args.mode, dynamic=False)
+        settings = Acceleration(
+            compile=True, backend=self.args.backend, mode=self.args.mode, scope=self.args.scope, dynamic=False
+        )
         (self.watch,) = accelerate(self.pipe, settings)
         self.compiled_unet = self.pipe.unet
         self.pipe.unet = self.eager_unet

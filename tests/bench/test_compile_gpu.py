@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.compile_gpu import ROOT, child_env, main, peak_for, read_records, summarise
+from bench.compile_gpu import ROOT, child_env, main, parse_args, peak_for, read_records, summarise
 
 
 def test_the_summary_turns_recorded_steps_into_tflops_share_of_peak_and_speedup() -> None:
@@ -111,3 +111,41 @@ def test_every_phase_runs_on_the_cpu_with_the_tiny_model(tmp_path: Path) -> None
     large = next(r for r in result["phases"]["warm"]["records"] if r["kind"] == "large_compiled_compile")
     assert large["graphs_built"] == 1
     assert result["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("skip", "message"),
+    [("sdpa,large", "'large' is no task"), ("compiled", "'compiled' cannot be skipped")],
+)
+def test_a_task_to_skip_must_exist_and_not_be_one_the_others_need(
+    skip: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--skip", skip])
+
+    assert message in capsys.readouterr().err
+
+
+def test_the_regional_scope_runs_the_gpu_command_on_the_cpu(tmp_path: Path) -> None:
+    # The device call for regional compilation, on the tiny model: cold compile, step against eager, warm start.
+    out = tmp_path / "compile.json"
+    argv = ["--out", str(out), "--model", "tiny", "--device", "cpu", "--backend", "eager", "--scope", "regional"]
+    argv += ["--skip", "sdpa,large_eager,large_compiled", "--size", "64x4", "--repeats", "2", "--warmup-calls", "1"]
+    argv += ["--agreement-steps", "2", "--warm-min-s", "1", "--budget-s", "300"]
+
+    assert main(argv) == 0
+
+    result = json.loads(out.read_text())
+    summary = result["summary"]
+    assert summary["errors"] == []
+    assert summary["phases"] == {"cold": "complete", "warm": "complete"}
+    assert summary["scope"] == "regional"
+    (row,) = summary["sizes"]
+    assert row["unet_outputs_agree"] is True
+    assert row["speedup"] > 0
+    assert row["graphs_built"] > 1  # a graph per distinct block: 13 in the tiny UNet
+    assert summary["latents_agree"] is True
+    assert summary["graphs_built_during_agreement"] == 0
+    assert summary["warm_start"]["graphs_built"] == row["graphs_built"]  # dynamo traces again; kernels are cached
+    warm_kinds = {r["kind"] for r in result["phases"]["warm"]["records"]}
+    assert warm_kinds.isdisjoint({"sdpa", "large_eager", "large_compiled"})
