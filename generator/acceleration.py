@@ -10,6 +10,9 @@ The inductor, AOTAutograd, Triton and autotune caches under one folder make a re
 still traces, which is most of a warm start); the Mega-Cache file (`torch.compiler.save_cache_artifacts`) holds the
 same artifacts in one file that can be copied to another host with the same GPU, torch and Triton.
 
+The scope says what is compiled: the whole UNet, one graph per size, or (regional) its repeated blocks one by one,
+identical blocks sharing a graph, so that a start traces one small graph per distinct block, not the whole UNet.
+
 `CompileWatch` is the backend handed to `torch.compile`: it counts the graphs the module builds and passes each to
 the real compiler, so the worker can tell which stage of which job had to wait for a compile.
 """

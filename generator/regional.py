@@ -68,4 +68,9 @@ def _walk(
         return module  # no block below: shared as it is
     clone = copy.copy(module)  # the same attribute values: the parameters and buffers are not copied
     clone.__dict__["_modules"] = {**module._modules, **children}
+    # Hook registries of its own (holding the hooks already there): a hook registered on one tree later, such as a
+    # benchmark's input capture on the eager UNet, must not fire in the other.
+    for name, value in module.__dict__.items():
+        if "hooks" in name and isinstance(value, dict):
+            clone.__dict__[name] = value.copy()
     return clone

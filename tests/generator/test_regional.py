@@ -104,6 +104,10 @@ def test_the_copy_shares_the_weights_and_leaves_the_original_uncompiled() -> Non
     assert len(compiled_modules(copy)) == 4
     assert [p.data_ptr() for p in copy.parameters()] == [p.data_ptr() for p in stack.parameters()]
     assert count_blocks(stack, ["Block"]) == {"Block": 4}
+    calls: list[str] = []
+    copy.register_forward_pre_hook(lambda *_: calls.append("copy"))
+    stack(torch.randn(1, 8))
+    assert calls == []  # a hook registered on one tree does not fire in the other
     with pytest.raises(ValueError, match="Stack holds no Conv to compile"):
         compile_blocks(stack, ["Conv"], torch.compile)
 
@@ -172,8 +176,8 @@ class TinyUNet:
         with torch.no_grad():
             return unet(*self.inputs[size]["args"], **self.inputs[size]["kwargs"])[0]
 
-    def distinct_blocks(self, size: tuple[int, int]) -> tuple[int, int]:
-        """Run the eager UNet at `size`; return how many blocks ran and how many distinct (class, shapes) they were."""
+    def eager_blocks(self, size: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        """Run the eager UNet at `size`: its output, how many blocks ran and how many distinct (class, shapes)."""
         seen: list[tuple[Any, ...]] = []
 
         def note(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -189,11 +193,11 @@ class TinyUNet:
         blocks = [m for m in self.unet.modules() if type(m).__name__ in UNET_REPEATED_BLOCKS]
         hooks = [block.register_forward_pre_hook(note, with_kwargs=True) for block in blocks]
         try:
-            self.call(self.unet, size)
+            output = self.call(self.unet, size)
         finally:
             for hook in hooks:
                 hook.remove()
-        return len(seen), len(set(seen))
+        return output, len(seen), len(set(seen))
 
 
 @pytest.fixture(scope="module")
@@ -210,14 +214,14 @@ def test_the_unet_builds_a_graph_per_distinct_block_not_per_instance_and_matches
     assert set(blocks) == set(UNET_REPEATED_BLOCKS)  # every class named is in the UNet
 
     for size in ((64, 4), (64, 8)):
-        ran, distinct = tiny.distinct_blocks(size)
+        eager, ran, distinct = tiny.eager_blocks(size)
         assert ran == sum(blocks.values())
         graphs_before = watch.graphs_total
 
         output = tiny.call(compiled, size)
 
         assert watch.graphs_total - graphs_before == distinct < ran  # 13 graphs for 25 blocks here
-        assert torch.equal(output, tiny.call(tiny.unet, size))
+        assert torch.equal(output, eager)
     graphs = watch.graphs_total
     tiny.call(compiled, (64, 4))
     tiny.call(compiled, (64, 8))
