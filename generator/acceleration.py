@@ -43,7 +43,7 @@ BACKENDS = ("inductor", "aoti", "eager", "aot_eager")
 AOTI_MODES = ("default", "max-autotune-no-cudagraphs")
 PACKAGES_FOLDER = "unet-packages"
 # whole: the UNet is one graph per size. regional: its repeated blocks are compiled one by one, identical blocks
-# sharing a graph (generator/regional.py), so a start traces a few small graphs instead of the whole UNet.
+# sharing a graph (generator/regional.py), so a start traces a small graph per distinct block, not the whole UNet.
 SCOPES = ("whole", "regional")
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 MEGA_CACHE_FILE = "mega-cache.bin"
