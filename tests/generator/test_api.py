@@ -203,11 +203,12 @@ def test_an_out_of_memory_inside_a_stage_fails_the_job_and_the_next_one_succeeds
 
     monkeypatch.setattr(unet, "forward", forward_that_runs_out_of_memory)
 
-    submitted = generator.submit(resolution="512", num_frames="16")
+    # One rung above the floor: the suggestion must name the next size down (256p/8), not the floor's advice.
+    submitted = generator.submit(resolution="256", num_frames="16")
     failed = generator.wait_state(submitted.json()["job_id"], ("succeeded", "failed", "cancelled"))
     assert failed["state"] == "failed"
     assert failed["error"].startswith("CUDA out of memory. Tried to allocate")
-    assert "try 256p with 16 frames" in failed["suggestion"]
+    assert "try 256p with 8 frames (this job was 256p with 16 frames)" in failed["suggestion"]
     assert metric(generator, "i2v_consecutive_oom_failures") == 1
 
     recovered = generator.wait_state(generator.submit().json()["job_id"], ("succeeded", "failed", "cancelled"))
