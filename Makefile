@@ -5,7 +5,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # One test file per worker process, two at a time (--dist loadfile keeps a file's module fixtures in one process).
-PYTEST_ARGS ?= -n 2 --dist loadfile
+# Files are handed out in collection order, not xdist's default of most tests first: that default left the
+# one-test files for last, and here those are the slowest (one end-to-end scenario each: crashes, pauses, bench
+# smokes), so one worker ran the last few while the other stood idle. In collection order the many short files
+# of monitor/, ops/ and quality/ come last and even out the two workers' ends.
+PYTEST_ARGS ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: help install system-deps run run-generator run-monitor test lint bench clean
 
