@@ -150,15 +150,15 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 class AppServer:
     """A WSGI app served by waitress in a thread on a free loopback port (the production server)."""
 
-    def __init__(self, app: object, port: int | None = None) -> None:
-        """Bind `port` (default: a free one) now; `start()` serves."""
+    def __init__(self, app: object, port: int | None = None, threads: int = 4) -> None:
+        """Bind `port` (default: a free one) now; `start()` serves on `threads` request threads."""
         import waitress  # only the app tests need it
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # A short loop timeout so stop() returns at once rather than after the default 1 s select.
         self._server = waitress.create_server(
-            app, host="127.0.0.1", port=self.port, threads=4, asyncore_loop_timeout=0.05
+            app, host="127.0.0.1", port=self.port, threads=threads, asyncore_loop_timeout=0.05
         )
         self._thread = threading.Thread(target=self._server.run, name="test-app-server", daemon=True)
 

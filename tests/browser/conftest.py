@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +17,6 @@ from pathlib import Path
 import pytest
 import requests
 from playwright.sync_api import Browser, Page, sync_playwright
-from waitress.server import create_server
 
 from common.spool import Spool
 from monitor.compose import Monitor, build_monitor
@@ -26,7 +24,7 @@ from monitor.config import MonitorConfig
 from monitor.storage import open_store, schema
 from monitor.storage.writer import Writer
 from tests.generator.conftest import GeneratorServer, serve_generator
-from tests.servers import free_port
+from tests.servers import AppServer, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -83,14 +81,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         writer = Writer(store, Spool(config.spool_dir, config.spool_max_bytes), conform=schema.conform)
         writer.start()
         monitor = build_monitor(config, store, writer)
-        server = create_server(monitor.app, host="127.0.0.1", port=monitor_port, threads=8)
-        thread = threading.Thread(target=server.run, name="browser-monitor", daemon=True)
-        thread.start()
+        server = AppServer(monitor.app, port=monitor_port, threads=8).start()
         monitor.start()
         try:
             yield Stack(generator, monitor, monitor_url)
         finally:
-            server.close()
+            server.stop()  # from waitress' own loop: closing its sockets from here could fail its select() (EBADF)
             monitor.stop()
 
 

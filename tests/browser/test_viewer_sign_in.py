@@ -6,14 +6,12 @@ so it is the session cookie that must open it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from flask import Flask
 from playwright.sync_api import Browser, Page, expect
-from waitress.server import create_server
 
 from common.events import Event, utc_now_iso
 from generator.jobs import Job
@@ -22,7 +20,7 @@ from monitor.web.context import get_context
 from tests.api.conftest import make_generator_app, make_monitor_app
 from tests.browser.conftest import DESKTOP, screenshots
 from tests.generator.test_jobs import PARAMS
-from tests.servers import free_port
+from tests.servers import AppServer, free_port
 
 VIEWER = "v1ewer-token-for-the-browser"
 JOB_ID = "c" * 32
@@ -38,12 +36,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     job = Job(JOB_ID, "a private prompt", PARAMS, PARAMS, state="succeeded", finished_at=1.0, video_path=str(clip))
     app.extensions["generator"].book.store_finished([job])
     port = free_port()
-    server = create_server(app, host="127.0.0.1", port=port, threads=4)
-    threading.Thread(target=server.run, daemon=True).start()
+    server = AppServer(app, port=port).start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.close()
+        server.stop()
         app.extensions["generator"].close()
 
 
@@ -99,12 +96,11 @@ def monitor_served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert app.test_client().post("/monitor/api/events", json={"events": [event.to_dict()]}).status_code == 200
     assert get_context(app).writer.flush(timeout_s=10)
     port = free_port()
-    server = create_server(app, host="127.0.0.1", port=port, threads=4)
-    threading.Thread(target=server.run, daemon=True).start()
+    server = AppServer(app, port=port).start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server.url
     finally:
-        server.close()
+        server.stop()
         get_context(app).close()
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +12,10 @@ import pytest
 import requests
 from flask import Flask
 from PIL import Image
-from waitress.server import create_server
 
 from generator.app import create_app
 from generator.config import GeneratorConfig
-from tests.servers import free_port, wait_for
+from tests.servers import AppServer, free_port, wait_for
 
 # The smallest job the API accepts: 256x256, 8 frames, 10 steps (about 10 s on two cores).
 SMALL_JOB = {
@@ -71,15 +69,15 @@ def serve_generator(tmp: Path, **overrides: Any) -> Iterator[GeneratorServer]:
         port=free_port(), outputs=tmp / "outputs", state_dir=tmp / "state", host_name="test-host", **overrides
     )
     app = create_app(config)
-    server = create_server(app, host="127.0.0.1", port=config.port, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    handle = GeneratorServer(app, f"http://127.0.0.1:{config.port}", config)
-    wait_for(lambda: requests.get(f"{handle.url}/ready", timeout=5).status_code == 200, 120, "the model to warm up")
+    # AppServer.stop closes the sockets from waitress' own loop: closing them from here, under its select(), was an
+    # EBADF in the server's thread now and then, which failed the teardown of the last test of the module.
+    server = AppServer(app, port=config.port, threads=8).start()
+    handle = GeneratorServer(app, server.url, config)
     try:
+        wait_for(lambda: requests.get(f"{handle.url}/ready", timeout=5).status_code == 200, 120, "the model to warm up")
         yield handle
     finally:
-        server.close()
+        server.stop()
         handle.runtime.close()
 
 
