@@ -27,8 +27,11 @@ LOWEST_NICE = 19
 def lower_this_thread(priority: str) -> str:
     """Put the calling thread (and the threads it will start) at `priority`; return what is in effect, in words.
 
-    Never raises: where the class cannot be set (not Linux, a sandbox refusing it) the thread keeps its priority
-    and the answer says why, since scoring must go on either way.
+    Where the class cannot be set (not Linux, a sandbox refusing it) the thread keeps its priority and the answer
+    says why: scoring goes on either way.
+
+    Raises:
+        ValueError: `priority` is not one of PRIORITIES (the monitor's configuration refuses it first).
     """
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
