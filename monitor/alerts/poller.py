@@ -5,6 +5,8 @@ p95 is histogram_quantile(0.95, increase(buckets)) with linear interpolation ins
 goes down (the generator restarted) is a reset, as in PromQL's increase(): its new value counts as an increase
 from zero, so the jobs a crash lost, which the restarted generator counts as failed, reach the error ratio.
 Compiles inside jobs are increase(i2v_compiles_total{phase="job"}) over an hour, with resets treated alike.
+Quarantined packages are the sum of the gauge i2v_packages_quarantined (sizes run eager because their package
+crashed a process).
 The windows survive a monitor restart through `to_state()` / `restore()`.
 """
 
@@ -159,7 +161,7 @@ class GeneratorPoller:
             self._scrapes, self._counters, self._job_compiles = scrapes, counters, job_compiles
 
     def poll(self) -> dict[str, float | None]:
-        """Return generator_up, consecutive_ooms, queue_pending, the event spool's fill and the windowed values."""
+        """Return generator_up, its gauges (OOM streak, queue, spool, quarantined packages) and windowed values."""
         values: dict[str, float | None] = dict.fromkeys(
             (
                 "consecutive_ooms",
@@ -170,6 +172,7 @@ class GeneratorPoller:
                 "events_lost_5m",
                 "event_spool_fill_ratio",
                 "job_compiles_1h",
+                "packages_quarantined",
             )
         )
         values["generator_up"] = 1.0 if self._healthy() else 0.0
@@ -211,6 +214,8 @@ class GeneratorPoller:
                     raw.events_dropped = (raw.events_dropped or 0.0) + sample.value
                 elif sample.name == "i2v_events_spool_fill_ratio":
                     values["event_spool_fill_ratio"] = max(values["event_spool_fill_ratio"] or 0.0, sample.value)
+                elif sample.name == "i2v_packages_quarantined":
+                    values["packages_quarantined"] = (values["packages_quarantined"] or 0.0) + sample.value
                 elif sample.name == "i2v_compiles_total" and sample.labels.get("phase") == "job":
                     job_compiles = (job_compiles or 0.0) + sample.value
         with self._lock:  # to_state() may read the window from another thread (the restart action saving it)

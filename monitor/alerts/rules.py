@@ -45,6 +45,10 @@ VOCABULARY: dict[str, tuple[str, str]] = {
     "queue_pending": ("host", "jobs waiting in the generator's queue"),
     "consecutive_ooms": ("host", "OOM failures in a row (the generator's gauge, reset by a success)"),
     "job_compiles_1h": ("host", "torch.compile compiles inside jobs over the last hour (jobs that waited)"),
+    "packages_quarantined": (
+        "host",
+        "warm-up sizes the generator runs eager because their compiled package crashed a process (quarantined)",
+    ),
     "generator_up": ("host", "1 while the generator's /health answers, 0 otherwise"),
     "low_quality_streak": ("host", "low-quality clips in a row (reset by a clip that passes)"),
     "monitor_up": ("host", "always 1 while the monitor evaluates: the Watchdog's input"),

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 import requests
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from monitor.alerts.actions import ActionOutcome
+from monitor.alerts.engine import AlertEngine
 from monitor.alerts.poller import GeneratorPoller, quantile_from_buckets
-from monitor.alerts.record import FIRING
+from monitor.alerts.record import FIRING, RESOLVED, label_set
+from monitor.alerts.rules import Rule
 from monitor.alerts.service import AlertService
 from monitor.alerts.settings import AlertSettings
 from tests.alerts.conftest import FakeClock, FakeGenerator, wait_for
@@ -64,6 +66,7 @@ def test_the_poller_reads_the_generator_metrics_like_promql(clock: FakeClock, fa
         "events_lost_5m": None,
         "event_spool_fill_ratio": None,
         "job_compiles_1h": None,
+        "packages_quarantined": None,
     }
     for _ in range(9):
         fake_generator.requests.labels("succeeded").inc()
@@ -104,6 +107,26 @@ def test_the_poller_counts_compiles_inside_jobs_over_the_last_hour(
     assert poller.poll()["job_compiles_1h"] == 1.0  # a restart's counter starts at 0 again: a reset, as in PromQL
     fake_generator.compiles().labels("unet", "job").inc()
     assert poller.poll()["job_compiles_1h"] == 2.0  # the new process's compile counts on top
+
+
+def test_a_quarantined_package_is_read_from_the_generator_and_fires_the_shipped_warning(
+    clock: FakeClock, fake_generator: FakeGenerator, default_rules: list[Rule]
+) -> None:
+    poller = GeneratorPoller(fake_generator.url, clock=clock)
+    assert poller.poll()["packages_quarantined"] is None  # a generator without packages exports no gauge
+    # The generator's own gauge (generator/metrics.py), set by a process that found a crashed package.
+    quarantined = Gauge("i2v_packages_quarantined", "", ["module"], registry=fake_generator.registry)
+    quarantined.labels("unet").set(1)
+    engine = AlertEngine([r for r in default_rules if r.alert == "GeneratorPackageQuarantined"], clock=clock)
+    host = label_set(host="h1")
+
+    (fired,) = engine.evaluate({host: {"packages_quarantined": poller.poll()["packages_quarantined"]}})
+    assert (fired.state, fired.severity) == (FIRING, "warning")
+    assert fired.annotations["summary"] == "1 compiled UNet package(s) on h1 crashed the generator and are quarantined"
+    quarantined.labels("unet").set(0)  # the backend changed or the .crashed file deleted, and a restart
+    clock.advance(10)
+    (resolved,) = engine.evaluate({host: {"packages_quarantined": poller.poll()["packages_quarantined"]}})
+    assert resolved.state == RESOLVED
 
 
 def test_a_dead_generator_reads_as_down_with_unknown_values(clock: FakeClock) -> None:
@@ -220,7 +243,7 @@ def test_the_api_lists_and_acknowledges_alerts(
     (watchdog,) = [a for a in body["active"] if a["alertname"] == "Watchdog"]
     assert watchdog["state"] == "firing"
     assert body["history"] == []
-    assert body["rules"] == 34
+    assert body["rules"] == 35
     assert body["actions"]["restart_generator"]["gave_up"] is False
 
     assert client.post(f"/monitor/api/alerts/{watchdog['id']}/ack", json={"by": "bob"}).status_code == 401
