@@ -3,14 +3,14 @@
 The answer carries the job's predicted time too (warm, and the warm-up a size new to the process adds once), which
 the worker turns into the job's predicted run (generator/eta.py).
 
-`MonitorPredictor.estimate(params, gpu)` calls the monitor's `GET /monitor/api/predict` with a short timeout
-and keeps each answer for `ttl_s` per parameter set, so admission control asks at most once a minute per
-shape. An expired answer (up to `max_stale_s` old) answers at once while the monitor is asked again in the
-background, so only a shape never asked about waits on the monitor, for at most one timeout. When the monitor
-does not answer (or answers nonsense), it is left alone for `retry_after_s`, and meanwhile the monitor's last
-answer for the same job (up to `max_stale_s` old) answers, or else the design's table. The monitor answers from
-its last fit at once, however long a fit takes, so a slow fit never sends admission to the table. Either way the
-estimate says where it came from, and admission writes that in the job's notes.
+`MonitorPredictor.estimate(params, gpu)` asks the monitor's `GET /monitor/api/predict` for every admission, with a
+short timeout: the monitor answers from its last fit in milliseconds, and only a fresh answer knows the jobs
+measured since. (Answers kept for a minute, or served while asked again behind, were from an older fit: on an H200
+the prior's 15.6 GB for 512p/16, given before any job was measured, still degraded a job that fitted two minutes
+and fourteen measured jobs later.) When the monitor does not answer (or answers nonsense), it is left alone for
+`retry_after_s`, so a hung monitor costs one job one timeout, not every job; meanwhile the monitor's last answer
+for the same job (up to `max_stale_s` old) answers, or else the design's table. Either way the estimate says
+where it came from, and admission writes that in the job's notes.
 
 The blueprint proxies the monitor's recommendation and prediction for the generator's page (one origin):
 - `GET /api/recommendation[?guidance=&max_time_s=&gpu=]`: the best parameters that fit this generator's GPU
@@ -43,17 +43,16 @@ log = logging.getLogger(__name__)
 PREDICT_PATH = "/monitor/api/predict"
 RECOMMENDATION_PATH = "/monitor/api/recommendation"
 TIMEOUT_S = (0.5, 1.5)  # connect, read
-MAX_CACHED = 256
+MAX_KEPT = 256  # last answers kept for when the monitor is down
 
 
 class MonitorPredictor:
-    """The monitor's predictions for this generator's GPUs, cached, with the table as the fallback.
+    """The monitor's predictions for this generator's GPUs, asked afresh, with its last answers and the table behind.
 
     Args:
         monitor_url: the monitor's base URL.
         host_name: this generator's host tag (the monitor finds the GPU by host and index).
         timeout_s: connect and read timeouts of one request.
-        ttl_s: how long an answer is reused for the same parameters and GPU.
         retry_after_s: after a failure, how long the monitor is not asked (its last answers or the table answer).
         max_stale_s: the oldest answer of the monitor that still answers for the same job while it is down.
         session: the HTTP session (tests may pass their own).
@@ -66,7 +65,6 @@ class MonitorPredictor:
         host_name: str,
         *,
         timeout_s: tuple[float, float] = TIMEOUT_S,
-        ttl_s: float = 60.0,
         retry_after_s: float = 30.0,
         max_stale_s: float = 3600.0,
         session: requests.Session | None = None,
@@ -74,14 +72,12 @@ class MonitorPredictor:
     ) -> None:
         self.base_url = monitor_url.rstrip("/")
         self.host_name = host_name
-        self.timeout_s, self.ttl_s, self.retry_after_s = timeout_s, ttl_s, retry_after_s
-        self.max_stale_s = max_stale_s
+        self.timeout_s, self.retry_after_s, self.max_stale_s = timeout_s, retry_after_s, max_stale_s
         self._session = session or requests.Session()
         self._clock = clock
-        self._cache: OrderedDict[tuple, tuple[float, MemoryEstimate]] = OrderedDict()
+        self._last: OrderedDict[tuple, tuple[float, MemoryEstimate]] = OrderedDict()  # key -> (when, answer)
         self._down_until = 0.0
         self._down_reason = ""
-        self._refreshing: set[tuple] = set()  # keys asked again in the background now
         self._lock = threading.Lock()
 
     def for_gpu(self, gpu: str) -> Callable[[JobParams], int]:
@@ -89,51 +85,23 @@ class MonitorPredictor:
         return lambda params: self.estimate(params, gpu)
 
     def estimate(self, params: JobParams, gpu: str) -> MemoryEstimate:
-        """Return the monitor's estimate (peak + margin) for a job on `gpu`, or the table's when it fails."""
+        """Return the monitor's estimate (peak + margin) for a job on `gpu`, else its last answer or the table's."""
         key = (params.resolution, params.num_frames, params.steps, params.guidance_scale, gpu)
         now = self._clock()
         with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None and cached[0] > now:
-                return cached[1]
-            down = now < self._down_until
-            recent = cached is not None and now - (cached[0] - self.ttl_s) <= self.max_stale_s
-            refresh = recent and not down and key not in self._refreshing
-            if refresh:
-                self._refreshing.add(key)
-        if recent and not down:
-            # An expired answer still answers at once and is asked again in the background: a job never waits
-            # on the monitor for a shape asked about before (a hung monitor cost each such job the read timeout).
-            if refresh:
-                threading.Thread(
-                    target=self._refresh, args=(key, params, gpu), name="predict-refresh", daemon=True
-                ).start()
-            return self._fallback(params, "asked again in the background", cached, now)
+            down, reason = now < self._down_until, self._down_reason
         if down:
-            return self._fallback(params, self._down_reason, cached, now)
+            return self._fallback(key, params, reason, now)
         try:
             answer = self._predict(params, gpu)
         except (requests.RequestException, ValueError, KeyError, TypeError) as e:
-            return self._fallback(params, self._failed(e, now), cached, now)
-        self._keep(key, answer, now)
-        return answer
-
-    def _refresh(self, key: tuple, params: JobParams, gpu: str) -> None:
-        """Ask the monitor again for an expired answer (a background thread); keep the new one."""
-        try:
-            self._keep(key, self._predict(params, gpu), self._clock())
-        except (requests.RequestException, ValueError, KeyError, TypeError) as e:
-            self._failed(e, self._clock())
-        finally:
-            with self._lock:
-                self._refreshing.discard(key)
-
-    def _keep(self, key: tuple, answer: MemoryEstimate, now: float) -> None:
+            return self._fallback(key, params, self._failed(e, now), now)
         with self._lock:
-            self._cache[key] = (now + self.ttl_s, answer)
-            self._cache.move_to_end(key)
-            while len(self._cache) > MAX_CACHED:
-                self._cache.popitem(last=False)
+            self._last[key] = (now, answer)
+            self._last.move_to_end(key)
+            while len(self._last) > MAX_KEPT:
+                self._last.popitem(last=False)
+        return answer
 
     def _failed(self, error: Exception, now: float) -> str:
         """Leave the monitor alone for retry_after_s; return why, for the notes."""
@@ -169,13 +137,12 @@ class MonitorPredictor:
         time = body.get("time") or {}
         return MemoryEstimate(need, source, _seconds(time.get("seconds")), _seconds(time.get("warmup_s")))
 
-    def _fallback(
-        self, params: JobParams, reason: str, cached: tuple[float, MemoryEstimate] | None, now: float
-    ) -> MemoryEstimate:
+    def _fallback(self, key: tuple, params: JobParams, reason: str, now: float) -> MemoryEstimate:
         """Return the monitor's last answer for this job when recent enough, else the table's estimate."""
-        if cached is not None and now - (cached[0] - self.ttl_s) <= self.max_stale_s:
-            age_s = now - (cached[0] - self.ttl_s)
-            return cached[1].said(f"{cached[1].source}; its answer from {age_s:.0f} s ago ({reason})")
+        with self._lock:
+            kept = self._last.get(key)
+        if kept is not None and now - kept[0] <= self.max_stale_s:
+            return kept[1].said(f"{kept[1].source}; its answer from {now - kept[0]:.0f} s ago ({reason})")
         need = table_estimate(params)
         return MemoryEstimate(need, f"memory estimate from the table: {need / GiB:.1f} GB ({reason})")
 
