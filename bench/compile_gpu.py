@@ -367,6 +367,7 @@ def summarise(result: dict[str, Any], peak_override: float | None) -> dict[str, 
             "fx_graph_cache_misses": caches.get("inductor", {}).get("fxgraph_cache_miss"),
             "autograd_cache_hits": caches.get("aot_autograd", {}).get("autograd_cache_hit"),
             "mega_cache_artifacts_loaded": warm.get("load", {}).get("mega_cache_artifacts_loaded"),
+            "cache_load_s": warm.get("load", {}).get("cache_load_s"),
         }
         if warm_start
         else None,

@@ -63,10 +63,11 @@ def child_main(args: argparse.Namespace) -> int:
 
     imported_at = time.time()
     loaded = prepare_cache(Path(args.cache_dir))
+    cache_load_s = time.time() - imported_at
     device = torch.device("cuda", 0) if args.device == "cuda" else torch.device(args.device)
     bench = Bench(args, record, device)
     try:
-        bench.load(imported_at, loaded)
+        bench.load(imported_at, loaded, cache_load_s)
     except Exception as error:  # noqa: BLE001  (nothing runs without the model: the record says why)
         record("error", task="load", message=f"{error.__class__.__name__}: {error}", trace=traceback.format_exc())
         return 1
@@ -121,7 +122,7 @@ class Bench:
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()
 
-    def load(self, imported_at: float, mega_cache_artifacts: int) -> None:
+    def load(self, imported_at: float, mega_cache_artifacts: int, cache_load_s: float) -> None:
         """Build the pipeline as the generator does and record the device and the time so far."""
         from generator.pipeline import load_pipeline
 
@@ -135,6 +136,7 @@ class Bench:
             imports_s=round(imported_at - self.args.spawned_at, 2),
             model_load_s=round(time.time() - started, 2),
             mega_cache_artifacts_loaded=mega_cache_artifacts,
+            cache_load_s=round(cache_load_s, 2),
             device=self.device_info(),
         )
 

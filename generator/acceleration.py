@@ -8,7 +8,8 @@ first compile did not finish in 400 s on an H200, where one static size took 147
 
 The inductor, AOTAutograd, Triton and autotune caches under one folder make a restart reuse the kernels (dynamo
 still traces, which is most of a warm start); the Mega-Cache file (`torch.compiler.save_cache_artifacts`) holds the
-same artifacts in one file that can be copied to another host with the same GPU, torch and Triton.
+same artifacts in one file that can be copied to another host with the same GPU, torch and Triton. It is unpacked
+into the folder once: a restart on a folder that already holds what the file holds does not load it again.
 
 The scope says what is compiled: the whole UNet, one graph per size, or (regional) its repeated blocks one by one,
 identical blocks sharing a graph, so that a start traces one small graph per distinct block, not the whole UNet.
@@ -47,6 +48,7 @@ PACKAGES_FOLDER = "unet-packages"
 SCOPES = ("whole", "regional")
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
 MEGA_CACHE_FILE = "mega-cache.bin"
+MEGA_CACHE_UNPACKED = "mega-cache.unpacked"  # the stamp of the file whose artifacts the folder holds
 # Guidance as the warm-up runs it: with guidance the pipeline batches both passes (batch 2), which is what jobs
 # send unless they ask for guidance_scale 1.
 WARMUP_GUIDANCE = 9.0
@@ -246,6 +248,10 @@ def prepare_cache(cache_dir: Path) -> int:
     mega_cache = cache_dir / MEGA_CACHE_FILE
     if not mega_cache.is_file():
         return 0
+    unpacked = cache_dir / MEGA_CACHE_UNPACKED
+    if unpacked.is_file() and unpacked.read_text() == _stamp(mega_cache):
+        log.info("compile cache %s already holds %s's artifacts", cache_dir, MEGA_CACHE_FILE)
+        return 0
     # torch itself refuses a file it cannot read (another torch version) with a warning and None.
     try:
         info = torch.compiler.load_cache_artifacts(mega_cache.read_bytes())
@@ -254,6 +260,8 @@ def prepare_cache(cache_dir: Path) -> int:
         return 0
     loaded = sum(len(v) for v in info.artifacts.values()) if info is not None else 0
     log.info("loaded %d compile artifacts from %s", loaded, mega_cache)
+    if info is not None:
+        _mark_unpacked(cache_dir)
     return loaded
 
 
@@ -267,7 +275,22 @@ def save_cache(cache_dir: Path) -> int:
     with tempfile.NamedTemporaryFile(dir=cache_dir, prefix=f"{MEGA_CACHE_FILE}.", delete=False) as partial:
         partial.write(data)
     Path(partial.name).replace(cache_dir / MEGA_CACHE_FILE)
+    _mark_unpacked(cache_dir)  # written from this folder's caches, which hold it already
     return len(data)
+
+
+def _stamp(path: Path) -> str:
+    """Return what tells one Mega-Cache file from another copied or saved over it: its size and change time."""
+    stat = path.stat()
+    return f"{stat.st_size} {stat.st_mtime_ns}"
+
+
+def _mark_unpacked(cache_dir: Path) -> None:
+    """Note that the folder's caches hold the Mega-Cache file's artifacts as it is now."""
+    try:
+        (cache_dir / MEGA_CACHE_UNPACKED).write_text(_stamp(cache_dir / MEGA_CACHE_FILE))
+    except OSError as error:  # the next start loads the file again: slower, never wrong
+        log.warning("could not mark the compile Mega-Cache as unpacked: %s", error)
 
 
 def use_attention(name: str) -> None:

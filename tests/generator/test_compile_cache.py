@@ -1,5 +1,6 @@
 """The compile cost is paid once: a new process on an empty cache folder holding only the Mega-Cache file reuses the
-first process's kernels instead of compiling them, the whole module's and regionally compiled blocks' alike.
+first process's kernels instead of compiling them, the whole module's and regionally compiled blocks' alike; a
+restart on a folder that holds them already does not unpack the file again.
 
 Inductor for real (C++ builds of small CPU kernels), on a two-layer module and a stack of two equal blocks, in two
 fresh processes: a compile inside this one would hit its own in-memory caches and prove nothing.
@@ -63,13 +64,18 @@ def compile_in_a_new_process(cache: Path) -> dict:
     return json.loads(completed.stdout.splitlines()[-1])
 
 
-def test_a_new_host_with_only_the_mega_cache_file_compiles_nothing(tmp_path: Path) -> None:
+def test_a_restart_and_a_new_host_with_only_the_mega_cache_file_compile_nothing(tmp_path: Path) -> None:
     first = compile_in_a_new_process(tmp_path / "first")
 
     assert first["loaded"] == 0
     assert (first["graphs"], first["block_graphs"]) == (1, 1)
     assert first["inductor"].get("fxgraph_cache_miss", 0) == 2
     assert first["mega_cache_bytes"] > 0
+
+    restart = compile_in_a_new_process(tmp_path / "first")
+    assert restart["loaded"] == 0  # the folder's caches hold what the file holds: not unpacked again
+    assert restart["inductor"].get("fxgraph_cache_hit", 0) == 2
+    assert restart["inductor"].get("fxgraph_cache_miss", 0) == 0
 
     new_host = tmp_path / "new-host"
     new_host.mkdir()
