@@ -64,15 +64,23 @@ class ClipAssessor:
         rating: int | None = None,
         *,
         allow_gpu: bool = True,
+        pause: Callable[[], object] | None = None,
     ) -> QualityResult:
-        """Score one clip now, on the calling thread; CLIP stays on the CPU unless `allow_gpu`."""
+        """Score one clip now, on the calling thread; CLIP stays on the CPU unless `allow_gpu`.
+
+        `pause`, when given, is called before each piece of work (decoding, motion, each CLIP image) and may block:
+        the scorer's way to step aside while the generator needs the CPU (schedule.py).
+        """
         started = self._clock()
+        step_aside = pause or (lambda: None)
         base = QualityResult(job_id=job_id, gpu=gpu, status=SCORED, video_path=str(video_path), rating=rating)
         try:
+            step_aside()
             clip = read_clip(video_path)
         except UnreadableClip as e:
             result = replace(base, status=UNSCORABLE, unscorable_reason=str(e))
             return replace(self.combined(result), scoring_duration_s=self._clock() - started)
+        step_aside()
         moved = motion.analyse(clip.flow_frames, workers=self.flow_workers)
         result = replace(
             base,
@@ -84,7 +92,7 @@ class ClipAssessor:
             static=moved.static,
         )
         input_image, image_reason = _input_image(image_path)
-        result = self._embeddings(result, clip.sampled_frames, input_image, image_reason, prompt, allow_gpu)
+        result = self._embeddings(result, clip.sampled_frames, input_image, image_reason, prompt, allow_gpu, pause)
         return replace(self.combined(result), scoring_duration_s=self._clock() - started)
 
     def combined(self, result: QualityResult) -> QualityResult:
@@ -114,6 +122,7 @@ class ClipAssessor:
         image_reason: str | None,
         prompt: str | None,
         allow_gpu: bool,
+        pause: Callable[[], object] | None,
     ) -> QualityResult:
         clip_reason = None if self.clip is not None else NO_WEIGHTS_REASON
         if self.clip is not None and not prompt:
@@ -123,7 +132,7 @@ class ClipAssessor:
         clip_input = input_image if self.image_encoder is None else None
         if self.clip is not None and (prompt or clip_input is not None):
             extra = [] if clip_input is None else [clip_input]
-            embeddings = self.clip.embed([*frames, *extra], prompt or None, allow_gpu=allow_gpu)
+            embeddings = self.clip.embed([*frames, *extra], prompt or None, allow_gpu=allow_gpu, pause=pause)
             result = replace(result, scored_on=embeddings.device)
             frame_rows = embeddings.images[: len(frames)]
             if embeddings.text is not None:

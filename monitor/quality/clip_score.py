@@ -233,18 +233,26 @@ class ClipScorer:
 
         return str(torch.device(self._cuda_device).index or 0)
 
-    def embed(self, images: Sequence[np.ndarray], prompt: str | None = None, *, allow_gpu: bool = True) -> Embeddings:
+    def embed(
+        self,
+        images: Sequence[np.ndarray],
+        prompt: str | None = None,
+        *,
+        allow_gpu: bool = True,
+        pause: Callable[[], object] | None = None,
+    ) -> Embeddings:
         """Embed the images (RGB uint8 arrays, batched) and the prompt on one device, normalised.
 
         `allow_gpu=False` keeps this pass on the CPU (and gives back a GPU copy): the scorer's decision for a clip
-        scored while a job runs.
+        scored while a job runs. `pause`, when given, is called before each image, embedded one at a time then, so
+        that the scorer can step aside often (a clip's frames in one batch would be one long stretch of CPU work).
         """
         import torch
 
         use_gpu = allow_gpu and self._cuda_available() and self.gpu_allows()
         if not use_gpu:
             self.release_gpu()
-            return self._embed_on(self._model, "cpu", self.cpu_dtype, images, prompt)
+            return self._embed_on(self._model, "cpu", self.cpu_dtype, images, prompt, pause)
         try:
             if self._gpu_model is None:
                 self._gpu_model = copy.deepcopy(self._model).to(self._cuda_device, torch.float16)
@@ -268,7 +276,13 @@ class ClipScorer:
         return text_frame_score(embeddings.text, embeddings.images)
 
     def _embed_on(
-        self, model: Any, device: str, dtype: torch.dtype, images: Sequence[np.ndarray], prompt: str | None
+        self,
+        model: Any,
+        device: str,
+        dtype: torch.dtype,
+        images: Sequence[np.ndarray],
+        prompt: str | None,
+        pause: Callable[[], object] | None = None,
     ) -> Embeddings:
         import torch
 
@@ -276,15 +290,22 @@ class ClipScorer:
         if device == "cpu":
             torch.set_num_threads(self.cpu_threads)
         try:
-            return self._embed_batches(model, device, dtype, images, prompt)
+            return self._embed_batches(model, device, dtype, images, prompt, pause)
         finally:
             torch.set_num_threads(threads)
 
     def _embed_batches(
-        self, model: Any, device: str, dtype: torch.dtype, images: Sequence[np.ndarray], prompt: str | None
+        self,
+        model: Any,
+        device: str,
+        dtype: torch.dtype,
+        images: Sequence[np.ndarray],
+        prompt: str | None,
+        pause: Callable[[], object] | None = None,
     ) -> Embeddings:
         import torch
 
+        batch_size = 1 if pause is not None else self._batch_size
         text = None
         with torch.inference_mode():
             if prompt is not None:
@@ -293,8 +314,10 @@ class ClipScorer:
                 ).to(device)
                 text = _normalised(model.get_text_features(**tokens))[0]
             rows = []
-            for start in range(0, len(images), self._batch_size):
-                batch = list(images[start : start + self._batch_size])
+            for start in range(0, len(images), batch_size):
+                if pause is not None:
+                    pause()
+                batch = list(images[start : start + batch_size])
                 pixels = self._processor(images=batch, return_tensors="pt")["pixel_values"]
                 rows.append(_normalised(model.get_image_features(pixel_values=pixels.to(device, dtype))))
         self.last_device = device

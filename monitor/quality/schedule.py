@@ -18,6 +18,12 @@ per clip, taken by the scorer's worker:
   on an H200, CLIP on the GPU beside back-to-back 512p/16/10 jobs cost each job about 0.15 s of its 2.0 s of
   denoising (7%), since two processes' kernels take turns on the card. The pace keeps a backlog (the clips that
   waited while the monitor was down) from being scored in one burst during a job; it drains between jobs.
+- Beside a job on a GPU, the scoring works only while that job is inside its denoising loop, where the generator
+  waits on the GPU: it pauses (`wait_for_denoising`, called between frames) while the job encodes its inputs,
+  decodes or exports, which are the generator's CPU work. On the H200, CLIP on the CPU beside a job left its
+  denoising as fast as with the monitor paused (1.002) but took 0.03-0.2 s more of its 0.7 s outside the loop:
+  the idle class keeps the scorer off a core the generator wants, not off the other hyperthread of its core or the
+  memory bandwidth they share. A pause lasts at most `max_pause_s` (a lost event must not stall scoring).
 - For `startup_quiet_s` after the scorer starts, nothing is scored between jobs: the generator replays what it
   spooled while the monitor was down (retrying at most every 30 s), and a job running now may be in it.
 """
@@ -36,6 +42,7 @@ SILENT_AFTER_S = 600.0  # a denoising step is seconds at most: ten minutes witho
 STARTUP_QUIET_S = 40.0  # above the generator's longest retry back-off (30 s)
 MAX_WAIT_S = 300.0
 MAX_TRACKED_JOBS = 64
+MAX_PAUSE_S = 30.0  # longer than a 1024p/32 clip's decode and export, the longest stretch outside the loop
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Decision:
     reason: str
     wait_s: float = 0.0  # when not run: the longest the decision can stay the same without a new event
     overdue: bool = False  # scored after waiting the bound, while jobs may run
+    beside: bool = False  # scored while a job runs on the device: pause outside its denoising loop
 
 
 class GpuActivity:
@@ -56,6 +64,7 @@ class GpuActivity:
         device: the `gpu` tag of the device scoring uses ("0" for CLIP on cuda:0, "cpu" without a GPU).
         max_wait_s: the longest a clip waits for a gap between jobs before it is scored beside a running job.
         startup_quiet_s: how long after `start()` no clip is scored between jobs (see the module's notes).
+        max_pause_s: the longest one `wait_for_denoising` waits.
         clock: monotonic seconds.
     """
 
@@ -67,16 +76,21 @@ class GpuActivity:
         startup_quiet_s: float = STARTUP_QUIET_S,
         settle_s: float = SETTLE_S,
         silent_after_s: float = SILENT_AFTER_S,
+        max_pause_s: float = MAX_PAUSE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device = device
         self.max_wait_s = max_wait_s
+        self.max_pause_s = max_pause_s
         self._startup_quiet_s = startup_quiet_s
         self._settle_s = settle_s
         self._silent_after_s = silent_after_s
         self._clock = clock
         self._lock = threading.Lock()
+        self._heard = threading.Condition(self._lock)  # notified when a job enters or leaves its loop or ends
         self._running: dict[str, float] = {}  # job id → when it was last heard, on this device
+        self._denoising: set[str] = set()  # running jobs inside their denoising loop, as their last event says
+        self._released = False  # no more pauses: the scorer is stopping
         self._idle_since = -float("inf")  # when the last job here ended
         self._quiet_until = -float("inf")
         self._ends = 0  # jobs ended here since the start
@@ -86,6 +100,7 @@ class GpuActivity:
         """Begin the start-up quiet period (the scorer's start)."""
         with self._lock:
             self._quiet_until = self._clock() + self._startup_quiet_s
+            self._released = False
 
     def hear(self, events: Sequence[Event]) -> bool:
         """Follow a batch of ingested events; return whether a job started or ended on the device."""
@@ -96,6 +111,7 @@ class GpuActivity:
                 if event.gpu != self.device or event.job_id == STARTUP_JOB_ID:
                     continue
                 if event.kind == "job" and event.status in FINAL_STATES:
+                    self._denoising.discard(event.job_id)
                     if self._running.pop(event.job_id, None) is not None:
                         self._idle_since = now
                         self._ends += 1
@@ -103,9 +119,42 @@ class GpuActivity:
                 elif event.kind == "stage" or event.status == "running":
                     changed |= event.job_id not in self._running
                     self._running[event.job_id] = now
+                    if _inside_denoising(event):
+                        self._denoising.add(event.job_id)
+                    else:
+                        self._denoising.discard(event.job_id)
                     while len(self._running) > MAX_TRACKED_JOBS:  # a bound for lost end events
-                        del self._running[next(iter(self._running))]
+                        self._denoising.discard(oldest := next(iter(self._running)))
+                        del self._running[oldest]
+            self._heard.notify_all()
         return changed
+
+    def wait_for_denoising(self) -> float:
+        """Block while a job on this GPU is outside its denoising loop (at most `max_pause_s`); return the seconds.
+
+        Returns at once on the CPU device (a CPU generator's loop is CPU work too), between jobs, and once
+        `release()` was called.
+        """
+        if self.device == "cpu":
+            return 0.0
+        started = self._clock()
+        deadline = time.monotonic() + self.max_pause_s
+        waited = False
+        with self._lock:
+            while not self._released and not all(job in self._denoising for job in self._live(self._clock())):
+                left_s = deadline - time.monotonic()
+                if left_s <= 0:
+                    break
+                # A silent job stops counting after silent_after_s: wake then at the latest.
+                self._heard.wait(min(left_s, self._silent_after_s))
+                waited = True
+        return max(0.0, self._clock() - started) if waited else 0.0
+
+    def release(self) -> None:
+        """End every pause now and for good (the scorer is stopping)."""
+        with self._lock:
+            self._released = True
+            self._heard.notify_all()
 
     def running(self) -> list[str]:
         """Return the jobs running on the device now, as the events say."""
@@ -146,7 +195,7 @@ class GpuActivity:
                 return Decision(run=False, allow_gpu=False, reason=reason, wait_s=due_at - now, overdue=True)
         if running:
             reason = f"{waited}: scored beside job {', '.join(running)}, CLIP on the CPU"
-            return Decision(run=True, allow_gpu=False, reason=reason, overdue=True)
+            return Decision(run=True, allow_gpu=False, reason=reason, overdue=True, beside=True)
         return Decision(run=True, allow_gpu=True, reason=f"{waited}: scored between jobs", overdue=True)
 
     def took(self, decision: Decision) -> None:
@@ -160,3 +209,13 @@ class GpuActivity:
 
     def _where(self) -> str:
         return "the CPU" if self.device == "cpu" else f"GPU {self.device}"
+
+
+def _inside_denoising(event: Event) -> bool:
+    """Whether a job's event says it is inside its denoising loop: a step ended and more follow."""
+    return (
+        event.stage == "denoising_step"
+        and event.step is not None
+        and event.total_steps is not None
+        and event.step < event.total_steps
+    )

@@ -222,6 +222,7 @@ class QualityScorer:
             self._stopping = True
             self._cond.notify_all()
             thread, self._thread = self._thread, None
+        self.activity.release()  # a clip scored beside a job stops pausing for it
         if thread is not None:
             thread.join(timeout_s)
         with self._cond:
@@ -422,9 +423,12 @@ class QualityScorer:
         rating: int | None = None,
         *,
         allow_gpu: bool = True,
+        pause: Callable[[], object] | None = None,
     ) -> QualityResult:
         """Score one clip now, on the calling thread (the worker's step; also the benchmark's)."""
-        return self._assessor.assess(job_id, video_path, image_path, prompt, gpu, rating, allow_gpu=allow_gpu)
+        return self._assessor.assess(
+            job_id, video_path, image_path, prompt, gpu, rating, allow_gpu=allow_gpu, pause=pause
+        )
 
     # The worker
     def _run(self) -> None:
@@ -485,9 +489,22 @@ class QualityScorer:
         with self._cond:
             current = self._results.get(job.job_id)
             rating = current.rating if current is not None else None
+        paused_s = 0.0
+
+        def step_aside() -> None:
+            nonlocal paused_s
+            paused_s += self.activity.wait_for_denoising()
+
         try:
             result = self.score_job(
-                job.job_id, job.video_path, job.image_path, job.prompt, job.gpu, rating, allow_gpu=decision.allow_gpu
+                job.job_id,
+                job.video_path,
+                job.image_path,
+                job.prompt,
+                job.gpu,
+                rating,
+                allow_gpu=decision.allow_gpu,
+                pause=step_aside if decision.beside else None,
             )
         except Exception as e:  # loop boundary: the clip is marked unscorable, the loop goes on
             log.exception("scoring job %s failed; marked unscorable", job.job_id)
@@ -499,7 +516,10 @@ class QualityScorer:
                 rating=rating,
                 unscorable_reason=f"scoring failed: {type(e).__name__}: {e}",
             )
-        result = replace(result, schedule=decision.reason)
+        schedule = decision.reason
+        if decision.beside:
+            schedule += f"; paused {paused_s:.1f} s while the job was outside its denoising loop"
+        result = replace(result, schedule=schedule)
         if decision.overdue:
             self._deferred.inc()
         with self._cond:

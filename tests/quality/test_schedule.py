@@ -7,6 +7,8 @@ GPU refused, and a job that starts takes the copy back.
 
 from __future__ import annotations
 
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -221,17 +223,69 @@ def test_a_clip_waits_at_most_the_bound_then_is_scored_beside_the_running_job(
     make_rig: Any, clips: dict[str, Path], input_png: Path
 ) -> None:
     rig: Rig = make_rig(max_wait_s=1.0)
-    rig.ingest(event("busy", "queued"), event("busy", "running"), event("busy", stage="denoising_step", step=1))
+    busy_denoises = event("busy", stage="denoising_step", step=1, total_steps=10)
+    rig.ingest(event("busy", "queued"), event("busy", "running"), busy_denoises)
     rig.ingest(event("a", "running"), finished(rig, "a", clips, input_png))
 
     assert rig.scorer.wait_idle(30.0)  # the job never ends; the clip is scored after about a second anyway
     scored = rig.quality("a")
     assert scored["status"] == "scored"
-    assert scored["schedule"] == "waited 1 s for a gap between jobs on GPU 0: scored beside job busy, CLIP on the CPU"
+    assert scored["schedule"] == (
+        "waited 1 s for a gap between jobs on GPU 0: scored beside job busy, CLIP on the CPU; "
+        "paused 0.0 s while the job was outside its denoising loop"
+    )
     assert not rig.clip.on_gpu  # CLIP never took the GPU from the running job
     assert rig.scorer.activity.running() == ["busy"]
     assert rig.registry.get_sample_value("i2v_quality_deferred_total") == 1
     assert rig.registry.get_sample_value("i2v_quality_queue_pending") == 0
+
+
+def test_beside_a_running_job_scoring_steps_aside_while_the_job_is_outside_its_denoising_loop(
+    make_rig: Any, clips: dict[str, Path], input_png: Path
+) -> None:
+    # On a GPU host the generator's CPU work is outside the loop (encoding, decoding, export): the H200 showed a
+    # clip scored on the CPU beside a job slowing exactly that part of it.
+    rig: Rig = make_rig(max_wait_s=0.5)
+    rig.ingest(event("busy", "queued"), event("busy", "running"), event("busy", stage="image_encoding"))
+    rig.ingest(event("a", "running"), finished(rig, "a", clips, input_png))
+
+    assert not rig.scorer.wait_idle(2.0)  # let through as overdue, then paused: busy is encoding its inputs
+    assert rig.quality("a")["status"] != "scored"
+
+    rig.ingest(event("busy", stage="denoising_step", step=1, total_steps=10))
+    assert rig.scorer.wait_idle(30.0)
+    scored = rig.quality("a")
+    assert scored["status"] == "scored"
+    assert scored["clip_score"] is not None
+    paused = re.search(r"; paused ([0-9.]+) s while the job was outside its denoising loop$", scored["schedule"])
+    assert paused is not None, scored["schedule"]
+    assert float(paused.group(1)) >= 1.0
+
+
+def test_a_pause_follows_the_jobs_loop_and_is_bounded() -> None:
+    activity = GpuActivity("0", max_pause_s=0.3)
+    assert activity.wait_for_denoising() == 0.0  # no job runs
+
+    activity.hear([event("j", "running")])  # encoding its inputs next
+    assert 0.3 <= activity.wait_for_denoising() < 2.0  # a lost event must not stall scoring
+    activity.hear([event("j", stage="denoising_step", step=2, total_steps=10)])
+    assert activity.wait_for_denoising() < 0.1
+    activity.hear([event("j", stage="denoising_step", step=10, total_steps=10)])  # decoding and export next
+    assert activity.wait_for_denoising() >= 0.3
+
+    ended = threading.Timer(0.1, lambda: activity.hear([event("j", "succeeded")]))
+    ended.start()
+    patient = GpuActivity("0", max_pause_s=30.0)
+    patient.hear([event("k", "running")])
+    release = threading.Timer(0.1, patient.release)  # the scorer stopping
+    release.start()
+    assert patient.wait_for_denoising() < 5.0
+    ended.join()
+    assert activity.wait_for_denoising() == 0.0
+
+    on_the_cpu = GpuActivity("cpu", max_pause_s=30.0)  # a CPU generator's loop is CPU work too: no pauses
+    on_the_cpu.hear([event("c", "running", gpu="cpu")])
+    assert on_the_cpu.wait_for_denoising() == 0.0
 
 
 def test_after_a_restart_the_backlog_waits_for_the_running_job_then_is_scored_oldest_first(
