@@ -368,6 +368,7 @@ def summarise(result: dict[str, Any], peak_override: float | None) -> dict[str, 
             "autograd_cache_hits": caches.get("aot_autograd", {}).get("autograd_cache_hit"),
             "mega_cache_artifacts_loaded": warm.get("load", {}).get("mega_cache_artifacts_loaded"),
             "cache_load_s": warm.get("load", {}).get("cache_load_s"),
+            "wrap_s": warm.get("warm_start_compiling", {}).get("wrap_s"),
         }
         if warm_start
         else None,

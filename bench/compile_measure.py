@@ -277,10 +277,18 @@ class Bench:
         from torch._dynamo.utils import counters
 
         inputs = self.capture(size)
+        wrapping = time.perf_counter()
         self.compile_unet()
+        wrap_s = time.perf_counter() - wrapping
         graphs_before = self.watch.graphs_total
         self.record(
-            f"{kind}_compiling", size=size_name(size), since_spawn_s=round(time.time() - self.args.spawned_at, 2)
+            f"{kind}_compiling",
+            size=size_name(size),
+            since_spawn_s=round(time.time() - self.args.spawned_at, 2),
+            # What came before the compile, to account for a warm start's seconds: the eager step that captured
+            # the inputs (the generator's warm-up has none) and wrapping the UNet for torch.compile.
+            capture_s=round(self.capture_s.get(size, 0.0), 2),
+            wrap_s=round(wrap_s, 2),
         )
         self.sync()
         started = time.perf_counter()
