@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.stack import stage_seconds
 from common.events import epoch_s
 
 
@@ -94,6 +95,7 @@ class Record:
             "effective": view.get("effective"),
             "run_s": None if started is None or finished is None else round(finished - started, 4),
             "denoising_s": (view.get("stage_durations_s") or {}).get("denoising"),
+            "parts_s": stage_seconds(view),
             "peak_memory_bytes": view.get("peak_memory_bytes"),
             "peak_memory_allocated_bytes": view.get("peak_memory_allocated_bytes"),
             "notes": view.get("notes"),

@@ -60,8 +60,8 @@ import requests
 from bench.acceptance_record import Check, Record, at_most, holds, unjudged, within
 from bench.dashboard_poller import DashboardPoller
 from bench.harness import ROOT, MonitorProcess, free_port, machine
-from bench.spread import abba, describe, paired_ratio, ratio_of_medians
-from bench.stack import GeneratorProcess, Jobs, Shape, run_s
+from bench.spread import abba, describe, paired_difference, paired_ratio, ratio_of_medians
+from bench.stack import PARTS, GeneratorProcess, Jobs, Shape, run_s
 
 log = logging.getLogger("gpu_acceptance")
 
@@ -699,11 +699,15 @@ class Acceptance:
             return [j[key] for j in chosen if j.get(key)]
 
         def pairs(mode: str, key: str, unscored_only: bool = False) -> list[tuple[float, float]]:
+            def seconds(job: dict[str, Any]) -> float | None:
+                return job.get(key) if key in job else (job.get("parts_s") or {}).get(key)
+
             running = {
-                j["pair"]: j.get(key) for j in of(mode) if not unscored_only or j.get("clips_scored_during") == 0
+                j["pair"]: seconds(j) for j in of(mode) if not unscored_only or j.get("clips_scored_during") == 0
             }
-            paused = {j["pair"]: j.get(key) for j in of(f"{mode} paused")}
-            return [(running[p], paused[p]) for p in sorted(running) if running[p] and paused.get(p)]
+            paused = {j["pair"]: seconds(j) for j in of(f"{mode} paused")}
+            both = [(running[p], paused.get(p)) for p in sorted(running)]
+            return [(a, b) for a, b in both if a is not None and b is not None]
 
         stats: dict[str, Any] = {STOPPED: {"steady": describe(values(of(STOPPED)))}}
         for interval_s in INTERVALS_S:
@@ -718,6 +722,9 @@ class Acceptance:
                 # Only the pairs whose running job had no clip scored beside it: the cost without scoring.
                 "paired_ratio_no_scoring": paired_ratio(pairs(mode, "run_s", unscored_only=True)),
                 "paired_denoising_ratio_no_scoring": paired_ratio(pairs(mode, "denoising_s", unscored_only=True)),
+                # Where a difference lies: each part of the job (bench/stack.py's STAGES), running against paused,
+                # in seconds, since the short parts' ratios swing with a few milliseconds.
+                "paired_part_differences_s": {part: paired_difference(pairs(mode, part)) for part in PARTS},
                 "ratio_of_medians": ratio_of_medians(values(running), values(paused)),
                 "ratio_after_start": ratio_of_medians(values(of(mode, after_switch=True)), values(paused)),
                 "ratio_to_stopped": ratio_of_medians(values(running), values(of(STOPPED))),
@@ -737,7 +744,12 @@ class Acceptance:
                 f" of the pairs' ratios; denoising alone {_ratio(denoising)}; job IQR "
                 f"{_pct(mode_stats['running']['iqr_ratio'])} running / {_pct(mode_stats['paused']['iqr_ratio'])} "
                 f"paused; CLIP scoring every clip, a dashboard open; the {unscored['pairs']} pairs without a clip "
-                f"scored beside the running job: {_ratio(unscored)}"
+                f"scored beside the running job: {_ratio(unscored)}; running minus paused, per part: "
+                + ", ".join(
+                    f"{part} {_signed_s(d['difference'])}"
+                    for part, d in mode_stats["paired_part_differences_s"].items()
+                    if part != "whole"
+                )
             )
             check = at_most(
                 f"generation time, monitor at {interval_s:g} s / paused", ratio["ratio"], OVERHEAD_LIMIT, shown, detail
@@ -939,6 +951,10 @@ def _gb(value: float | None) -> str:
 
 def _s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f} s"
+
+
+def _signed_s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.3f} s"
 
 
 def _pct(value: float | None) -> str:

@@ -67,7 +67,7 @@ from bench.dashboard_poller import DashboardPoller
 from bench.gpu_acceptance import Budget, wait_until
 from bench.harness import ROOT, Context, MonitorProcess, free_port, machine
 from bench.spread import abba, describe, paired_difference, paired_ratio, ratio_between
-from bench.stack import GeneratorProcess, Jobs, Shape, run_s
+from bench.stack import PARTS, STAGES, GeneratorProcess, Jobs, Shape, stage_seconds
 from monitor.collection.nvml import NvmlReader
 from monitor.collection.sampler import GpuReader
 
@@ -79,14 +79,6 @@ QUALITY_MAX_WAIT_S = 30  # as the acceptance run: clips are scored beside the ru
 ONE_TICK_S = 3600  # the `ingest` rung's sampling period: one tick at start, none during the rung
 CATCH_UP_S = 30.0  # the longest a job's events may take to reach the monitor once it runs
 RESERVE_S = 20.0  # stopping the last monitor, the generator and the store
-# A job's stages as the generator reports them (`stage_durations_s`), grouped; `other` is the rest of its span.
-STAGES: dict[str, tuple[str, ...]] = {
-    "encoding": ("text_encoding", "image_encoding", "image_latents"),
-    "denoising": ("denoising",),
-    "decode": ("decode_video",),
-    "export": ("export",),
-}
-PARTS = ("whole", *STAGES, "other")
 
 
 @dataclass(frozen=True)
@@ -154,18 +146,6 @@ class Plan:
 H200 = Plan("full", "vit-l-14", True, Shape(512, 16, 10), LADDER, 40, 1, 3.5, (8.0, 25.0))
 H200_QUICK = replace(H200, pairs=3)
 CPU = Plan("tiny", "tiny", False, Shape(256, 8, 10), ("ingest", "quality"), 2, 1, 20.0, (6.0, 12.0))
-
-
-def stage_seconds(view: dict[str, Any]) -> dict[str, float | None]:
-    """Return a finished job's seconds per part: the whole span, each stage group, and the rest of the span."""
-    durations = view.get("stage_durations_s") or {}
-    parts: dict[str, float | None] = {"whole": run_s(view)}
-    for name, stages in STAGES.items():
-        parts[name] = sum(durations[s] for s in stages) if all(s in durations for s in stages) else None
-    known = [parts[name] for name in STAGES]
-    whole = parts["whole"]
-    parts["other"] = None if whole is None or None in known else whole - sum(k for k in known if k is not None)
-    return parts
 
 
 def cpu_s(pid: int | None) -> float | None:

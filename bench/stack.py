@@ -173,3 +173,25 @@ def run_s(view: dict[str, Any]) -> float | None:
     if view.get("started_at") is None or view.get("finished_at") is None:
         return None
     return epoch_s(view["finished_at"]) - epoch_s(view["started_at"])
+
+
+# A job's stages as the generator reports them (`stage_durations_s`), grouped; `other` is the rest of its span.
+STAGES: dict[str, tuple[str, ...]] = {
+    "encoding": ("text_encoding", "image_encoding", "image_latents"),
+    "denoising": ("denoising",),
+    "decode": ("decode_video",),
+    "export": ("export",),
+}
+PARTS = ("whole", *STAGES, "other")
+
+
+def stage_seconds(view: dict[str, Any]) -> dict[str, float | None]:
+    """Return a finished job's seconds per part: the whole span, each stage group, and the rest of the span."""
+    durations = view.get("stage_durations_s") or {}
+    parts: dict[str, float | None] = {"whole": run_s(view)}
+    for name, stages in STAGES.items():
+        parts[name] = sum(durations[s] for s in stages) if all(s in durations for s in stages) else None
+    known = [parts[name] for name in STAGES]
+    whole = parts["whole"]
+    parts["other"] = None if whole is None or None in known else whole - sum(k for k in known if k is not None)
+    return parts

@@ -172,7 +172,12 @@ def test_the_pairs_whose_running_job_had_no_clip_scored_beside_it_are_also_judge
     def job(mode: str, run_s: float, pair: int, clips_scored_during: int) -> None:
         nonlocal clock
         view = {"job_id": f"j{clock}", "state": "succeeded", "started_at": clock, "finished_at": clock + run_s}
-        view["stage_durations_s"] = {"denoising": run_s * 0.75}
+        # Denoising as paused; the rest of the job (encoding, decoding, export) pays for the clip scored beside it.
+        outside = run_s - 2.25
+        view["stage_durations_s"] = {
+            "text_encoding": 0.05, "image_encoding": 0.05, "image_latents": 0.05, "denoising": 2.25,
+            "decode_video": 0.15, "export": outside - 0.3,
+        }  # fmt: skip
         record.job("overhead", view, mode=mode, pair=pair, after_switch=False, clips_scored_during=clips_scored_during)
         clock += run_s + 1
 
@@ -189,6 +194,11 @@ def test_the_pairs_whose_running_job_had_no_clip_scored_beside_it_are_also_judge
     assert stats["paired_ratio_no_scoring"]["ratio"] == pytest.approx(1.0)
     assert stats["paired_ratio_no_scoring"]["pairs"] == (plan.pairs + 1) // 2
     assert stats["paired_denoising_ratio_no_scoring"]["ratio"] == pytest.approx(1.0)
+    differences = {part: d["difference"] for part, d in stats["paired_part_differences_s"].items()}
+    assert differences["export"] == pytest.approx(0.045)  # half the pairs, 0.09 s each: where the cost lies
+    assert differences["whole"] == pytest.approx(0.045)
+    assert differences["denoising"] == differences["decode"] == differences["encoding"] == pytest.approx(0.0)
+    assert differences["other"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_an_unseen_size_is_judged_against_its_fresh_size_time_warm_up_included() -> None:

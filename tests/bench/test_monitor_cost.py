@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.monitor_cost import LADDER, PARTS, RUNGS, CudaContexts, rung_figures, stage_seconds, summary_table
+from bench.monitor_cost import LADDER, RUNGS, CudaContexts, rung_figures, summary_table
 from bench.spread import abba, paired_difference, ratio_between
+from bench.stack import PARTS, stage_seconds
 from monitor.collection.nvml import GpuProcess, GpuSnapshot
 
 ROOT = Path(__file__).resolve().parents[2]
