@@ -104,6 +104,8 @@ def test_results_baseline_and_waiting_clips_survive_a_monitor_restart(
     # Job "two" ends while "busy" runs: its clip waits, and the monitor stops before scoring it.
     first.ingest(event("busy", "running"), event("two", "succeeded", prompt=PROMPT, video_path=str(videos["two"])))
     assert first.get("jobs/two/quality").json()["pending"] is True
+    # "one" shows as scored a moment before the scorer has published it and is idle again.
+    wait_for(lambda: not first.get("status").json()["quality"]["scoring"], 30, "the scorer to be done with one")
     assert first.get("status").json()["quality"] == {
         "pending": 1,
         "scoring": False,
