@@ -67,7 +67,7 @@ from bench.dashboard_poller import DashboardPoller
 from bench.gpu_acceptance import Budget, wait_until
 from bench.harness import ROOT, Context, MonitorProcess, free_port, machine
 from bench.spread import abba, describe, paired_difference, paired_ratio, ratio_between
-from bench.stack import PARTS, STAGES, GeneratorProcess, Jobs, Shape, stage_seconds
+from bench.stack import PARTS, STAGES, GeneratorProcess, Jobs, Shape
 from monitor.collection.nvml import NvmlReader
 from monitor.collection.sampler import GpuReader
 
@@ -360,7 +360,6 @@ class MonitorCost:
             view,
             mode=mode,
             wall_s=round(wall_s, 3),
-            stages_s=stage_seconds(view),
             clips_scored_during=None if scored_before is None or scored_after is None else scored_after - scored_before,
             monitor_cuda=cuda,
             catch_up_s=catch_up_s,
@@ -492,15 +491,15 @@ Pair = tuple[dict[str, Any], dict[str, Any]]  # a running job and its paused nei
 def part_pairs(part: str, pairs: list[Pair]) -> list[tuple[float, float]]:
     """Return (running, paused) seconds of one part of each pair's jobs, where both have it."""
     return [
-        (a["stages_s"][part], b["stages_s"][part])
+        (a["parts_s"][part], b["parts_s"][part])
         for a, b in pairs
-        if a["stages_s"].get(part) is not None and b["stages_s"].get(part) is not None
+        if a["parts_s"].get(part) is not None and b["parts_s"].get(part) is not None
     ]
 
 
 def part_seconds(part: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """Return the spread of one part's seconds over `jobs`."""
-    return describe([j["stages_s"][part] for j in jobs if j["stages_s"].get(part) is not None])
+    return describe([j["parts_s"][part] for j in jobs if j["parts_s"].get(part) is not None])
 
 
 def rung_figures(pairs: list[Pair]) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """bench/monitor_cost.py without a GPU: its quick ladder end to end on the tiny model, and the arithmetic it reports.
 
-The smoke run is the real thing at its smallest: `python -m generator --model tiny`, two monitor rungs (ingest
-only; quality with a tiny CLIP) on a real influxd, two running/paused pairs each and no discarded job: eight
-tiny-model jobs, the smallest the generator takes (256p/8/10), about 10 s each on two idle cores. It checks the
-JSON's shape and that every job succeeded, never a timing (its budget is wide, for a machine shared with others).
+The smoke run is the real thing at its smallest: `python -m generator --model tiny`, the `quality` monitor rung
+(sampling, scraping, scoring with a tiny CLIP) on a real influxd, one running/paused pair and no discarded job:
+two tiny-model jobs, the smallest the generator takes (256p/8/10), about 10 s each on two idle cores. It checks
+the JSON's shape and that every job succeeded, never a timing (its budget is wide, for a machine shared with
+others). What a rung adds over the one before is judged from recorded jobs of two rungs.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -16,13 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from bench import monitor_cost
+from bench.acceptance_record import Record
 from bench.monitor_cost import LADDER, RUNGS, CudaContexts, rung_figures, summary_table
 from bench.spread import abba, paired_difference, ratio_between
 from bench.stack import PARTS, stage_seconds
 from monitor.collection.nvml import GpuProcess, GpuSnapshot
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNGS_RUN = ("ingest", "quality")
+RUNGS_RUN = ("quality",)  # the rung with the most parts on; the step between rungs is judged below
 PAIRS = 1
 BUDGET_S = 900
 
@@ -89,8 +93,7 @@ def test_the_quick_ladder_measures_every_rung_and_every_job_succeeds(tmp_path: P
         assert figures["cpu_s_per_job"]["monitor"]["running"]["n"] == PAIRS
         assert figures["cpu_s_per_job"]["monitor"]["paused"]["n"] == PAIRS
         assert figures["monitor_cuda_context"]["running_jobs_known"] == 0  # no GPU: cannot tell
-    assert "over_previous" not in doc["summary"]["ingest"]
-    assert doc["summary"]["quality"]["over_previous"]["rung"] == "ingest"
+    assert "over_previous" not in doc["summary"]["quality"]  # the first rung climbed
     running = [j for j in jobs if j["phase"] == "quality" and j["mode"] == "running"]
     assert all(j["clips_scored_during"] is not None for j in running)
     assert f"| quality | {PAIRS} |" in doc["summary_table"]
@@ -98,7 +101,7 @@ def test_the_quick_ladder_measures_every_rung_and_every_job_succeeds(tmp_path: P
 
 
 def test_the_table_says_n_a_where_a_figure_is_missing() -> None:
-    job = {"stages_s": dict.fromkeys(PARTS, 1.0), "monitor_cpu_s": 0.5, "monitor_cuda": None}
+    job = {"parts_s": dict.fromkeys(PARTS, 1.0), "monitor_cpu_s": 0.5, "monitor_cuda": None}
     figures = {"what": "x", **rung_figures([(job, {**job, "monitor_cpu_s": 0.0})])}
     table = summary_table({"ingest": figures})
     assert "| ingest | 1 | 1.0000 (1.0000-1.0000) | - |" in table
@@ -137,3 +140,28 @@ def test_rungs_set_the_scoring_priority_and_hide_cuda_only_where_asked() -> None
     assert RUNGS["quality"].monitor_env(base) == {**base, "MONITOR_QUALITY_CPU_PRIORITY": "idle"}
     assert RUNGS["quality_normal"].monitor_env(base)["MONITOR_QUALITY_CPU_PRIORITY"] == "normal"
     assert RUNGS["clip_cpu"].monitor_env(base)["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_each_rung_is_judged_against_its_paused_jobs_and_over_the_rung_before(tmp_path: Path) -> None:
+    plan = monitor_cost.CPU  # ingest, then quality
+    record = Record(tmp_path / "cost.json", benchmark="monitor_cost")
+    args = argparse.Namespace(budget_s=600.0, quick=True)
+    cost = monitor_cost.MonitorCost(args, plan, record, tmp_path)
+    clock = 0.0
+    for rung, slower in (("ingest", 1.0), ("quality", 1.05)):
+        for pair in range(3):
+            for mode, run_s in (("running", 10.0 * slower), ("paused", 10.0)):
+                view = {"job_id": f"j{clock}", "state": "succeeded", "started_at": clock, "finished_at": clock + run_s}
+                view["stage_durations_s"] = {"denoising": run_s - 1.0}
+                record.job(rung, view, mode=mode, pair=pair, clips_scored_during=0, monitor_cuda=None)
+                clock += run_s + 1
+
+    cost.judge()
+
+    summary = record.data["summary"]
+    assert summary["ingest"]["ratio"]["whole"]["ratio"] == pytest.approx(1.0)
+    assert "over_previous" not in summary["ingest"]
+    assert summary["quality"]["ratio"]["whole"]["ratio"] == pytest.approx(1.05)
+    assert summary["quality"]["over_previous"]["rung"] == "ingest"
+    assert summary["quality"]["over_previous"]["ratio"] == pytest.approx(1.05)
+    assert "| quality | 3 | 1.0500 (1.0500-1.0500) | 1.0500" in record.data["summary_table"]

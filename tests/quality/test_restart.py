@@ -104,11 +104,11 @@ def test_results_baseline_and_waiting_clips_survive_a_monitor_restart(
     # Job "two" ends while "busy" runs: its clip waits, and the monitor stops before scoring it.
     first.ingest(event("busy", "running"), event("two", "succeeded", prompt=PROMPT, video_path=str(videos["two"])))
     assert first.get("jobs/two/quality").json()["pending"] is True
-    # "one" shows as scored a moment before the scorer has published it and is idle again.
-    wait_for(lambda: not first.get("status").json()["quality"]["scoring"], 30, "the scorer to be done with one")
-    assert first.get("status").json()["quality"] == {
+    # Not `scoring`: the scorer's thread is in the idle class, and on a machine whose cores are busy (the suite's
+    # other worker) it may sit in a step of its own for a while, which the flag shows.
+    quality = first.get("status").json()["quality"]
+    assert {key: quality[key] for key in ("pending", "baseline_clips", "cpu_priority")} == {
         "pending": 1,
-        "scoring": False,
         "baseline_clips": 1,
         "cpu_priority": "idle (SCHED_IDLE: spare cores only)",  # python -m monitor's default
     }
