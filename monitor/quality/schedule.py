@@ -54,7 +54,7 @@ class Decision:
     reason: str
     wait_s: float = 0.0  # when not run: the longest the decision can stay the same without a new event
     overdue: bool = False  # scored after waiting the bound, while jobs may run
-    beside: bool = False  # scored while a job runs on the device: pause outside its denoising loop
+    beside: bool = False  # scored while a job runs on a GPU: pause while that job is outside its denoising loop
 
 
 class GpuActivity:
@@ -195,7 +195,8 @@ class GpuActivity:
                 return Decision(run=False, allow_gpu=False, reason=reason, wait_s=due_at - now, overdue=True)
         if running:
             reason = f"{waited}: scored beside job {', '.join(running)}, CLIP on the CPU"
-            return Decision(run=True, allow_gpu=False, reason=reason, overdue=True, beside=True)
+            # On the CPU device the generator's loop is CPU work too: nothing to step aside for.
+            return Decision(run=True, allow_gpu=False, reason=reason, overdue=True, beside=self.device != "cpu")
         return Decision(run=True, allow_gpu=True, reason=f"{waited}: scored between jobs", overdue=True)
 
     def took(self, decision: Decision) -> None:
