@@ -249,8 +249,10 @@ def test_beside_a_running_job_scoring_steps_aside_while_the_job_is_outside_its_d
     rig.ingest(event("busy", "queued"), event("busy", "running"), event("busy", stage="image_encoding"))
     rig.ingest(event("a", "running"), finished(rig, "a", clips, input_png))
 
-    assert not rig.scorer.wait_idle(2.0)  # let through as overdue, then paused: busy is encoding its inputs
-    assert rig.quality("a")["status"] != "scored"
+    # Let through as overdue (the scorer's thread may wait for a spare core first: it is in the idle class) ...
+    wait_for(lambda: rig.quality("a")["status"] == "scoring", 30, "the overdue clip to be taken up")
+    assert not rig.scorer.wait_idle(1.0)  # ... then paused: busy is encoding its inputs
+    assert rig.quality("a")["status"] == "scoring"
 
     rig.ingest(event("busy", stage="denoising_step", step=1, total_steps=10))
     assert rig.scorer.wait_idle(30.0)
@@ -259,7 +261,7 @@ def test_beside_a_running_job_scoring_steps_aside_while_the_job_is_outside_its_d
     assert scored["clip_score"] is not None
     paused = re.search(r"; paused ([0-9.]+) s while the job was outside its denoising loop$", scored["schedule"])
     assert paused is not None, scored["schedule"]
-    assert float(paused.group(1)) >= 1.0
+    assert float(paused.group(1)) >= 0.9
 
 
 def test_a_pause_follows_the_jobs_loop_and_is_bounded() -> None:
