@@ -22,8 +22,9 @@ per clip, taken by the scorer's worker:
   waits on the GPU: it pauses (`wait_for_denoising`, called between frames) while the job encodes its inputs,
   decodes or exports, which are the generator's CPU work. On the H200, CLIP on the CPU beside a job left its
   denoising as fast as with the monitor paused (1.002) but took 0.03-0.2 s more of its 0.7 s outside the loop:
-  the idle class keeps the scorer off a core the generator wants, not off the other hyperthread of its core or the
-  memory bandwidth they share. A pause lasts at most `max_pause_s` (a lost event must not stall scoring).
+  the idle class keeps the scorer off a core the generator wants, most likely not off that core's other
+  hyperthread or the memory bandwidth they share. A pause lasts at most `max_pause_s` (a lost event must not
+  stall scoring).
 - For `startup_quiet_s` after the scorer starts, nothing is scored between jobs: the generator replays what it
   spooled while the monitor was down (retrying at most every 30 s), and a job running now may be in it.
 """
