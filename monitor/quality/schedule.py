@@ -139,7 +139,7 @@ class GpuActivity:
         if self.device == "cpu":
             return 0.0
         started = self._clock()
-        deadline = time.monotonic() + self.max_pause_s
+        deadline = time.monotonic() + self.max_pause_s  # the condition waits in real seconds, whatever `clock` is
         waited = False
         with self._lock:
             while not self._released and not all(job in self._denoising for job in self._live(self._clock())):
