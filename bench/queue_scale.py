@@ -58,7 +58,12 @@ BURST_JOBS = 10
 REPEATS = 3
 JOB = {"prompt": "a red fox", "resolution": "256", "num_frames": "8", "steps": "10", "guidance_scale": "1", "fps": "8"}
 MICRO = replace(
-    TINY, unet_channels=(4,), unet_norm_groups=2, unet_heads=1, vae_channels=(4, 4, 4, 4), vae_norm_groups=4
+    TINY,
+    unet_channels=(4,),
+    unet_norm_groups=2,
+    unet_attention_head_dim=1,
+    vae_channels=(4, 4, 4, 4),
+    vae_norm_groups=4,
 )
 ENV = {"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}
 FINAL = ("succeeded", "failed", "cancelled")

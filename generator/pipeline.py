@@ -64,7 +64,8 @@ class Shapes:
     vision_patch: int
     unet_channels: tuple[int, ...]
     unet_layers: int
-    unet_heads: int
+    # diffusers' `attention_head_dim`: the spatial transformers' width per head, the temporal ones' head count.
+    unet_attention_head_dim: int
     unet_norm_groups: int
     vae_channels: tuple[int, ...]
     vae_layers: int
@@ -72,11 +73,12 @@ class Shapes:
 
 
 # The VAE keeps four blocks (an 8x downsampling, like the real one): with a 2x VAE the UNet's spatial attention
-# over 128x128 latents took 236 s per step on these CPUs.
+# over 128x128 latents took 236 s per step on these CPUs. Heads of width 8 (4 heads at 32 channels): at width 4 the
+# spatial attention was half of a 256p job's time, at 16 the temporal transformers' projections grew as much.
 TINY = Shapes(
     text_width=32, text_layers=2, text_heads=4, text_mlp=64,
     vision_width=32, vision_layers=2, vision_heads=4, vision_mlp=64, vision_image_size=32, vision_patch=8,
-    unet_channels=(32, 64), unet_layers=1, unet_heads=4, unet_norm_groups=16,
+    unet_channels=(32, 64), unet_layers=1, unet_attention_head_dim=8, unet_norm_groups=16,
     vae_channels=(16, 32, 32, 32), vae_layers=1, vae_norm_groups=8,
 )  # fmt: skip
 
@@ -85,7 +87,7 @@ TINY = Shapes(
 FULL = Shapes(
     text_width=1024, text_layers=24, text_heads=16, text_mlp=4096,
     vision_width=1280, vision_layers=32, vision_heads=16, vision_mlp=5120, vision_image_size=224, vision_patch=14,
-    unet_channels=(320, 640, 1280, 1280), unet_layers=2, unet_heads=64, unet_norm_groups=32,
+    unet_channels=(320, 640, 1280, 1280), unet_layers=2, unet_attention_head_dim=64, unet_norm_groups=32,
     vae_channels=(128, 256, 512, 512), vae_layers=2, vae_norm_groups=32,
 )  # fmt: skip
 
@@ -145,7 +147,7 @@ def random_pipeline(shapes: Shapes, device: torch.device, dtype: torch.dtype, ca
             layers_per_block=shapes.unet_layers,
             norm_num_groups=shapes.unet_norm_groups,
             cross_attention_dim=shapes.text_width,
-            attention_head_dim=shapes.unet_heads,
+            attention_head_dim=shapes.unet_attention_head_dim,
         )
         vae = AutoencoderKL(
             in_channels=3,
@@ -182,6 +184,10 @@ def random_pipeline(shapes: Shapes, device: torch.device, dtype: torch.dtype, ca
                 hidden_act="gelu",
             )
         )
+    # Constructors leave a module in training mode, from_pretrained in eval mode: the UNet's temporal convolutions
+    # would drop 10% of their activations at every step (slower, and not the model's inference).
+    for module in (unet, vae, text_encoder, image_encoder):
+        module.eval()
     size = shapes.vision_image_size
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     pipe = I2VGenXLPipeline(

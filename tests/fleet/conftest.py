@@ -37,7 +37,12 @@ from tests.servers import AppServer, RedisServer, free_port, wait_for
 
 # One UNet block of 4 channels and a 4-channel VAE with the real 8x downsampling: about 1 s a job here.
 MICRO = replace(
-    TINY, unet_channels=(4,), unet_norm_groups=2, unet_heads=1, vae_channels=(4, 4, 4, 4), vae_norm_groups=4
+    TINY,
+    unet_channels=(4,),
+    unet_norm_groups=2,
+    unet_attention_head_dim=1,
+    vae_channels=(4, 4, 4, 4),
+    vae_norm_groups=4,
 )
 HOSTS = ("host-a", "host-b", "host-c")
 FINAL = ("succeeded", "failed", "cancelled")

@@ -64,6 +64,30 @@ def test_a_saved_pipeline_loads_back_from_a_local_folder_and_runs(tmp_path: Path
     assert [t.step for t in timings if t.stage == "denoising_step"] == [1, 2]
 
 
+def test_the_random_weight_pipeline_runs_its_models_for_inference_as_real_weights_do(tmp_path: Path) -> None:
+    # A UNet left in training mode drops a tenth of its temporal convolutions' activations at each call: two calls
+    # on the same inputs, the random generator's state moved between them, would differ.
+    tiny = load_pipeline("tiny", CPU, torch.float32, tmp_path / "cache")
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 4, 8, 8, generator=generator)
+    inputs = {
+        "timestep": torch.tensor(10),
+        "encoder_hidden_states": torch.randn(1, 77, 32, generator=generator),
+        "fps": torch.tensor([8]),
+        "image_latents": torch.randn(1, 4, 4, 8, 8, generator=generator),
+        "image_embeddings": torch.randn(1, 32, generator=generator),
+        "return_dict": False,
+    }
+
+    with torch.no_grad():
+        first = tiny.unet(sample, **inputs)[0]
+        torch.manual_seed(1)
+        second = tiny.unet(sample, **inputs)[0]
+
+    assert torch.equal(first, second)
+    assert not [name for name, module in tiny.components.items() if getattr(module, "training", False)]
+
+
 def test_a_folder_without_a_pipeline_is_refused_clearly(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"model_index\.json"):
         load_pipeline(str(tmp_path), CPU, torch.float32, tmp_path)
