@@ -33,7 +33,6 @@ import statistics
 import sys
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from common.events import epoch_s
 from generator.fleet.api_queue import CeleryQueue
 from generator.fleet.broker import QUEUE_NAME
 from generator.jobs import JobBook
-from generator.pipeline import TINY, random_pipeline, save_pipeline
+from generator.pipeline import MICRO, random_pipeline, save_pipeline
 from generator.validation import JobParams
 from tests.faults.procs import ServiceProcess
 from tests.servers import RedisServer, free_port, wait_for
@@ -57,14 +56,6 @@ SEQUENTIAL_JOBS = 8
 BURST_JOBS = 10
 REPEATS = 3
 JOB = {"prompt": "a red fox", "resolution": "256", "num_frames": "8", "steps": "10", "guidance_scale": "1", "fps": "8"}
-MICRO = replace(
-    TINY,
-    unet_channels=(4,),
-    unet_norm_groups=2,
-    unet_attention_head_dim=1,
-    vae_channels=(4, 4, 4, 4),
-    vae_norm_groups=4,
-)
 ENV = {"OMP_NUM_THREADS": "1", "LOG_LEVEL": "WARNING"}
 FINAL = ("succeeded", "failed", "cancelled")
 

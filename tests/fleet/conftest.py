@@ -27,7 +27,7 @@ from generator.app import create_app as create_generator
 from generator.config import GeneratorConfig
 from generator.fleet.api_queue import redis_client
 from generator.fleet.store import RedisJobStore
-from generator.pipeline import TINY, random_pipeline, save_pipeline
+from generator.pipeline import MICRO, random_pipeline, save_pipeline
 from monitor.compose import create_app as create_monitor
 from monitor.config import MonitorConfig
 from monitor.web.context import get_context
@@ -35,15 +35,6 @@ from tests.faults.procs import MonitorProcess, ServiceProcess
 from tests.generator.conftest import SMALL_JOB, png_bytes
 from tests.servers import AppServer, RedisServer, free_port, wait_for
 
-# One UNet block of 4 channels and a 4-channel VAE with the real 8x downsampling: about 1 s a job here.
-MICRO = replace(
-    TINY,
-    unet_channels=(4,),
-    unet_norm_groups=2,
-    unet_attention_head_dim=1,
-    vae_channels=(4, 4, 4, 4),
-    vae_norm_groups=4,
-)
 HOSTS = ("host-a", "host-b", "host-c")
 FINAL = ("succeeded", "failed", "cancelled")
 LEASE_S = "3"
