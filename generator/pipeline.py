@@ -64,7 +64,7 @@ class Shapes:
     vision_patch: int
     unet_channels: tuple[int, ...]
     unet_layers: int
-    # diffusers' `attention_head_dim`: the spatial transformers' width per head, the temporal ones' head count.
+    # diffusers' `attention_head_dim`: each attention head's width (the UNet's first temporal transformer has 8).
     unet_attention_head_dim: int
     unet_norm_groups: int
     vae_channels: tuple[int, ...]
@@ -74,7 +74,8 @@ class Shapes:
 
 # The VAE keeps four blocks (an 8x downsampling, like the real one): with a 2x VAE the UNet's spatial attention
 # over 128x128 latents took 236 s per step on these CPUs. Heads of width 8 (4 heads at 32 channels): at width 4 the
-# spatial attention was half of a 256p job's time, at 16 the temporal transformers' projections grew as much.
+# spatial attention was half of a 256p job's time; at 16 the first temporal transformer's projections (8 heads wide)
+# cost as much as that saved.
 TINY = Shapes(
     text_width=32, text_layers=2, text_heads=4, text_mlp=64,
     vision_width=32, vision_layers=2, vision_heads=4, vision_mlp=64, vision_image_size=32, vision_patch=8,

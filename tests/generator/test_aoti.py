@@ -46,7 +46,7 @@ def aoti(cache_dir: Path) -> Acceleration:
 
 @pytest.fixture(scope="module", autouse=True)
 def quick_cpu_builds() -> Iterator[None]:
-    """Build packages without vectorised kernels and unoptimised (-O0): a fraction of the C++ work, same results."""
+    """Build packages without vectorised kernels, at -O0 (`debug_compile`: the kernels' only switch): same results."""
     quick = {"cpp.simdlen": 0, "aot_inductor.compile_wrapper_opt_level": "O0", "aot_inductor.debug_compile": True}
     with torch._inductor.config.patch(quick):
         yield
