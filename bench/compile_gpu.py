@@ -327,6 +327,27 @@ def peak_for(name: str | None, override: float | None) -> float | None:
     return None
 
 
+WARM_START_PARTS = (
+    ("load", "imports_s"),
+    ("load", "cache_load_s"),
+    ("load", "pipeline_imports_s"),
+    ("load", "model_load_s"),
+    ("load", "device_info_s"),
+    ("warm_start_compiling", "dynamo_import_s"),
+    ("warm_start_compiling", "wrap_s"),
+    ("warm_start_compile", "compile_s"),
+)
+
+
+def unexplained_s(warm: dict[str, dict[str, Any]]) -> float | None:
+    """Return the warm start's seconds that no recorded part names (None while a part is missing)."""
+    ready = warm.get("warm_start_compile", {}).get("since_spawn_s")
+    parts = [warm.get(kind, {}).get(field) for kind, field in WARM_START_PARTS]
+    if ready is None or None in parts:
+        return None
+    return round(ready - sum(parts), 2)
+
+
 def summarise(result: dict[str, Any], peak_override: float | None) -> dict[str, Any]:
     """Build the README's table from the records so far: per size eager and compiled step, speed-up, TFLOP/s."""
     phases = result["phases"]
@@ -368,7 +389,11 @@ def summarise(result: dict[str, Any], peak_override: float | None) -> dict[str, 
             "autograd_cache_hits": caches.get("aot_autograd", {}).get("autograd_cache_hit"),
             "mega_cache_artifacts_loaded": warm.get("load", {}).get("mega_cache_artifacts_loaded"),
             "cache_load_s": warm.get("load", {}).get("cache_load_s"),
+            "pipeline_imports_s": warm.get("load", {}).get("pipeline_imports_s"),
+            "device_info_s": warm.get("load", {}).get("device_info_s"),
+            "dynamo_import_s": warm.get("warm_start_compiling", {}).get("dynamo_import_s"),
             "wrap_s": warm.get("warm_start_compiling", {}).get("wrap_s"),
+            "unexplained_s": unexplained_s(warm),
         }
         if warm_start
         else None,

@@ -124,20 +124,26 @@ class Bench:
 
     def load(self, imported_at: float, mega_cache_artifacts: int, cache_load_s: float) -> None:
         """Build the pipeline as the generator does and record the device and the time so far."""
-        from generator.pipeline import load_pipeline
+        importing = time.time()
+        from generator.pipeline import load_pipeline  # diffusers and transformers: seconds of their own
 
         started = time.time()
         self.pipe = load_pipeline(self.args.model, self.device, self.dtype, Path(tempfile.mkdtemp(prefix="i2v-cb-")))
         self.sync()
         self.eager_unet = self.pipe.unet
+        loaded = time.time()
+        device = self.device_info()
         self.record(
             "load",
             phase=self.args.child,
             imports_s=round(imported_at - self.args.spawned_at, 2),
-            model_load_s=round(time.time() - started, 2),
+            pipeline_imports_s=round(started - importing, 2),
+            model_load_s=round(loaded - started, 2),
             mega_cache_artifacts_loaded=mega_cache_artifacts,
             cache_load_s=round(cache_load_s, 2),
-            device=self.device_info(),
+            # Its imports (triton's among them) come before the warm start's compile, in the bench's seconds.
+            device_info_s=round(time.time() - loaded, 2),
+            device=device,
         )
 
     def device_info(self) -> dict[str, Any]:
@@ -274,8 +280,10 @@ class Bench:
 
     def compiled(self, size: tuple[int, int], kind: str) -> None:
         """(b)/(d)/(e) Compile at `size` (the first call), then time the compiled step and compare its output."""
+        importing = time.perf_counter()
         from torch._dynamo.utils import counters
 
+        dynamo_import_s = time.perf_counter() - importing
         inputs = self.capture(size)
         wrapping = time.perf_counter()
         self.compile_unet()
@@ -288,6 +296,7 @@ class Bench:
             # What came before the compile, to account for a warm start's seconds: the eager step that captured
             # the inputs (the generator's warm-up has none) and wrapping the UNet for torch.compile.
             capture_s=round(self.capture_s.get(size, 0.0), 2),
+            dynamo_import_s=round(dynamo_import_s, 2),
             wrap_s=round(wrap_s, 2),
         )
         self.sync()
