@@ -294,7 +294,7 @@ class Bench:
             size=size_name(size),
             since_spawn_s=round(time.time() - self.args.spawned_at, 2),
             # What came before the compile, to account for a warm start's seconds: the eager step that captured
-            # the inputs (the generator's warm-up has none) and wrapping the UNet for torch.compile.
+            # the inputs (the generator's warm-up has none), importing dynamo and wrapping the UNet for torch.compile.
             capture_s=round(self.capture_s.get(size, 0.0), 2),
             dynamo_import_s=round(dynamo_import_s, 2),
             wrap_s=round(wrap_s, 2),

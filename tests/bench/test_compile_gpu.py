@@ -40,7 +40,8 @@ def test_the_summary_turns_recorded_steps_into_tflops_share_of_peak_and_speedup(
 
 
 def test_the_warm_start_is_split_into_its_recorded_parts_and_the_rest() -> None:
-    # The H200's regional warm start, as its records said: 34.74 s to the first compiled step.
+    # The H200's regional warm start (34.74 s to the first compiled step), with made-up values for the parts that
+    # run did not record yet.
     warm = [
         {"kind": "load", "imports_s": 4.4, "model_load_s": 1.31, "cache_load_s": 5.2, "pipeline_imports_s": 1.5,
          "device_info_s": 1.1},
