@@ -20,11 +20,12 @@ on 17 images took 0.89 s with one thread and 2.42 s with two (OpenMP threads wai
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,26 +276,20 @@ class ClipScorer:
         assert embeddings.text is not None
         return text_frame_score(embeddings.text, embeddings.images)
 
-    def _embed_on(
-        self,
-        model: Any,
-        device: str,
-        dtype: torch.dtype,
-        images: Sequence[np.ndarray],
-        prompt: str | None,
-        pause: Callable[[], object] | None = None,
-    ) -> Embeddings:
+    @contextlib.contextmanager
+    def _threads_for(self, device: str) -> Iterator[None]:
+        """Run a CPU pass on the scorer's own thread count, then give the process its setting back."""
         import torch
 
         threads = torch.get_num_threads()
         if device == "cpu":
             torch.set_num_threads(self.cpu_threads)
         try:
-            return self._embed_batches(model, device, dtype, images, prompt, pause)
+            yield
         finally:
             torch.set_num_threads(threads)
 
-    def _embed_batches(
+    def _embed_on(
         self,
         model: Any,
         device: str,
@@ -307,7 +302,7 @@ class ClipScorer:
 
         batch_size = 1 if pause is not None else self._batch_size
         text = None
-        with torch.inference_mode():
+        with self._threads_for(device), torch.inference_mode():
             if prompt is not None:
                 tokens = self._tokenizer(
                     [prompt], padding=True, truncation=True, max_length=self._max_text_tokens, return_tensors="pt"

@@ -130,10 +130,12 @@ def test_gpu_memory_estimate_covers_fp16_weights_and_a_margin(scorer: ClipScorer
 class _OomOnGpu(ClipScorer):
     """The tiny CLIP whose 'GPU' (the CPU standing in, in fp16) always runs out of memory."""
 
-    def _embed_on(self, model: Any, device: str, dtype: torch.dtype, images: Any, prompt: str | None) -> Any:
+    def _embed_on(
+        self, model: Any, device: str, dtype: torch.dtype, images: Any, prompt: str | None, pause: Any = None
+    ) -> Any:
         if dtype == torch.float16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super()._embed_on(model, device, dtype, images, prompt)
+        return super()._embed_on(model, device, dtype, images, prompt, pause)
 
 
 def _gpu_standin(cls: type[ClipScorer], clip_dir: Path, allows: list[bool]) -> ClipScorer:
@@ -180,16 +182,17 @@ def test_cpu_passes_use_the_scorers_threads_and_restore_the_process_setting(
     clip_dir: Path, clips: dict[str, Path]
 ) -> None:
     seen: list[int] = []
-
-    class Recording(ClipScorer):
-        def _embed_batches(self, *args: Any) -> Any:
-            seen.append(torch.get_num_threads())
-            return super()._embed_batches(*args)
-
     before = torch.get_num_threads()
     # Other than the process's setting (one thread per xdist worker on two cores), or the test could not fail.
     threads = 2 if before == 1 else 1
-    clip = Recording.from_dir(clip_dir, cpu_threads=threads)
+    clip = ClipScorer.from_dir(clip_dir, cpu_threads=threads)
+    image_features = clip._model.get_image_features
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return image_features(*args, **kwargs)
+
+    clip._model.get_image_features = recording
     clip.embed(read_clip(clips["smooth"], clip_frames=1).sampled_frames)
     assert seen == [threads]
     assert torch.get_num_threads() == before
